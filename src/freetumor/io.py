@@ -1,0 +1,315 @@
+"""CT input and output: the :class:`Volume` and NIfTI / DICOM readers and writers.
+
+A :class:`Volume` is a voxel array in the file's own voxel order together with
+the 4x4 affine that maps voxel indices to RAS+ millimetres (nibabel's
+convention). Nothing in freetumor reorients or resamples a user's scan unless
+it is asked to; outputs are written on the input's grid with its header.
+
+Example:
+    >>> import numpy as np
+    >>> vol = Volume(np.zeros((4, 5, 6), np.int16), np.diag([0.8, 0.8, 2.5, 1.0]))
+    >>> vol.spacing
+    (0.8, 0.8, 2.5)
+    >>> vol.orientation
+    ('R', 'A', 'S')
+    >>> vol.axis_of("S")
+    2
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import InputError
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+# Physical RAS axis index for each letter nibabel may report.
+_AXIS_LETTERS = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}
+
+
+@dataclass
+class Volume:
+    """A 3D image or label map with its geometry.
+
+    Args:
+        array: voxel values, shape ``(I, J, K)`` in the file's voxel order.
+        affine: 4x4 matrix from voxel index to RAS+ millimetres.
+        header: the NIfTI header it was read with (kept when saving), or ``None``.
+        path: where it was read from, used in error messages.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    header: object | None = None
+    path: str | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.affine = np.asarray(self.affine, dtype=np.float64)
+        if self.affine.shape != (4, 4):
+            raise InputError(self.name, f"affine must be 4x4, got {self.affine.shape}")
+        if self.array.ndim != 3:
+            raise InputError(self.name, f"expected a 3D volume, got shape {tuple(self.array.shape)}")
+
+    @property
+    def name(self) -> str:
+        return self.path or "<array>"
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.array.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along each voxel axis (norms of the affine's columns)."""
+        cols = np.linalg.norm(self.affine[:3, :3], axis=0)
+        return tuple(round(float(c), 6) for c in cols)  # type: ignore[return-value]
+
+    @property
+    def orientation(self) -> tuple[str, str, str]:
+        """Closest anatomical direction of each voxel axis, e.g. ``('L', 'P', 'S')``."""
+        import nibabel as nib
+
+        return tuple(nib.aff2axcodes(self.affine))  # type: ignore[return-value]
+
+    def physical_axes(self) -> tuple[int, int, int]:
+        """For each voxel axis, the RAS axis (0 = x, 1 = y, 2 = z) it runs closest to."""
+        return tuple(_AXIS_LETTERS[c] for c in self.orientation)  # type: ignore[return-value]
+
+    def axis_of(self, letter: str) -> int:
+        """The voxel axis that runs closest to an anatomical direction ('S', 'R', 'A', ...)."""
+        return self.physical_axes().index(_AXIS_LETTERS[letter.upper()])
+
+    def with_array(self, array: np.ndarray) -> "Volume":
+        """A new volume with the same geometry and header and another array."""
+        return Volume(array, self.affine.copy(), self.header, self.path, dict(self.meta))
+
+    def voxel_to_mm(self, ijk) -> np.ndarray:
+        """Voxel coordinates (..., 3) to RAS+ millimetres."""
+        ijk = np.asarray(ijk, dtype=np.float64)
+        return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
+
+
+def is_nifti(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def case_name(path: str | os.PathLike) -> str:
+    """The case id of an image path: file name without ``.nii.gz`` / ``.nii``, or folder name."""
+    p = Path(path)
+    name = p.name
+    for suf in NIFTI_SUFFIXES:
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return name
+
+
+def load_volume(path: str | os.PathLike) -> Volume:
+    """Read a NIfTI file or a folder holding one DICOM series.
+
+    Raises:
+        InputError: missing, unreadable, truncated or not 3D.
+
+    Example:
+        >>> import tempfile, numpy as np, os
+        >>> d = tempfile.mkdtemp()
+        >>> save_volume(Volume(np.ones((3, 3, 3), np.int16), np.eye(4)), os.path.join(d, "a.nii.gz"))
+        >>> load_volume(os.path.join(d, "a.nii.gz")).shape
+        (3, 3, 3)
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, "no such file or folder")
+    if p.is_dir():
+        return _load_dicom_series(p)
+    if is_nifti(p):
+        return _load_nifti(p)
+    if p.suffix.lower() == ".dcm":
+        raise InputError(p, "is a single DICOM file; pass the folder that holds the whole series")
+    raise InputError(p, "unknown format: expected a .nii/.nii.gz file or a DICOM series folder")
+
+
+def _load_nifti(p: Path) -> Volume:
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+
+    try:
+        img = nib.load(str(p))
+        array = np.asanyarray(img.dataobj)
+    except (ImageFileError, EOFError, OSError, zlib.error, ValueError) as exc:
+        raise InputError(p, f"cannot read NIfTI (truncated or corrupt): {_short(exc)}") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputError(p, f"is not a NIfTI image ({type(img).__name__})")
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise InputError(p, f"expected a 3D volume, got shape {tuple(array.shape)}")
+    affine = img.affine
+    if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputError(p, "has no valid affine (voxel-to-world matrix)")
+    return Volume(array, affine, img.header, str(p))
+
+
+def _load_dicom_series(p: Path) -> Volume:
+    import SimpleITK as sitk
+
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)
+    reader = sitk.ImageSeriesReader()
+    try:
+        series = reader.GetGDCMSeriesIDs(str(p))
+    except RuntimeError as exc:
+        raise InputError(p, f"cannot scan for DICOM: {_short(exc)}") from None
+    if not series:
+        raise InputError(p, "no DICOM series found in this folder")
+    if len(series) > 1:
+        raise InputError(p, f"holds {len(series)} DICOM series; pass a folder with exactly one")
+    files = reader.GetGDCMSeriesFileNames(str(p), series[0])
+    reader.SetFileNames(files)
+    try:
+        img = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(p, f"cannot read DICOM series: {_short(exc)}") from None
+    if img.GetDimension() != 3:
+        raise InputError(p, f"expected a 3D series, got {img.GetDimension()}D")
+    array = sitk.GetArrayFromImage(img).transpose(2, 1, 0)  # (z, y, x) -> (x, y, z)
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)
+    spacing = np.asarray(img.GetSpacing(), dtype=np.float64)
+    origin = np.asarray(img.GetOrigin(), dtype=np.float64)
+    lps = np.eye(4)
+    lps[:3, :3] = direction * spacing[None, :]
+    lps[:3, 3] = origin
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM LPS -> NIfTI RAS
+    return Volume(np.ascontiguousarray(array), affine, None, str(p), {"dicom_files": len(files)})
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:160]
+
+
+def _header_for(vol: Volume):
+    import nibabel as nib
+
+    if isinstance(vol.header, (nib.Nifti1Header, nib.Nifti2Header)):
+        hdr = vol.header.copy()
+    else:
+        hdr = nib.Nifti1Header()
+        hdr.set_xyzt_units("mm", "sec")
+    hdr.set_data_dtype(vol.array.dtype)
+    if np.issubdtype(vol.array.dtype, np.integer):
+        hdr.set_slope_inter(1.0, 0.0)
+    return hdr
+
+
+def to_nifti(vol: Volume):
+    """A nibabel image with the volume's affine and (a copy of) its header."""
+    import nibabel as nib
+
+    hdr = _header_for(vol)
+    cls = nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else nib.Nifti1Image
+    img = cls(vol.array, vol.affine, header=hdr)
+    if vol.header is None:
+        img.set_qform(vol.affine, code=1)
+        img.set_sform(vol.affine, code=1)
+    return img
+
+
+def save_volume(vol: Volume, path: str | os.PathLike) -> None:
+    """Write a volume as NIfTI atomically (temporary name, then rename).
+
+    The input's header is kept (data type, qform/sform codes, descriptions).
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if not is_nifti(path):
+        raise InputError(path, "output must end in .nii or .nii.gz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(to_nifti(vol), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write a small file atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def staged_output(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Collect a command's outputs in a hidden folder beside ``out_dir``; move them in on success.
+
+    If the block raises, the staging folder is removed and ``out_dir`` is left exactly
+    as it was (not even created), so a failed command writes nothing.
+
+    Example:
+        >>> import tempfile, os
+        >>> root = tempfile.mkdtemp(); out = os.path.join(root, "out")
+        >>> with staged_output(out) as stage:
+        ...     _ = (stage / "a.txt").write_text("hi")
+        >>> sorted(os.listdir(out))
+        ['a.txt']
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "output path exists and is not a folder")
+    parent = out.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    try:
+        out.mkdir(exist_ok=True)
+        for item in sorted(stage.iterdir()):
+            target = out / item.name
+            if target.is_dir() and item.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def same_grid(a: Volume, b: Volume, tol_mm: float = 1e-3) -> bool:
+    """True when two volumes share shape and affine (within ``tol_mm`` millimetres)."""
+    if a.shape != b.shape:
+        return False
+    return bool(np.allclose(a.affine, b.affine, atol=tol_mm, rtol=1e-5))
+
+
+def check_same_grid(image: Volume, label: Volume) -> None:
+    """Raise :class:`InputError` (naming the label) when image and label grids differ."""
+    if image.shape != label.shape:
+        raise InputError(label.name, f"shape {label.shape} does not match image {image.shape}")
+    if not same_grid(image, label):
+        diff = float(np.abs(image.affine - label.affine).max())
+        raise InputError(label.name, f"affine does not match the image's (max difference {diff:.3g})")
