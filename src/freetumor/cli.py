@@ -1,0 +1,159 @@
+"""The ``freetumor`` command line (Typer). Thin: each command calls library functions.
+
+Exit codes: 0 success; 1 bad input or a domain error (one line on stderr,
+``error: <file>: <problem>``, no traceback); 2 usage error (unknown option,
+bad choice), as Click reports it.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+
+from .errors import FreeTumorError
+from .labels import PRESET_NAMES
+from .organs import ORGAN_NAMES, SIZE_CHOICES
+
+app = typer.Typer(
+    name="freetumor",
+    help="Generative tumour synthesis in CT (FreeTumor): synthetic tumours in healthy organs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+data_app = typer.Typer(help="Datalists: check cases before using them.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+ORGAN_CHOICE = click.Choice(ORGAN_NAMES)
+SIZE_CHOICE = click.Choice(SIZE_CHOICES)
+LABEL_MAP_HELP = f"Label convention: {', '.join(PRESET_NAMES)} or a JSON file (default: abdomen7 / chest3 by organ)."
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=1)
+
+
+def domain_errors(func):
+    """Turn :class:`FreeTumorError` into one line on stderr and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except FreeTumorError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            _fail("interrupted; nothing was written")
+
+    return wrapper
+
+
+@app.command()
+@domain_errors
+def synthesize(
+    image: Path = typer.Option(..., "--image", help="CT: a NIfTI file or a DICOM series folder."),
+    label: Path = typer.Option(..., "--label", help="Label map (NIfTI) on the CT's grid with the organ."),
+    organ: str = typer.Option(..., "--organ", click_type=ORGAN_CHOICE, help="Tumour type / host organ."),
+    out: Path = typer.Option(..., "--out", help="Output folder."),
+    label_map: Optional[str] = typer.Option(None, "--label-map", help=LABEL_MAP_HELP),
+    count: int = typer.Option(1, "--count", min=1, help="Number of tumours to add."),
+    size: str = typer.Option("mix", "--size", click_type=SIZE_CHOICE, help="Size class; mix draws per tumour."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (recorded in the output)."),
+    png: bool = typer.Option(True, "--png/--no-png", help="Write the before/after figure."),
+) -> None:
+    """Put synthetic tumours into one organ of a CT.
+
+    Writes DIR/<case>_image.nii.gz, DIR/<case>_label.nii.gz, DIR/<case>.json
+    (one record per lesion) and DIR/<case>.png.
+    """
+    from .synthesis import synthesize_files
+
+    record = synthesize_files(
+        image, label, organ, out, count=count, size=size, seed=seed, label_map=label_map, png=png
+    )
+    for r in record["lesions"]:
+        typer.echo(
+            f"lesion {r['index']}: {r['size_class']:<6} {r['volume_ml']:8.2f} mL  "
+            f"centre {r['centre_mm']} mm  HU {r['mean_hu_before']:.0f} -> {r['mean_hu_after']:.0f}"
+        )
+    for key, name in record["outputs"].items():
+        typer.echo(f"wrote {key}: {Path(out) / name}")
+
+
+@app.command()
+@domain_errors
+def phantom(
+    out: Path = typer.Option(..., "--out", help="Output folder for the cohort."),
+    cases: int = typer.Option(4, "--cases", min=1, help="Number of cases."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    region: str = typer.Option("abdomen", "--region", click_type=click.Choice(["abdomen", "chest"])),
+) -> None:
+    """Write a procedural CT phantom cohort (NIfTI + datalist.json)."""
+    from .phantom import write_cohort
+
+    datalist = write_cohort(out, cases, seed=seed, region=region)
+    typer.echo(f"wrote {cases} {region} phantom cases; datalist: {datalist}")
+
+
+@data_app.command("check")
+@domain_errors
+def data_check(
+    datalist: Path = typer.Argument(..., help="MSD-style datalist JSON."),
+    label_map: Optional[str] = typer.Option(None, "--label-map", help=LABEL_MAP_HELP),
+) -> None:
+    """Validate every case of a datalist; exit 1 if any case fails."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .data import check_datalist
+
+    results = check_datalist(datalist, label_map)
+    table = Table(title=f"{datalist}", show_lines=False)
+    for col in ("case", "shape", "spacing (mm)", "HU range", "labels", "status"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(
+            Path(r.image).name,
+            "x".join(map(str, r.shape)) if r.shape else "-",
+            "x".join(f"{s:.3g}" for s in r.spacing) if r.spacing else "-",
+            f"{r.hu_range[0]:.0f}..{r.hu_range[1]:.0f}" if r.hu_range else "-",
+            ",".join(map(str, r.labels)) if r.labels is not None else "-",
+            "ok" if r.ok else "FAIL: " + "; ".join(r.problems),
+        )
+    Console(width=200).print(table)
+    bad = [r for r in results if not r.ok]
+    typer.echo(f"{len(results) - len(bad)} ok, {len(bad)} failed")
+    if bad:
+        for r in bad:
+            typer.echo(f"error: {'; '.join(r.problems)}", err=True)
+        raise typer.Exit(code=1)
+
+
+@app.command()
+@domain_errors
+def demo(
+    out: Path = typer.Option(Path("freetumor-demo"), "--out", help="Output folder."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+) -> None:
+    """Phantom cohort -> synthetic tumours on the healthy cases -> an HTML page."""
+    from .demo import run_demo
+
+    page = run_demo(out, seed=seed, log=typer.echo)
+    typer.echo(f"open {page}")
+
+
+def main() -> None:  # console-script entry point
+    try:
+        app()
+    except BrokenPipeError:  # e.g. `freetumor ... | head`
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Datalists (MSD-style JSON) and case checks.
+
+A datalist is the JSON users of MONAI and the Medical Segmentation Decathlon
+already have::
+
+    {"label_map": "abdomen7",                       # optional
+     "training": [{"image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz"}, ...],
+     "validation": [...], "test": [{"image": "imagesTs/b.nii.gz"}, ...]}
+
+Relative paths are relative to the datalist's folder. Every list of objects
+with an ``image`` key is read; ``label`` is optional (a test case).
+
+Example:
+    >>> import json, tempfile, os
+    >>> d = tempfile.mkdtemp(); p = os.path.join(d, "dl.json")
+    >>> _ = open(p, "w").write(json.dumps({"training": [{"image": "a.nii.gz", "label": "b.nii.gz"}]}))
+    >>> [e["image"].endswith("a.nii.gz") for e in load_datalist(p)]
+    [True]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FreeTumorError, InputError
+from .io import check_same_grid, load_volume
+from .labels import LabelMap, get_label_map
+
+
+def load_datalist(path: str | os.PathLike, keys: tuple[str, ...] | None = None) -> list[dict]:
+    """Entries of a datalist with absolute ``image``/``label`` paths and a ``split`` key."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise InputError(p, "datalist not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(p, f"not a readable JSON datalist ({type(exc).__name__})") from None
+    if isinstance(data, list):
+        data = {"training": data}
+    if not isinstance(data, dict):
+        raise InputError(p, "datalist must be a JSON object with lists such as \"training\"")
+    base = p.resolve().parent
+    entries: list[dict] = []
+    for key, value in data.items():
+        if keys is not None and key not in keys:
+            continue
+        if not isinstance(value, list) or not value or not all(isinstance(v, dict) for v in value):
+            continue
+        for i, item in enumerate(value):
+            if "image" not in item:
+                continue
+            entry = dict(item)
+            entry["split"] = key
+            entry["id"] = entry.get("id") or f"{key}[{i}]"
+            for k in ("image", "label"):
+                if isinstance(entry.get(k), str):
+                    entry[k] = str((base / entry[k]) if not os.path.isabs(entry[k]) else Path(entry[k]))
+            entries.append(entry)
+    if not entries:
+        raise InputError(p, "datalist has no entries with an \"image\" key")
+    return entries
+
+
+def datalist_label_map(path: str | os.PathLike) -> str | None:
+    """The ``label_map`` a datalist declares, if any."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    value = data.get("label_map") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+@dataclass
+class CaseCheck:
+    """Result of checking one datalist entry."""
+
+    id: str
+    image: str
+    label: str | None
+    ok: bool = True
+    problems: list[str] = field(default_factory=list)
+    shape: tuple | None = None
+    spacing: tuple | None = None
+    hu_range: tuple | None = None
+    labels: list[int] | None = None
+
+
+def check_case(entry: dict, label_map: LabelMap) -> CaseCheck:
+    """Check one pair: readable, same grid, known label values, HU plausible."""
+    from .synthesis import check_ct_intensity
+
+    res = CaseCheck(entry.get("id", "?"), entry["image"], entry.get("label"))
+    try:
+        image = load_volume(entry["image"])
+        res.shape, res.spacing = image.shape, image.spacing
+        res.hu_range = (float(image.array.min()), float(image.array.max()))
+        check_ct_intensity(image)
+    except FreeTumorError as exc:
+        res.ok = False
+        res.problems.append(str(exc))
+        return res
+    if res.label is None:
+        return res
+    try:
+        label = load_volume(res.label)
+        check_same_grid(image, label)
+        lab = label.array
+        if np.issubdtype(lab.dtype, np.floating) and not np.array_equal(lab, np.rint(lab)):
+            raise InputError(label.name, "label holds non-integer values")
+        values = [int(v) for v in np.unique(lab)]
+        res.labels = values
+        unknown = label_map.unknown_values(values)
+        if unknown:
+            shown = ", ".join(str(v) for v in unknown[:8]) + (" ..." if len(unknown) > 8 else "")
+            raise InputError(label.name, f"label values {shown} are not in label map {label_map.name!r}")
+    except FreeTumorError as exc:
+        res.ok = False
+        res.problems.append(str(exc))
+    return res
+
+
+def check_datalist(path: str | os.PathLike, label_map: str | os.PathLike | None = None) -> list[CaseCheck]:
+    """Check every entry of a datalist (label map: argument, else the datalist's, else abdomen7)."""
+    entries = load_datalist(path)
+    lm = get_label_map(label_map or datalist_label_map(path) or "abdomen7")
+    return [check_case(e, lm) for e in entries]

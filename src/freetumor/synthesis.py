@@ -1,0 +1,371 @@
+"""Tumour synthesis: the blend equation (METHOD §4.3) and the :class:`Synthesizer`.
+
+For a tumour mask M (from :mod:`freetumor.shapes`), a soft mask
+B = Gaussian(M, sigma ~ U(1, 2) target voxels), the organ indicator O (organ
+voxels only: real tumour voxels are excluded, so they never change), the
+texture T (:mod:`freetumor.texture`) and a difference map D, the new image is
+
+    x' = x + sign * W * O * B * D * T
+
+in Hounsfield units, where W is the organ's HU window width (the paper works on
+the window scaled to [0, 1]; multiplying by W is the same change in HU and
+leaves voxels outside the window unclipped) and sign is -1 for the abdomen
+(hypodense tumours) and +1 for the chest (hyperdense lesions). Without a
+generator, D is the rule-based scalar 0.2 + 0.5 U(0, 1). New tumour voxels get
+the organ's tumour id in the input's own label convention.
+
+Example:
+    >>> from freetumor.phantom import make_case
+    >>> image, label = make_case("abdomen", seed=1, shape=(96, 80, 48))
+    >>> result = Synthesizer("liver", size="small")(image, label, count=1, seed=7)
+    >>> rec = result.lesions[0]
+    >>> rec["size_class"], rec["mean_hu_after"] < rec["mean_hu_before"]
+    ('small', True)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import __version__
+from .errors import ConfigError, InputError
+from .io import Volume, check_same_grid, load_volume
+from .labels import LabelMap, get_label_map
+from .organs import SIZE_CHOICES, Organ, get_organ
+from .shapes import Grid, LesionMask, OrganTooSmallError, nominal_volume_ml, sample_shape
+from .texture import SIGMA_A, SIGMA_B, procedural_texture
+
+BLUR_SIGMA_RANGE = (1.0, 2.0)
+_BLUR_TRUNCATE = 3.0
+
+# A generator-backed difference map: called with the HU crop around the lesion, the lesion
+# mask embedded in that crop and the organ; returns D for the crop (same shape, float).
+DifferenceFn = Callable[[np.ndarray, np.ndarray, Organ], np.ndarray]
+
+
+def rule_based_difference(rng: np.random.Generator) -> float:
+    """The SynTumor fallback difference map: a scalar 0.2 + 0.5 U(0, 1)."""
+    return 0.2 + 0.5 * float(rng.random())
+
+
+def blend(
+    image_crop: np.ndarray,
+    organ_crop: np.ndarray,
+    soft_mask: np.ndarray,
+    difference: float | np.ndarray,
+    texture: np.ndarray,
+    organ: Organ,
+) -> np.ndarray:
+    """The blend equation on one crop, in HU (float32).
+
+    Example:
+        >>> import numpy as np
+        >>> from freetumor.organs import get_organ
+        >>> x = np.full((3, 3, 3), 100.0, np.float32); o = np.ones_like(x, bool)
+        >>> b = np.zeros_like(x); b[1, 1, 1] = 1.0
+        >>> out = blend(x, o, b, 0.5, np.full_like(x, 0.5), get_organ("liver"))
+        >>> float(out[1, 1, 1]), float(out[0, 0, 0])
+        (-6.25, 100.0)
+    """
+    delta = soft_mask * np.asarray(difference, np.float32) * texture
+    delta *= np.float32(organ.sign * organ.window_width)
+    delta *= organ_crop
+    return image_crop.astype(np.float32) + delta
+
+
+def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    return values.astype(dtype)
+
+
+@dataclass
+class SynthesisResult:
+    """Output of one synthesis call.
+
+    Attributes:
+        image: the CT with synthetic tumours (input dtype and grid).
+        label: the label with new tumour voxels set to the organ's tumour id.
+        lesions: one record (JSON-able dict) per lesion.
+        masks: each lesion's mask in its bounding box.
+    """
+
+    image: Volume
+    label: Volume
+    lesions: list[dict]
+    masks: list[LesionMask] = field(default_factory=list)
+
+
+def check_ct_intensity(image: Volume) -> None:
+    """Reject images that cannot be CT in Hounsfield units (one-line :class:`InputError`)."""
+    arr = image.array
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        n = int(np.count_nonzero(~np.isfinite(arr)))
+        raise InputError(image.name, f"contains {n} NaN or infinite voxels")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < -10000 or hi > 40000:
+        raise InputError(image.name, f"intensity range {lo:g}..{hi:g} HU is outside any CT range")
+    if hi - lo < 200:
+        raise InputError(image.name, f"intensity range {lo:g}..{hi:g} is too narrow for CT in HU (normalised image?)")
+    if lo >= 0:
+        raise InputError(image.name, f"no value below 0 (min {lo:g}): not Hounsfield units; CT has air and fat below 0 HU")
+
+
+class Synthesizer:
+    """Put synthetic tumours into one organ of a CT.
+
+    Args:
+        organ: ``liver``, ``pancreas``, ``kidney``, ``lung`` or ``covid``.
+        label_map: the label convention of the input (preset name, JSON path or
+            :class:`LabelMap`); default ``abdomen7`` / ``chest3`` by organ.
+        size: ``tiny``, ``small``, ``medium``, ``large`` or ``mix`` (the organ's
+            FreeTumor class probabilities, drawn per lesion).
+        difference: ``None`` for the rule-based scalar, a fixed float, or a
+            callable returning a difference map for a crop (a trained generator).
+        min_inside: fraction of the deformed ellipsoid that must lie in the organ.
+        max_tries: placements tried per lesion before giving up.
+
+    Example:
+        >>> from freetumor.phantom import make_case
+        >>> image, label = make_case("abdomen", seed=2, shape=(96, 80, 48))
+        >>> out = Synthesizer("kidney", size="tiny")(image, label, count=2, seed=0)
+        >>> len(out.lesions), int((out.label.array == 6).sum()) > int((label.array == 6).sum())
+        (2, True)
+    """
+
+    def __init__(
+        self,
+        organ: str | Organ,
+        *,
+        label_map: str | os.PathLike | LabelMap | None = None,
+        size: str = "mix",
+        difference: float | DifferenceFn | None = None,
+        min_inside: float = 0.5,
+        max_tries: int = 30,
+    ):
+        self.organ = get_organ(organ)
+        self.label_map = get_label_map(label_map, self.organ.name)
+        self.label_map.organ_ids(self.organ.name)  # raises if the map lacks this organ
+        if size not in SIZE_CHOICES:
+            raise ConfigError(f"unknown size {size!r}; choose one of {', '.join(SIZE_CHOICES)}")
+        if not 0.0 < min_inside <= 1.0:
+            raise ConfigError(f"min_inside must be in (0, 1], got {min_inside}")
+        if max_tries < 1:
+            raise ConfigError(f"max_tries must be at least 1, got {max_tries}")
+        self.size = size
+        self.difference = difference
+        self.min_inside = float(min_inside)
+        self.max_tries = int(max_tries)
+
+    # ------------------------------------------------------------------ checks
+    def validate(self, image: Volume, label: Volume) -> np.ndarray:
+        """Check the pair; return the organ mask. Raises one-line :class:`InputError` s."""
+        check_same_grid(image, label)
+        check_ct_intensity(image)
+        lab = label.array
+        if np.issubdtype(lab.dtype, np.floating):
+            if not np.isfinite(lab).all() or not np.array_equal(lab, np.rint(lab)):
+                raise InputError(label.name, "label holds non-integer values")
+        values = np.unique(lab)
+        unknown = self.label_map.unknown_values(values)
+        if unknown:
+            shown = ", ".join(str(v) for v in unknown[:8]) + (" ..." if len(unknown) > 8 else "")
+            raise InputError(label.name, f"label values {shown} are not in label map {self.label_map.name!r}")
+        organ_mask = self.label_map.organ_mask(lab, self.organ.name)
+        n = int(organ_mask.sum())
+        if n == 0:
+            ids = ", ".join(str(i) for i in self.label_map.organ_ids(self.organ.name))
+            raise InputError(label.name, f"no {self.organ.name} in this label (ids {ids} of {self.label_map.name!r})")
+        mean_hu = float(image.array[organ_mask].mean())
+        lo, hi = self.organ.organ_hu
+        if not lo <= mean_hu <= hi:
+            raise InputError(
+                image.name,
+                f"mean {self.organ.name} intensity {mean_hu:.0f} is outside the plausible CT range "
+                f"{lo:g}..{hi:g} HU (not HU, or wrong label map?)",
+            )
+        return organ_mask
+
+    # -------------------------------------------------------------- synthesis
+    def __call__(self, image: Volume, label: Volume, *, count: int = 1, seed: int = 0) -> SynthesisResult:
+        if count < 1:
+            raise ConfigError(f"count must be at least 1, got {count}")
+        organ_mask = self.validate(image, label)
+        grid = Grid.of(image)
+        organ_ml = float(organ_mask.sum()) * grid.voxel_volume_ml
+        if self.size != "mix" and organ_ml * 1.0 < self.min_inside * nominal_volume_ml(self.organ, self.size):
+            raise OrganTooSmallError(
+                f"{label.name}: {self.organ.name} ({organ_ml:.1f} mL) is too small for a {self.size} tumour"
+            )
+        tumour_id = self.label_map.tumour_id(self.organ.name)
+        out_img = image.array.copy()
+        lab_dtype = label.array.dtype
+        if np.issubdtype(lab_dtype, np.integer) and tumour_id > np.iinfo(lab_dtype).max:
+            lab_dtype = np.dtype(np.uint16)
+        out_lab = label.array.astype(lab_dtype, copy=True)
+        free = organ_mask  # organ voxels not (yet) tumour; updated as lesions are added
+        seeds = np.random.SeedSequence(int(seed)).generate_state(count, dtype=np.uint32)
+        lesions: list[dict] = []
+        masks: list[LesionMask] = []
+        for k in range(count):
+            rec, lm = self._one_lesion(out_img, free, grid, int(seeds[k]), label.name, organ_ml)
+            out_lab[lm.slices][lm.mask] = tumour_id
+            free[lm.slices][lm.mask] = False
+            rec.update(index=k + 1, case_seed=int(seed))
+            centre = np.asarray(rec["centre_voxel"], float)
+            rec["centre_mm"] = [round(float(v), 2) for v in image.voxel_to_mm(centre)]
+            lesions.append(rec)
+            masks.append(lm)
+        return SynthesisResult(image.with_array(out_img), label.with_array(out_lab), lesions, masks)
+
+    def _one_lesion(self, img: np.ndarray, free: np.ndarray, grid: Grid, seed: int, label_name: str, organ_ml: float):
+        rng = np.random.default_rng(seed)
+        best = 0.0
+        for tries in range(1, self.max_tries + 1):
+            params = sample_shape(free, grid, self.organ, self.size, rng)
+            if params is None:
+                continue
+            lm = params.mask(grid, free)
+            best = max(best, lm.inside_fraction)
+            if lm.voxels >= 4 and lm.inside_fraction >= self.min_inside:
+                break
+        else:
+            what = f"a {self.size} tumour" if self.size != "mix" else "any tumour"
+            raise OrganTooSmallError(
+                f"{label_name}: {self.organ.name} ({organ_ml:.1f} mL) is too small for {what}: "
+                f"best of {self.max_tries} placements had {best:.0%} inside the organ (need {self.min_inside:.0%})"
+            )
+        # Soft mask on the lesion box grown by the blur's reach.
+        t = grid.per_voxel_axis(self.organ.target_spacing)
+        native = t / np.asarray(grid.spacing)  # native voxels per target voxel
+        blur = float(rng.uniform(*BLUR_SIGMA_RANGE))
+        sig = blur * native
+        grow = np.ceil(_BLUR_TRUNCATE * sig).astype(int)
+        box = tuple(
+            slice(max(0, s.start - g), min(n, s.stop + g)) for s, g, n in zip(lm.slices, grow, grid.shape)
+        )
+        inner = tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(lm.slices, box))
+        m = np.zeros([b.stop - b.start for b in box], np.float32)
+        m[inner] = lm.mask
+        from scipy.ndimage import gaussian_filter
+
+        soft = gaussian_filter(m, sig, truncate=_BLUR_TRUNCATE, mode="constant")
+        crop = img[box]
+        organ_crop = free[box]
+        if self.difference is None:
+            diff: float | np.ndarray = rule_based_difference(rng)
+        elif callable(self.difference):
+            diff = np.asarray(self.difference(crop.astype(np.float32), m > 0, self.organ), np.float32)
+        else:
+            diff = float(self.difference)
+        texture = procedural_texture(m.shape, rng, SIGMA_A * native, SIGMA_B * native)
+        new = blend(crop, organ_crop, soft, diff, texture, self.organ)
+        before = float(crop[inner][lm.mask].mean())
+        img[box] = _to_dtype(new, img.dtype)
+        after = float(img[box][inner][lm.mask].mean())
+        rec = {
+            "organ": self.organ.name,
+            "size_class": params.size_class,
+            "centre_voxel": [int(v) for v in params.centre],
+            "semi_axes_mm": [round(v, 2) for v in params.semi_axes_mm],
+            "volume_ml": round(lm.voxels * grid.voxel_volume_ml, 4),
+            "voxels": lm.voxels,
+            "inside_fraction": round(lm.inside_fraction, 4),
+            "deformation_sigma": params.sigma,
+            "blur_sigma": round(blur, 4),
+            "difference": round(float(np.mean(diff)), 4) if np.ndim(diff) else round(float(diff), 4),
+            "difference_source": "rule-based" if self.difference is None else (
+                "generator" if callable(self.difference) else "fixed"),
+            "mean_hu_before": round(before, 2),
+            "mean_hu_after": round(after, 2),
+            "bbox_voxel": [[s.start, s.stop] for s in lm.slices],
+            "seed": seed,
+            "tries": tries,
+            "version": __version__,
+        }
+        return rec, lm
+
+
+def synthesize(
+    image: Volume,
+    label: Volume,
+    organ: str,
+    *,
+    count: int = 1,
+    size: str = "mix",
+    seed: int = 0,
+    label_map: str | os.PathLike | LabelMap | None = None,
+) -> SynthesisResult:
+    """One-call rule-based synthesis (see :class:`Synthesizer`)."""
+    return Synthesizer(organ, label_map=label_map, size=size)(image, label, count=count, seed=seed)
+
+
+def synthesize_files(
+    image_path: str | os.PathLike,
+    label_path: str | os.PathLike,
+    organ: str,
+    out_dir: str | os.PathLike,
+    *,
+    count: int = 1,
+    size: str = "mix",
+    seed: int = 0,
+    label_map: str | os.PathLike | None = None,
+    case: str | None = None,
+    png: bool = True,
+) -> dict:
+    """Load, synthesise and write ``<case>_image.nii.gz``, ``<case>_label.nii.gz``,
+    ``<case>.json`` and ``<case>.png`` into ``out_dir`` (all or nothing).
+
+    Returns the case record that was written as JSON.
+    """
+    from .io import case_name, save_volume, staged_output, write_bytes_atomic
+
+    synth = Synthesizer(organ, label_map=label_map, size=size)
+    image = load_volume(image_path)
+    label = load_volume(label_path)
+    result = synth(image, label, count=count, seed=seed)
+    case = case or case_name(image_path)
+    for rec in result.lesions:
+        rec["case"] = case
+    record = {
+        "case": case,
+        "image": str(image_path),
+        "label": str(label_path),
+        "organ": synth.organ.name,
+        "label_map": synth.label_map.name,
+        "tumour_id": synth.label_map.tumour_id(synth.organ.name),
+        "size": size,
+        "count": count,
+        "seed": seed,
+        "shape": list(image.shape),
+        "spacing_mm": list(image.spacing),
+        "orientation": "".join(image.orientation),
+        "freetumor_version": __version__,
+        "lesions": result.lesions,
+        "outputs": {
+            "image": f"{case}_image.nii.gz",
+            "label": f"{case}_label.nii.gz",
+            "record": f"{case}.json",
+            **({"figure": f"{case}.png"} if png else {}),
+        },
+    }
+    with staged_output(out_dir) as stage:
+        save_volume(result.image, stage / f"{case}_image.nii.gz")
+        save_volume(result.label, stage / f"{case}_label.nii.gz")
+        if png:
+            from .render import render_lesions_png
+
+            masks = [m.full(image.shape) for m in result.masks]
+            render_lesions_png(
+                image, result.image, masks, result.lesions, synth.organ.hu_window, stage / f"{case}.png",
+                title=f"{case} · {synth.organ.name} · seed {seed}",
+            )
+        write_bytes_atomic(stage / f"{case}.json", (json.dumps(record, indent=2) + "\n").encode())
+    return record

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from freetumor.errors import ConfigError, InputError
+from freetumor.labels import default_label_map, get_label_map, load_label_map
+from freetumor.organs import ORGAN_NAMES, get_organ
+
+
+def test_registry_values_follow_method():
+    for name in ("liver", "pancreas", "kidney"):
+        o = get_organ(name)
+        assert o.hu_window == (-175.0, 250.0) and o.target_spacing == (1.5, 1.5, 1.5)
+        assert o.roi_size == (96, 96, 96) and o.sign == -1
+        assert dict(o.size_probs) == {"tiny": 0.25, "small": 0.25, "medium": 0.25, "large": 0.25}
+    for name in ("lung", "covid"):
+        o = get_organ(name)
+        assert o.hu_window == (-1000.0, 500.0) and o.target_spacing == (1.25, 1.25, 5.0)
+        assert o.roi_size == (192, 192, 32) and o.sign == +1
+    assert dict(get_organ("covid").size_probs) == {"tiny": 0.35, "small": 0.35, "medium": 0.30}
+    assert dict(get_organ("lung").size_probs) == {"tiny": 0.5, "small": 0.5}
+    assert [get_organ(n).generator_channel for n in ("liver", "pancreas", "kidney")] == [0, 1, 2]
+    assert get_organ("liver").base_radius_mm("large") == (48.0, 48.0, 48.0)
+    assert get_organ("covid").base_radius_mm("tiny") == (5.0, 5.0, 20.0)
+
+
+def test_unknown_organ_and_size():
+    with pytest.raises(ConfigError, match="unknown organ 'brain'"):
+        get_organ("brain")
+    with pytest.raises(ConfigError, match="unknown size class"):
+        get_organ("liver").base_radius_mm("huge")
+
+
+def test_presets():
+    ab = get_label_map("abdomen7")
+    assert [(ab.organ_ids(o), ab.tumour_id(o)) for o in ("liver", "pancreas", "kidney")] == [
+        ((1,), 2), ((3,), 4), ((5,), 6)]
+    ch = get_label_map("chest3")
+    assert ch.organ_ids("covid") == (1,) and ch.tumour_id("lung") == 2
+    ts = get_label_map("totalseg")
+    assert ts.organ_ids("liver") == (5,) and ts.organ_ids("pancreas") == (7,)
+    assert ts.organ_ids("kidney") == (2, 3) and ts.organ_ids("lung") == (10, 11, 12, 13, 14)
+    assert ts.unknown_values([0, 5, 117, 201]) == [] and ts.unknown_values([118]) == [118]
+    assert default_label_map("lung") == "chest3" and default_label_map("kidney") == "abdomen7"
+    with pytest.raises(ConfigError, match="has no 'liver'"):
+        ch.organ_ids("liver")
+    lab = np.array([0, 1, 2, 5, 6])
+    assert ab.organ_mask(lab, "liver").tolist() == [False, True, False, False, False]
+    assert ab.tumour_mask(lab, "kidney").tolist() == [False, False, False, False, True]
+
+
+def test_user_json_map(tmp_path):
+    p = tmp_path / "site.json"
+    p.write_text(json.dumps({"name": "site", "organs": {"liver": {"organ": [7, 8], "tumor": 9}}, "labels": [0, 3]}))
+    lm = get_label_map(str(p))
+    assert lm.name == "site" and lm.organ_ids("liver") == (7, 8) and lm.tumour_id("liver") == 9
+    assert lm.known == frozenset({0, 3, 7, 8, 9})
+    assert load_label_map(p).organs == lm.organs
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("{not json", "not a readable JSON"),
+        (json.dumps({"organs": {}}), "needs an \"organs\""),
+        (json.dumps({"organs": {"brain": {"organ": [1], "tumor": 2}}}), "unknown organ 'brain'"),
+        (json.dumps({"organs": {"liver": {"organ": [1]}}}), "needs \"organ\""),
+        (json.dumps({"organs": {"liver": {"organ": [1], "tumor": 1}}}), "distinct"),
+        (json.dumps({"organs": {"liver": {"organ": ["a"], "tumor": 2}}}), "integer label id"),
+    ],
+)
+def test_bad_json_maps(tmp_path, content, match):
+    p = tmp_path / "bad.json"
+    p.write_text(content)
+    with pytest.raises(InputError, match=match) as exc:
+        get_label_map(str(p))
+    assert str(p) in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="unknown label map"):
+        get_label_map("abdomen9")
+    assert set(ORGAN_NAMES) == {"liver", "pancreas", "kidney", "lung", "covid"}
