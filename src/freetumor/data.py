@@ -29,7 +29,7 @@ import numpy as np
 
 from .errors import FreeTumorError, InputError
 from .io import check_same_grid, load_volume
-from .labels import LabelMap, get_label_map
+from .labels import LabelMap, get_label_map, label_values
 
 
 def load_datalist(path: str | os.PathLike, keys: tuple[str, ...] | None = None) -> list[dict]:
@@ -114,7 +114,7 @@ def check_case(entry: dict, label_map: LabelMap) -> CaseCheck:
         lab = label.array
         if np.issubdtype(lab.dtype, np.floating) and not np.array_equal(lab, np.rint(lab)):
             raise InputError(label.name, "label holds non-integer values")
-        values = [int(v) for v in np.unique(lab)]
+        values = label_values(lab)
         res.labels = values
         unknown = label_map.unknown_values(values)
         if unknown:

@@ -72,7 +72,11 @@ class LabelMap:
 
     def organ_mask(self, label: np.ndarray, organ: str) -> np.ndarray:
         """Voxels of the host organ (real tumour voxels excluded)."""
-        return np.isin(label, self.organ_ids(organ))
+        ids = self.organ_ids(organ)
+        mask = label == ids[0]
+        for i in ids[1:]:
+            mask |= label == i
+        return mask
 
     def tumour_mask(self, label: np.ndarray, organ: str) -> np.ndarray:
         """Voxels already labelled as a tumour of this organ."""
@@ -81,6 +85,21 @@ class LabelMap:
     def unknown_values(self, values: Iterable[int]) -> list[int]:
         """Values not in this convention (sorted)."""
         return sorted(int(v) for v in values if int(v) not in self.known)
+
+
+def label_values(label: np.ndarray) -> list[int]:
+    """Distinct values of an integer label array (fast path for small non-negative ids).
+
+    Example:
+        >>> label_values(np.array([[0, 5], [5, 2]], np.uint8))
+        [0, 2, 5]
+    """
+    flat = np.ravel(label, order="K")
+    if np.issubdtype(label.dtype, np.integer) and flat.size:
+        lo, hi = int(flat.min()), int(flat.max())
+        if lo >= 0 and hi < 1 << 16:
+            return [int(v) for v in np.flatnonzero(np.bincount(flat, minlength=hi + 1))]
+    return [int(v) for v in np.unique(flat)]
 
 
 def _preset(name: str, organs: dict, known: Iterable[int]) -> LabelMap:

@@ -231,7 +231,7 @@ def sample_centre(organ_mask: np.ndarray, grid: Grid, organ: Organ, rng: np.rand
         return None
     z0, z1 = int(present[0]), int(present[-1])
     z = z0 + int(round(rng.uniform(*_Z_RANGE) * (z1 - z0)))
-    sl = np.take(organ_mask, z, axis=ax)
+    sl = organ_mask[(slice(None),) * ax + (z,)]
     inplane = [i for i in range(3) if i != ax]
     t = grid.per_voxel_axis(organ.target_spacing)
     half = [max(1, int(round(_EROSION_HALF_WIDTH_VOX * t[i] / grid.spacing[i]))) for i in inplane]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -36,7 +37,7 @@ import numpy as np
 from . import __version__
 from .errors import ConfigError, InputError
 from .io import Volume, check_same_grid, load_volume
-from .labels import LabelMap, get_label_map
+from .labels import LabelMap, get_label_map, label_values
 from .organs import SIZE_CHOICES, Organ, get_organ
 from .shapes import Grid, LesionMask, OrganTooSmallError, nominal_volume_ml, sample_shape
 from .texture import SIGMA_A, SIGMA_B, procedural_texture
@@ -173,8 +174,7 @@ class Synthesizer:
         if np.issubdtype(lab.dtype, np.floating):
             if not np.isfinite(lab).all() or not np.array_equal(lab, np.rint(lab)):
                 raise InputError(label.name, "label holds non-integer values")
-        values = np.unique(lab)
-        unknown = self.label_map.unknown_values(values)
+        unknown = self.label_map.unknown_values(label_values(lab))
         if unknown:
             shown = ", ".join(str(v) for v in unknown[:8]) + (" ..." if len(unknown) > 8 else "")
             raise InputError(label.name, f"label values {shown} are not in label map {self.label_map.name!r}")
@@ -328,8 +328,11 @@ def synthesize_files(
     from .io import case_name, save_volume, staged_output, write_bytes_atomic
 
     synth = Synthesizer(organ, label_map=label_map, size=size)
-    image = load_volume(image_path)
-    label = load_volume(label_path)
+    # Reading and gzip-compressing release the GIL: image and label travel in parallel.
+    with ThreadPoolExecutor(1) as pool:
+        pending_label = pool.submit(load_volume, label_path)
+        image = load_volume(image_path)
+        label = pending_label.result()
     result = synth(image, label, count=count, seed=seed)
     case = case or case_name(image_path)
     for rec in result.lesions:
@@ -356,8 +359,8 @@ def synthesize_files(
             **({"figure": f"{case}.png"} if png else {}),
         },
     }
-    with staged_output(out_dir) as stage:
-        save_volume(result.image, stage / f"{case}_image.nii.gz")
+    with staged_output(out_dir) as stage, ThreadPoolExecutor(1) as pool:
+        saving_image = pool.submit(save_volume, result.image, stage / f"{case}_image.nii.gz")
         save_volume(result.label, stage / f"{case}_label.nii.gz")
         if png:
             from .render import render_lesions_png
@@ -368,4 +371,5 @@ def synthesize_files(
                 title=f"{case} · {synth.organ.name} · seed {seed}",
             )
         write_bytes_atomic(stage / f"{case}.json", (json.dumps(record, indent=2) + "\n").encode())
+        saving_image.result()
     return record
