@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import functools
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 
 from .errors import FreeTumorError
@@ -29,8 +29,10 @@ app = typer.Typer(
 data_app = typer.Typer(help="Datalists: check cases before using them.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-ORGAN_CHOICE = click.Choice(ORGAN_NAMES)
-SIZE_CHOICE = click.Choice(SIZE_CHOICES)
+# Choices as Enums: Typer shows them in --help and rejects others with a usage error (exit 2).
+Organ = Enum("Organ", {n: n for n in ORGAN_NAMES}, type=str)
+Size = Enum("Size", {n: n for n in SIZE_CHOICES}, type=str)
+Region = Enum("Region", {n: n for n in ("abdomen", "chest")}, type=str)
 LABEL_MAP_HELP = f"Label convention: {', '.join(PRESET_NAMES)} or a JSON file (default: abdomen7 / chest3 by organ)."
 
 
@@ -59,11 +61,11 @@ def domain_errors(func):
 def synthesize(
     image: Path = typer.Option(..., "--image", help="CT: a NIfTI file or a DICOM series folder."),
     label: Path = typer.Option(..., "--label", help="Label map (NIfTI) on the CT's grid with the organ."),
-    organ: str = typer.Option(..., "--organ", click_type=ORGAN_CHOICE, help="Tumour type / host organ."),
+    organ: Organ = typer.Option(..., "--organ", help="Tumour type / host organ."),
     out: Path = typer.Option(..., "--out", help="Output folder."),
     label_map: Optional[str] = typer.Option(None, "--label-map", help=LABEL_MAP_HELP),
     count: int = typer.Option(1, "--count", min=1, help="Number of tumours to add."),
-    size: str = typer.Option("mix", "--size", click_type=SIZE_CHOICE, help="Size class; mix draws per tumour."),
+    size: Size = typer.Option(Size.mix, "--size", help="Size class; mix draws per tumour."),
     seed: int = typer.Option(0, "--seed", help="Random seed (recorded in the output)."),
     png: bool = typer.Option(True, "--png/--no-png", help="Write the before/after figure."),
 ) -> None:
@@ -75,7 +77,7 @@ def synthesize(
     from .synthesis import synthesize_files
 
     record = synthesize_files(
-        image, label, organ, out, count=count, size=size, seed=seed, label_map=label_map, png=png
+        image, label, organ.value, out, count=count, size=size.value, seed=seed, label_map=label_map, png=png
     )
     for r in record["lesions"]:
         typer.echo(
@@ -92,13 +94,13 @@ def phantom(
     out: Path = typer.Option(..., "--out", help="Output folder for the cohort."),
     cases: int = typer.Option(4, "--cases", min=1, help="Number of cases."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
-    region: str = typer.Option("abdomen", "--region", click_type=click.Choice(["abdomen", "chest"])),
+    region: Region = typer.Option(Region.abdomen, "--region", help="Body region."),
 ) -> None:
     """Write a procedural CT phantom cohort (NIfTI + datalist.json)."""
     from .phantom import write_cohort
 
-    datalist = write_cohort(out, cases, seed=seed, region=region)
-    typer.echo(f"wrote {cases} {region} phantom cases; datalist: {datalist}")
+    datalist = write_cohort(out, cases, seed=seed, region=region.value)
+    typer.echo(f"wrote {cases} {region.value} phantom cases; datalist: {datalist}")
 
 
 @data_app.command("check")

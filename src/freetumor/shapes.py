@@ -26,7 +26,7 @@ Example:
     >>> grid = Grid.from_affine(np.diag([1.5, 1.5, 1.5, 1.0]), organ.shape)
     >>> p = sample_shape(organ, grid, get_organ("liver"), "small", np.random.default_rng(0))
     >>> lesion = p.mask(grid, organ)
-    >>> bool(lesion.any()) and bool(np.all(organ[lesion.slices][lesion.mask]))
+    >>> lesion.voxels > 0 and bool(np.all(organ[lesion.slices][lesion.mask]))
     True
 """
 
