@@ -108,3 +108,18 @@ def test_case_name():
     assert case_name("/a/b/case_01.nii.gz") == "case_01"
     assert case_name("/a/b/case_01.nii") == "case_01"
     assert case_name("/a/dicom_slab") == "dicom_slab"
+
+
+def test_outputs_get_normal_permissions(tmp_path):
+    import os
+
+    from freetumor.io import write_bytes_atomic
+
+    mask = os.umask(0o022)
+    try:
+        save_volume(Volume(np.zeros((2, 2, 2), np.int16), np.eye(4)), tmp_path / "a.nii.gz")
+        write_bytes_atomic(tmp_path / "b.json", b"{}")
+    finally:
+        os.umask(mask)
+    for name in ("a.nii.gz", "b.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644

@@ -192,6 +192,20 @@ def _load_dicom_series(p: Path) -> Volume:
     return Volume(np.ascontiguousarray(array), affine, None, str(p), {"dicom_files": len(files)})
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _make_temp(path: Path, suffix: str = "") -> str:
+    """A temporary file beside ``path`` with the permissions a plain ``open`` would give."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files
+    return tmp
+
+
 def _short(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text[:160]
@@ -236,8 +250,7 @@ def save_volume(vol: Volume, path: str | os.PathLike) -> None:
         raise InputError(path, "output must end in .nii or .nii.gz")
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    tmp = _make_temp(path, suffix)
     try:
         img = to_nifti(vol)
         if suffix == ".nii.gz":
@@ -287,9 +300,9 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write a small file atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = _make_temp(path)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
     except BaseException:
