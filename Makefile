@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test venv install install-test bench clean
+.PHONY: demo test venv torch install install-test bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,10 +13,18 @@ $(VENV)/bin/python:
 
 venv: $(VENV)/bin/python
 
-install: venv
+# PyTorch: keep a torch that is already there (e.g. your CUDA build). Otherwise, with an NVIDIA
+# GPU, let pip choose; without one, pin the CPU build that this machine class has on disk
+# (falling back to whatever pip finds).
+torch: venv
+	@$(PY) -c "import torch" 2>/dev/null || \
+	  if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install -q torch; \
+	  else $(PIP) install -q torch==2.13.0 || $(PIP) install -q torch; fi
+
+install: torch
 	$(PIP) install -q -e .
 
-install-test: venv
+install-test: torch
 	$(PIP) install -q -e '.[test]'
 
 demo: install
