@@ -150,6 +150,46 @@ def demo(
     typer.echo(f"open {page}")
 
 
+@app.command("train-seg")
+@domain_errors
+def train_seg(
+    config: str = typer.Option(..., "--config", help="YAML file or preset name (e.g. liver-cpu-tiny)."),
+    datalist: Path = typer.Option(..., "--datalist", help="MSD-style datalist with labelled \"training\" cases."),
+    out: Path = typer.Option(..., "--out", help="Run folder."),
+    fold: Optional[int] = typer.Option(None, "--fold", help="Validation fold K of train.folds (default 0)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimiser steps."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set train.lr=1e-4 (repeatable)."),
+) -> None:
+    """Train a segmentation model on real labels (Stage-0 baseline); torchrun for several GPUs/processes."""
+    from .config import load_config
+    from .training.segmentation import train_segmentation
+
+    extra = list(overrides)
+    if fold is not None:
+        extra.append(f"train.fold={fold}")
+    if max_steps is not None:
+        extra.append(f"train.max_steps={max_steps}")
+    cfg = load_config(config, extra)
+    summary = train_segmentation(cfg, datalist, out, resume=resume, log=typer.echo)
+    typer.echo(f"done: {summary['steps']} steps, best score {summary['best_score']:.4f}; checkpoints in {out}")
+
+
+@app.command()
+@domain_errors
+def predict(
+    model: Path = typer.Option(..., "--model", help="Checkpoint, e.g. RUNDIR/best.pt."),
+    image: Path = typer.Option(..., "--image", help="CT file, DICOM series folder, or folder of NIfTI files."),
+    out: Path = typer.Option(..., "--out", help="Output folder (<case>.nii.gz, on each input's grid)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+) -> None:
+    """Sliding-window segmentation, written back on each input's native grid."""
+    from .inference import predict_files
+
+    written = predict_files(model, image, out, device=device)
+    typer.echo(f"wrote {len(written)} prediction(s) to {out}")
+
+
 def main() -> None:  # console-script entry point
     try:
         app()

@@ -1,0 +1,128 @@
+"""Sliding-window prediction, written back on each input's native grid.
+
+The CT is oriented to RAS, resampled to the model's spacing and windowed as in
+training; the class map predicted there is resampled (nearest neighbour) onto
+the input's own voxel grid through the two affines, so the output has the
+input's exact shape, affine and header (data type uint8).
+
+Example:
+    >>> import numpy as np
+    >>> lab = np.arange(8, dtype=np.uint8).reshape(2, 2, 2)
+    >>> resample_nearest(lab, np.eye(4), (2, 2, 2), np.eye(4)).tolist() == lab.tolist()
+    True
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import InputError
+from .io import NIFTI_SUFFIXES, Volume, case_name, load_volume, save_volume, staged_output
+
+
+def resample_nearest(src: np.ndarray, src_affine: np.ndarray, shape, affine: np.ndarray, fill: int = 0) -> np.ndarray:
+    """Nearest-neighbour resampling of ``src`` (voxel->mm ``src_affine``) onto a target grid."""
+    m = np.linalg.inv(src_affine) @ np.asarray(affine, np.float64)
+    out = np.full(tuple(shape), fill, dtype=src.dtype)
+    i, j = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    base = m[:3, 0, None, None] * i + m[:3, 1, None, None] * j + m[:3, 3, None, None]
+    limits = np.asarray(src.shape)[:, None, None]
+    for k in range(shape[2]):  # one slice at a time keeps memory flat for large scans
+        idx = np.rint(base + m[:3, 2, None, None] * k).astype(np.int64)
+        ok = np.all((idx >= 0) & (idx < limits), axis=0)
+        out[..., k][ok] = src[idx[0][ok], idx[1][ok], idx[2][ok]]
+    return out
+
+
+def list_inputs(path: str | os.PathLike) -> list[Path]:
+    """A NIfTI file, a DICOM series folder, or a folder of NIfTI files."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, "no such file or folder")
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.name.lower().endswith(NIFTI_SUFFIXES))
+        return files or [p]
+    return [p]
+
+
+class Predictor:
+    """A trained segmentor ready to predict volumes.
+
+    Args:
+        model_path: a freetumor checkpoint (``RUNDIR/best.pt``).
+        device: ``cpu``, ``cuda`` or ``None`` (CUDA when available).
+    """
+
+    def __init__(self, model_path: str | os.PathLike, device: str | None = None):
+        import torch
+
+        from .checkpoints import load_model
+
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model, self.cfg = load_model(model_path, map_location=self.device)
+        self.model.to(self.device).eval()
+
+    def _preprocess(self, vol: Volume):
+        import torch
+        from monai.data import MetaTensor
+        from monai.transforms import Orientation, ScaleIntensityRange, Spacing
+
+        d = self.cfg["data"]
+        img = MetaTensor(torch.as_tensor(np.asarray(vol.array, np.float32))[None], affine=torch.as_tensor(vol.affine))
+        img = Orientation(axcodes="RAS")(img)
+        img = Spacing(pixdim=tuple(d["spacing"]), mode="bilinear")(img)
+        a_min, a_max = d["hu_window"]
+        return ScaleIntensityRange(a_min, a_max, 0.0, 1.0, clip=True)(img)
+
+    def predict_volume(self, vol: Volume) -> Volume:
+        """Class map (uint8) on ``vol``'s grid."""
+        import torch
+        from monai.inferers import sliding_window_inference
+
+        img = self._preprocess(vol)
+        affine = np.asarray(img.affine, np.float64)
+        x = img.as_tensor()[None].to(self.device)
+        with torch.no_grad():
+            amp = self.device.type == "cuda" and self.cfg["train"]["amp"]
+            with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+                logits = sliding_window_inference(
+                    x, tuple(self.cfg["data"]["roi_size"]), self.cfg["val"]["sw_batch_size"], self.model,
+                    overlap=self.cfg["val"]["overlap"],
+                )
+        pred = logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+        native = resample_nearest(pred, affine, vol.shape, vol.affine)
+        return vol.with_array(native)
+
+
+def predict_files(
+    model_path: str | os.PathLike,
+    image: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    device: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> list[Path]:
+    """Predict every input (file, DICOM folder or folder of NIfTI) into ``out_dir/<case>.nii.gz``."""
+    inputs = list_inputs(image)
+    predictor = Predictor(model_path, device)
+    written = []
+    it = inputs
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(inputs, desc="predict", unit="case", dynamic_ncols=True)
+    with staged_output(out_dir) as stage:
+        for p in it:
+            vol = load_volume(p)
+            pred = predictor.predict_volume(vol)
+            name = f"{case_name(p)}.nii.gz"
+            save_volume(pred, stage / name)
+            written.append(Path(out_dir) / name)
+            if log:
+                log(f"wrote {Path(out_dir) / name}")
+    return written

@@ -1,0 +1,431 @@
+"""MONAI transform chains for segmentation training, validation and inference.
+
+The chains follow FreeTumor's ``utils/data_trans.py`` (``METHOD.md`` §2.3):
+
+1. load image (and label) with its affine, add a channel axis;
+2. map the label values of the datalist's convention (``cfg["label_map"]``) to
+   the training classes of ``cfg["task"]`` (:func:`class_mapping`, :class:`ConvertLabelsd`);
+3. orient to RAS, resample to ``data.spacing`` (bilinear image, nearest label);
+4. window ``data.hu_window`` to [0, 1] (clipped);
+5. crop to the body (image > 0 after scaling) and pad to ``data.roi_size``.
+
+Training then samples ``num_samples`` patches with ``RandCropByPosNegLabeld``,
+flips each axis (p = ``flip_prob``), rotates by 90° (p = ``rot90_prob``), jitters
+the intensity (p = 0.1 each) and finally runs an optional ``synthesis``
+transform on each augmented patch (FreeTumor synthesises after augmentation).
+All deterministic steps come before the first random one, so a cache
+(``CacheDataset`` or ``StepDataset``) stores the preprocessed volume.
+
+Training classes per ``task``:
+
+* ``organ3``: 0 background, 1 organ, 2 tumour of ``cfg["organ"]``;
+* ``abdomen7``: 0 bg, 1 liver, 2 liver tumour, 3 pancreas, 4 pancreas tumour,
+  5 kidney, 6 kidney tumour (every organ the label map has);
+* ``chest3``: 0 bg, 1 lung, 2 lesion.
+
+Every chain returns ``image`` as a float32 :class:`monai.data.MetaTensor` of
+shape ``(1, X, Y, Z)`` whose ``.affine`` maps voxels to RAS+ millimetres, and
+``label`` (when loaded) of the same shape holding class values only.
+
+Example:
+    >>> class_mapping("abdomen7", "organ3", "kidney")
+    {0: 0, 1: 0, 2: 0, 3: 0, 4: 0, 5: 1, 6: 2}
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.data import ImageReader, MetaTensor
+from monai.transforms import MapTransform
+from monai.utils import convert_to_dst_type
+
+from .errors import ConfigError, InputError
+from .io import is_nifti, load_volume
+from .labels import LabelMap, get_label_map
+
+__all__ = [
+    "TASKS",
+    "ABDOMEN7_ORGANS",
+    "class_mapping",
+    "ConvertLabelsd",
+    "VolumeReader",
+    "preprocess_transforms",
+    "train_transforms",
+    "val_transforms",
+    "infer_transforms",
+]
+
+TASKS = ("organ3", "abdomen7", "chest3")
+
+# abdomen7 classes: organ -> (organ class, tumour class)
+ABDOMEN7_ORGANS = {"liver": (1, 2), "pancreas": (3, 4), "kidney": (5, 6)}
+_CHEST_ORGANS = ("lung", "covid")
+_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # the affines here are RAS+ (nibabel's convention)
+
+
+# ----------------------------------------------------------------------------- label classes
+def class_mapping(label_map: str | os.PathLike | LabelMap, task: str, organ: str) -> dict[int, int]:
+    """Input label value -> training class, for every value the label map knows.
+
+    Values the map knows but the task does not use map to 0; values the map
+    does not know at all are absent here and :class:`ConvertLabelsd` maps them
+    to 0 too.
+
+    Args:
+        label_map: the datalist's label convention (preset name, JSON path or
+            :class:`~freetumor.labels.LabelMap`).
+        task: ``organ3``, ``abdomen7`` or ``chest3`` (see the module docstring).
+        organ: the tumour type (used by ``organ3``; ``chest3`` prefers it when
+            it is ``lung`` or ``covid``).
+
+    Raises:
+        ConfigError: unknown task, the map lacks the organ(s) the task needs, or
+            one input value would need two different classes.
+
+    Example:
+        >>> class_mapping("abdomen7", "organ3", "liver")
+        {0: 0, 1: 1, 2: 2, 3: 0, 4: 0, 5: 0, 6: 0}
+        >>> m = class_mapping("totalseg", "abdomen7", "liver")
+        >>> m[5], m[7], m[2], m[3], m[201], m[202], m[203], m[1]
+        (1, 3, 5, 5, 2, 4, 6, 0)
+        >>> class_mapping("chest3", "chest3", "covid")
+        {0: 0, 1: 1, 2: 2}
+    """
+    lm = get_label_map(label_map)
+    pairs: list[tuple[str, int, int]] = []  # (organ, organ class, tumour class)
+    if task == "organ3":
+        lm.organ_ids(organ)  # ConfigError when the map lacks it
+        pairs.append((organ, 1, 2))
+    elif task == "abdomen7":
+        pairs = [(name, c, t) for name, (c, t) in ABDOMEN7_ORGANS.items() if lm.supports(name)]
+        if not pairs:
+            raise ConfigError(
+                f"label map {lm.name!r} has none of {', '.join(ABDOMEN7_ORGANS)}; task abdomen7 needs at least one")
+    elif task == "chest3":
+        order = sorted(_CHEST_ORGANS, key=lambda n: n != str(organ).lower())  # the configured organ first
+        pairs = [(name, 1, 2) for name in order if lm.supports(name)]
+        if not pairs:
+            raise ConfigError(f"label map {lm.name!r} has no lung or covid entry; task chest3 needs one")
+    else:
+        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+
+    mapping = {int(v): 0 for v in lm.known}
+    mapping[0] = 0
+    assigned: dict[int, tuple[int, str]] = {}
+
+    def put(value: int, cls: int, what: str) -> None:
+        old = assigned.get(value)
+        if old is not None and old[0] != cls:
+            raise ConfigError(
+                f"label map {lm.name!r}: value {value} is both {old[1]} and {what}; task {task} needs one class")
+        assigned[value] = (cls, what)
+        mapping[value] = cls
+
+    for name, organ_cls, tumour_cls in pairs:
+        for v in lm.organ_ids(name):
+            put(int(v), organ_cls, f"{name} organ")
+        put(int(lm.tumour_id(name)), tumour_cls, f"{name} tumour")
+    return dict(sorted(mapping.items()))
+
+
+class ConvertLabelsd(MapTransform):
+    """Map label values to training classes with one look-up table (values not in ``mapping`` -> 0).
+
+    Non-integer values (e.g. float labels) are rounded first. The output keeps
+    the input's type, dtype, device and (for a MetaTensor) its metadata and affine.
+
+    Args:
+        keys: the label key(s).
+        mapping: input value -> class, e.g. from :func:`class_mapping`.
+        allow_missing_keys: skip keys missing from the data.
+
+    Example:
+        >>> import numpy as np
+        >>> t = ConvertLabelsd(keys=("label",), mapping={5: 1, 201: 2})
+        >>> t({"label": np.array([[0, 5, 201, 7, 999]], np.int16)})["label"].tolist()
+        [[0, 1, 2, 0, 0]]
+    """
+
+    def __init__(self, keys: Sequence[Hashable] | Hashable = ("label",), mapping: Mapping[int, int] | None = None,
+                 allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        if not mapping:
+            raise ConfigError("ConvertLabelsd needs a non-empty mapping {input value: class}")
+        items = []
+        for k, v in mapping.items():
+            try:
+                ok = not isinstance(k, bool) and not isinstance(v, bool) and int(k) == k and int(v) == v
+            except (TypeError, ValueError):
+                ok = False
+            if not ok or not 0 <= int(k) < 1 << 24 or not 0 <= int(v) < 1 << 24:
+                raise ConfigError(f"label mapping entries must be non-negative integer ids, got {k!r}: {v!r}")
+            items.append((int(k), int(v)))
+        self.mapping = dict(items)
+        size = max(self.mapping) + 1
+        # One extra slot (index ``size``, value 0) takes every value outside 0..size-1.
+        lut = np.zeros(size + 1, np.int64)
+        for k, v in self.mapping.items():
+            lut[k] = v
+        self._lut = lut
+
+    def convert(self, label):
+        """Map one array or tensor (any shape); a GPU tensor stays on its device."""
+        if isinstance(label, torch.Tensor) and label.device.type != "cpu":
+            return convert_to_dst_type(self._convert_torch(label), label)[0]
+        a = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
+        return convert_to_dst_type(self._lut[self._index_numpy(a)], label)[0]  # label's type, dtype and meta
+
+    def _index_numpy(self, a: np.ndarray) -> np.ndarray:
+        """Look-up indices (int32): the rounded value, or the zero slot for anything outside the table."""
+        size = self._lut.size - 1
+        if a.dtype.kind == "b":
+            a = a.astype(np.int32)
+        elif a.dtype.kind == "f":
+            a = np.rint(a)  # a new array
+            a[~np.isfinite(a)] = -1
+            a = np.clip(a, -1, size, out=a).astype(np.int32)
+        elif a.dtype.kind == "u":
+            a = (a if a.dtype.itemsize < 4 else np.minimum(a, size)).astype(np.int32)
+        elif a.dtype.kind == "i":
+            a = (a if a.dtype.itemsize <= 4 else np.clip(a, -1, size)).astype(np.int32, copy=False)
+        else:
+            raise InputError("<label>", f"label array has unsupported dtype {a.dtype}")
+        return np.where((a >= 0) & (a < size), a, np.int32(size))
+
+    def _convert_torch(self, label: torch.Tensor) -> torch.Tensor:
+        size = self._lut.size - 1
+        x = label.as_tensor() if isinstance(label, MetaTensor) else label
+        if x.is_floating_point():
+            x = torch.nan_to_num(torch.round(x), nan=-1.0, posinf=-1.0, neginf=-1.0).clamp(-1, size)
+        x = x.long()
+        x = torch.where((x >= 0) & (x < size), x, torch.full_like(x, size))
+        return torch.as_tensor(self._lut, device=x.device)[x]
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.convert(d[key])
+        return d
+
+
+# ----------------------------------------------------------------------------- reading
+class VolumeReader(ImageReader):
+    """MONAI reader on top of :func:`freetumor.io.load_volume`: NIfTI files and DICOM-series folders.
+
+    The metadata follow MONAI's ``NibabelReader`` (``affine`` voxel -> RAS+ mm,
+    ``original_affine``, ``spatial_shape``, ``space`` = RAS, no channel axis),
+    so ``LoadImaged(reader=VolumeReader())`` gives the same MetaTensor for a
+    NIfTI file and also reads DICOM folders; errors are :class:`InputError`.
+    """
+
+    def verify_suffix(self, filename: Sequence[os.PathLike] | os.PathLike) -> bool:
+        names = [filename] if isinstance(filename, (str, os.PathLike)) else list(filename)
+        return len(names) == 1 and (is_nifti(names[0]) or os.path.isdir(names[0]))
+
+    def read(self, data: Sequence[os.PathLike] | os.PathLike, **kwargs):
+        names = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+        if len(names) != 1:
+            raise InputError(", ".join(str(n) for n in names), "expected one image file or DICOM folder per key")
+        return load_volume(names[0])
+
+    def get_data(self, img) -> tuple[np.ndarray, dict]:
+        affine = np.array(img.affine, np.float64, copy=True)
+        meta = {
+            "affine": affine,
+            "original_affine": affine.copy(),
+            "spatial_shape": np.asarray(img.shape),
+            "space": "RAS",
+            "original_channel_dim": float("nan"),
+            "pixdim": np.asarray([1.0, *img.spacing, 1.0, 1.0, 1.0, 1.0]),
+        }
+        return np.asarray(img.array), meta
+
+
+# ----------------------------------------------------------------------------- chains
+def _data_cfg(cfg: Mapping) -> Mapping:
+    try:
+        return cfg["data"]
+    except (KeyError, TypeError):
+        raise ConfigError("config has no 'data' section") from None
+
+
+def _get(d: Mapping, key: str, section: str = "data."):
+    try:
+        return d[key]
+    except KeyError:
+        raise ConfigError(f"config is missing {section}{key}") from None
+
+
+def _triple(value, what: str, kind=float) -> tuple:
+    try:
+        vals = tuple(kind(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"data.{what} must be a list of 3 numbers, got {value!r}") from None
+    if len(vals) != 3 or any(v <= 0 for v in vals):
+        raise ConfigError(f"data.{what} must be 3 positive numbers, got {value!r}")
+    return vals
+
+
+def _load_steps(keys: list[str]) -> list:
+    from monai.transforms import EnsureChannelFirstd, LoadImaged
+
+    # LoadImaged also builds MONAI's default readers; their notes about optional GPU DICOM
+    # decoders (a warning and a log line each time) are noise here.
+    log = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            load = LoadImaged(keys=keys, reader=VolumeReader(), image_only=True, dtype=np.float32)
+    finally:
+        log.setLevel(level)
+    return [load, EnsureChannelFirstd(keys=keys)]
+
+
+def _geometry_steps(cfg: Mapping, keys: list[str]) -> list:
+    from monai.transforms import Orientationd, ScaleIntensityRanged, Spacingd
+
+    d = _data_cfg(cfg)
+    spacing = _triple(_get(d, "spacing"), "spacing")
+    window = _get(d, "hu_window")
+    try:
+        a_min, a_max = (float(v) for v in window)
+    except (TypeError, ValueError):
+        raise ConfigError(f"data.hu_window must be [a_min, a_max], got {window!r}") from None
+    if not a_max > a_min:
+        raise ConfigError(f"data.hu_window must have a_min < a_max, got {window!r}")
+    modes = ("bilinear", "nearest")[: len(keys)]
+    return [
+        Orientationd(keys=keys, axcodes="RAS", labels=_RAS_LABELS),
+        Spacingd(keys=keys, pixdim=spacing, mode=modes, dtype=np.float32),
+        ScaleIntensityRanged(keys="image", a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True),
+    ]
+
+
+def preprocess_transforms(cfg: Mapping, *, with_label: bool = True, crop_foreground: bool = True) -> list:
+    """The deterministic steps shared by training and validation, as a list.
+
+    Load, channel first, label -> classes (with a label), RAS, resample to
+    ``data.spacing``, window ``data.hu_window`` to [0, 1], crop to the body
+    (scaled image > 0) if ``crop_foreground``, pad to ``data.roi_size``.
+
+    Example:
+        >>> cfg = {"organ": "liver", "task": "organ3", "label_map": "abdomen7",
+        ...        "data": {"spacing": [1.5, 1.5, 1.5], "hu_window": [-175.0, 250.0], "roi_size": [96, 96, 96]}}
+        >>> [type(t).__name__ for t in preprocess_transforms(cfg)]  # doctest: +NORMALIZE_WHITESPACE
+        ['LoadImaged', 'EnsureChannelFirstd', 'ConvertLabelsd', 'Orientationd', 'Spacingd',
+         'ScaleIntensityRanged', 'CropForegroundd', 'SpatialPadd']
+    """
+    from monai.transforms import CropForegroundd, SpatialPadd
+
+    keys = ["image", "label"] if with_label else ["image"]
+    steps = _load_steps(keys)
+    if with_label:
+        organ = _get(cfg, "organ", "")
+        mapping = class_mapping(get_label_map(cfg.get("label_map"), organ), _get(cfg, "task", ""), organ)
+        steps.append(ConvertLabelsd(keys=("label",), mapping=mapping))
+    steps += _geometry_steps(cfg, keys)
+    roi = _triple(_get(_data_cfg(cfg), "roi_size"), "roi_size", int)
+    if crop_foreground:
+        steps.append(CropForegroundd(keys=keys, source_key="image", margin=0, allow_smaller=True,
+                                     start_coord_key=None, end_coord_key=None))
+    steps.append(SpatialPadd(keys=keys, spatial_size=roi, mode="constant"))
+    return steps
+
+
+def train_transforms(cfg: Mapping, synthesis=None):
+    """Training chain: :func:`preprocess_transforms`, patch sampling, augmentation, then ``synthesis``.
+
+    Returns a :class:`monai.transforms.Compose` that maps ``{"image": path,
+    "label": path}`` to a list of ``data.num_samples`` patch dicts of
+    ``data.roi_size``. ``synthesis`` (a transform or callable on one patch
+    dict, or ``None``) runs on each patch after the augmentations.
+
+    Example:
+        >>> cfg = {"organ": "liver", "task": "organ3", "label_map": "abdomen7",
+        ...        "data": {"spacing": [1.5, 1.5, 1.5], "hu_window": [-175.0, 250.0], "roi_size": [96, 96, 96],
+        ...                 "num_samples": 4, "pos": 1.0, "neg": 1.0, "scale_intensity": True,
+        ...                 "shift_intensity": True, "flip_prob": 0.2, "rot90_prob": 0.2}}
+        >>> [type(t).__name__ for t in train_transforms(cfg).transforms][8:]  # doctest: +NORMALIZE_WHITESPACE
+        ['FgBgToIndicesd', 'RandCropByPosNegLabeld', 'DeleteItemsd', 'RandFlipd', 'RandFlipd', 'RandFlipd', 'RandRotate90d',
+         'RandScaleIntensityd', 'RandShiftIntensityd']
+    """
+    from monai.transforms import (
+        Compose,
+        DeleteItemsd,
+        FgBgToIndicesd,
+        RandCropByPosNegLabeld,
+        RandFlipd,
+        RandRotate90d,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+    )
+
+    d = _data_cfg(cfg)
+    keys = ["image", "label"]
+    roi = _triple(_get(d, "roi_size"), "roi_size", int)
+    pos, neg = float(_get(d, "pos")), float(_get(d, "neg"))
+    if pos < 0 or neg < 0 or pos + neg <= 0:
+        raise ConfigError(f"data.pos and data.neg must be >= 0 and not both 0, got {pos} and {neg}")
+    num_samples = int(_get(d, "num_samples"))
+    if num_samples < 1:
+        raise ConfigError(f"data.num_samples must be at least 1, got {num_samples}")
+    flip_p, rot_p = float(_get(d, "flip_prob")), float(_get(d, "rot90_prob"))
+    for name, p in (("flip_prob", flip_p), ("rot90_prob", rot_p)):
+        if not 0.0 <= p <= 1.0:
+            raise ConfigError(f"data.{name} must be in [0, 1], got {p}")
+    steps = preprocess_transforms(cfg, with_label=True, crop_foreground=True)
+    # Foreground/background voxel indices are computed once in the deterministic (cacheable) part,
+    # not again for every random crop.
+    steps.append(FgBgToIndicesd(keys="label", image_key="image", image_threshold=0,
+                                fg_postfix="_fg_idx", bg_postfix="_bg_idx"))
+    steps.append(RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=roi, pos=pos, neg=neg,
+                                        num_samples=num_samples, image_key="image", image_threshold=0,
+                                        fg_indices_key="label_fg_idx", bg_indices_key="label_bg_idx"))
+    steps.append(DeleteItemsd(keys=["label_fg_idx", "label_bg_idx"]))
+    steps += [RandFlipd(keys=keys, prob=flip_p, spatial_axis=axis) for axis in range(3)]
+    steps.append(RandRotate90d(keys=keys, prob=rot_p, max_k=3))
+    if bool(_get(d, "scale_intensity")):
+        steps.append(RandScaleIntensityd(keys="image", factors=0.1, prob=0.1))
+    if bool(_get(d, "shift_intensity")):
+        steps.append(RandShiftIntensityd(keys="image", offsets=0.1, prob=0.1))
+    if synthesis is not None:
+        steps.append(synthesis)
+    return Compose(steps)
+
+
+def val_transforms(cfg: Mapping):
+    """Validation chain: :func:`preprocess_transforms` with the label, no random step.
+
+    Example:
+        >>> cfg = {"organ": "lung", "task": "chest3", "label_map": "chest3",
+        ...        "data": {"spacing": [1.25, 1.25, 5.0], "hu_window": [-1000.0, 500.0], "roi_size": [192, 192, 32]}}
+        >>> len(val_transforms(cfg).transforms)
+        8
+    """
+    from monai.transforms import Compose
+
+    return Compose(preprocess_transforms(cfg, with_label=True, crop_foreground=True))
+
+
+def infer_transforms(cfg: Mapping):
+    """Inference chain on ``{"image": path}``: load, RAS, resample, window; no crop or pad.
+
+    The output's ``.affine`` maps its voxels to the scanner's RAS+ mm, so a
+    prediction can be resampled back onto the input grid.
+
+    Example:
+        >>> cfg = {"data": {"spacing": [1.5, 1.5, 1.5], "hu_window": [-175.0, 250.0]}}
+        >>> [type(t).__name__ for t in infer_transforms(cfg).transforms]  # doctest: +NORMALIZE_WHITESPACE
+        ['LoadImaged', 'EnsureChannelFirstd', 'Orientationd', 'Spacingd', 'ScaleIntensityRanged']
+    """
+    from monai.transforms import Compose
+
+    return Compose(_load_steps(["image"]) + _geometry_steps(cfg, ["image"]))
