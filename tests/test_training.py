@@ -71,6 +71,12 @@ def test_overfit_single_phantom_case(tmp_path):
     for name in ("best.pt", "last.pt", "config.yaml", "split.json", "metrics.jsonl", "final.json"):
         assert (tmp_path / "run" / name).exists()
     assert list((tmp_path / "run" / "tb").iterdir())
+    # predict (native grid) agrees with the validation score (resampled grid).
+    from freetumor.inference import Predictor
+
+    pred = Predictor(tmp_path / "run" / "best.pt").predict_volume(img).array
+    t, p = lab.array == 2, pred == 2
+    assert 2 * (t & p).sum() / (t.sum() + p.sum()) > 0.75
 
 
 def _losses(run: Path) -> list[float]:

@@ -85,7 +85,17 @@ class Predictor:
 
         img = self._preprocess(vol)
         affine = np.asarray(img.affine, np.float64)
-        x = img.as_tensor()[None].to(self.device)
+        x = img.as_tensor()
+        # Crop to the foreground (window > 0) as in training and validation, so sliding windows
+        # see the same context; everything outside the crop is background.
+        fg = np.argwhere(np.asarray(x[0] > 0))
+        if len(fg):
+            lo, hi = fg.min(axis=0), fg.max(axis=0) + 1
+            x = x[:, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+            shift = np.eye(4)
+            shift[:3, 3] = lo
+            affine = affine @ shift
+        x = x[None].to(self.device)
         with torch.no_grad():
             amp = self.device.type == "cuda" and self.cfg["train"]["amp"]
             with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
