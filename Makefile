@@ -35,6 +35,7 @@ test: install-test
 
 bench: install
 	$(PY) benchmarks/bench_synthesis.py
+	$(PY) benchmarks/bench_train.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) build dist src/*.egg-info

@@ -25,13 +25,11 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pickle
 import random
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -143,12 +141,6 @@ def _strip_module(state: Mapping[str, Any]) -> dict:
     return out
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, cfg: dict, step: int,
                     optimizer=None, scheduler=None, scaler=None, extra: dict | None = None) -> None:
     """Write a checkpoint atomically (temporary file in the same folder, then ``os.replace``).
@@ -173,19 +165,12 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, cfg: dic
         "scaler": None if scaler is None else _safe(scaler.state_dict(), "scaler"),
         "extra": None if extra is None else _safe(extra, "extra"),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    from .io import atomic_path
+
+    with atomic_path(path, ".tmp") as tmp, open(tmp, "wb") as fh:
+        torch.save(payload, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _version() -> str:

@@ -248,20 +248,13 @@ def save_volume(vol: Volume, path: str | os.PathLike) -> None:
     path = Path(path)
     if not is_nifti(path):
         raise InputError(path, "output must end in .nii or .nii.gz")
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
-    tmp = _make_temp(path, suffix)
-    try:
+    with atomic_path(path, suffix) as tmp:
         img = to_nifti(vol)
         if suffix == ".nii.gz":
             _write_gzip_parallel(img.to_bytes(), tmp)
         else:
             nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 # nibabel's own default; level 1 is fast and CT compresses nearly as well as at level 6.
@@ -298,12 +291,29 @@ def _write_gzip_parallel(raw: bytes, path: str) -> None:
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write a small file atomically."""
+    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
+    """A temporary path beside ``path`` to write to; renamed onto ``path`` when the block succeeds.
+
+    On failure the temporary file is removed and ``path`` is left as it was.
+
+    Example:
+        >>> import tempfile, os
+        >>> target = os.path.join(tempfile.mkdtemp(), "x.txt")
+        >>> with atomic_path(target) as tmp:
+        ...     _ = open(tmp, "w").write("done")
+        >>> open(target).read()
+        'done'
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _make_temp(path)
+    tmp = _make_temp(path, suffix)
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

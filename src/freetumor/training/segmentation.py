@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..checkpoints import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from ..config import num_classes, save_config
+from ..config import save_config
 from ..data import load_datalist
 from ..errors import ConfigError, InputError
 from ..models import build_model
