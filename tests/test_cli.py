@@ -24,7 +24,7 @@ CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "freetumor.
 
 def run(*args, cwd=None):
     env = dict(os.environ, COLUMNS="200")
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +177,7 @@ def test_data_check(cohort, tmp_path):
 
 def test_demo(tmp_path):
     out = tmp_path / "demo"
-    r = run("demo", "--out", out)
+    r = run("demo", "--out", out, "--train-steps", 20)  # training quality is tested in test_training
     assert r.returncode == 0, r.stderr
     page = (out / "index.html").read_text()
     pngs = sorted((out / "synthetic").glob("*.png"))
@@ -185,3 +185,4 @@ def test_demo(tmp_path):
     for p in pngs:
         assert f"synthetic/{p.name}" in page
     assert "Lesion records" in page
+    assert "baseline-pred/prediction.png" in page and (out / "baseline-run" / "best.pt").exists()
