@@ -1,33 +1,53 @@
 #!/usr/bin/env python
-"""Training and prediction overhead of the pipeline, printed as one JSON object.
+"""Training-step and prediction overhead of the pipeline over bare MONAI, printed as one JSON object.
 
-For each preset (``liver-cpu-tiny`` and ``liver-paper``; ``--skip-paper`` omits the second):
+Per preset (``liver-cpu-tiny``, and ``liver-paper`` unless ``--skip-paper``), each
+measured in a fresh subprocess so that its memory figures are its own:
 
-* ``step_s`` - median wall time of one training step exactly as the trainer runs it
-  (step-indexed data from a cached phantom cohort, collate, forward, DiceCE,
-  backward, AdamW, scheduler), and ``bare_step_s`` - the same network's
-  forward/backward/AdamW step on a pre-made random batch of the same shape (a
-  bare MONAI step, no data pipeline). ``step_ratio`` = step_s / bare_step_s
-  (target <= 1.1).
-* ``peak_rss_mb`` - peak resident memory of a fresh process running one
-  pipeline step (and ``cuda_max_allocated_mb`` on a GPU).
-* ``predict_s_per_window`` - ``Predictor.predict_volume`` on a phantom case
-  (preprocessing, foreground crop, sliding windows, resampling back) divided by
-  the number of windows, and ``bare_s_per_window`` - ``model(x)`` on a batch of
-  ``sw_batch_size`` ROI windows divided by its size. ``predict_ratio`` (target <= 1.1).
+* ``step_s`` - median wall time of one training step exactly as
+  ``train_segmentation`` runs it: the next batch from the trainer's own
+  ``DataLoader(StepDataset(cache=True), StepBatches, _collate)`` over a small
+  phantom cohort (preprocessing cached in a one-off warm-up, as after the first
+  epoch), ``.to(device)``, zero_grad, forward, DiceCE, backward, AdamW step
+  (through the grad scaler), scheduler step, ``float(loss)`` and the
+  ``metrics.jsonl`` line. Set-up, the first (warm-up) step, validation and
+  checkpoints are excluded. ``step_data_s`` is the part spent waiting for the
+  batch. ``bare_step_s`` - the same network, loss and optimizer stepping on a
+  pre-made random batch of the same shape (no data pipeline).
+  ``step_ratio`` = step_s / bare_step_s (target <= 1.1). For the small preset,
+  ``step_s_workers1`` repeats the pipeline step with ``data.num_workers=1`` (data
+  prepared in a worker process, overlapping compute).
+* ``step_rss_growth_mb`` - peak RSS during one steady-state training step minus
+  the RSS just before it (the peak is reset through ``/proc/self/clear_refs``);
+  ``first_step_rss_growth_mb`` the same for the first step (it also allocates
+  the AdamW state); ``peak_rss_mb`` the process peak after training;
+  ``cuda_max_allocated_mb`` (``torch.cuda.max_memory_allocated`` of one step)
+  on a GPU.
+* ``predict_s_per_window`` - ``Predictor.predict_volume`` on a phantom scan
+  (preprocessing, foreground crop, sliding windows at the preset's ROI, overlap
+  and ``sw_batch_size``, argmax, resampling back to the native grid) divided by
+  the number of windows (from MONAI's scan interval on the cropped, preprocessed
+  volume; ``windows_counted`` checks it); ``bare_s_per_window`` - ``model(x)``
+  under ``no_grad`` on a random batch of ``sw_batch_size`` ROI windows, divided
+  by that size. ``predict_ratio`` (target <= 1.1); ``predict_model_s`` is the
+  time inside the network during the prediction. ``predict_case_e2e_s`` - one
+  case end to end: load the NIfTI, predict, resample back, save.
 
-On a CPU the paper preset runs with ``data.num_samples=1`` (one 96^3 patch per
-step instead of 4) and ``val.overlap=0`` (fewer windows) so that the benchmark
-finishes in minutes; the JSON's ``overrides`` say so.
+On a CPU the paper preset uses one 96^3 patch per step (``data.num_samples=1``;
+the preset takes 4) with gradient checkpointing as in the preset, one timed
+repeat (a SwinUNETR step takes tens of seconds on 2 cores), and a small phantom
+scan (170 x 170 x 140 mm, 2 x 2 x 1 windows at the preset's 0.75 overlap, i.e.
+one ``sw_batch_size`` batch) for prediction; the JSON's ``overrides`` and
+``predict_case`` fields say so. With CUDA every preset runs as configured.
 
-Run: ``python benchmarks/bench_train.py [--repeats N] [--skip-paper]``
+Run: ``python benchmarks/bench_train.py [--repeats N] [--paper-cpu-repeats N] [--skip-paper]``
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
-import math
 import os
 import platform
 import statistics
@@ -37,170 +57,430 @@ import tempfile
 import time
 from pathlib import Path
 
+SMALL_CASE_SHAPE = (85, 85, 56)  # at the phantom's default 2 x 2 x 2.5 mm: 170 x 170 x 140 mm
 
-def _setup(preset: str, overrides: list[str], tmp: Path):
+
+# ----------------------------------------------------------------------------- memory
+def _status_mb(key: str) -> float | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    """Reset the peak-RSS mark (VmHWM) to the current RSS; False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_mb() -> float:
+    import resource
+
+    hwm = _status_mb("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class PeakRSS:
+    """Peak RSS growth over a block: peak during the block minus the RSS at its start (MB)."""
+
+    def __enter__(self):
+        self.before = _status_mb("VmRSS")
+        self.exact = _reset_peak()
+        self.peak_before = _peak_mb()
+        return self
+
+    def __exit__(self, *exc):
+        peak = _peak_mb()
+        if self.before is None or (not self.exact and peak <= self.peak_before):
+            self.growth = None  # the block did not raise the process peak: unknown
+        else:
+            self.growth = round(peak - self.before, 1)
+        return False
+
+
+# ----------------------------------------------------------------------------- child: one preset
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _med(xs: list[float], nd: int = 4) -> float:
+    return round(statistics.median(xs), nd)
+
+
+def windows_for(shape, roi, overlap: float) -> int:
+    """Sliding windows MONAI visits on an image of ``shape`` (padded up to ``roi``)."""
+    from monai.data.utils import dense_patch_slices
+
+    try:
+        from monai.inferers.utils import _get_scan_interval
+
+        size = [max(int(s), int(r)) for s, r in zip(shape, roi)]
+        interval = _get_scan_interval(size, roi, len(roi), [overlap] * len(roi))
+    except ImportError:  # private helper moved: MONAI's rule, re-implemented
+        size = [max(int(s), int(r)) for s, r in zip(shape, roi)]
+        interval = [r if r == s else max(1, int(r * (1 - overlap))) for s, r in zip(size, roi)]
+    return len(dense_patch_slices(size, roi, interval))
+
+
+def train_figures(cfg: dict, entries: list[dict], tmp: Path, repeats: int, workers_check: bool) -> tuple:
     import torch
     from monai.losses import DiceCELoss
 
-    from freetumor.config import load_config
-    from freetumor.data import load_datalist
     from freetumor.models import build_model
-    from freetumor.phantom import write_cohort
-    from freetumor.training.segmentation import StepDataset, warmup_cosine
+    from freetumor.training.segmentation import StepBatches, StepDataset, _autocast, _collate, warmup_cosine
     from freetumor.transforms import train_transforms
 
-    cfg = load_config(preset, ["data.cache=true", *overrides])
-    dl = tmp / "cohort" / "datalist.json"
-    if not dl.exists():
-        write_cohort(tmp / "cohort", 3, seed=0)
-    entries = load_datalist(dl)
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg["train"]["lr"], amsgrad=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(10, 1000))
-    ds = StepDataset(entries, train_transforms(cfg), 0, cache=True)
-    return cfg, model, opt, sched, ds, DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tr = cfg["train"]
+    # --- set-up, as train_segmentation does it (not timed)
+    torch.manual_seed(int(tr["seed"]))
+    model = build_model(cfg).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(tr["lr"]), weight_decay=float(tr["weight_decay"]),
+                                  amsgrad=bool(tr["amsgrad"]))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(int(tr["warmup_steps"]), int(tr["max_steps"])))
+    use_amp = device.type == "cuda" and bool(tr["amp"])
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    ds = StepDataset(entries, train_transforms(cfg), int(tr["seed"]), cache=bool(cfg["data"]["cache"]))
+    t = time.perf_counter()
+    for k in range(len(entries)):  # one-off: fill the preprocessing cache (the trainer's first epoch)
+        ds._case(k)
+    cache_warm_s = time.perf_counter() - t
+    loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)
+    metrics_path = tmp / "metrics.jsonl"
+    model.train()
+
+    def make_loader(workers: int, steps: int):
+        return iter(torch.utils.data.DataLoader(
+            ds, batch_sampler=StepBatches(0, steps, int(tr["batch_size"]), 1, 0),
+            num_workers=workers, collate_fn=_collate))
+
+    state = {"step": 0}
+
+    def pipeline_step(it) -> tuple[float, float]:
+        """The body of train_segmentation's loop (world size 1, no validation/checkpoint)."""
+        _sync(device)
+        t0 = time.perf_counter()
+        batch = next(it)
+        t1 = time.perf_counter()
+        state["step"] += 1
+        x = batch["image"].to(device).as_tensor() if hasattr(batch["image"], "as_tensor") else batch["image"].to(device)
+        y = batch["label"].to(device)
+        y = y.as_tensor() if hasattr(y, "as_tensor") else y
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(cfg, device):
+            loss = loss_fn(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        lv = float(loss.detach())
+        lr = optimizer.param_groups[0]["lr"]
+        with open(metrics_path, "a") as fh:
+            fh.write(json.dumps({"step": state["step"], "loss": lv, "lr": lr}) + "\n")
+        _sync(device)
+        return time.perf_counter() - t0, t1 - t0
+
+    it = make_loader(int(cfg["data"]["num_workers"]), 1 + repeats)
+    with PeakRSS() as first_mem:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        warm_s, _ = pipeline_step(it)  # warm-up: allocates AdamW state, creates kernels
+    cuda_first = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+    # the bare reference: a pre-made random batch of the pipeline's shape
+    sample = _collate([ds[0]])
+    shape, y_dtype = tuple(sample["image"].shape), sample["label"].dtype
+    ncls = {"organ3": 3, "abdomen7": 7, "chest3": 3}[cfg["task"]]
+    gen = torch.Generator().manual_seed(0)
+    xb = torch.rand(shape, generator=gen).to(device)
+    yb = torch.randint(0, ncls, shape, generator=gen).to(y_dtype).to(device)
+
+    def bare_step() -> float:
+        _sync(device)
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(cfg, device):
+            loss = loss_fn(model(xb), yb)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        _sync(device)
+        return time.perf_counter() - t0
+
+    p, pdata, b, growth, bgrowth, cuda_steady = [], [], [], [], [], []
+    for r in range(repeats):  # alternate the order, so drift and noise hit both alike
+        for kind in (("pipe", "bare") if r % 2 == 0 else ("bare", "pipe")):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            with PeakRSS() as mem:
+                if kind == "pipe":
+                    s, d = pipeline_step(it)
+                    p.append(s)
+                    pdata.append(d)
+                else:
+                    b.append(bare_step())
+            (growth if kind == "pipe" else bgrowth).append(mem.growth)
+            if device.type == "cuda" and kind == "pipe":
+                cuda_steady.append(torch.cuda.max_memory_allocated(device) / 2**20)
+    del it
+    peak_after_training = _peak_mb()
+    import resource
+
+    out = {
+        "batch_shape": list(shape),
+        "repeats": repeats,
+        "cache_warm_s": round(cache_warm_s, 3),
+        "first_step_s": round(warm_s, 4),
+        "step_s": _med(p),
+        "step_data_s": _med(pdata),
+        "bare_step_s": _med(b),
+        "step_ratio": round(statistics.median(p) / statistics.median(b), 3),
+        "step_s_all": [round(v, 4) for v in p],
+        "bare_step_s_all": [round(v, 4) for v in b],
+        "first_step_rss_growth_mb": first_mem.growth,
+        "step_rss_growth_mb": max((g for g in growth if g is not None), default=None),
+        "bare_step_rss_growth_mb": max((g for g in bgrowth if g is not None), default=None),
+        "peak_rss_mb": round(max(peak_after_training, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), 1),
+        "cuda_max_allocated_mb": None if cuda_first is None else round(max(cuda_steady + [cuda_first]), 1),
+        "cuda_first_step_max_allocated_mb": None if cuda_first is None else round(cuda_first, 1),
+    }
+    if workers_check:
+        # Same step with one DataLoader worker preparing the next batches while the network computes.
+        it = make_loader(1, 2 + repeats)
+        pipeline_step(it)  # worker start-up and first batch: excluded
+        w, wd = [], []
+        for _ in range(repeats):
+            s, d = pipeline_step(it)
+            w.append(s)
+            wd.append(d)
+        del it
+        out.update(step_s_workers1=_med(w), step_data_s_workers1=_med(wd),
+                   step_ratio_workers1=round(statistics.median(w) / statistics.median(b), 3))
+    del optimizer, scheduler, scaler, ds
+    gc.collect()
+    return model, out
 
 
-def _step(model, opt, sched, loss_fn, x, y):
-    opt.zero_grad(set_to_none=True)
-    loss = loss_fn(model(x), y)
-    loss.backward()
-    opt.step()
-    sched.step()
-
-
-def train_figures(preset: str, overrides: list[str], tmp: Path, repeats: int) -> dict:
-    import torch
-
-    from freetumor.training.segmentation import _collate
-
-    cfg, model, opt, sched, ds, loss_fn = _setup(preset, overrides, tmp)
-    for i in range(len(ds.entries)):  # warm the preprocessing cache (one-off, like the first epoch)
-        ds[i]
-
-    def pipeline(i: int) -> float:
-        t = time.perf_counter()
-        batch = _collate([ds[i]])
-        _step(model, opt, sched, loss_fn, batch["image"].as_tensor(), batch["label"].as_tensor())
-        return time.perf_counter() - t
-
-    batch = _collate([ds[0]])
-    x = torch.rand_like(batch["image"].as_tensor())
-    y = torch.randint(0, 3, batch["label"].shape).float()
-
-    def bare() -> float:
-        t = time.perf_counter()
-        _step(model, opt, sched, loss_fn, x, y)
-        return time.perf_counter() - t
-
-    pipeline(0), bare()  # warm-up
-    p, b = [], []
-    for i in range(repeats):  # alternate, so machine noise hits both alike
-        p.append(pipeline(i + 1))
-        b.append(bare())
-    mp, mb = statistics.median(p), statistics.median(b)
-    return {"batch_shape": list(x.shape), "step_s": round(mp, 4), "bare_step_s": round(mb, 4),
-            "step_ratio": round(mp / mb, 3)}
-
-
-def predict_figures(preset: str, overrides: list[str], tmp: Path, repeats: int) -> dict:
+def predict_figures(cfg: dict, model, case: Path, tmp: Path, repeats: int, light_warmup: bool) -> dict:
     import numpy as np
     import torch
 
     from freetumor.checkpoints import save_checkpoint
     from freetumor.inference import Predictor
-    from freetumor.io import load_volume
+    from freetumor.io import load_volume, save_volume
 
-    cfg, model, *_ = _setup(preset, overrides, tmp)
-    ck = tmp / f"{preset}.pt"
+    ck = tmp / "model.pt"
     save_checkpoint(ck, model=model, cfg=cfg, step=0)
-    pred = Predictor(ck, "cpu" if not torch.cuda.is_available() else None)
-    vol = load_volume(next((tmp / "cohort" / "imagesTr").glob("*.nii.gz")))
-    roi = tuple(cfg["data"]["roi_size"])
+    del model
+    gc.collect()
+    pred = Predictor(ck)
+    device = pred.device
+    net = pred.model
+    roi = tuple(int(r) for r in cfg["data"]["roi_size"])
+    sw = int(cfg["val"]["sw_batch_size"])
+    overlap = float(cfg["val"]["overlap"])
+    amp = device.type == "cuda" and bool(cfg["train"]["amp"])
+
+    class Counted(torch.nn.Module):
+        """The network, counting the windows it sees and the time spent in it."""
+
+        def __init__(self, m):
+            super().__init__()
+            self.m, self.windows, self.seconds = m, 0, 0.0
+
+        def forward(self, x):
+            _sync(device)
+            t0 = time.perf_counter()
+            y = self.m(x)
+            _sync(device)
+            self.seconds += time.perf_counter() - t0
+            self.windows += int(x.shape[0])
+            return y
+
+    counted = Counted(net).eval()
+    pred.model = counted
+
+    vol = load_volume(case)
     x = pred._preprocess(vol).as_tensor()[0]
     fg = np.argwhere(np.asarray(x > 0))
-    shape = tuple(int(max(r, h - l)) for r, l, h in zip(roi, fg.min(0), fg.max(0) + 1))
-    windows = 1
-    for size, r in zip(shape, roi):  # MONAI's sliding-window grid: interval roi * (1 - overlap)
-        step = max(1, int(r * (1 - cfg["val"]["overlap"])))
-        windows *= 1 if size <= r else math.ceil((size - r) / step) + 1
-    sw = int(cfg["val"]["sw_batch_size"])
-    xb = torch.rand(sw, 1, *roi, device=pred.device)
-
-    def full() -> float:
-        t = time.perf_counter()
-        pred.predict_volume(vol)
-        return time.perf_counter() - t
+    crop = [int(v) for v in (fg.max(0) + 1 - fg.min(0))] if len(fg) else list(x.shape)
+    windows = windows_for(crop, roi, overlap)
+    batches = -(-windows // sw)
+    xb = torch.rand((sw, 1, *roi), generator=torch.Generator().manual_seed(0)).to(device)
 
     def bare() -> float:
-        t = time.perf_counter()
-        with torch.no_grad():
-            pred.model(xb)
-        return time.perf_counter() - t
+        _sync(device)
+        t0 = time.perf_counter()
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+            net(xb)
+        _sync(device)
+        return time.perf_counter() - t0
 
-    full(), bare()
-    f, b = [], []
-    for _ in range(repeats):
-        f.append(full())
-        b.append(bare())
-    per_window = statistics.median(f) / windows
+    def end_to_end() -> dict:
+        counted.windows, counted.seconds = 0, 0.0
+        _sync(device)
+        t0 = time.perf_counter()
+        v = load_volume(case)
+        t1 = time.perf_counter()
+        out = pred.predict_volume(v)
+        t2 = time.perf_counter()
+        save_volume(out, tmp / "prediction.nii.gz")
+        t3 = time.perf_counter()
+        return {"load": t1 - t0, "predict": t2 - t1, "save": t3 - t2, "e2e": t3 - t0,
+                "model": counted.seconds, "windows": counted.windows}
+
+    with torch.no_grad():  # warm-up
+        net(xb[:1] if light_warmup else xb)
+    if not light_warmup:
+        end_to_end()
+    runs, b = [], []
+    for r in range(repeats):
+        if r % 2 == 0:
+            b.append(bare())
+        with PeakRSS() as mem:
+            runs.append(end_to_end())
+        if r % 2 == 1:
+            b.append(bare())
+    med = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
+    per_window = med["predict"] / windows
     bare_window = statistics.median(b) / sw
-    return {"windows": windows, "predict_case_s": round(statistics.median(f), 4),
-            "predict_s_per_window": round(per_window, 5), "bare_s_per_window": round(bare_window, 5),
-            "predict_ratio": round(per_window / bare_window, 3)}
+    return {
+        "predict_case_shape": list(vol.shape),
+        "predict_case_spacing": [round(float(s), 3) for s in vol.spacing],
+        "predict_crop_shape": crop,
+        "roi_size": list(roi),
+        "overlap": overlap,
+        "sw_batch_size": sw,
+        "windows": windows,
+        "windows_counted": runs[0]["windows"],
+        "window_batches": batches,
+        "predict_repeats": repeats,
+        "predict_volume_s": round(med["predict"], 4),
+        "predict_model_s": round(med["model"], 4),
+        "predict_s_per_window": round(per_window, 5),
+        "bare_s_per_window": round(bare_window, 5),
+        "predict_ratio": round(per_window / bare_window, 3),
+        "predict_model_ratio": round(med["model"] / windows / bare_window, 3),
+        "predict_case_e2e_s": round(med["e2e"], 4),
+        "predict_load_s": round(med["load"], 4),
+        "predict_save_s": round(med["save"], 4),
+        "predict_rss_growth_mb": mem.growth,
+    }
 
 
-PEAK = r"""
-import json, resource, sys, tempfile
-from pathlib import Path
-sys.path.insert(0, sys.argv[1])
-import bench_train as b
-import torch
-tmp = Path(tempfile.mkdtemp())
-cfg, model, opt, sched, ds, loss_fn = b._setup(sys.argv[2], json.loads(sys.argv[3]), tmp)
-from freetumor.training.segmentation import _collate
-batch = _collate([ds[0]])
-b._step(model, opt, sched, loss_fn, batch["image"].as_tensor(), batch["label"].as_tensor())
-cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cuda_max_allocated_mb": cuda}))
-"""
+def child(args) -> None:
+    import torch
+
+    from freetumor.config import load_config
+    from freetumor.data import load_datalist
+
+    overrides = json.loads(args.overrides)
+    cfg = load_config(args.preset, ["data.cache=true", *overrides])
+    tmp = Path(tempfile.mkdtemp(dir=args.tmp))
+    entries = [e for e in load_datalist(Path(args.cohort) / "datalist.json", keys=("training",)) if e.get("label")]
+    model, fig = train_figures(cfg, entries, tmp, args.repeats, args.workers_check)
+    fig.update(predict_figures(cfg, model, Path(args.case), tmp, args.predict_repeats, args.light_warmup))
+    fig = {"overrides": overrides, "model": cfg["model"]["name"], "device": str(
+        torch.device("cuda" if torch.cuda.is_available() else "cpu")), "torch_threads": torch.get_num_threads(), **fig}
+    print(json.dumps(fig))
 
 
-def peak_memory(preset: str, overrides: list[str]) -> dict:
-    r = subprocess.run([sys.executable, "-c", PEAK, str(Path(__file__).parent), preset, json.dumps(overrides)],
-                       capture_output=True, text=True, check=True)
+# ----------------------------------------------------------------------------- parent
+def run_preset(preset: str, overrides: list[str], cohort: Path, case: Path, tmp: Path, repeats: int,
+               predict_repeats: int, workers_check: bool, light_warmup: bool) -> dict:
+    cmd = [sys.executable, __file__, "--_child", "--preset", preset, "--overrides", json.dumps(overrides),
+           "--cohort", str(cohort), "--case", str(case), "--tmp", str(tmp), "--repeats", str(repeats),
+           "--predict-repeats", str(predict_repeats)]
+    cmd += ["--workers-check"] if workers_check else []
+    cmd += ["--light-warmup"] if light_warmup else []
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.stderr.write(r.stderr[-4000:])
+        raise SystemExit(f"{preset}: benchmark subprocess failed (exit {r.returncode})")
     out = json.loads(r.stdout.strip().splitlines()[-1])
-    out["peak_rss_mb"] = round(out["peak_rss_mb"], 1)
+    out["wall_s"] = round(time.perf_counter() - t, 1)
     return out
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5, help="timed steps / predictions per preset (default 5)")
+    ap.add_argument("--paper-cpu-repeats", type=int, default=1,
+                    help="timed repeats of the paper preset without CUDA (default 1: a step takes ~half a minute)")
+    ap.add_argument("--skip-paper", action="store_true", help="only liver-cpu-tiny")
+    ap.add_argument("--cases", type=int, default=3, help="phantom cohort size (default 3)")
+    ap.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--preset", help=argparse.SUPPRESS)
+    ap.add_argument("--overrides", default="[]", help=argparse.SUPPRESS)
+    ap.add_argument("--cohort", help=argparse.SUPPRESS)
+    ap.add_argument("--case", help=argparse.SUPPRESS)
+    ap.add_argument("--tmp", help=argparse.SUPPRESS)
+    ap.add_argument("--predict-repeats", type=int, default=3, help=argparse.SUPPRESS)
+    ap.add_argument("--workers-check", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--light-warmup", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._child:
+        child(args)
+        return
+
     import monai
     import torch
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--skip-paper", action="store_true")
-    args = ap.parse_args()
+    from freetumor.io import save_volume
+    from freetumor.phantom import make_case, write_cohort
+
     gpu = torch.cuda.is_available()
-    presets = [("liver-cpu-tiny", [])]
-    if not args.skip_paper:
-        presets.append(("liver-paper", [] if gpu else ["data.num_samples=1", "val.overlap=0.0"]))
-    result = {"benchmark": "bench_train",
-              "machine": {"cpus": os.cpu_count(), "gpu": torch.cuda.get_device_name(0) if gpu else None,
-                          "torch": torch.__version__, "monai": monai.__version__,
-                          "python": platform.python_version()},
-              "presets": {}, "targets": {"step_ratio": 1.1, "predict_ratio": 1.1}}
+    t_start = time.perf_counter()
+    result = {
+        "benchmark": "bench_train",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name(0) if gpu else "cpu",
+            "torch": torch.__version__,
+            "monai": monai.__version__,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "presets": {},
+    }
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        for preset, overrides in presets:
-            reps = args.repeats if "tiny" in preset or gpu else 2
-            fig = {"overrides": overrides}
-            fig.update(train_figures(preset, overrides, tmp, reps))
-            fig.update(peak_memory(preset, overrides))
-            fig.update(predict_figures(preset, overrides, tmp, reps))
+        cohort = tmp / "cohort"
+        write_cohort(cohort, args.cases, seed=0)
+        full_case = next((cohort / "imagesTr").glob("*.nii.gz"))
+        small_case = tmp / "small_case.nii.gz"
+        save_volume(make_case("abdomen", seed=0, shape=SMALL_CASE_SHAPE)[0], small_case)
+        plan = [("liver-cpu-tiny", [], full_case, args.repeats, args.repeats, True, False)]
+        if not args.skip_paper:
+            if gpu:
+                plan.append(("liver-paper", [], full_case, args.repeats, args.repeats, False, False))
+            else:
+                n = args.paper_cpu_repeats
+                plan.append(("liver-paper", ["data.num_samples=1"], small_case, n, n, False, True))
+        for preset, overrides, case, reps, preps, workers, light in plan:
+            print(f"[bench_train] {preset} ...", file=sys.stderr, flush=True)
+            fig = run_preset(preset, overrides, cohort, case, tmp, reps, preps, workers, light)
+            fig["predict_case"] = ("phantom cohort case" if case == full_case
+                                   else f"small phantom {SMALL_CASE_SHAPE} at 2x2x2.5 mm")
             result["presets"][preset] = fig
+    result["total_wall_s"] = round(time.perf_counter() - t_start, 1)
+    result["targets"] = {"step_ratio": 1.1, "predict_ratio": 1.1}
     print(json.dumps(result, indent=2))
 
 
