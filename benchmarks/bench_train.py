@@ -30,17 +30,22 @@ measured in a fresh subprocess so that its memory figures are its own:
   volume; ``windows_counted`` checks it); ``bare_s_per_window`` - ``model(x)``
   under ``no_grad`` on a random batch of ``sw_batch_size`` ROI windows, divided
   by that size. ``predict_ratio`` (target <= 1.1); ``predict_model_s`` is the
-  time inside the network during the prediction. ``predict_case_e2e_s`` - one
+  time inside the network during the prediction (``predict_model_ratio`` its
+  per-window ratio to the bare forward), ``predict_overhead_s`` the rest
+  (preprocessing, crop, window stitching, argmax, resampling back), a fixed cost
+  per scan that weighs on the tiny U-Net only. ``predict_case_e2e_s`` - one
   case end to end: load the NIfTI, predict, resample back, save.
 
 On a CPU the paper preset uses one 96^3 patch per step (``data.num_samples=1``;
-the preset takes 4) with gradient checkpointing as in the preset, one timed
-repeat (a SwinUNETR step takes tens of seconds on 2 cores), and a small phantom
+the preset takes 4) with gradient checkpointing as in the preset, 3 timed
+steps of each kind and 1 timed prediction (a SwinUNETR step takes ~25 s on 2
+cores; ``--paper-cpu-repeats``, ``--paper-cpu-predict-repeats``), and a small phantom
 scan (170 x 170 x 140 mm, 2 x 2 x 1 windows at the preset's 0.75 overlap, i.e.
 one ``sw_batch_size`` batch) for prediction; the JSON's ``overrides`` and
 ``predict_case`` fields say so. With CUDA every preset runs as configured.
 
 Run: ``python benchmarks/bench_train.py [--repeats N] [--paper-cpu-repeats N] [--skip-paper]``
+(about 5 minutes on 2 CPU cores; 15 s with ``--skip-paper``)
 """
 
 from __future__ import annotations
@@ -269,23 +274,20 @@ def train_figures(cfg: dict, entries: list[dict], tmp: Path, repeats: int, worke
         del it
         out.update(step_s_workers1=_med(w), step_data_s_workers1=_med(wd),
                    step_ratio_workers1=round(statistics.median(w) / statistics.median(b), 3))
-    del optimizer, scheduler, scaler, ds
-    gc.collect()
-    return model, out
+    from freetumor.checkpoints import save_checkpoint
+
+    ck = tmp / "model.pt"  # the trained weights, for the Predictor
+    save_checkpoint(ck, model=model, cfg=cfg, step=state["step"])
+    return ck, out
 
 
-def predict_figures(cfg: dict, model, case: Path, tmp: Path, repeats: int, light_warmup: bool) -> dict:
+def predict_figures(cfg: dict, ck: Path, case: Path, tmp: Path, repeats: int, light_warmup: bool) -> dict:
     import numpy as np
     import torch
 
-    from freetumor.checkpoints import save_checkpoint
     from freetumor.inference import Predictor
     from freetumor.io import load_volume, save_volume
 
-    ck = tmp / "model.pt"
-    save_checkpoint(ck, model=model, cfg=cfg, step=0)
-    del model
-    gc.collect()
     pred = Predictor(ck)
     device = pred.device
     net = pred.model
@@ -370,6 +372,7 @@ def predict_figures(cfg: dict, model, case: Path, tmp: Path, repeats: int, light
         "predict_repeats": repeats,
         "predict_volume_s": round(med["predict"], 4),
         "predict_model_s": round(med["model"], 4),
+        "predict_overhead_s": round(med["predict"] - med["model"], 4),
         "predict_s_per_window": round(per_window, 5),
         "bare_s_per_window": round(bare_window, 5),
         "predict_ratio": round(per_window / bare_window, 3),
@@ -391,8 +394,9 @@ def child(args) -> None:
     cfg = load_config(args.preset, ["data.cache=true", *overrides])
     tmp = Path(tempfile.mkdtemp(dir=args.tmp))
     entries = [e for e in load_datalist(Path(args.cohort) / "datalist.json", keys=("training",)) if e.get("label")]
-    model, fig = train_figures(cfg, entries, tmp, args.repeats, args.workers_check)
-    fig.update(predict_figures(cfg, model, Path(args.case), tmp, args.predict_repeats, args.light_warmup))
+    ck, fig = train_figures(cfg, entries, tmp, args.repeats, args.workers_check)
+    gc.collect()  # the training objects are gone; free their memory before predicting
+    fig.update(predict_figures(cfg, ck, Path(args.case), tmp, args.predict_repeats, args.light_warmup))
     fig = {"overrides": overrides, "model": cfg["model"]["name"], "device": str(
         torch.device("cuda" if torch.cuda.is_available() else "cpu")), "torch_threads": torch.get_num_threads(), **fig}
     print(json.dumps(fig))
@@ -419,8 +423,10 @@ def run_preset(preset: str, overrides: list[str], cohort: Path, case: Path, tmp:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5, help="timed steps / predictions per preset (default 5)")
-    ap.add_argument("--paper-cpu-repeats", type=int, default=1,
-                    help="timed repeats of the paper preset without CUDA (default 1: a step takes ~half a minute)")
+    ap.add_argument("--paper-cpu-repeats", type=int, default=3,
+                    help="timed training steps of the paper preset without CUDA (default 3: a step takes ~25 s)")
+    ap.add_argument("--paper-cpu-predict-repeats", type=int, default=1,
+                    help="timed predictions of the paper preset without CUDA (default 1: ~35 s each)")
     ap.add_argument("--skip-paper", action="store_true", help="only liver-cpu-tiny")
     ap.add_argument("--cases", type=int, default=3, help="phantom cohort size (default 3)")
     ap.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
@@ -471,8 +477,8 @@ def main() -> None:
             if gpu:
                 plan.append(("liver-paper", [], full_case, args.repeats, args.repeats, False, False))
             else:
-                n = args.paper_cpu_repeats
-                plan.append(("liver-paper", ["data.num_samples=1"], small_case, n, n, False, True))
+                plan.append(("liver-paper", ["data.num_samples=1"], small_case, args.paper_cpu_repeats,
+                             args.paper_cpu_predict_repeats, False, True))
         for preset, overrides, case, reps, preps, workers, light in plan:
             print(f"[bench_train] {preset} ...", file=sys.stderr, flush=True)
             fig = run_preset(preset, overrides, cohort, case, tmp, reps, preps, workers, light)
