@@ -2,7 +2,7 @@
 
 The file holds a dict of tensors and plain Python types only::
 
-    {"format": "freetumor-checkpoint", "format_version": 1, "freetumor_version": "0.1.0",
+    {"format": "freetumor-checkpoint", "format_version": 1, "freetumor_version": "0.1.0", "kind": "segmentor",
      "config_json": "<the resolved config as JSON>", "step": 1200,
      "model": state_dict, "optimizer": ..., "scheduler": ..., "scaler": ..., "extra": {...}}
 
@@ -45,6 +45,8 @@ CHECKPOINT_FORMAT_VERSION = 1
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_FORMAT_VERSION",
+    "CHECKPOINT_KINDS",
+    "check_kind",
     "load_checkpoint",
     "load_model",
     "load_weights_into",
@@ -141,8 +143,12 @@ def _strip_module(state: Mapping[str, Any]) -> dict:
     return out
 
 
+CHECKPOINT_KINDS = ("segmentor", "generator", "synthesis-run")
+
+
 def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, cfg: dict, step: int,
-                    optimizer=None, scheduler=None, scaler=None, extra: dict | None = None) -> None:
+                    optimizer=None, scheduler=None, scaler=None, extra: dict | None = None,
+                    kind: str = "segmentor") -> None:
     """Write a checkpoint atomically (temporary file in the same folder, then ``os.replace``).
 
     Args:
@@ -151,12 +157,17 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, cfg: dic
         step: optimiser steps completed.
         optimizer, scheduler, scaler: objects with ``state_dict()``; stored when given.
         extra: anything else made of tensors, numpy arrays and plain types (e.g. ``{"rng": rng_state()}``).
+        kind: what the weights are: ``segmentor`` (a segmentation network), ``generator``
+            (a Stage-1 difference-map generator) or ``synthesis-run`` (Stage-1 resume state).
     """
+    if kind not in CHECKPOINT_KINDS:
+        raise ValueError(f"unknown checkpoint kind {kind!r}")
     path = Path(path)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "freetumor_version": _version(),
+        "kind": kind,
         "config_json": json.dumps(cfg),
         "step": int(step),
         "model": _strip_module(_unwrap(model).state_dict()),
@@ -239,7 +250,20 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise InputError(p, "corrupt checkpoint: no step count")
     ck["model"] = _strip_module(model)
     ck["config"] = cfg
+    kind = ck.get("kind", "segmentor")  # files written before kinds existed hold segmentors
+    if kind not in CHECKPOINT_KINDS:
+        raise InputError(p, f"unknown checkpoint kind {kind!r}")
+    ck["kind"] = kind
     return ck
+
+
+def check_kind(ck: dict, path: str | os.PathLike, want: str) -> None:
+    """One-line :class:`InputError` when a checkpoint holds another kind of weights."""
+    if ck.get("kind", "segmentor") != want:
+        hint = {"segmentor": "train one with `freetumor train-seg`",
+                "generator": "use RUNDIR/generator.pt of `freetumor train-synth`",
+                "synthesis-run": "resume state of `freetumor train-synth`"}[want]
+        raise InputError(str(path), f"is a {ck.get('kind')} checkpoint, not a {want} ({hint})")
 
 
 def _fit_error(path: str, arch: str, problem: str, ckpt_arch: str | None = None) -> InputError:
@@ -294,6 +318,7 @@ def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[torch.nn.Mo
 
     p = str(path)
     ck = load_checkpoint(p, map_location=map_location)
+    check_kind(ck, p, "segmentor")
     cfg = ck["config"]
     try:
         model = build_model(cfg)

@@ -101,6 +101,36 @@ DEFAULTS: dict = {
         "overlap": 0.75,
         "sw_batch_size": 4,
     },
+    # Stage 1 (``freetumor train-synth``) and learned synthesis: METHOD.md §4.2, §5.
+    "synth": {
+        "generator": {"channels": [64, 128, 256, 512], "strides": [2, 2, 2], "num_res_units": 2,
+                      "norm": "instance"},
+        "discriminator": {"channels": [64, 128, 256, 512], "strides": [2, 2, 2], "num_res_units": 2,
+                          "norm": "instance"},
+        "adv_weight": None,        # null: 0.1 abdomen, 0.5 chest
+        "lr": 1.0e-4,
+        "betas": [0.0, 0.999],
+        "max_steps": 20000,
+        "epoch_steps": 200,        # logging "epoch": losses, probe recall, QC rate, PNG grid
+        "checkpoint_every": 100,
+        "log_every": 10,
+        "labelled_fraction": 0.5,  # share of samples drawn from the labelled datalist
+        "size": "mix",
+        "blur_kernel": 7,          # Gaussian blur of the difference map (kernel, sigma in voxels)
+        "blur_sigma": 1.0,
+        "probe_samples": 8,        # fixed patches scored each epoch (recall of fake tumours)
+        "context": "bbox",         # learned synthesis runs G on the lesion box + margin, or the whole patch
+        "context_margin": 16,      # target voxels of context either side of the lesion box
+    },
+    # Quality control of synthetic tumours (METHOD.md §7) plus cheap plausibility checks.
+    "qc": {
+        "threshold": 0.7,          # keep if > threshold of the fake voxels are predicted tumour
+        "min_inside": 0.99,        # fraction of the tumour inside the organ
+        "min_visible_mm3": 30.0,   # volume whose intensity changed by at least visible_hu
+        "visible_hu": 10.0,
+        "contrast_hu": None,       # [lo, hi] mean tumour minus surrounding-organ HU; null: organ default
+        "shell_mm": 5.0,           # width of the surrounding-organ ring
+    },
 }
 
 
@@ -400,7 +430,63 @@ def _validate(cfg: dict, source: str) -> dict:
     v = cfg["val"]
     _require(0.0 <= v["overlap"] < 1.0, "val.overlap", source, "in [0, 1)", v["overlap"])
     _require(v["sw_batch_size"] >= 1, "val.sw_batch_size", source, "at least 1", v["sw_batch_size"])
+    _validate_synth(cfg, source)
     return cfg
+
+
+NORMS = ("instance", "batch")
+
+
+def _validate_synth(cfg: dict, source: str) -> None:
+    from .organs import SIZE_CHOICES
+
+    s = cfg["synth"]
+    roi = cfg["data"]["roi_size"]
+    for net in ("generator", "discriminator"):
+        spec = s[net]
+        if not isinstance(spec, dict) or set(spec) - {"channels", "strides", "num_res_units", "norm"}:
+            raise ConfigError(f"config key 'synth.{net}' in {source} must have only channels, strides, "
+                              f"num_res_units and norm, got {spec!r}")
+        spec.setdefault("num_res_units", 2)
+        spec.setdefault("norm", "instance")
+        ch = _int_list(f"synth.{net}.channels", list(spec.get("channels", [])), source, 2)
+        st = _int_list(f"synth.{net}.strides", list(spec.get("strides", [])), source, 1)
+        if len(st) != len(ch) - 1:
+            raise ConfigError(f"synth.{net}.strides in {source} needs one entry fewer than synth.{net}.channels")
+        f = math.prod(st)
+        if any(r % f for r in roi):
+            raise ConfigError(f"data.roi_size {roi} in {source} must be divisible by {f} "
+                              f"(the product of synth.{net}.strides)")
+        _require(spec["norm"] in NORMS, f"synth.{net}.norm", source, f"one of {', '.join(NORMS)}", spec["norm"])
+        _require(isinstance(spec["num_res_units"], int) and spec["num_res_units"] >= 0,
+                 f"synth.{net}.num_res_units", source, "zero or more", spec["num_res_units"])
+        spec["channels"], spec["strides"] = ch, st
+    if s["adv_weight"] is not None:
+        _require(isinstance(s["adv_weight"], (int, float)) and s["adv_weight"] >= 0, "synth.adv_weight", source,
+                 "a number >= 0 or null", s["adv_weight"])
+        s["adv_weight"] = float(s["adv_weight"])
+    _require(s["lr"] > 0, "synth.lr", source, "positive", s["lr"])
+    s["betas"] = _numbers("synth.betas", s["betas"], 2, source, positive=False)
+    _require(all(0 <= b < 1 for b in s["betas"]), "synth.betas", source, "two numbers in [0, 1)", s["betas"])
+    for k in ("max_steps", "epoch_steps", "checkpoint_every", "log_every", "blur_kernel"):
+        _require(s[k] >= 1, f"synth.{k}", source, "at least 1", s[k])
+    _require(s["blur_kernel"] % 2 == 1, "synth.blur_kernel", source, "odd", s["blur_kernel"])
+    _require(s["blur_sigma"] > 0, "synth.blur_sigma", source, "positive", s["blur_sigma"])
+    _require(0.0 <= s["labelled_fraction"] <= 1.0, "synth.labelled_fraction", source, "in [0, 1]",
+             s["labelled_fraction"])
+    _require(s["size"] in SIZE_CHOICES, "synth.size", source, f"one of {', '.join(SIZE_CHOICES)}", s["size"])
+    _require(s["probe_samples"] >= 0, "synth.probe_samples", source, "zero or more", s["probe_samples"])
+    _require(s["context"] in ("bbox", "patch"), "synth.context", source, "bbox or patch", s["context"])
+    _require(s["context_margin"] >= 0, "synth.context_margin", source, "zero or more", s["context_margin"])
+    q = cfg["qc"]
+    _require(0.0 <= q["threshold"] < 1.0, "qc.threshold", source, "in [0, 1)", q["threshold"])
+    _require(0.0 <= q["min_inside"] <= 1.0, "qc.min_inside", source, "in [0, 1]", q["min_inside"])
+    for k in ("min_visible_mm3", "visible_hu", "shell_mm"):
+        _require(q[k] >= 0, f"qc.{k}", source, "zero or more", q[k])
+    if q["contrast_hu"] is not None:
+        q["contrast_hu"] = _numbers("qc.contrast_hu", q["contrast_hu"], 2, source, positive=False)
+        _require(q["contrast_hu"][0] < q["contrast_hu"][1], "qc.contrast_hu", source, "[lo, hi] with lo < hi",
+                 q["contrast_hu"])
 
 
 # --------------------------------------------------------------------------- public API

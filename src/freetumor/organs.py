@@ -70,6 +70,8 @@ class Organ:
         generator_channel: output channel of the abdominal generator for this organ.
         organ_hu: plausible range of the organ's mean HU (a sanity check on input).
         tumour_label: FreeTumor's own label convention ids (organ, tumour).
+        tumour_contrast_hu: plausible range of a tumour's mean HU minus that of the
+            surrounding organ (quality control's contrast check).
     """
 
     name: str
@@ -82,6 +84,7 @@ class Organ:
     generator_channel: int
     organ_hu: tuple[float, float]
     freetumor_ids: tuple[int, int]
+    tumour_contrast_hu: tuple[float, float] = (-300.0, -5.0)
     description: str = field(default="", compare=False)
 
     @property
@@ -133,8 +136,10 @@ ORGANS: Mapping[str, Organ] = MappingProxyType(
         "kidney": Organ(name="kidney", generator_channel=2, organ_hu=(-50.0, 350.0), freetumor_ids=(5, 6),
                         description="kidney tumours (hypodense)", **_ABDOMEN),
         "lung": Organ(name="lung", size_probs=MappingProxyType({"tiny": 0.5, "small": 0.5}),
+                      tumour_contrast_hu=(50.0, 1300.0),
                       description="lung tumours (hyperdense)", **_CHEST),
         "covid": Organ(name="covid", size_probs=MappingProxyType({"tiny": 0.35, "small": 0.35, "medium": 0.30}),
+                       tumour_contrast_hu=(30.0, 1000.0),
                        description="COVID-19 lesions (hyperdense)", **_CHEST),
     }
 )

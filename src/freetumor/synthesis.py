@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
-from .errors import ConfigError, InputError
+from .errors import ConfigError, FreeTumorError, InputError
 from .io import Volume, check_same_grid, load_volume
 from .labels import LabelMap, get_label_map, label_values
 from .organs import SIZE_CHOICES, Organ, get_organ
@@ -47,6 +47,10 @@ _BLUR_TRUNCATE = 3.0
 # A generator-backed difference map: called with the HU crop around the lesion, the lesion
 # mask embedded in that crop and the organ; returns D for the crop (same shape, float).
 DifferenceFn = Callable[[np.ndarray, np.ndarray, Organ], np.ndarray]
+
+
+class QCRejectedError(FreeTumorError):
+    """No synthetic tumour passed quality control within the allowed tries."""
 
 
 def rule_based_difference(rng: np.random.Generator) -> float:
@@ -84,6 +88,74 @@ def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
         info = np.iinfo(dtype)
         return np.clip(np.rint(values), info.min, info.max).astype(dtype)
     return values.astype(dtype)
+
+
+def place_lesion(
+    free: np.ndarray,
+    grid: Grid,
+    organ: Organ,
+    size: str,
+    rng: np.random.Generator,
+    min_inside: float = 0.5,
+    max_tries: int = 30,
+    *,
+    label_name: str = "label",
+    organ_ml: float | None = None,
+):
+    """Draw a tumour shape in ``free`` (organ voxels that may become tumour).
+
+    Tries up to ``max_tries`` placements until one has at least 4 voxels and at
+    least ``min_inside`` of its deformed ellipsoid inside the organ.
+
+    Returns:
+        (params, lesion_mask, tries)
+
+    Raises:
+        OrganTooSmallError: no placement qualified.
+    """
+    best = 0.0
+    for tries in range(1, max_tries + 1):
+        params = sample_shape(free, grid, organ, size, rng)
+        if params is None:
+            continue
+        lm = params.mask(grid, free)
+        best = max(best, lm.inside_fraction)
+        if lm.voxels >= 4 and lm.inside_fraction >= min_inside:
+            return params, lm, tries
+    what = f"a {size} tumour" if size != "mix" else "any tumour"
+    if organ_ml is None:
+        organ_ml = float(free.sum()) * grid.voxel_volume_ml
+    raise OrganTooSmallError(
+        f"{label_name}: {organ.name} ({organ_ml:.1f} mL) is too small for {what}: "
+        f"best of {max_tries} placements had {best:.0%} inside the organ (need {min_inside:.0%})"
+    )
+
+
+def lesion_soft_mask(lm: LesionMask, grid: Grid, organ: Organ, rng: np.random.Generator):
+    """The blurred mask B of one lesion on its box grown by the blur's reach.
+
+    The blur sigma is drawn from U(1, 2) voxels at the organ's target spacing.
+
+    Returns:
+        (box, inner, mask_in_box, soft, blur_sigma): ``box`` the slices of the
+        grown box in the volume, ``inner`` the lesion box inside it, the float32
+        binary mask and its blurred version on the grown box.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    native = grid.per_voxel_axis(organ.target_spacing) / np.asarray(grid.spacing)
+    blur = float(rng.uniform(*BLUR_SIGMA_RANGE))
+    sig = blur * native
+    grow = np.ceil(_BLUR_TRUNCATE * sig).astype(int)
+    box = tuple(
+        slice(max(0, s.start - g), min(n, s.stop + g)) for s, g, n in zip(lm.slices, grow, grid.shape)
+    )
+    inner = tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(lm.slices, box))
+    m = np.zeros([b.stop - b.start for b in box], np.float32)
+    m[inner] = lm.mask
+    soft = gaussian_filter(m, sig, truncate=_BLUR_TRUNCATE, mode="constant")
+    return box, inner, m, soft, blur
+
 
 
 @dataclass
@@ -131,6 +203,10 @@ class Synthesizer:
             callable returning a difference map for a crop (a trained generator).
         min_inside: fraction of the deformed ellipsoid that must lie in the organ.
         max_tries: placements tried per lesion before giving up.
+        qc: a :class:`~freetumor.quality.QualityControl`; a rejected tumour is
+            undone and drawn again (new shape, place and texture).
+        qc_max_tries: tumours drawn per lesion under QC before giving up
+            (:class:`QCRejectedError`).
 
     Example:
         >>> from freetumor.phantom import make_case
@@ -149,6 +225,8 @@ class Synthesizer:
         difference: float | DifferenceFn | None = None,
         min_inside: float = 0.5,
         max_tries: int = 30,
+        qc=None,
+        qc_max_tries: int = 10,
     ):
         self.organ = get_organ(organ)
         self.label_map = get_label_map(label_map, self.organ.name)
@@ -163,6 +241,12 @@ class Synthesizer:
         self.difference = difference
         self.min_inside = float(min_inside)
         self.max_tries = int(max_tries)
+        if qc_max_tries < 1:
+            raise ConfigError(f"qc_max_tries must be at least 1, got {qc_max_tries}")
+        self.qc = qc
+        self.qc_max_tries = int(qc_max_tries)
+        if hasattr(difference, "check_organ"):
+            difference.check_organ(self.organ)
 
     # ------------------------------------------------------------------ checks
     def validate(self, image: Volume, label: Volume) -> np.ndarray:
@@ -209,12 +293,29 @@ class Synthesizer:
         if np.issubdtype(lab_dtype, np.integer) and tumour_id > np.iinfo(lab_dtype).max:
             lab_dtype = np.dtype(np.uint16)
         out_lab = label.array.astype(lab_dtype, copy=True)
+        host = organ_mask | (label.array == tumour_id) if self.qc is not None else None
         free = organ_mask  # organ voxels not (yet) tumour; updated as lesions are added
         seeds = np.random.SeedSequence(int(seed)).generate_state(count, dtype=np.uint32)
         lesions: list[dict] = []
         masks: list[LesionMask] = []
         for k in range(count):
-            rec, lm = self._one_lesion(out_img, free, grid, int(seeds[k]), label.name, organ_ml)
+            for attempt in range(1, (self.qc_max_tries if self.qc is not None else 1) + 1):
+                # The first draw uses the lesion's own seed, so QC does not change accepted first draws.
+                s = int(seeds[k]) if attempt == 1 else int(
+                    np.random.SeedSequence([int(seeds[k]), attempt]).generate_state(1)[0])
+                rec, lm, box, before, mbox = self._one_lesion(out_img, free, grid, s, label.name, organ_ml)
+                if self.qc is None:
+                    break
+                decision = self.qc.check_lesion(before, out_img, box, mbox, host, grid, self.organ)
+                rec["qc"] = decision.as_record()
+                rec["qc_tries"] = attempt
+                if decision.accepted:
+                    break
+                out_img[box] = before  # undo the rejected tumour
+            else:
+                raise QCRejectedError(
+                    f"{label.name}: no synthetic {self.organ.name} tumour passed quality control in "
+                    f"{self.qc_max_tries} tries (last: {'; '.join(decision.reasons)})")
             out_lab[lm.slices][lm.mask] = tumour_id
             free[lm.slices][lm.mask] = False
             rec.update(index=k + 1, case_seed=int(seed))
@@ -226,46 +327,24 @@ class Synthesizer:
 
     def _one_lesion(self, img: np.ndarray, free: np.ndarray, grid: Grid, seed: int, label_name: str, organ_ml: float):
         rng = np.random.default_rng(seed)
-        best = 0.0
-        for tries in range(1, self.max_tries + 1):
-            params = sample_shape(free, grid, self.organ, self.size, rng)
-            if params is None:
-                continue
-            lm = params.mask(grid, free)
-            best = max(best, lm.inside_fraction)
-            if lm.voxels >= 4 and lm.inside_fraction >= self.min_inside:
-                break
-        else:
-            what = f"a {self.size} tumour" if self.size != "mix" else "any tumour"
-            raise OrganTooSmallError(
-                f"{label_name}: {self.organ.name} ({organ_ml:.1f} mL) is too small for {what}: "
-                f"best of {self.max_tries} placements had {best:.0%} inside the organ (need {self.min_inside:.0%})"
-            )
-        # Soft mask on the lesion box grown by the blur's reach.
-        t = grid.per_voxel_axis(self.organ.target_spacing)
-        native = t / np.asarray(grid.spacing)  # native voxels per target voxel
-        blur = float(rng.uniform(*BLUR_SIGMA_RANGE))
-        sig = blur * native
-        grow = np.ceil(_BLUR_TRUNCATE * sig).astype(int)
-        box = tuple(
-            slice(max(0, s.start - g), min(n, s.stop + g)) for s, g, n in zip(lm.slices, grow, grid.shape)
-        )
-        inner = tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(lm.slices, box))
-        m = np.zeros([b.stop - b.start for b in box], np.float32)
-        m[inner] = lm.mask
-        from scipy.ndimage import gaussian_filter
-
-        soft = gaussian_filter(m, sig, truncate=_BLUR_TRUNCATE, mode="constant")
+        params, lm, tries = place_lesion(free, grid, self.organ, self.size, rng, self.min_inside, self.max_tries,
+                                         label_name=label_name, organ_ml=organ_ml)
+        box, inner, m, soft, blur = lesion_soft_mask(lm, grid, self.organ, rng)
         crop = img[box]
         organ_crop = free[box]
         if self.difference is None:
             diff: float | np.ndarray = rule_based_difference(rng)
+        elif hasattr(self.difference, "for_volume"):
+            # A learned generator: it chooses its own context around the box.
+            diff = np.asarray(self.difference.for_volume(img, box, grid, self.organ), np.float32)
         elif callable(self.difference):
             diff = np.asarray(self.difference(crop.astype(np.float32), m > 0, self.organ), np.float32)
         else:
             diff = float(self.difference)
+        native = grid.per_voxel_axis(self.organ.target_spacing) / np.asarray(grid.spacing)
         texture = procedural_texture(m.shape, rng, SIGMA_A * native, SIGMA_B * native)
         new = blend(crop, organ_crop, soft, diff, texture, self.organ)
+        before_box = crop.copy()
         before = float(crop[inner][lm.mask].mean())
         img[box] = _to_dtype(new, img.dtype)
         after = float(img[box][inner][lm.mask].mean())
@@ -289,7 +368,7 @@ class Synthesizer:
             "tries": tries,
             "version": __version__,
         }
-        return rec, lm
+        return rec, lm, box, before_box, m > 0
 
 
 def synthesize(
@@ -318,15 +397,38 @@ def synthesize_files(
     label_map: str | os.PathLike | None = None,
     case: str | None = None,
     png: bool = True,
+    generator: str | os.PathLike | None = None,
+    qc_segmentor: str | os.PathLike | None = None,
+    qc_threshold: float | None = None,
+    qc_max_tries: int = 10,
+    context: str | None = None,
+    device: str | None = None,
 ) -> dict:
     """Load, synthesise and write ``<case>_image.nii.gz``, ``<case>_label.nii.gz``,
     ``<case>.json`` and ``<case>.png`` into ``out_dir`` (all or nothing).
 
-    Returns the case record that was written as JSON.
+    ``generator`` (a Stage-1 ``generator.pt``) replaces the rule-based difference
+    map; ``qc_segmentor`` (a segmentation checkpoint) turns on quality control
+    with its recall ``qc_threshold`` (default 0.7), re-drawing a rejected
+    tumour up to ``qc_max_tries`` times. Returns the case record written as JSON.
     """
     from .io import case_name, save_volume, staged_output, write_bytes_atomic
 
-    synth = Synthesizer(organ, label_map=label_map, size=size)
+    difference = None
+    qc = None
+    qc_cfg: dict = {}
+    if generator is not None:
+        from .generator import LearnedDifference
+
+        difference = LearnedDifference(generator, device=device, context=context)
+        qc_cfg = difference.cfg
+    if qc_segmentor is not None or qc_threshold is not None:
+        from .quality import QCSettings, QualityControl
+
+        settings = QCSettings.from_config(qc_cfg, threshold=qc_threshold)
+        qc = QualityControl(qc_segmentor, settings, device=device)
+    synth = Synthesizer(organ, label_map=label_map, size=size, difference=difference, qc=qc,
+                        qc_max_tries=qc_max_tries)
     # Reading and gzip-compressing release the GIL: image and label travel in parallel.
     with ThreadPoolExecutor(1) as pool:
         pending_label = pool.submit(load_volume, label_path)
@@ -350,6 +452,9 @@ def synthesize_files(
         "spacing_mm": list(image.spacing),
         "orientation": "".join(image.orientation),
         "freetumor_version": __version__,
+        "generator": None if generator is None else str(generator),
+        "generator_context": None if difference is None else difference.context,
+        "quality_control": None if qc is None else qc.describe(),
         "lesions": result.lesions,
         "outputs": {
             "image": f"{case}_image.nii.gz",

@@ -1,0 +1,243 @@
+"""Quality control of synthetic tumours (METHOD §7) plus cheap plausibility checks.
+
+A synthetic tumour is kept when all of these hold (every score is recorded):
+
+* **segmentor recall** (the paper's filter): more than ``threshold`` (0.7) of
+  the tumour's voxels are predicted tumour by the frozen segmentor;
+* **inside the organ**: at least ``min_inside`` of its voxels lie in the organ
+  (or in real tumour);
+* **visible**: the volume whose intensity changed by at least ``visible_hu``
+  is at least ``min_visible_mm3``;
+* **contrast**: mean HU of the tumour minus mean HU of the organ ring around
+  it (``shell_mm`` wide) lies in the organ's plausible range
+  (:attr:`freetumor.organs.Organ.tumour_contrast_hu`, or ``contrast_hu``).
+
+Without a segmentor only the cheap checks run (``recall`` is ``None``).
+
+Example:
+    >>> import numpy as np
+    >>> from freetumor.organs import get_organ
+    >>> before = np.full((20, 20, 20), 60.0, np.float32)
+    >>> organ = np.ones(before.shape, bool)
+    >>> fake = np.zeros(before.shape, bool); fake[8:12, 8:12, 8:12] = True
+    >>> after = before - 50.0 * fake
+    >>> s = cheap_scores(before, after, fake, organ, (1.0, 1.0, 1.0))
+    >>> s["inside_fraction"], s["visible_mm3"], s["contrast_hu"]
+    (1.0, 64.0, -50.0)
+    >>> decide(s, get_organ("liver"), QCSettings()).accepted
+    True
+    >>> decide(dict(s, recall=0.5), get_organ("liver"), QCSettings()).reasons
+    ['segmentor recall 0.500 <= 0.7']
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .errors import ConfigError
+from .organs import Organ
+
+
+@dataclass(frozen=True)
+class QCSettings:
+    """Thresholds of the quality checks (config section ``qc``)."""
+
+    threshold: float = 0.7
+    min_inside: float = 0.99
+    min_visible_mm3: float = 30.0
+    visible_hu: float = 10.0
+    contrast_hu: tuple[float, float] | None = None
+    shell_mm: float = 5.0
+
+    @classmethod
+    def from_config(cls, cfg: dict, **overrides) -> "QCSettings":
+        q = dict(cfg.get("qc") or {})
+        q.update({k: v for k, v in overrides.items() if v is not None})
+        if q.get("contrast_hu") is not None:
+            q["contrast_hu"] = tuple(float(v) for v in q["contrast_hu"])
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in q.items() if k in known})
+
+    def __post_init__(self):
+        if not 0.0 <= self.threshold < 1.0:
+            raise ConfigError(f"QC threshold must be in [0, 1), got {self.threshold}")
+
+
+@dataclass
+class QCDecision:
+    """Whether a synthetic tumour is kept, the scores it was judged on and why it failed."""
+
+    accepted: bool
+    scores: dict
+    reasons: list[str] = field(default_factory=list)
+
+    def as_record(self) -> dict:
+        return {"accepted": self.accepted, "reasons": list(self.reasons),
+                **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.scores.items()}}
+
+
+def segmentor_recall(pred_tumour: np.ndarray, fake: np.ndarray) -> float:
+    """|F ∩ predicted tumour| / |F| (0 for an empty F, as the released code's 1e-6 guard)."""
+    n = int(np.count_nonzero(fake))
+    if n == 0:
+        return 0.0
+    return float(np.count_nonzero(np.logical_and(pred_tumour, fake))) / n
+
+
+def _ring(fake: np.ndarray, spacing, shell_mm: float) -> np.ndarray:
+    from scipy.ndimage import binary_dilation
+
+    reach = [max(1, int(math.ceil(shell_mm / float(s)))) for s in spacing]
+    # An ellipsoidal structuring element in mm.
+    grids = np.ogrid[tuple(slice(-r, r + 1) for r in reach)]
+    ball = sum((g * float(s) / shell_mm) ** 2 for g, s in zip(grids, spacing)) <= 1.0
+    return binary_dilation(fake, structure=ball) & ~fake
+
+
+def cheap_scores(before_hu: np.ndarray, after_hu: np.ndarray, fake: np.ndarray, organ_mask: np.ndarray,
+                 spacing, shell_mm: float = 5.0, visible_hu: float = 10.0) -> dict:
+    """Scores of the cheap checks on arrays of one grid (HU).
+
+    ``organ_mask`` holds the organ (and any real tumour) before synthesis.
+    """
+    fake = np.asarray(fake, bool)
+    n = int(fake.sum())
+    voxel_mm3 = float(np.prod([float(s) for s in spacing]))
+    if n == 0:
+        return {"voxels": 0, "volume_mm3": 0.0, "inside_fraction": 0.0, "visible_mm3": 0.0,
+                "contrast_hu": None}
+    inside = float(np.count_nonzero(fake & organ_mask)) / n
+    change = np.abs(after_hu[fake].astype(np.float64) - before_hu[fake].astype(np.float64))
+    visible = float(np.count_nonzero(change >= visible_hu)) * voxel_mm3
+    ring = _ring(fake, spacing, shell_mm) & organ_mask
+    contrast = None
+    if ring.any():
+        contrast = float(after_hu[fake].astype(np.float64).mean() - after_hu[ring].astype(np.float64).mean())
+    return {"voxels": n, "volume_mm3": round(n * voxel_mm3, 3), "inside_fraction": round(inside, 6),
+            "visible_mm3": round(visible, 3), "contrast_hu": None if contrast is None else round(contrast, 3)}
+
+
+def decide(scores: dict, organ: Organ, settings: QCSettings) -> QCDecision:
+    """Apply the thresholds to ``scores`` (from :func:`cheap_scores`, optionally with ``recall``)."""
+    reasons = []
+    if scores.get("voxels", 0) == 0:
+        reasons.append("empty tumour mask")
+    recall = scores.get("recall")
+    if recall is not None and not recall > settings.threshold:
+        reasons.append(f"segmentor recall {recall:.3f} <= {settings.threshold:g}")
+    if scores.get("voxels", 0):
+        if scores["inside_fraction"] < settings.min_inside:
+            reasons.append(f"only {scores['inside_fraction']:.1%} inside the organ (need {settings.min_inside:.0%})")
+        if scores["visible_mm3"] < settings.min_visible_mm3:
+            reasons.append(f"visible volume {scores['visible_mm3']:.1f} mm3 < {settings.min_visible_mm3:g} mm3")
+        lo, hi = settings.contrast_hu or organ.tumour_contrast_hu
+        c = scores.get("contrast_hu")
+        if c is not None and not lo <= c <= hi:
+            reasons.append(f"contrast {c:+.1f} HU outside {lo:+g}..{hi:+g} HU for {organ.name}")
+    return QCDecision(not reasons, dict(scores), reasons)
+
+
+class QualityControl:
+    """The full filter: a frozen segmentor (optional) and the cheap checks.
+
+    Args:
+        segmentor: a segmentation checkpoint path, ``(model, cfg)``, or ``None`` (cheap checks only).
+        settings: thresholds; default :class:`QCSettings`.
+        device: torch device for the segmentor.
+    """
+
+    def __init__(self, segmentor=None, settings: QCSettings | None = None, device: str | None = None):
+        self.settings = settings or QCSettings()
+        self.model = self.cfg = None
+        self.path = None
+        if segmentor is not None:
+            import torch
+
+            self.device = torch.device(device or "cpu")
+            if isinstance(segmentor, (str, os.PathLike)):
+                from .checkpoints import load_model
+
+                self.model, self.cfg = load_model(segmentor, map_location=self.device)
+                self.path = str(segmentor)
+            else:
+                self.model, self.cfg = segmentor
+            self.model.to(self.device).eval()
+            from .training.segmentation import tumour_classes
+
+            self.tumour_classes = tumour_classes(self.cfg)
+        self.calls = 0
+
+    # ------------------------------------------------------------------ patch space (training)
+    def predict_tumour(self, x01):
+        """Predicted tumour (bool tensor) for windowed patches ``(B, 1, X, Y, Z)`` at the segmentor's spacing."""
+        import torch
+        from monai.inferers import sliding_window_inference
+
+        with torch.no_grad():
+            logits = sliding_window_inference(x01.to(self.device), tuple(self.cfg["data"]["roi_size"]),
+                                              self.cfg["val"]["sw_batch_size"], self.model,
+                                              overlap=self.cfg["val"]["overlap"])
+        pred = logits.argmax(1)
+        out = torch.zeros_like(pred, dtype=torch.bool)
+        for c in self.tumour_classes:
+            out |= pred == c
+        return out
+
+    # ------------------------------------------------------------------ native grid (synthesize)
+    def check_lesion(self, before_box: np.ndarray, image: np.ndarray, box, lesion_box_mask: np.ndarray,
+                     organ_mask: np.ndarray, grid, organ: Organ) -> QCDecision:
+        """Judge one lesion just blended into ``image`` (native grid, HU).
+
+        Args:
+            before_box: ``image[box]`` before the blend.
+            image: the whole volume after the blend.
+            box: slices of the blended region; ``lesion_box_mask`` is the tumour on that box.
+            organ_mask: organ (and real tumour) voxels of the whole volume before synthesis.
+        """
+        self.calls += 1
+        s = self.settings
+        fake_box = np.asarray(lesion_box_mask, bool)
+        # The ring reaches shell_mm beyond the box: score on the box grown by that much.
+        grow = [int(math.ceil(s.shell_mm / float(sp))) + 1 for sp in grid.spacing]
+        region = tuple(slice(max(0, b.start - g), min(n, b.stop + g)) for b, g, n in zip(box, grow, image.shape))
+        inner = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, region))
+        after = np.asarray(image[region], np.float32)
+        before = after.copy()
+        before[inner] = before_box
+        fake = np.zeros(after.shape, bool)
+        fake[inner] = fake_box
+        scores = cheap_scores(before, after, fake, organ_mask[region], grid.spacing, s.shell_mm, s.visible_hu)
+        if self.model is not None:
+            scores["recall"] = round(self._recall_native(image, box, fake_box, grid, organ), 6)
+        return decide(scores, organ, s)
+
+    def _recall_native(self, image, box, fake_box, grid, organ: Organ) -> float:
+        import torch
+
+        from .generator import context_region, ras_spacing, resample_to, to_ras
+
+        roi = tuple(int(v) for v in self.cfg["data"]["roi_size"])
+        region = context_region(box, grid, organ, image.shape, "patch", 0, roi)
+        inner = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, region))
+        fake = np.zeros([r.stop - r.start for r in region], np.float32)
+        fake[inner] = fake_box
+        crop = to_ras(np.asarray(image[region], np.float32), grid)
+        fake = to_ras(fake, grid)
+        sp = np.asarray(ras_spacing(grid))
+        target = np.asarray(self.cfg["data"]["spacing"], float)
+        size = np.maximum(1, np.rint(np.asarray(crop.shape) * sp / target)).astype(int)
+        lo, hi = (float(v) for v in self.cfg["data"]["hu_window"])
+        t = resample_to(torch.from_numpy(np.ascontiguousarray(crop))[None, None], size)
+        t = ((t - lo) / (hi - lo)).clamp_(0.0, 1.0)
+        f = resample_to(torch.from_numpy(np.ascontiguousarray(fake))[None, None], size, "nearest") > 0.5
+        if not bool(f.any()):  # a lesion thinner than one target voxel: keep its centre voxel
+            f = resample_to(torch.from_numpy(np.ascontiguousarray(fake))[None, None], size) > 0
+        pred = self.predict_tumour(t).cpu()
+        return segmentor_recall(pred.numpy()[0], f.numpy()[0, 0])
+
+    def describe(self) -> dict:
+        return {"segmentor": self.path, **asdict(self.settings)}
