@@ -33,6 +33,7 @@ app.add_typer(data_app, name="data")
 Organ = Enum("Organ", {n: n for n in ORGAN_NAMES}, type=str)
 Size = Enum("Size", {n: n for n in SIZE_CHOICES}, type=str)
 Region = Enum("Region", {n: n for n in ("abdomen", "chest")}, type=str)
+Context = Enum("Context", {n: n for n in ("bbox", "patch")}, type=str)
 LABEL_MAP_HELP = f"Label convention: {', '.join(PRESET_NAMES)} or a JSON file (default: abdomen7 / chest3 by organ)."
 
 
@@ -68,21 +69,36 @@ def synthesize(
     size: Size = typer.Option(Size.mix, "--size", help="Size class; mix draws per tumour."),
     seed: int = typer.Option(0, "--seed", help="Random seed (recorded in the output)."),
     png: bool = typer.Option(True, "--png/--no-png", help="Write the before/after figure."),
+    generator: Optional[Path] = typer.Option(None, "--generator", help="Stage-1 generator (RUNDIR/generator.pt): "
+                                             "learned difference maps instead of the rule-based scalar."),
+    qc_segmentor: Optional[Path] = typer.Option(None, "--qc-segmentor", help="Segmentation checkpoint for "
+                                                "quality control (keep a tumour the segmentor finds)."),
+    qc_threshold: Optional[float] = typer.Option(None, "--qc-threshold", min=0.0, max=0.999,
+                                                 help="QC: minimum segmentor recall of the tumour (default 0.7)."),
+    max_tries: int = typer.Option(10, "--max-tries", min=1, help="QC: tumours drawn per lesion before giving up."),
+    context: Optional[Context] = typer.Option(None, "--context", help="Generator input: the lesion box plus a "
+                                              "margin (bbox) or the whole training patch (patch, as the paper)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda for the generator and QC segmentor."),
 ) -> None:
     """Put synthetic tumours into one organ of a CT.
 
     Writes DIR/<case>_image.nii.gz, DIR/<case>_label.nii.gz, DIR/<case>.json
-    (one record per lesion) and DIR/<case>.png.
+    (one record per lesion, with QC scores and tries) and DIR/<case>.png.
     """
     from .synthesis import synthesize_files
 
     record = synthesize_files(
-        image, label, organ.value, out, count=count, size=size.value, seed=seed, label_map=label_map, png=png
+        image, label, organ.value, out, count=count, size=size.value, seed=seed, label_map=label_map, png=png,
+        generator=generator, qc_segmentor=qc_segmentor, qc_threshold=qc_threshold, qc_max_tries=max_tries,
+        context=context.value if context else None, device=device,
     )
     for r in record["lesions"]:
+        qc = r.get("qc")
+        tail = "" if qc is None else (f"  QC recall {qc['recall']:.2f}" if qc.get("recall") is not None else "  QC") + \
+            f" accepted after {r['qc_tries']} tr{'y' if r['qc_tries'] == 1 else 'ies'}"
         typer.echo(
             f"lesion {r['index']}: {r['size_class']:<6} {r['volume_ml']:8.2f} mL  "
-            f"centre {r['centre_mm']} mm  HU {r['mean_hu_before']:.0f} -> {r['mean_hu_after']:.0f}"
+            f"centre {r['centre_mm']} mm  HU {r['mean_hu_before']:.0f} -> {r['mean_hu_after']:.0f}{tail}"
         )
     for key, name in record["outputs"].items():
         typer.echo(f"wrote {key}: {Path(out) / name}")
@@ -174,6 +190,34 @@ def train_seg(
     cfg = load_config(config, extra)
     summary = train_segmentation(cfg, datalist, out, resume=resume, log=typer.echo)
     typer.echo(f"done: {summary['steps']} steps, best score {summary['best_score']:.4f}; checkpoints in {out}")
+
+
+@app.command("train-synth")
+@domain_errors
+def train_synth(
+    config: str = typer.Option(..., "--config", help="YAML file or preset name (e.g. liver-cpu-tiny)."),
+    datalist: Path = typer.Option(..., "--datalist", help="Labelled datalist (real tumours)."),
+    unlabeled: Optional[Path] = typer.Option(None, "--unlabeled", help="Unlabelled datalist: CT with organ masks "
+                                             "only (label = organ mask)."),
+    segmentor: Path = typer.Option(..., "--segmentor", help="Frozen Stage-0 segmentor, e.g. RUNDIR/best.pt."),
+    out: Path = typer.Option(..., "--out", help="Run folder."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N iterations (G + D step)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set synth.lr=2e-4."),
+) -> None:
+    """Stage 1: train the difference-map generator against a discriminator and the frozen segmentor."""
+    from .config import load_config
+    from .training.synthesis import train_synthesis
+
+    extra = list(overrides)
+    if max_steps is not None:
+        extra.append(f"synth.max_steps={max_steps}")
+    cfg = load_config(config, extra)
+    summary = train_synthesis(cfg, datalist, unlabeled, segmentor, out, resume=resume, log=typer.echo)
+    r0, r1 = summary.get("probe_recall_start"), summary.get("probe_recall_end")
+    if r0 is not None and r1 is not None:
+        typer.echo(f"segmentor recall of fake tumours (probe patches): {r0:.3f} at step 0 -> {r1:.3f}")
+    typer.echo(f"done: {summary['steps']} steps; generator: {Path(out) / 'generator.pt'}")
 
 
 @app.command()

@@ -187,13 +187,14 @@ def resample_to(t: torch.Tensor, size, mode: str = "trilinear") -> torch.Tensor:
     return F.interpolate(t, size=size, mode="trilinear", align_corners=False)
 
 
-def context_region(box, grid, organ: Organ, shape, mode: str, margin_vox: int, roi_size) -> tuple[slice, ...]:
+def context_region(box, grid, spacing, shape, mode: str, margin_vox: int, roi_size) -> tuple[slice, ...]:
     """The native-grid region a network sees around a lesion box.
 
-    ``bbox``: the box grown by ``margin_vox`` voxels at the organ's target spacing;
-    ``patch``: a ``roi_size`` window (target voxels) centred on the box, grown to hold the box.
+    ``spacing`` is the network's voxel size (mm, R-L / A-P / S-I). ``bbox``: the
+    box grown by ``margin_vox`` network voxels; ``patch``: a ``roi_size`` window
+    (network voxels) centred on the box, grown to hold the box.
     """
-    native = grid.per_voxel_axis(organ.target_spacing) / np.asarray(grid.spacing)  # native per target voxel
+    native = grid.per_voxel_axis(spacing) / np.asarray(grid.spacing)  # native voxels per network voxel
     out = []
     for a, s in enumerate(box):
         if mode == "patch":
@@ -266,7 +267,7 @@ class LearnedDifference:
     def for_volume(self, image: np.ndarray, box, grid, organ: Organ) -> np.ndarray:
         """D for ``image[box]`` (native grid, HU)."""
         self.check_organ(organ)
-        region = context_region(box, grid, organ, image.shape, self.context, self.margin, self.roi)
+        region = context_region(box, grid, self.spacing, image.shape, self.context, self.margin, self.roi)
         crop = to_ras(np.asarray(image[region], np.float32), grid)
         sp = np.asarray(ras_spacing(grid))
         size = np.maximum(1, np.rint(np.asarray(crop.shape) * sp / np.asarray(self.spacing))).astype(int)

@@ -221,7 +221,7 @@ class QualityControl:
         from .generator import context_region, ras_spacing, resample_to, to_ras
 
         roi = tuple(int(v) for v in self.cfg["data"]["roi_size"])
-        region = context_region(box, grid, organ, image.shape, "patch", 0, roi)
+        region = context_region(box, grid, self.cfg["data"]["spacing"], image.shape, "patch", 0, roi)
         inner = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, region))
         fake = np.zeros([r.stop - r.start for r in region], np.float32)
         fake[inner] = fake_box

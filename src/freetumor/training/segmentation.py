@@ -62,6 +62,18 @@ def kfold_split(entries: list[dict], folds: int, fold: int) -> tuple[list[dict],
 
 
 # ----------------------------------------------------------------------------- data
+def datalist_entries(datalist: str | os.PathLike, what: str = "labelled cases") -> list[dict]:
+    """The ``training`` entries of a datalist that have a label, after checking their files exist."""
+    entries = [e for e in load_datalist(datalist, keys=("training",)) if e.get("label")]
+    if not entries:
+        raise InputError(datalist, f"no {what} (entries with \"label\") under \"training\"")
+    missing = [e["image"] for e in entries if not Path(e["image"]).exists()] + [
+        e["label"] for e in entries if not Path(e["label"]).exists()]
+    if missing:
+        raise InputError(missing[0], "listed in the datalist but not found")
+    return entries
+
+
 class StepDataset(torch.utils.data.Dataset):
     """Index ``i`` -> the patches of global sample ``i`` (deterministic in ``i``)."""
 
@@ -87,11 +99,14 @@ class StepDataset(torch.utils.data.Dataset):
             self.cache[k] = d
         return d
 
-    def __getitem__(self, i: int):
+    def case_index(self, i: int) -> int:
+        """The entry global sample ``i`` reads: each epoch is a seeded permutation of the entries."""
         n = len(self.entries)
         epoch, pos = divmod(int(i), n)
-        k = int(np.random.default_rng([self.seed, epoch]).permutation(n)[pos])
-        case = self._case(k)
+        return int(np.random.default_rng([self.seed, epoch]).permutation(n)[pos])
+
+    def __getitem__(self, i: int):
+        case = self._case(self.case_index(i))
         self.rand.set_random_state(seed=int(np.random.SeedSequence([self.seed, int(i)]).generate_state(1)[0]))
         out = self.rand(dict(case))
         return out if isinstance(out, list) else [out]
@@ -229,13 +244,7 @@ def train_segmentation(
     tr = cfg["train"]
     max_steps = int(tr["max_steps"])
 
-    entries = [e for e in load_datalist(datalist, keys=("training",)) if e.get("label")]
-    if not entries:
-        raise InputError(datalist, "no labelled cases (entries with \"label\") under \"training\"")
-    missing = [e["image"] for e in entries if not Path(e["image"]).exists()] + [
-        e["label"] for e in entries if not Path(e["label"]).exists()]
-    if missing:
-        raise InputError(missing[0], "listed in the datalist but not found")
+    entries = datalist_entries(datalist)
     train_entries, val_entries = kfold_split(entries, int(tr["folds"]), int(tr["fold"]))
     train_entries = train_entries * max(1, int(cfg["data"]["labelled_repeat"]))
 

@@ -1,0 +1,599 @@
+"""Stage 1: adversarial training of the difference-map generator (METHOD §4-§7, §11).
+
+Each iteration, on a batch of training patches (windowed to [0, 1], labels as
+training classes) that each carry one rule-based tumour mask F in one organ
+(:class:`PrepareFakeTumourd`):
+
+* **G step** — D~ = blur(G(x)[organ channel]); x' = x + sign * O * B * T * D~;
+  L_G = w * (1 - <P_D[real]>_F) + (1 - <P_S[tumour]>_F) with the frozen
+  segmentor S (w = 0.1 abdomen, 0.5 chest). The discriminator's weights are
+  frozen during this step, so no gradient reaches them.
+* **D step** — the same x' with D~ detached; L_D = ½[(1 - <P_D[fake]>_F) +
+  (1 - <P_D[real]>_R)], R the real-tumour voxels of labelled patches.
+
+Corrections of the released code (METHOD §10.4), all applied here:
+
+1. labels are the training classes in both steps (organ / tumour / a separate
+   fake mask), so no organ id collides with "fake tumour" and real pancreas
+   and kidney tumours count as real;
+2. the generator channel is the tumour's organ's (liver 0, pancreas 1,
+   kidney 2), not always channel 0;
+3. the discriminator's gradients are never filled by the G step and the
+   segmentor never receives gradients (``requires_grad`` off);
+4. nothing is resumed unless ``resume=True`` names the run folder's own
+   ``last.pt``.
+
+Run folder: ``config.yaml``, ``metrics.jsonl`` (per step), ``epochs.jsonl``
+(per epoch, including epoch 0 before training: losses, the segmentor's recall of
+fake tumours on fixed probe patches, QC acceptance), ``samples/epoch_NNNN.png``
+(original / synthetic / accepted), ``last.pt`` (resume state),
+``generator.pt`` (for ``synthesize --generator`` and Stage 2), ``final.json``, ``tb/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from monai.transforms import MapTransform, Randomizable
+
+from ..checkpoints import check_kind, load_checkpoint, load_model, rng_state, save_checkpoint, set_rng_state
+from ..config import save_config
+from ..errors import InputError
+from ..generator import FAKE, REAL, apply_difference, build_discriminator, build_generator, difference_map
+from ..organs import get_organ
+from ..quality import QCSettings, cheap_scores, decide, segmentor_recall
+from ..shapes import Grid, OrganTooSmallError
+from ..synthesis import lesion_soft_mask, place_lesion
+from ..texture import SIGMA_A, SIGMA_B, procedural_texture
+from ..transforms import ABDOMEN7_ORGANS
+from .segmentation import (
+    StepBatches,
+    StepDataset,
+    _autocast,
+    _collate,
+    _dist_setup,
+    datalist_entries,
+    tumour_classes,
+    weights_sha256,
+)
+
+PROBE_SEED_OFFSET = 1_000_003  # probe patches come from their own random stream
+
+
+# ----------------------------------------------------------------------------- patch preparation
+def organ_classes(cfg: dict) -> dict[str, tuple[int, int]]:
+    """Organ -> (organ class, tumour class) in the training classes of ``cfg["task"]``."""
+    task = cfg["task"]
+    if task == "abdomen7":
+        return dict(ABDOMEN7_ORGANS)
+    return {cfg["organ"]: (1, 2)}
+
+
+class PrepareFakeTumourd(Randomizable, MapTransform):
+    """Draw one rule-based tumour in a training patch, for Stage 1 (and Stage 2's synthesis).
+
+    Picks an organ present in the patch (uniformly among those with enough
+    voxels), places a tumour mask F in its voxels that are not tumour (the
+    shape rules of :mod:`freetumor.shapes`, sizes in mm at the organ's target
+    spacing) and adds:
+
+    * ``fake``: F as a ``(1, X, Y, Z)`` float tensor (0/1);
+    * ``weight``: O * B * T, the organ indicator times the blurred mask times
+      the texture, so that x' = x + sign * weight * D~;
+    * ``channel``: the generator channel of the organ (-1 without a tumour);
+    * ``organ_class``: that organ's training class (-1 without a tumour).
+
+    A patch without room for a tumour gets an empty ``fake`` and zero ``weight``.
+    """
+
+    def __init__(self, cfg: dict, size: str | None = None, min_voxels: int = 64, max_tries: int = 10):
+        MapTransform.__init__(self, keys=("image", "label"))
+        self.organs = [(get_organ(name), cls) for name, cls in organ_classes(cfg).items()]
+        self.size = size or cfg["synth"]["size"]
+        self.min_voxels = int(min_voxels)
+        self.max_tries = int(max_tries)
+        self._seed = 0
+
+    def randomize(self, data=None) -> None:
+        self._seed = int(self.R.randint(0, 2**31 - 1))
+
+    def __call__(self, data):
+        d = dict(data)
+        self.randomize()
+        rng = np.random.default_rng(self._seed)
+        img = d["image"]
+        lab = np.asarray(d["label"])[0]
+        affine = np.asarray(getattr(img, "affine", np.eye(4)), np.float64)
+        grid = Grid.from_affine(affine, lab.shape)
+        fake = np.zeros(lab.shape, np.float32)
+        weight = np.zeros(lab.shape, np.float32)
+        channel, organ_class = -1, -1
+        present = [(o, c) for o, c in self.organs if np.count_nonzero(lab == c[0]) >= self.min_voxels]
+        if present:
+            organ, (ocls, _tcls) = present[int(rng.integers(len(present)))]
+            free = lab == ocls
+            try:
+                _params, lm, _tries = place_lesion(free, grid, organ, self.size, rng, 0.5, self.max_tries)
+            except OrganTooSmallError:
+                lm = None
+            if lm is not None:
+                box, _inner, m, soft, _blur = lesion_soft_mask(lm, grid, organ, rng)
+                native = grid.per_voxel_axis(organ.target_spacing) / np.asarray(grid.spacing)
+                texture = procedural_texture(m.shape, rng, SIGMA_A * native, SIGMA_B * native)
+                weight[box] = soft * texture * free[box]
+                fake[lm.slices] = lm.mask
+                channel, organ_class = organ.generator_channel, ocls
+        d["fake"] = torch.from_numpy(fake)[None]
+        d["weight"] = torch.from_numpy(weight)[None]
+        d["channel"] = torch.tensor(channel)
+        d["organ_class"] = torch.tensor(organ_class)
+        return d
+
+
+class MixedStepDataset(StepDataset):
+    """Step-indexed samples drawn from labelled and unlabelled entries.
+
+    Sample ``i`` comes from the labelled pool with probability ``fraction``
+    (seeded by ``(seed, i)``), then a case of that pool is drawn uniformly.
+    """
+
+    def __init__(self, labelled: list[dict], unlabelled: list[dict], transform, seed: int,
+                 fraction: float, cache: bool = False):
+        super().__init__(list(labelled) + list(unlabelled), transform, seed, cache)
+        self.n_lab, self.n_unl = len(labelled), len(unlabelled)
+        self.fraction = float(fraction)
+
+    def case_index(self, i: int) -> int:
+        rng = np.random.default_rng([self.seed, int(i), 7])
+        use_lab = self.n_unl == 0 or (self.n_lab > 0 and rng.random() < self.fraction)
+        return int(rng.integers(self.n_lab)) if use_lab else self.n_lab + int(rng.integers(self.n_unl))
+
+
+# ----------------------------------------------------------------------------- losses
+def masked_mean(p: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """<p>_mask over the whole batch: sum(p * mask) / (|mask| + eps), as the released code."""
+    return (p * mask).sum() / (mask.sum() + eps)
+
+
+@contextlib.contextmanager
+def frozen(module: torch.nn.Module):
+    """Parameters of ``module`` do not require gradients inside the block."""
+    flags = [p.requires_grad for p in module.parameters()]
+    for p in module.parameters():
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, f in zip(module.parameters(), flags):
+            p.requires_grad_(f)
+
+
+class Stage1:
+    """The networks and the two optimisation steps of Stage 1 (no data, no logging).
+
+    Args:
+        cfg: resolved config (``synth`` section, organ region).
+        segmentor: the frozen segmentor and its config.
+        device: torch device.
+    """
+
+    def __init__(self, cfg: dict, segmentor: tuple[torch.nn.Module, dict], device):
+        self.cfg = cfg
+        self.device = device
+        s = cfg["synth"]
+        region = get_organ(cfg["organ"]).region
+        self.sign = -1 if region == "abdomen" else +1
+        self.adv_weight = float(s["adv_weight"]) if s["adv_weight"] is not None else (
+            0.1 if region == "abdomen" else 0.5)
+        self.blur = (float(s["blur_sigma"]), int(s["blur_kernel"]))
+        self.generator = build_generator(cfg).to(device)
+        self.discriminator = build_discriminator(cfg).to(device)
+        self.seg, self.seg_cfg = segmentor
+        self.seg.to(device).eval()
+        for p in self.seg.parameters():
+            p.requires_grad_(False)
+        self.tumour = list(tumour_classes(self.seg_cfg))
+        betas = tuple(float(b) for b in s["betas"])
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=float(s["lr"]), betas=betas)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=float(s["lr"]), betas=betas)
+        self.amp = device.type == "cuda" and bool(cfg["train"]["amp"])
+        self.scaler_g = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.scaler_d = torch.amp.GradScaler("cuda", enabled=self.amp)
+        # DDP wrappers (set by the trainer); the plain modules are used for frozen forwards.
+        self.g_train: torch.nn.Module = self.generator
+        self.d_train: torch.nn.Module = self.discriminator
+
+    def synthesise(self, x, weight, channel, generator=None):
+        """(x', D~) for a batch; ``generator`` defaults to the training wrapper."""
+        g = generator if generator is not None else self.g_train
+        dmap = difference_map(g, x, channel.clamp(min=0), *self.blur)
+        return apply_difference(x, weight, dmap, self.sign), dmap
+
+    def seg_tumour_prob(self, x):
+        p = torch.softmax(self.seg(x).float(), dim=1)
+        return p[:, self.tumour].sum(1, keepdim=True), p
+
+    def real_mask(self, label: torch.Tensor) -> torch.Tensor:
+        """Real-tumour voxels R (any organ's tumour class) as a float mask."""
+        real = torch.zeros_like(label, dtype=torch.float32)
+        for c in self.tumour_classes_in_labels():
+            real = real + (label == c).float()
+        return real
+
+    def g_step(self, batch: dict) -> dict:
+        """One generator step: D and the segmentor frozen. Returns losses, x', D~ and the segmentor's call."""
+        x, weight, fake, channel = batch["image"], batch["weight"], batch["fake"], batch["channel"]
+        self.opt_g.zero_grad(set_to_none=True)
+        with frozen(self.discriminator), _autocast(self.cfg, self.device):
+            xf, dmap = self.synthesise(x, weight, channel)
+            p_d = torch.softmax(self.discriminator(xf).float(), dim=1)
+            loss_adv = 1.0 - masked_mean(p_d[:, REAL:REAL + 1], fake)
+            p_tum, p_seg = self.seg_tumour_prob(xf)
+            loss_seg = 1.0 - masked_mean(p_tum, fake)
+            loss_g = self.adv_weight * loss_adv + loss_seg
+        self.scaler_g.scale(loss_g).backward()
+        self.scaler_g.step(self.opt_g)
+        self.scaler_g.update()
+        with torch.no_grad():
+            pred = torch.zeros_like(fake, dtype=torch.bool)
+            am = p_seg.argmax(1, keepdim=True)
+            for c in self.tumour:
+                pred |= am == c
+        return {"loss_g": float(loss_g.detach()), "loss_adv": float(loss_adv.detach()),
+                "loss_seg": float(loss_seg.detach()), "dmap": dmap.detach(), "pred": pred}
+
+    def d_step(self, batch: dict, dmap: torch.Tensor) -> dict:
+        """One discriminator step on x' made with the (detached) map of the G step."""
+        x, weight, fake = batch["image"], batch["weight"], batch["fake"]
+        real = self.real_mask(batch["label"])
+        self.opt_d.zero_grad(set_to_none=True)
+        with _autocast(self.cfg, self.device):
+            xd = apply_difference(x, weight, dmap.detach(), self.sign)
+            q = torch.softmax(self.d_train(xd).float(), dim=1)
+            loss_d = 0.5 * ((1.0 - masked_mean(q[:, FAKE:FAKE + 1], fake))
+                            + (1.0 - masked_mean(q[:, REAL:REAL + 1], real)))
+        self.scaler_d.scale(loss_d).backward()
+        self.scaler_d.step(self.opt_d)
+        self.scaler_d.update()
+        return {"loss_d": float(loss_d.detach()), "xf": xd.detach()}
+
+    def step(self, batch: dict) -> dict:
+        """One G step then one D step; returns losses and per-patch outputs for logging."""
+        g = self.g_step(batch)
+        d = self.d_step(batch, g.pop("dmap"))
+        return {**g, **d, "x": batch["image"].detach()}
+
+    def tumour_classes_in_labels(self) -> list[int]:
+        return [t for _o, (_c, t) in organ_classes(self.cfg).items()]
+
+    def state(self) -> dict:
+        return {"opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "scaler_g": self.scaler_g.state_dict() if self.amp else None,
+                "scaler_d": self.scaler_d.state_dict() if self.amp else None}
+
+    def load_state(self, st: dict) -> None:
+        self.opt_g.load_state_dict(st["opt_g"])
+        self.opt_d.load_state_dict(st["opt_d"])
+        if self.amp and st.get("scaler_g"):
+            self.scaler_g.load_state_dict(st["scaler_g"])
+            self.scaler_d.load_state_dict(st["scaler_d"])
+
+
+class _Pair(torch.nn.Module):
+    """Generator and discriminator in one state dict (the resume checkpoint)."""
+
+    def __init__(self, generator, discriminator):
+        super().__init__()
+        self.generator, self.discriminator = generator, discriminator
+
+
+# ----------------------------------------------------------------------------- quality on patches
+def patch_decisions(out: dict, batch: dict, cfg: dict, settings: QCSettings) -> list[dict]:
+    """QC decision per patch with a fake tumour: segmentor recall + cheap checks (in HU)."""
+    lo, hi = (float(v) for v in cfg["data"]["hu_window"])
+    w = hi - lo
+    organs = {o.name: o for o in (get_organ(n) for n in organ_classes(cfg))}
+    cls_to_organ = {c: organs[n] for n, (c, _t) in organ_classes(cfg).items()}
+    spacing = tuple(float(v) for v in cfg["data"]["spacing"])
+    fake = batch["fake"].cpu().numpy()[:, 0] > 0.5
+    label = batch["label"].cpu().numpy()[:, 0]
+    x = out["x"].float().cpu().numpy()[:, 0] * w + lo
+    xf = out["xf"].float().cpu().numpy()[:, 0] * w + lo
+    pred = out["pred"].cpu().numpy()[:, 0]
+    ocls = batch["organ_class"].cpu().numpy().reshape(-1)
+    rows = []
+    for b in range(fake.shape[0]):
+        if not fake[b].any() or int(ocls[b]) not in cls_to_organ:
+            rows.append(None)
+            continue
+        organ = cls_to_organ[int(ocls[b])]
+        host = (label[b] == ocls[b]) | (label[b] == ocls[b] + 1)
+        scores = cheap_scores(x[b], xf[b], fake[b], host, spacing, settings.shell_mm, settings.visible_hu)
+        scores["recall"] = round(segmentor_recall(pred[b], fake[b]), 6)
+        dec = decide(scores, organ, settings)
+        rows.append({"organ": organ.name, **dec.as_record()})
+    return rows
+
+
+def sample_grid_png(x: np.ndarray, xf: np.ndarray, fake: np.ndarray, rows: list[dict | None], title: str) -> bytes:
+    """PNG: one row per patch, columns original / synthetic / accepted (axial slice through the tumour)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(1, len(rows))
+    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
+    for b in range(n):
+        if b >= len(rows):
+            break
+        m = fake[b]
+        z = int(np.argmax(m.sum(axis=(0, 1)))) if m.any() else m.shape[2] // 2
+        r = rows[b]
+        ok = bool(r and r["accepted"])
+        panels = [(x[b], "original"), (xf[b], "synthetic"), (xf[b] if ok else x[b], "accepted" if ok else "rejected")]
+        for k, (im, name) in enumerate(panels):
+            ax = axes[b, k]
+            ax.imshow(np.rot90(im[:, :, z]), cmap="gray", vmin=0, vmax=1)
+            if k == 1 and m.any():
+                ax.contour(np.rot90(m[:, :, z]).astype(float), levels=[0.5], colors="yellow", linewidths=0.6)
+            label = name if r is None or k == 0 else f"{name} (recall {r['recall']:.2f})"
+            ax.set_title(label, fontsize=8, color=("green" if ok else "red") if k == 2 and r else "black")
+            ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- trainer
+def _load_segmentor(path, cfg: dict, device):
+    model, seg_cfg = load_model(path, map_location=device)
+    for key in ("spacing", "hu_window"):
+        a = [float(v) for v in seg_cfg["data"][key]]
+        b = [float(v) for v in cfg["data"][key]]
+        if not np.allclose(a, b):
+            raise InputError(path, f"segmentor was trained with data.{key} {a}, the config asks for {b}; "
+                                   "Stage 1 must use the segmentor's preprocessing")
+    if get_organ(seg_cfg["organ"]).region != get_organ(cfg["organ"]).region:
+        raise InputError(path, f"segmentor is for {seg_cfg['organ']}, the config for {cfg['organ']}")
+    return model, seg_cfg
+
+
+def _batch_to(batch: dict, device) -> dict:
+    out = {}
+    for k in ("image", "label", "fake", "weight", "channel", "organ_class"):
+        v = batch[k]
+        v = v.as_tensor() if hasattr(v, "as_tensor") else v
+        out[k] = torch.as_tensor(v).to(device)
+    return out
+
+
+def probe_batch(cfg: dict, labelled, unlabelled, transform) -> dict | None:
+    """The fixed probe patches (their own seed stream; identical for a resumed run)."""
+    n = int(cfg["synth"]["probe_samples"])
+    if n == 0:
+        return None
+    ds = MixedStepDataset(labelled, unlabelled, transform, int(cfg["train"]["seed"]) + PROBE_SEED_OFFSET,
+                          float(cfg["synth"]["labelled_fraction"]))
+    patches = []
+    i = 0
+    while len(patches) < n and i < 4 * n:
+        patches.extend(p for p in ds[i] if float(p["fake"].sum()) > 0)
+        i += 1
+    return _collate([patches[:n]]) if patches else None
+
+
+@torch.no_grad()
+def evaluate_probe(stage: Stage1, probe: dict | None, cfg: dict, settings: QCSettings):
+    """Recall and acceptance of the current generator on the probe patches (no training)."""
+    if probe is None:
+        return {}, None
+    b = _batch_to(probe, stage.device)
+    stage.generator.eval()
+    xf, _ = stage.synthesise(b["image"], b["weight"], b["channel"], generator=stage.generator)
+    stage.generator.train()
+    _p, p_seg = stage.seg_tumour_prob(xf)
+    am = p_seg.argmax(1, keepdim=True)
+    pred = torch.zeros_like(b["fake"], dtype=torch.bool)
+    for c in stage.tumour:
+        pred |= am == c
+    out = {"x": b["image"], "xf": xf, "pred": pred}
+    rows = patch_decisions(out, b, cfg, settings)
+    scored = [r for r in rows if r]
+    res = {"probe_patches": len(scored),
+           "probe_recall": float(np.mean([r["recall"] for r in scored])) if scored else None,
+           "probe_accepted": float(np.mean([r["accepted"] for r in scored])) if scored else None}
+    return res, (out, b, rows)
+
+
+def train_synthesis(
+    cfg: dict,
+    labelled: str | os.PathLike,
+    unlabelled: str | os.PathLike | None,
+    segmentor: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> dict:
+    """Stage-1 training; returns the summary written to ``final.json``."""
+    from ..io import write_bytes_atomic
+    from ..transforms import train_transforms
+
+    out = Path(out)
+    world, rank, local_rank = _dist_setup()
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    s = cfg["synth"]
+    max_steps = int(s["max_steps"])
+    lab_entries = datalist_entries(labelled) * max(1, int(cfg["data"]["labelled_repeat"]))
+    unl_entries = datalist_entries(unlabelled, "unlabelled cases with organ masks") if unlabelled else []
+    settings = QCSettings.from_config(cfg)
+
+    last = out / "last.pt"
+    if rank == 0:
+        if last.exists() and not resume:
+            raise InputError(out, "run folder already has a checkpoint; pass --resume or choose another --out")
+        if resume and not last.exists():
+            raise InputError(last, "no checkpoint to resume from")
+    seg = _load_segmentor(segmentor, cfg, device)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    if world > 1:
+        torch.distributed.barrier()
+
+    torch.manual_seed(int(cfg["train"]["seed"]))
+    stage = Stage1(cfg, seg, device)
+    pair = _Pair(stage.generator, stage.discriminator)
+    start = 0
+    epoch_acc: dict = {}
+    if resume:
+        ck = load_checkpoint(last, map_location=device)
+        check_kind(ck, last, "synthesis-run")
+        pair.load_state_dict(ck["model"])
+        extra = ck.get("extra") or {}
+        stage.load_state(extra["stage"])
+        set_rng_state(extra.get("rng", {}))
+        start = int(ck["step"])
+        epoch_acc = dict(extra.get("epoch_acc") or {})
+        log(f"resuming after step {start}")
+    if world > 1:
+        ids = [local_rank] if device.type == "cuda" else None
+        stage.g_train = torch.nn.parallel.DistributedDataParallel(stage.generator, device_ids=ids)
+        stage.d_train = torch.nn.parallel.DistributedDataParallel(stage.discriminator, device_ids=ids)
+
+    # Stage-1 patches are centred on organ or tumour voxels (no background-centred crops).
+    tcfg = json.loads(json.dumps(cfg))
+    tcfg["data"]["pos"], tcfg["data"]["neg"] = 1.0, 0.0
+    transform = train_transforms(tcfg, synthesis=PrepareFakeTumourd(cfg))
+    probe = probe_batch(cfg, lab_entries, unl_entries, transform) if rank == 0 else None
+
+    metrics_path, epochs_path = out / "metrics.jsonl", out / "epochs.jsonl"
+    writer = None
+    if rank == 0:
+        for path, key in ((metrics_path, "step"), (epochs_path, "step")):
+            kept = []
+            if resume and path.exists():
+                kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)[key] <= start]
+            path.write_text("".join(ln + "\n" for ln in kept))
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tb"), purge_step=start + 1 if resume else None)
+        (out / "samples").mkdir(exist_ok=True)
+
+    def end_epoch(step: int, acc: dict) -> dict:
+        res, shown = evaluate_probe(stage, probe, cfg, settings)
+        n = max(1, acc.get("n", 0))
+        rec = {"epoch": step // int(s["epoch_steps"]), "step": step}
+        for k in ("loss_g", "loss_adv", "loss_seg", "loss_d"):
+            rec[k] = acc[k] / n if acc.get("n") else None
+        rec["train_recall"] = acc["recall"] / acc["scored"] if acc.get("scored") else None
+        rec["train_accepted"] = acc["accepted"] / acc["scored"] if acc.get("scored") else None
+        rec.update(res)
+        with open(epochs_path, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        for k, v in rec.items():
+            if k not in ("epoch", "step") and v is not None:
+                writer.add_scalar(f"epoch/{k}", v, step)
+        if shown is not None:
+            o, b, rows = shown
+            png = sample_grid_png(o["x"].cpu().numpy()[:, 0], o["xf"].cpu().numpy()[:, 0],
+                                  b["fake"].cpu().numpy()[:, 0] > 0.5, rows,
+                                  f"epoch {rec['epoch']} (step {step}): original / synthetic / accepted")
+            write_bytes_atomic(out / "samples" / f"epoch_{rec['epoch']:04d}.png", png)
+        return rec
+
+    first = None
+    if rank == 0 and start == 0:
+        first = end_epoch(0, {})
+        log(f"step 0: probe recall {first.get('probe_recall')}, accepted {first.get('probe_accepted')}")
+
+    ds = MixedStepDataset(lab_entries, unl_entries, transform, int(cfg["train"]["seed"]),
+                          float(s["labelled_fraction"]), cache=bool(cfg["data"]["cache"]))
+    loader = torch.utils.data.DataLoader(
+        ds, batch_sampler=StepBatches(start, max_steps, int(cfg["train"]["batch_size"]), world, rank),
+        num_workers=int(cfg["data"]["num_workers"]), collate_fn=_collate)
+    bar = None
+    if progress and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=max_steps, initial=start, desc="train-synth", unit="step", dynamic_ncols=True)
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(last, model=pair, cfg=cfg, step=step, kind="synthesis-run",
+                        extra={"stage": stage.state(), "rng": rng_state(), "epoch_acc": epoch_acc})
+        save_checkpoint(out / "generator.pt", model=stage.generator, cfg=cfg, step=step, kind="generator")
+
+    step = start
+    for raw in loader:
+        step += 1
+        batch = _batch_to(raw, device)
+        res = stage.step(batch)
+        rows = patch_decisions(res, batch, cfg, settings)
+        scored = [r for r in rows if r]
+        vals = {k: res[k] for k in ("loss_g", "loss_adv", "loss_seg", "loss_d")}
+        vals["recall"] = float(np.mean([r["recall"] for r in scored])) if scored else float("nan")
+        vals["accepted"] = float(np.mean([r["accepted"] for r in scored])) if scored else float("nan")
+        if world > 1:
+            t = torch.tensor([vals[k] for k in vals], device=device, dtype=torch.float64)
+            torch.distributed.all_reduce(t)
+            vals = {k: float(v) / world for k, v in zip(vals, t.tolist())}
+        if rank == 0:
+            with open(metrics_path, "a") as fh:
+                fh.write(json.dumps({"step": step, **{k: (None if v != v else v) for k, v in vals.items()},
+                                     "fakes": len(scored)}) + "\n")
+            for k in ("loss_g", "loss_adv", "loss_seg", "loss_d"):
+                epoch_acc[k] = epoch_acc.get(k, 0.0) + vals[k]
+            epoch_acc["n"] = epoch_acc.get("n", 0) + 1
+            if scored:
+                epoch_acc["recall"] = epoch_acc.get("recall", 0.0) + sum(r["recall"] for r in scored)
+                epoch_acc["accepted"] = epoch_acc.get("accepted", 0.0) + sum(r["accepted"] for r in scored)
+                epoch_acc["scored"] = epoch_acc.get("scored", 0) + len(scored)
+            if step % int(s["log_every"]) == 0 or step == max_steps:
+                for k, v in vals.items():
+                    if v == v:
+                        writer.add_scalar(f"train/{k}", v, step)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(g=f"{vals['loss_g']:.3f}", d=f"{vals['loss_d']:.3f}")
+            if step % int(s["epoch_steps"]) == 0 or step == max_steps:
+                end_epoch(step, epoch_acc)
+                epoch_acc = {}
+            if step % int(s["checkpoint_every"]) == 0 or step == max_steps:
+                checkpoint(step)
+        if world > 1:
+            torch.distributed.barrier()
+    if bar is not None:
+        bar.close()
+
+    digests = [weights_sha256(stage.generator)]
+    if world > 1:
+        digests = [None] * world
+        torch.distributed.all_gather_object(digests, weights_sha256(stage.generator))
+    summary = {"steps": step, "world_size": world, "device": str(device), "generator_sha256": digests}
+    if rank == 0:
+        rows = [json.loads(ln) for ln in epochs_path.read_text().splitlines() if ln]
+        if rows:
+            summary["probe_recall_start"] = rows[0].get("probe_recall")
+            summary["probe_accepted_start"] = rows[0].get("probe_accepted")
+            summary["probe_recall_end"] = rows[-1].get("probe_recall")
+            summary["probe_accepted_end"] = rows[-1].get("probe_accepted")
+        if not (out / "generator.pt").exists():
+            checkpoint(step)
+        writer.close()
+        (out / "final.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return summary
