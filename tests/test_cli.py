@@ -177,7 +177,8 @@ def test_data_check(cohort, tmp_path):
 
 def test_demo(tmp_path):
     out = tmp_path / "demo"
-    r = run("demo", "--out", out, "--train-steps", 20)  # training quality is tested in test_training
+    # training quality is tested in test_training and test_stage1; here the pieces are wired together
+    r = run("demo", "--out", out, "--train-steps", 20, "--synth-steps", 4)
     assert r.returncode == 0, r.stderr
     page = (out / "index.html").read_text()
     pngs = sorted((out / "synthetic").glob("*.png"))
@@ -186,3 +187,5 @@ def test_demo(tmp_path):
         assert f"synthetic/{p.name}" in page
     assert "Lesion records" in page
     assert "baseline-pred/prediction.png" in page and (out / "baseline-run" / "best.pt").exists()
+    assert "stage1-run/rule_vs_learned.png" in page and (out / "stage1-run" / "generator.pt").exists()
+    assert "Stage 1: learned difference maps" in page

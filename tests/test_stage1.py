@@ -407,3 +407,17 @@ def test_synthesize_cli_with_generator_and_qc(pools, tmp_path):
     args[args.index("--generator") + 1] = str(bad)
     r = subprocess.run([*args, "--out", str(tmp_path / "c")], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 1 and "bad.pt" in r.stderr and r.stderr.strip().count("\n") == 0
+
+
+def test_train_synth_ddp_two_processes_gloo(pools, tmp_path):
+    run = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", "freetumor.cli", "train-synth", "--config", "liver-cpu-tiny", "--datalist", str(pools / "lab.json"),
+           "--unlabeled", str(pools / "unl.json"), "--segmentor", str(pools / "seg.pt"), "--out", str(run),
+           "--max-steps", "2", *sum((["--set", o] for o in FAST), [])]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    final = json.loads((run / "final.json").read_text())
+    assert final["world_size"] == 2 and final["steps"] == 2
+    assert len(set(final["generator_sha256"])) == 1

@@ -159,11 +159,13 @@ def demo(
     out: Path = typer.Option(Path("freetumor-demo"), "--out", help="Output folder."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     train_steps: int = typer.Option(200, "--train-steps", min=0, help="Baseline training steps (0: skip training)."),
+    synth_steps: int = typer.Option(60, "--synth-steps", min=0,
+                                    help="Stage-1 generator iterations after the baseline (0: skip)."),
 ) -> None:
-    """Phantom cohort -> synthetic tumours on the healthy cases -> baseline segmentor -> an HTML page."""
+    """Phantom cohort -> synthetic tumours -> baseline segmentor -> Stage-1 generator -> an HTML page."""
     from .demo import run_demo
 
-    page = run_demo(out, seed=seed, train_steps=train_steps, log=typer.echo)
+    page = run_demo(out, seed=seed, train_steps=train_steps, synth_steps=synth_steps, log=typer.echo)
     typer.echo(f"open {page}")
 
 

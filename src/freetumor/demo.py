@@ -34,12 +34,15 @@ def run_demo(
     seed: int = 0,
     cases: int = 2,
     train_steps: int = 200,
+    synth_steps: int = 60,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Run the demo into ``out``; return the path of ``index.html``.
 
     ``train_steps`` > 0 adds a short Stage-0 baseline training (cpu-tiny U-Net) on the
-    abdominal phantoms and a prediction on a held-aside phantom case.
+    abdominal phantoms and a prediction on a held-aside phantom case; ``synth_steps`` > 0
+    then adds a short Stage-1 run (generator against discriminator and the baseline) and
+    rule-based vs learned synthetic tumours side by side.
     """
     from .phantom import write_cohort
     from .report import lesion_table, write_html_page
@@ -77,6 +80,8 @@ def run_demo(
     sections.append({"heading": "Lesion records", "table": lesion_table(records)})
     if train_steps > 0:
         sections.append(_baseline_section(out, train_steps, seed, log))
+        if synth_steps > 0:
+            sections.append(_stage1_section(out, synth_steps, seed, healthy["abdomen"], log))
     page = out / "index.html"
     write_html_page(
         page,
@@ -88,6 +93,11 @@ def run_demo(
         + sections,
     )
     return page
+
+
+def _demo_cfg_overrides(seed: int) -> list[str]:
+    """The cpu-tiny settings the demo's Stage 0 and Stage 1 share (same spacing, window, patch)."""
+    return ["data.roi_size=[48,48,48]", "data.cache=true", "val.overlap=0.25", f"train.seed={seed}"]
 
 
 def _baseline_section(out: Path, steps: int, seed: int, log: Callable[[str], None]) -> dict:
@@ -112,8 +122,7 @@ def _baseline_section(out: Path, steps: int, seed: int, log: Callable[[str], Non
     cfg = load_config("liver-cpu-tiny", [
         f"train.max_steps={steps}", "train.lr=5e-3", "train.warmup_steps=5", f"train.val_every={steps}",
         "data.pos=3.0", "data.neg=1.0", "data.flip_prob=0.0", "data.rot90_prob=0.0",
-        f"train.checkpoint_every={steps}", "data.roi_size=[48,48,48]", "data.num_samples=4", "data.cache=true",
-        "val.overlap=0.25", f"train.seed={seed}",
+        f"train.checkpoint_every={steps}", "data.num_samples=4", *_demo_cfg_overrides(seed),
     ])
     run = out / "baseline-run"
     log(f"baseline: training the cpu-tiny liver segmentor for {steps} steps on {len(train)} phantom cases")
@@ -141,6 +150,106 @@ def _baseline_section(out: Path, steps: int, seed: int, log: Callable[[str], Non
                 "(preset liver-paper).",
         "images": [os.path.relpath(png, out)],
     }
+
+
+def _stage1_section(out: Path, steps: int, seed: int, healthy: list[dict], log: Callable[[str], None]) -> dict:
+    """Stage 1 on the phantoms with the demo's baseline as the frozen segmentor; rule-based vs learned."""
+    import json
+
+    from .config import load_config
+    from .generator import LearnedDifference
+    from .io import load_volume, write_bytes_atomic
+    from .quality import QCSettings, QualityControl
+    from .synthesis import QCRejectedError, Synthesizer
+    from .training.synthesis import train_synthesis
+
+    cohort = out / "phantom-train" / "datalist-demo.json"
+    entries = json.loads(cohort.read_text())["training"]
+    labelled = {"label_map": "abdomen7", "training": [
+        {"image": str(cohort.parent / e["image"]), "label": str(cohort.parent / e["label"])}
+        for e in entries if e["tumour"]]}
+    unlabelled = {"label_map": "abdomen7", "training": [{"image": e["image"], "label": e["label"]} for e in healthy]}
+    (out / "stage1-labelled.json").write_text(json.dumps(labelled, indent=1))
+    (out / "stage1-unlabelled.json").write_text(json.dumps(unlabelled, indent=1))
+    cfg = load_config("liver-cpu-tiny", [
+        f"synth.max_steps={steps}", f"synth.epoch_steps={max(1, steps // 3)}", f"synth.checkpoint_every={steps}",
+        "data.num_samples=2", "synth.probe_samples=8", *_demo_cfg_overrides(seed),
+    ])
+    run = out / "stage1-run"
+    segmentor = out / "baseline-run" / "best.pt"
+    log(f"stage 1: training the generator for {steps} steps against a discriminator and the frozen baseline")
+    if (run / "final.json").exists():
+        summary = json.loads((run / "final.json").read_text())
+    else:
+        summary = train_synthesis(cfg, out / "stage1-labelled.json", out / "stage1-unlabelled.json", segmentor,
+                                  run, resume=(run / "last.pt").exists(), log=log, progress=False)
+    epochs = [json.loads(ln) for ln in (run / "epochs.jsonl").read_text().splitlines() if ln]
+    # One healthy case, the same tumour shape and place, rule-based vs learned difference map.
+    entry = healthy[0]
+    image, label = load_volume(entry["image"]), load_volume(entry["label"])
+    rule = Synthesizer("liver", size="medium")(image, label, seed=seed + 7)
+    learned = Synthesizer("liver", size="medium", difference=LearnedDifference(run / "generator.pt"))(
+        image, label, seed=seed + 7)
+    qc = QualityControl(segmentor, QCSettings.from_config(cfg))
+    verdicts = []
+    for name, res in (("rule-based", rule), ("learned", learned)):
+        try:
+            Synthesizer("liver", size="medium", difference=None if name == "rule-based" else
+                        LearnedDifference(run / "generator.pt"), qc=qc, qc_max_tries=1)(image, label, seed=seed + 7)
+            verdicts.append(f"{name}: accepted by QC")
+        except QCRejectedError as exc:
+            verdicts.append(f"{name}: rejected by QC ({str(exc).rsplit('(last: ', 1)[-1].rstrip(')')})")
+    png = out / "stage1-run" / "rule_vs_learned.png"
+    write_bytes_atomic(png, _side_by_side(image.array, rule, learned))
+    rows = [[e["epoch"], e["step"], e.get("loss_g"), e.get("loss_d"), e.get("probe_recall"), e.get("probe_accepted")]
+            for e in epochs]
+    r0, r1 = summary.get("probe_recall_start"), summary.get("probe_recall_end")
+    log(f"stage 1: segmentor recall of fake tumours on probe patches {r0} -> {r1}; {png}")
+    samples = sorted((run / "samples").glob("epoch_*.png"))
+    hu = [f"{n} mean HU {res.lesions[0]['mean_hu_before']:.0f} -> {res.lesions[0]['mean_hu_after']:.0f}"
+          for n, res in (("rule-based", rule), ("learned", learned))]
+    return {
+        "heading": "Stage 1: learned difference maps (generator vs discriminator and the frozen baseline)",
+        "text": f"A cpu-tiny generator trained for {summary['steps']} iterations (one generator and one "
+                f"discriminator step each) on {len(labelled['training'])} labelled and "
+                f"{len(unlabelled['training'])} unlabelled phantom cases, with the baseline above as the frozen "
+                f"segmentor. The segmentor's recall of fake tumours on fixed probe patches went from {r0} at "
+                f"step 0 to {r1}. Below: the same tumour shape and position on a healthy case, with the "
+                f"rule-based scalar difference and with the learned map ({'; '.join(hu)}; {'; '.join(verdicts)}); "
+                "then the last epoch's probe patches (original / synthetic / accepted by quality control).",
+        "images": [os.path.relpath(png, out)] + ([os.path.relpath(samples[-1], out)] if samples else []),
+        "table": {"columns": ["epoch", "step", "loss G", "loss D", "probe recall", "QC accepted"], "rows": rows},
+    }
+
+
+def _side_by_side(image, rule, learned) -> bytes:
+    """Axial slice through the lesion: original, rule-based, learned (radiological display)."""
+    import io as _io
+
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    m = rule.masks[0].full(image.shape)
+    z = int(np.argmax(m.sum(axis=(0, 1))))
+    idx = np.argwhere(m[:, :, z])
+    c = idx.mean(axis=0).astype(int)
+    h = 40
+    box = (slice(max(0, c[0] - h), c[0] + h), slice(max(0, c[1] - h), c[1] + h))
+    fig = Figure(figsize=(9, 3.4), dpi=100, facecolor="#111111")
+    FigureCanvasAgg(fig)
+    sl = lambda a: np.flipud(np.asarray(a[box[0], box[1], z], float).T)[:, ::-1]  # noqa: E731
+    for k, (title, arr) in enumerate((("original", image), ("rule-based", rule.image.array),
+                                       ("learned (Stage 1)", learned.image.array))):
+        ax = fig.add_subplot(1, 3, k + 1)
+        ax.imshow(sl(arr), cmap="gray", vmin=-175, vmax=250)
+        if k:
+            ax.contour(sl(m), levels=[0.5], colors="#ffd60a", linewidths=0.6)
+        ax.set_title(title, color="#e8e8e8", fontsize=10)
+        ax.axis("off")
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", facecolor=fig.get_facecolor(), bbox_inches="tight")
+    return buf.getvalue()
 
 
 def _draw_prediction(image, gt_tumour, pred_tumour, gt_organ, pred_organ, path: Path) -> None:
