@@ -15,11 +15,26 @@ Figures (targets from issue #2):
   by a bare nibabel load + save of the same image, medians of alternating runs
   in one process (target <= 1.5). ``..._with_png`` adds the PNG figure.
 
+Learned synthesis (issue #4), on an abdominal phantom at 1.5 mm, the paper-size
+networks (random weights: time does not depend on them) on this CPU:
+
+* ``learned.ms_per_tumour`` - mean time of one tumour per size class (and the
+  ``mix`` expectation) with the generator run on the lesion box plus a 16-voxel
+  margin (``bbox``) or on the 96^3 patch around it (``patch``, the paper's
+  design); ``..._with_qc`` adds quality control with the SwinUNETR-48 segmentor
+  on the box plus an 8-voxel margin, or on the 96^3 patch.
+* ``learned.paper_design_vs_ours_ratio`` - (patch generator + patch segmentor) /
+  (bbox generator + bbox segmentor) per tumour (target >= 5).
+* ``learned.realism_proxy`` (only with ``--generator`` and ``--segmentor``, trained
+  checkpoints, e.g. from ``make demo``): for the same tumours, the mean absolute
+  HU difference inside the lesion between bbox and patch generation, and the QC
+  recall and decisions in both modes.
+
 The slab is ``../shared/datasets/totalseg_example/slab1mm_image.nii.gz`` when
 present; otherwise a 512x512x20 phantom at 0.98 x 0.98 x 2 mm stands in (the
 ``slab_source`` field says which).
 
-Run: ``python benchmarks/bench_synthesis.py [--repeats N]``
+Run: ``python benchmarks/bench_synthesis.py [--repeats N] [--learned-repeats N] [--generator G.pt --segmentor S.pt]``
 """
 
 from __future__ import annotations
@@ -139,10 +154,147 @@ def whole_volume_ratio(image: Path, label: Path, tmp: Path, repeats: int) -> dic
     }
 
 
+def _timed_tumours(synth, image, label, seeds) -> list[float]:
+    out = []
+    for sd in seeds:
+        t = time.perf_counter()
+        synth(image, label, seed=sd)
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def learned_figures(repeats: int) -> dict:
+    """Paper-size generator and SwinUNETR-48 segmentor: bbox vs full-patch context, with and without QC.
+
+    ``repeats`` tumours per size class; the ``mix`` figures weight the classes with the liver's
+    FreeTumor probabilities (uniform), i.e. the expected cost of a tumour drawn with ``mix``.
+    """
+    import torch
+
+    from freetumor.config import load_config
+    from freetumor.generator import LearnedDifference, build_generator
+    from freetumor.models import build_model
+    from freetumor.organs import get_organ
+    from freetumor.phantom import make_case
+    from freetumor.quality import QCSettings, QualityControl
+    from freetumor.synthesis import Synthesizer
+
+    torch.manual_seed(0)
+    cfg = load_config("liver-paper")
+    gen = build_generator(cfg).eval()
+    seg = build_model(cfg).eval()
+    image, label = make_case("abdomen", seed=0, spacing=(1.5, 1.5, 1.5), shape=(224, 176, 120))
+    # QC thresholds off: time every tumour once (a random segmentor would reject them all).
+    lax = QCSettings(threshold=0.0, min_inside=0.0, min_visible_mm3=0.0, contrast_hu=(-1e9, 1e9))
+    seeds = list(range(1, repeats + 1))
+    probs = dict(get_organ("liver").size_probs)
+    modes = {
+        "rule_based": lambda size: Synthesizer("liver", size=size),
+        "bbox": lambda size: Synthesizer("liver", size=size, difference=LearnedDifference((gen, cfg), context="bbox")),
+        "patch": lambda size: Synthesizer("liver", size=size,
+                                          difference=LearnedDifference((gen, cfg), context="patch")),
+        "bbox_with_qc": lambda size: Synthesizer(
+            "liver", size=size, difference=LearnedDifference((gen, cfg), context="bbox"),
+            qc=QualityControl((seg, cfg), lax, context="bbox", margin=cfg["synth"]["context_margin"] // 2),
+            qc_max_tries=1),
+        "patch_with_qc": lambda size: Synthesizer(
+            "liver", size=size, difference=LearnedDifference((gen, cfg), context="patch"),
+            qc=QualityControl((seg, cfg), lax, context="patch"), qc_max_tries=1),
+    }
+    res: dict = {"tumours_per_size": repeats, "volume_shape": list(image.shape), "spacing_mm": 1.5,
+                 "generator_margin_vox": cfg["synth"]["context_margin"],
+                 "qc_margin_vox": cfg["synth"]["context_margin"] // 2, "ms_per_tumour": {}}
+    with torch.inference_mode():
+        modes["bbox_with_qc"]("tiny")(image, label, seed=0)  # warm-up
+        for mode, make in modes.items():
+            by_size = {}
+            for size in probs:
+                by_size[size] = round(statistics.mean(_timed_tumours(make(size), image, label, seeds)), 1)
+            by_size["mix"] = round(sum(probs[k] * by_size[k] for k in probs), 1)
+            res["ms_per_tumour"][mode] = by_size
+    t = res["ms_per_tumour"]
+    res["paper_design_vs_ours_ratio"] = {k: round(t["patch_with_qc"][k] / t["bbox_with_qc"][k], 2)
+                                         for k in t["bbox"]}
+    res["generator_patch_vs_bbox_ratio"] = {k: round(t["patch"][k] / t["bbox"][k], 2) for k in t["bbox"]}
+    return res
+
+
+def realism_proxy(generator: Path, segmentor: Path, repeats: int) -> dict:
+    """Trained models: how much bbox generation differs from full-patch generation on the same tumours."""
+    from freetumor.generator import LearnedDifference
+    from freetumor.phantom import make_case
+    from freetumor.quality import QCSettings, QualityControl
+    from freetumor.synthesis import Synthesizer
+
+    diffs, lesion_shift, rec = [], [], {"bbox": [], "patch": []}
+    agree = 0
+    n = 0
+    settings = QCSettings()
+    for case in range(max(1, repeats // 4)):
+        image, label = make_case("abdomen", seed=100 + case, tumour=False)
+        for sd in range(4):
+            outs = {}
+            for ctx in ("bbox", "patch"):
+                synth = Synthesizer("liver", difference=LearnedDifference(generator, context=ctx))
+                outs[ctx] = synth(image, label, seed=sd)
+                qc = QualityControl(segmentor, settings, context=ctx)
+                m = outs[ctx].masks[0]
+                d = qc.check_lesion(image.array[_grow(m.slices, image.shape)],
+                                    outs[ctx].image.array, _grow(m.slices, image.shape),
+                                    m.full(image.shape)[_grow(m.slices, image.shape)],
+                                    (label.array == 1) | (label.array == 2), _grid(image), _liver())
+                rec[ctx].append(d)
+            m = outs["bbox"].masks[0].full(image.shape)
+            a = outs["bbox"].image.array[m].astype(float)
+            b = outs["patch"].image.array[m].astype(float)
+            diffs.append(float(np.abs(a - b).mean()))
+            lesion_shift.append(float(abs(a.mean() - b.mean())))
+            agree += rec["bbox"][-1].accepted == rec["patch"][-1].accepted
+            n += 1
+    return {
+        "tumours": n,
+        "mean_abs_hu_difference_in_lesion": round(statistics.mean(diffs), 2),
+        "mean_lesion_hu_shift": round(statistics.mean(lesion_shift), 2),
+        "qc_recall_bbox": round(statistics.mean(d.scores["recall"] for d in rec["bbox"]), 3),
+        "qc_recall_patch": round(statistics.mean(d.scores["recall"] for d in rec["patch"]), 3),
+        "qc_accepted_bbox": round(statistics.mean(d.accepted for d in rec["bbox"]), 3),
+        "qc_accepted_patch": round(statistics.mean(d.accepted for d in rec["patch"]), 3),
+        "qc_decision_agreement": round(agree / n, 3),
+    }
+
+
+def _grow(slices, shape, g=6):
+    return tuple(slice(max(0, s.start - g), min(n, s.stop + g)) for s, n in zip(slices, shape))
+
+
+def _grid(vol):
+    from freetumor.shapes import Grid
+
+    return Grid.of(vol)
+
+
+def _liver():
+    from freetumor.organs import get_organ
+
+    return get_organ("liver")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=30, help="tumours per size class / whole-volume runs // 3")
+    ap.add_argument("--learned-repeats", type=int, default=3, help="tumours per size class and learned mode (0: skip)")
+    ap.add_argument("--generator", type=Path, help="trained generator.pt for the realism proxy")
+    ap.add_argument("--segmentor", type=Path, help="trained segmentor (best.pt) for the realism proxy")
+    ap.add_argument("--only-learned", action="store_true", help="skip the rule-based figures")
     args = ap.parse_args()
+    if args.only_learned:
+        out = {"benchmark": "bench_synthesis (learned only)", "machine": {"cpus": os.cpu_count()}}
+        if args.learned_repeats:
+            out["learned"] = learned_figures(args.learned_repeats)
+        if args.generator and args.segmentor:
+            out["learned_realism_proxy"] = realism_proxy(args.generator, args.segmentor, 16)
+        print(json.dumps(out, indent=2))
+        return
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         img, lab = liver_patch(tmp)
@@ -160,7 +312,11 @@ def main() -> None:
         "peak_rss_mb": round(peak, 1),
         "slab_source": source,
         **whole,
+        **({"learned": learned_figures(args.learned_repeats)} if args.learned_repeats else {}),
+        **({"learned_realism_proxy": realism_proxy(args.generator, args.segmentor, 16)}
+           if args.generator and args.segmentor else {}),
         "targets": {
+            "learned.paper_design_vs_ours_ratio": 5,
             "ms_per_tumour_96_liver_median": 30,
             "startup_s": 3,
             "peak_rss_mb": 1536,

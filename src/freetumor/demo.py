@@ -203,7 +203,8 @@ def _stage1_section(out: Path, steps: int, seed: int, healthy: list[dict], log: 
     write_bytes_atomic(png, _side_by_side(image.array, rule, learned))
     rows = [[e["epoch"], e["step"], e.get("loss_g"), e.get("loss_d"), e.get("probe_recall"), e.get("probe_accepted")]
             for e in epochs]
-    r0, r1 = summary.get("probe_recall_start"), summary.get("probe_recall_end")
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    r0, r1 = fmt(summary.get("probe_recall_start")), fmt(summary.get("probe_recall_end"))
     log(f"stage 1: segmentor recall of fake tumours on probe patches {r0} -> {r1}; {png}")
     samples = sorted((run / "samples").glob("epoch_*.png"))
     hu = [f"{n} mean HU {res.lesions[0]['mean_hu_before']:.0f} -> {res.lesions[0]['mean_hu_after']:.0f}"

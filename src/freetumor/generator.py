@@ -191,22 +191,37 @@ def context_region(box, grid, spacing, shape, mode: str, margin_vox: int, roi_si
     """The native-grid region a network sees around a lesion box.
 
     ``spacing`` is the network's voxel size (mm, R-L / A-P / S-I). ``bbox``: the
-    box grown by ``margin_vox`` network voxels; ``patch``: a ``roi_size`` window
-    (network voxels) centred on the box, grown to hold the box.
+    box grown by ``margin_vox`` network voxels, unless that is larger than the
+    training patch along some axis; ``patch`` (and that case): a ``roi_size``
+    window (network voxels) centred on the box, grown to hold the box.
     """
     native = grid.per_voxel_axis(spacing) / np.asarray(grid.spacing)  # native voxels per network voxel
+    if mode == "bbox":
+        out = []
+        for a, s in enumerate(box):
+            g = int(math.ceil(margin_vox * native[a]))
+            out.append(slice(max(0, s.start - g), min(int(shape[a]), s.stop + g)))
+        fits = all((r.stop - r.start) / native[a] <= roi_size[grid.phys_axis[a]] for a, r in enumerate(out))
+        if fits:
+            return tuple(out)
     out = []
     for a, s in enumerate(box):
-        if mode == "patch":
-            roi_axis = roi_size[grid.phys_axis[a]]
-            half = int(math.ceil(roi_axis * native[a] / 2))
-            c = (s.start + s.stop) // 2
-            lo, hi = min(s.start, c - half), max(s.stop, c + half)
-        else:
-            g = int(math.ceil(margin_vox * native[a]))
-            lo, hi = s.start - g, s.stop + g
+        roi_axis = roi_size[grid.phys_axis[a]]
+        half = int(math.ceil(roi_axis * native[a] / 2))
+        c = (s.start + s.stop) // 2
+        lo, hi = min(s.start, c - half), max(s.stop, c + half)
         out.append(slice(max(0, lo), min(int(shape[a]), hi)))
     return tuple(out)
+
+
+def network_multiple(cfg: dict) -> int:
+    """Input sizes a segmentation network accepts are multiples of this."""
+    m = cfg["model"]
+    if m["name"] == "swinunetr":
+        return 32
+    if m["name"] == "unet":
+        return int(np.prod(m["strides"]))
+    return 2 ** (len(m["filters"]) - 1)
 
 
 class LearnedDifference:

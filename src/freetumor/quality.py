@@ -148,9 +148,16 @@ class QualityControl:
         segmentor: a segmentation checkpoint path, ``(model, cfg)``, or ``None`` (cheap checks only).
         settings: thresholds; default :class:`QCSettings`.
         device: torch device for the segmentor.
+        context: what the segmentor sees around a lesion: the training patch centred on it
+            (``patch``, as the paper) or the lesion box plus ``margin`` network voxels, padded to
+            the network's input multiple (``bbox``; the patch when that would be larger).
     """
 
-    def __init__(self, segmentor=None, settings: QCSettings | None = None, device: str | None = None):
+    def __init__(self, segmentor=None, settings: QCSettings | None = None, device: str | None = None,
+                 context: str = "patch", margin: int = 8):
+        if context not in ("bbox", "patch"):
+            raise ConfigError(f"QC context must be bbox or patch, got {context!r}")
+        self.context, self.margin = context, int(margin)
         self.settings = settings or QCSettings()
         self.model = self.cfg = None
         self.path = None
@@ -173,14 +180,28 @@ class QualityControl:
 
     # ------------------------------------------------------------------ patch space (training)
     def predict_tumour(self, x01):
-        """Predicted tumour (bool tensor) for windowed patches ``(B, 1, X, Y, Z)`` at the segmentor's spacing."""
+        """Predicted tumour (bool tensor) for windowed patches ``(B, 1, X, Y, Z)`` at the segmentor's spacing.
+
+        Inputs no larger than the training patch go through the network once (zero-padded to
+        its input multiple); larger ones through sliding windows.
+        """
         import torch
+        import torch.nn.functional as F
         from monai.inferers import sliding_window_inference
 
+        from .generator import network_multiple
+
+        roi = tuple(int(v) for v in self.cfg["data"]["roi_size"])
+        shape = tuple(x01.shape[2:])
         with torch.no_grad():
-            logits = sliding_window_inference(x01.to(self.device), tuple(self.cfg["data"]["roi_size"]),
-                                              self.cfg["val"]["sw_batch_size"], self.model,
-                                              overlap=self.cfg["val"]["overlap"])
+            if all(s <= r for s, r in zip(shape, roi)):
+                m = network_multiple(self.cfg)
+                pads = [(-s) % m for s in shape]
+                x = F.pad(x01, (0, pads[2], 0, pads[1], 0, pads[0])) if any(pads) else x01
+                logits = self.model(x.to(self.device))[:, :, : shape[0], : shape[1], : shape[2]]
+            else:
+                logits = sliding_window_inference(x01.to(self.device), roi, self.cfg["val"]["sw_batch_size"],
+                                                  self.model, overlap=self.cfg["val"]["overlap"])
         pred = logits.argmax(1)
         out = torch.zeros_like(pred, dtype=torch.bool)
         for c in self.tumour_classes:
@@ -221,7 +242,7 @@ class QualityControl:
         from .generator import context_region, ras_spacing, resample_to, to_ras
 
         roi = tuple(int(v) for v in self.cfg["data"]["roi_size"])
-        region = context_region(box, grid, self.cfg["data"]["spacing"], image.shape, "patch", 0, roi)
+        region = context_region(box, grid, self.cfg["data"]["spacing"], image.shape, self.context, self.margin, roi)
         inner = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, region))
         fake = np.zeros([r.stop - r.start for r in region], np.float32)
         fake[inner] = fake_box
@@ -240,4 +261,4 @@ class QualityControl:
         return segmentor_recall(pred.numpy()[0], f.numpy()[0, 0])
 
     def describe(self) -> dict:
-        return {"segmentor": self.path, **asdict(self.settings)}
+        return {"segmentor": self.path, "context": self.context, "margin": self.margin, **asdict(self.settings)}

@@ -426,7 +426,10 @@ def synthesize_files(
         from .quality import QCSettings, QualityControl
 
         settings = QCSettings.from_config(qc_cfg, threshold=qc_threshold)
-        qc = QualityControl(qc_segmentor, settings, device=device)
+        # The segmentor sees the same kind of region as the generator (bbox: box + half the margin).
+        qc_context = context or (difference.context if difference is not None else "patch")
+        margin = (qc_cfg.get("synth") or {}).get("context_margin", 16) // 2
+        qc = QualityControl(qc_segmentor, settings, device=device, context=qc_context, margin=margin)
     synth = Synthesizer(organ, label_map=label_map, size=size, difference=difference, qc=qc,
                         qc_max_tries=qc_max_tries)
     # Reading and gzip-compressing release the GIL: image and label travel in parallel.
