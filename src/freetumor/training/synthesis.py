@@ -348,7 +348,7 @@ def sample_grid_png(x: np.ndarray, xf: np.ndarray, fake: np.ndarray, rows: list[
             ax.set_title(label, fontsize=8, color=("green" if ok else "red") if k == 2 and r else "black")
             ax.axis("off")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (2.5 * n)))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
