@@ -256,7 +256,9 @@ def test_write_cohort_files_datalist_and_round_trip(tmp_path):
     assert [e["image"] for e in entries] == [f"imagesTr/phantom_{i:03d}.nii.gz" for i in range(3)]
     assert [e["label"] for e in entries] == [f"labelsTr/phantom_{i:03d}.nii.gz" for i in range(3)]
     assert sum(e["tumour"] for e in entries) == round(3 * 0.5)
-    assert sorted(os.listdir(out)) == ["datalist.json", "imagesTr", "labelsTr"]
+    assert sorted(os.listdir(out)) == ["datalist.json", "imagesTr", "labelled.json", "labelsTr", "unlabelled.json"]
+    pools = [json.loads((out / n).read_text())["training"] for n in ("labelled.json", "unlabelled.json")]
+    assert pools[0] == [e for e in entries if e["tumour"]] and pools[1] == [e for e in entries if not e["tumour"]]
     assert not [p for p in os.listdir(tmp_path) if p != "cohort"]  # no staging leftovers
     for i, e in enumerate(entries):
         img, lab = load_volume(out / e["image"]), load_volume(out / e["label"])

@@ -111,12 +111,15 @@ def phantom(
     cases: int = typer.Option(4, "--cases", min=1, help="Number of cases."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     region: Region = typer.Option(Region.abdomen, "--region", help="Body region."),
+    tumour_fraction: float = typer.Option(0.5, "--tumour-fraction", min=0.0, max=1.0,
+                                          help="Share of cases with a tumour."),
 ) -> None:
-    """Write a procedural CT phantom cohort (NIfTI + datalist.json)."""
+    """Write a procedural CT phantom cohort (NIfTI + datalist.json, labelled.json, unlabelled.json)."""
     from .phantom import write_cohort
 
-    datalist = write_cohort(out, cases, seed=seed, region=region.value)
-    typer.echo(f"wrote {cases} {region.value} phantom cases; datalist: {datalist}")
+    datalist = write_cohort(out, cases, seed=seed, region=region.value, tumour_fraction=tumour_fraction)
+    typer.echo(f"wrote {cases} {region.value} phantom cases; datalist: {datalist} "
+               f"(pools: {datalist.parent / 'labelled.json'}, {datalist.parent / 'unlabelled.json'})")
 
 
 @data_app.command("check")

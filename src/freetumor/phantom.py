@@ -954,7 +954,8 @@ def write_cohort(
 
     Files: ``imagesTr/phantom_000.nii.gz``, ``labelsTr/phantom_000.nii.gz``, ...
     and ``datalist.json`` (paths relative to it, a ``tumour`` flag per case,
-    ``label_map`` and ``labels``). Case ``i`` uses seed ``SeedSequence([seed, i])``;
+    ``label_map`` and ``labels``), plus ``labelled.json`` (the cases with tumours)
+    and ``unlabelled.json`` (the healthy ones), the two pools of ``train-synth``. Case ``i`` uses seed ``SeedSequence([seed, i])``;
     exactly ``round(cases * tumour_fraction)`` cases, spread evenly, have tumours.
     Everything is written to a staging folder first, so a failure writes nothing.
 
@@ -1006,4 +1007,10 @@ def write_cohort(
             "training": entries,
         }
         write_bytes_atomic(stage / "datalist.json", (json.dumps(datalist, indent=2) + "\n").encode())
+        # The two pools of Stage 1: cases with tumour labels, and healthy cases whose label holds
+        # organ masks only (what unlabelled CT with predicted organs looks like).
+        for name, flag in (("labelled.json", True), ("unlabelled.json", False)):
+            pool = dict(datalist, training=[e for e in entries if e["tumour"] is flag])
+            pool["numTraining"] = len(pool["training"])
+            write_bytes_atomic(stage / name, (json.dumps(pool, indent=2) + "\n").encode())
     return out / "datalist.json"
