@@ -144,7 +144,14 @@ def train_figures(cfg: dict, entries: list[dict], tmp: Path, repeats: int, worke
     from monai.losses import DiceCELoss
 
     from freetumor.models import build_model
-    from freetumor.training.segmentation import StepBatches, StepDataset, _autocast, _collate, warmup_cosine
+    from freetumor.training.segmentation import (
+        StepBatches,
+        StepDataset,
+        _autocast,
+        _collate,
+        train_step,
+        warmup_cosine,
+    )
     from freetumor.transforms import train_transforms
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -175,23 +182,13 @@ def train_figures(cfg: dict, entries: list[dict], tmp: Path, repeats: int, worke
     state = {"step": 0}
 
     def pipeline_step(it) -> tuple[float, float]:
-        """The body of train_segmentation's loop (world size 1, no validation/checkpoint)."""
+        """train_segmentation's loop body: its own train_step, plus the metrics line (world size 1)."""
         _sync(device)
         t0 = time.perf_counter()
         batch = next(it)
         t1 = time.perf_counter()
         state["step"] += 1
-        x = batch["image"].to(device).as_tensor() if hasattr(batch["image"], "as_tensor") else batch["image"].to(device)
-        y = batch["label"].to(device)
-        y = y.as_tensor() if hasattr(y, "as_tensor") else y
-        optimizer.zero_grad(set_to_none=True)
-        with _autocast(cfg, device):
-            loss = loss_fn(model(x), y)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        lv = float(loss.detach())
+        lv = train_step(model, batch, loss_fn, optimizer, scaler, scheduler, cfg, device)
         lr = optimizer.param_groups[0]["lr"]
         with open(metrics_path, "a") as fh:
             fh.write(json.dumps({"step": state["step"], "loss": lv, "lr": lr}) + "\n")

@@ -202,6 +202,31 @@ def _autocast(cfg: dict, device):
     return contextlib.nullcontext()
 
 
+def batch_tensors(batch: dict, device, keys=("image", "label")) -> list[torch.Tensor]:
+    """Plain tensors (not MetaTensors) of a collated batch, on ``device``."""
+    out = []
+    for k in keys:
+        v = batch[k].to(device)
+        out.append(v.as_tensor() if hasattr(v, "as_tensor") else v)
+    return out
+
+
+def train_step(model, batch: dict, loss_fn, optimizer, scaler, scheduler, cfg: dict, device) -> float:
+    """One optimiser step of segmentation training on a collated batch; returns the loss.
+
+    The trainer's loop body (also timed by ``benchmarks/bench_train.py``).
+    """
+    x, y = batch_tensors(batch, device)
+    optimizer.zero_grad(set_to_none=True)
+    with _autocast(cfg, device):
+        loss = loss_fn(model(x), y)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return float(loss.detach())
+
+
 # ----------------------------------------------------------------------------- distributed
 def _dist_setup():
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -322,17 +347,7 @@ def train_segmentation(
     step = start
     for batch in loader:
         step += 1
-        x = batch["image"].to(device).as_tensor() if hasattr(batch["image"], "as_tensor") else batch["image"].to(device)
-        y = batch["label"].to(device)
-        y = y.as_tensor() if hasattr(y, "as_tensor") else y
-        optimizer.zero_grad(set_to_none=True)
-        with _autocast(cfg, device):
-            loss = loss_fn(train_model(x), y)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        lv = float(loss.detach())
+        lv = train_step(train_model, batch, loss_fn, optimizer, scaler, scheduler, cfg, device)
         if world > 1:
             t = torch.tensor([lv], device=device)
             torch.distributed.all_reduce(t)

@@ -59,6 +59,7 @@ from .segmentation import (
     _autocast,
     _collate,
     _dist_setup,
+    batch_tensors,
     datalist_entries,
     tumour_classes,
     weights_sha256,
@@ -370,12 +371,8 @@ def _load_segmentor(path, cfg: dict, device):
 
 
 def _batch_to(batch: dict, device) -> dict:
-    out = {}
-    for k in ("image", "label", "fake", "weight", "channel", "organ_class"):
-        v = batch[k]
-        v = v.as_tensor() if hasattr(v, "as_tensor") else v
-        out[k] = torch.as_tensor(v).to(device)
-    return out
+    keys = ("image", "label", "fake", "weight", "channel", "organ_class")
+    return dict(zip(keys, batch_tensors(batch, device, keys)))
 
 
 def probe_batch(cfg: dict, labelled, unlabelled, transform) -> dict | None:
