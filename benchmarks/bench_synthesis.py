@@ -197,6 +197,9 @@ def learned_figures(repeats: int) -> dict:
             "liver", size=size, difference=LearnedDifference((gen, cfg), context="bbox"),
             qc=QualityControl((seg, cfg), lax, context="bbox", margin=cfg["synth"]["context_margin"] // 2),
             qc_max_tries=1),
+        "bbox_generator_patch_qc": lambda size: Synthesizer(  # the defaults of synthesize
+            "liver", size=size, difference=LearnedDifference((gen, cfg), context="bbox"),
+            qc=QualityControl((seg, cfg), lax, context="patch"), qc_max_tries=1),
         "patch_with_qc": lambda size: Synthesizer(
             "liver", size=size, difference=LearnedDifference((gen, cfg), context="patch"),
             qc=QualityControl((seg, cfg), lax, context="patch"), qc_max_tries=1),
@@ -216,6 +219,8 @@ def learned_figures(repeats: int) -> dict:
     res["paper_design_vs_ours_ratio"] = {k: round(t["patch_with_qc"][k] / t["bbox_with_qc"][k], 2)
                                          for k in t["bbox"]}
     res["generator_patch_vs_bbox_ratio"] = {k: round(t["patch"][k] / t["bbox"][k], 2) for k in t["bbox"]}
+    res["paper_design_vs_defaults_ratio"] = {k: round(t["patch_with_qc"][k] / t["bbox_generator_patch_qc"][k], 2)
+                                             for k in t["bbox"]}
     return res
 
 

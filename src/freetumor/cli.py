@@ -78,6 +78,8 @@ def synthesize(
     max_tries: int = typer.Option(10, "--max-tries", min=1, help="QC: tumours drawn per lesion before giving up."),
     context: Optional[Context] = typer.Option(None, "--context", help="Generator input: the lesion box plus a "
                                               "margin (bbox) or the whole training patch (patch, as the paper)."),
+    qc_context: Context = typer.Option(Context.patch, "--qc-context", help="QC segmentor input: the training "
+                                       "patch around the lesion (patch, as the paper) or the lesion box plus a margin."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda for the generator and QC segmentor."),
 ) -> None:
     """Put synthetic tumours into one organ of a CT.
@@ -90,7 +92,7 @@ def synthesize(
     record = synthesize_files(
         image, label, organ.value, out, count=count, size=size.value, seed=seed, label_map=label_map, png=png,
         generator=generator, qc_segmentor=qc_segmentor, qc_threshold=qc_threshold, qc_max_tries=max_tries,
-        context=context.value if context else None, device=device,
+        context=context.value if context else None, qc_context=qc_context.value, device=device,
     )
     for r in record["lesions"]:
         qc = r.get("qc")

@@ -402,6 +402,7 @@ def synthesize_files(
     qc_threshold: float | None = None,
     qc_max_tries: int = 10,
     context: str | None = None,
+    qc_context: str = "patch",
     device: str | None = None,
 ) -> dict:
     """Load, synthesise and write ``<case>_image.nii.gz``, ``<case>_label.nii.gz``,
@@ -426,8 +427,8 @@ def synthesize_files(
         from .quality import QCSettings, QualityControl
 
         settings = QCSettings.from_config(qc_cfg, threshold=qc_threshold)
-        # The segmentor sees the same kind of region as the generator (bbox: box + half the margin).
-        qc_context = context or (difference.context if difference is not None else "patch")
+        # The segmentor sees the training patch around the lesion by default (as the paper): with
+        # less context its recall drops (benchmarks/bench_synthesis.py, realism proxy).
         margin = (qc_cfg.get("synth") or {}).get("context_margin", 16) // 2
         qc = QualityControl(qc_segmentor, settings, device=device, context=qc_context, margin=margin)
     synth = Synthesizer(organ, label_map=label_map, size=size, difference=difference, qc=qc,

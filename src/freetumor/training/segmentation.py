@@ -240,6 +240,35 @@ def _dist_setup():
     return dist.get_world_size(), dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def check_run_folder(out: Path, resume: bool) -> Path:
+    """``out/last.pt``, after refusing a silent overwrite or a resume without a checkpoint."""
+    last = out / "last.pt"
+    if last.exists() and not resume:
+        raise InputError(out, "run folder already has a checkpoint; pass --resume or choose another --out")
+    if resume and not last.exists():
+        raise InputError(last, "no checkpoint to resume from")
+    return last
+
+
+def reset_logs(paths, start: int, resume: bool) -> None:
+    """Start JSON-lines logs afresh, or (resume) keep their lines up to step ``start``."""
+    for path in paths:
+        kept = []
+        if resume and path.exists():
+            kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
+        path.write_text("".join(ln + "\n" for ln in kept))
+
+
+def gather_digests(model, world: int) -> list[str]:
+    """Every rank's weight hash (identical after a correct DDP run)."""
+    digest = weights_sha256(model)
+    if world <= 1:
+        return [digest]
+    digests = [None] * world
+    torch.distributed.all_gather_object(digests, digest)
+    return digests
+
+
 def weights_sha256(model) -> str:
     h = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
@@ -275,10 +304,7 @@ def train_segmentation(
 
     last = out / "last.pt"
     if rank == 0:
-        if last.exists() and not resume:
-            raise InputError(out, "run folder already has a checkpoint; pass --resume or choose another --out")
-        if resume and not last.exists():
-            raise InputError(last, "no checkpoint to resume from")
+        check_run_folder(out, resume)
         out.mkdir(parents=True, exist_ok=True)
         split = {"fold": tr["fold"], "folds": tr["folds"], "split_seed": SPLIT_SEED,
                  "train": sorted({e["image"] for e in train_entries}), "val": [e["image"] for e in val_entries]}
@@ -316,10 +342,7 @@ def train_segmentation(
 
     metrics_path = out / "metrics.jsonl"
     if rank == 0:
-        kept = []
-        if resume and metrics_path.exists():
-            kept = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
-        metrics_path.write_text("".join(ln + "\n" for ln in kept))
+        reset_logs([metrics_path], start, resume)
     writer = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
@@ -382,11 +405,7 @@ def train_segmentation(
     if bar is not None:
         bar.close()
 
-    digest = weights_sha256(model)
-    digests = [digest]
-    if world > 1:
-        digests = [None] * world
-        torch.distributed.all_gather_object(digests, digest)
+    digests = gather_digests(model, world)
     summary = {"steps": step, "best_score": best, "world_size": world, "weights_sha256": digests,
                "device": str(device)}
     if rank == 0:

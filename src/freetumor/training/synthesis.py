@@ -60,9 +60,11 @@ from .segmentation import (
     _collate,
     _dist_setup,
     batch_tensors,
+    check_run_folder,
     datalist_entries,
+    gather_digests,
+    reset_logs,
     tumour_classes,
-    weights_sha256,
 )
 
 PROBE_SEED_OFFSET = 1_000_003  # probe patches come from their own random stream
@@ -439,10 +441,7 @@ def train_synthesis(
 
     last = out / "last.pt"
     if rank == 0:
-        if last.exists() and not resume:
-            raise InputError(out, "run folder already has a checkpoint; pass --resume or choose another --out")
-        if resume and not last.exists():
-            raise InputError(last, "no checkpoint to resume from")
+        check_run_folder(out, resume)
     seg = _load_segmentor(segmentor, cfg, device)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -479,11 +478,7 @@ def train_synthesis(
     metrics_path, epochs_path = out / "metrics.jsonl", out / "epochs.jsonl"
     writer = None
     if rank == 0:
-        for path, key in ((metrics_path, "step"), (epochs_path, "step")):
-            kept = []
-            if resume and path.exists():
-                kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)[key] <= start]
-            path.write_text("".join(ln + "\n" for ln in kept))
+        reset_logs([metrics_path, epochs_path], start, resume)
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tb"), purge_step=start + 1 if resume else None)
@@ -574,10 +569,7 @@ def train_synthesis(
     if bar is not None:
         bar.close()
 
-    digests = [weights_sha256(stage.generator)]
-    if world > 1:
-        digests = [None] * world
-        torch.distributed.all_gather_object(digests, weights_sha256(stage.generator))
+    digests = gather_digests(stage.generator, world)
     summary = {"steps": step, "world_size": world, "device": str(device), "generator_sha256": digests}
     if rank == 0:
         rows = [json.loads(ln) for ln in epochs_path.read_text().splitlines() if ln]
