@@ -34,6 +34,7 @@ Organ = Enum("Organ", {n: n for n in ORGAN_NAMES}, type=str)
 Size = Enum("Size", {n: n for n in SIZE_CHOICES}, type=str)
 Region = Enum("Region", {n: n for n in ("abdomen", "chest")}, type=str)
 Context = Enum("Context", {n: n for n in ("bbox", "patch")}, type=str)
+SynthesisMode = Enum("SynthesisMode", {n: n for n in ("none", "procedural", "generator")}, type=str)
 LABEL_MAP_HELP = f"Label convention: {', '.join(PRESET_NAMES)} or a JSON file (default: abdomen7 / chest3 by organ)."
 
 
@@ -184,8 +185,15 @@ def train_seg(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimiser steps."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set train.lr=1e-4 (repeatable)."),
+    synthesis: SynthesisMode = typer.Option(SynthesisMode.none, "--synthesis", help="Online tumour synthesis on "
+                                            "eligible patches (Stage 2); none is the baseline."),
+    generator: Optional[Path] = typer.Option(None, "--generator", help="Stage-1 generator.pt (--synthesis generator)."),
+    qc_segmentor: Optional[Path] = typer.Option(None, "--qc-segmentor", help="Frozen segmentor for quality control "
+                                                "of the synthetic tumours."),
+    unlabeled: Optional[Path] = typer.Option(None, "--unlabeled", help="Unlabelled datalist (CT + organ masks) "
+                                             "added to the training pool."),
 ) -> None:
-    """Train a segmentation model on real labels (Stage-0 baseline); torchrun for several GPUs/processes."""
+    """Train a segmentation model: the Stage-0 baseline, or Stage 2 with online synthesis; torchrun for several GPUs."""
     from .config import load_config
     from .training.segmentation import train_segmentation
 
@@ -195,7 +203,8 @@ def train_seg(
     if max_steps is not None:
         extra.append(f"train.max_steps={max_steps}")
     cfg = load_config(config, extra)
-    summary = train_segmentation(cfg, datalist, out, resume=resume, log=typer.echo)
+    summary = train_segmentation(cfg, datalist, out, resume=resume, log=typer.echo, unlabelled=unlabeled,
+                                 synthesis=synthesis.value, generator=generator, qc_segmentor=qc_segmentor)
     typer.echo(f"done: {summary['steps']} steps, best score {summary['best_score']:.4f}; checkpoints in {out}")
 
 

@@ -96,6 +96,8 @@ DEFAULTS: dict = {
         "log_every": 10,
         "folds": 5,
         "fold": 0,
+        "cutmix": True,        # spatial CutMix of the patches of a step (METHOD §6), as the paper
+        "cutmix_beta": 0.2,
     },
     "val": {
         "overlap": 0.75,
@@ -121,6 +123,8 @@ DEFAULTS: dict = {
         "probe_samples": 8,        # fixed patches scored each epoch (recall of fake tumours)
         "context": "bbox",         # learned synthesis runs G on the lesion box + margin, or the whole patch
         "context_margin": 16,      # target voxels of context either side of the lesion box
+        "online_prob": 1.0,        # Stage 2: probability of synthesising on an eligible patch (paper: 1)
+        "online_max_tries": 1,     # Stage 2: tumours drawn per patch when QC rejects (paper: 1)
     },
     # Quality control of synthetic tumours (METHOD.md §7) plus cheap plausibility checks.
     "qc": {
@@ -426,6 +430,7 @@ def _validate(cfg: dict, source: str) -> dict:
     _require(t["warmup_steps"] >= 0, "train.warmup_steps", source, "zero or more", t["warmup_steps"])
     _require(t["folds"] >= 2, "train.folds", source, "at least 2", t["folds"])
     _require(0 <= t["fold"] < t["folds"], "train.fold", source, f"in [0, {t['folds']})", t["fold"])
+    _require(t["cutmix_beta"] > 0, "train.cutmix_beta", source, "positive", t["cutmix_beta"])
 
     v = cfg["val"]
     _require(0.0 <= v["overlap"] < 1.0, "val.overlap", source, "in [0, 1)", v["overlap"])
@@ -478,6 +483,8 @@ def _validate_synth(cfg: dict, source: str) -> None:
     _require(s["probe_samples"] >= 0, "synth.probe_samples", source, "zero or more", s["probe_samples"])
     _require(s["context"] in ("bbox", "patch"), "synth.context", source, "bbox or patch", s["context"])
     _require(s["context_margin"] >= 0, "synth.context_margin", source, "zero or more", s["context_margin"])
+    _require(0.0 <= s["online_prob"] <= 1.0, "synth.online_prob", source, "in [0, 1]", s["online_prob"])
+    _require(s["online_max_tries"] >= 1, "synth.online_max_tries", source, "at least 1", s["online_max_tries"])
     q = cfg["qc"]
     _require(0.0 <= q["threshold"] < 1.0, "qc.threshold", source, "in [0, 1)", q["threshold"])
     _require(0.0 <= q["min_inside"] <= 1.0, "qc.min_inside", source, "in [0, 1]", q["min_inside"])

@@ -42,12 +42,16 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 from monai.data import ImageReader, MetaTensor
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, Randomizable
 from monai.utils import convert_to_dst_type
 
 from .errors import ConfigError, InputError
 from .io import is_nifti, load_volume
 from .labels import LabelMap, get_label_map
+from .organs import get_organ
+from .shapes import Grid, OrganTooSmallError
+from .synthesis import lesion_soft_mask, place_lesion, rule_based_difference
+from .texture import SIGMA_A, SIGMA_B, procedural_texture
 
 __all__ = [
     "TASKS",
@@ -59,6 +63,9 @@ __all__ = [
     "train_transforms",
     "val_transforms",
     "infer_transforms",
+    "organ_classes",
+    "PrepareFakeTumourd",
+    "RandTumorSynthesisd",
 ]
 
 TASKS = ("organ3", "abdomen7", "chest3")
@@ -429,3 +436,217 @@ def infer_transforms(cfg: Mapping):
     from monai.transforms import Compose
 
     return Compose(_load_steps(["image"]) + _geometry_steps(cfg, ["image"]))
+
+
+# ----------------------------------------------------------------------------- synthetic tumours on patches
+def organ_classes(cfg: dict) -> dict[str, tuple[int, int]]:
+    """Organ -> (organ class, tumour class) in the training classes of ``cfg["task"]``."""
+    task = cfg["task"]
+    if task == "abdomen7":
+        return dict(ABDOMEN7_ORGANS)
+    return {cfg["organ"]: (1, 2)}
+
+
+class PrepareFakeTumourd(Randomizable, MapTransform):
+    """Draw one rule-based tumour in a training patch, for Stage 1 (and Stage 2's synthesis).
+
+    Picks an organ present in the patch (uniformly among those with enough
+    voxels), places a tumour mask F in its voxels that are not tumour (the
+    shape rules of :mod:`freetumor.shapes`, sizes in mm at the organ's target
+    spacing) and adds:
+
+    * ``fake``: F as a ``(1, X, Y, Z)`` float tensor (0/1);
+    * ``weight``: O * B * T, the organ indicator times the blurred mask times
+      the texture, so that x' = x + sign * weight * D~;
+    * ``channel``: the generator channel of the organ (-1 without a tumour);
+    * ``organ_class``: that organ's training class (-1 without a tumour).
+
+    A patch without room for a tumour gets an empty ``fake`` and zero ``weight``.
+    """
+
+    def __init__(self, cfg: dict, size: str | None = None, min_voxels: int = 64, max_tries: int = 10):
+        MapTransform.__init__(self, keys=("image", "label"))
+        self.organs = [(get_organ(name), cls) for name, cls in organ_classes(cfg).items()]
+        self.size = size or cfg["synth"]["size"]
+        self.min_voxels = int(min_voxels)
+        self.max_tries = int(max_tries)
+        self._seed = 0
+
+    def randomize(self, data=None) -> None:
+        self._seed = int(self.R.randint(0, 2**31 - 1))
+
+    def __call__(self, data):
+        d = dict(data)
+        self.randomize()
+        rng = np.random.default_rng(self._seed)
+        img = d["image"]
+        lab = np.asarray(d["label"])[0]
+        affine = np.asarray(getattr(img, "affine", np.eye(4)), np.float64)
+        grid = Grid.from_affine(affine, lab.shape)
+        fake = np.zeros(lab.shape, np.float32)
+        weight = np.zeros(lab.shape, np.float32)
+        channel, organ_class = -1, -1
+        present = [(o, c) for o, c in self.organs if np.count_nonzero(lab == c[0]) >= self.min_voxels]
+        if present:
+            organ, (ocls, _tcls) = present[int(rng.integers(len(present)))]
+            free = lab == ocls
+            try:
+                _params, lm, _tries = place_lesion(free, grid, organ, self.size, rng, 0.5, self.max_tries)
+            except OrganTooSmallError:
+                lm = None
+            if lm is not None:
+                box, _inner, m, soft, _blur = lesion_soft_mask(lm, grid, organ, rng)
+                native = grid.per_voxel_axis(organ.target_spacing) / np.asarray(grid.spacing)
+                texture = procedural_texture(m.shape, rng, SIGMA_A * native, SIGMA_B * native)
+                weight[box] = soft * texture * free[box]
+                fake[lm.slices] = lm.mask
+                channel, organ_class = organ.generator_channel, ocls
+        d["fake"] = torch.from_numpy(fake)[None]
+        d["weight"] = torch.from_numpy(weight)[None]
+        d["channel"] = torch.tensor(channel)
+        d["organ_class"] = torch.tensor(organ_class)
+        return d
+
+
+SYNTHESIS_MODES = ("none", "procedural", "generator")
+
+
+class RandTumorSynthesisd(Randomizable, MapTransform):
+    """Online tumour synthesis for segmentation training (Stage 2), a MONAI dictionary transform.
+
+    On a training patch (``image`` windowed to [0, 1], ``label`` in training
+    classes, as :func:`train_transforms` makes them) that is *eligible* — the
+    abdomen: some organ and no tumour; the chest: lung, even with real
+    lesions — it draws one rule-based tumour mask (:class:`PrepareFakeTumourd`),
+    fills it with the difference map of a trained generator (``mode="generator"``)
+    or the rule-based scalar 0.2 + 0.5 U(0, 1) (``mode="procedural"``), and
+    runs quality control (segmentor recall on the patch plus the cheap checks)
+    when a segmentor is given. An accepted tumour writes the new image and the
+    organ's tumour class into the label; a rejected one is re-drawn up to
+    ``max_tries`` times, and otherwise leaves the patch unchanged.
+
+    Adds ``synth_status`` (``accepted``, ``rejected``, ``ineligible``,
+    ``skipped`` (by ``prob``) or ``no-room``) and ``synth_tries`` to the dict;
+    :attr:`counts` tallies statuses (per process / data-loader worker).
+    Randomness comes from the transform's own state (``set_random_state``), so
+    MONAI ``Compose`` seeding makes it reproducible per worker.
+
+    Args:
+        cfg: the resolved training config (organ, task, data, synth, qc).
+        mode: ``procedural`` or ``generator``.
+        generator: ``generator.pt`` path or ``(model, cfg)`` (``mode="generator"``).
+        qc_segmentor: segmentation checkpoint path or ``(model, cfg)``; ``None``: cheap checks only
+            when ``cheap_checks`` else no QC.
+        prob: probability of synthesising on an eligible patch.
+        max_tries: tumours drawn per patch before giving up.
+        device: torch device for the networks.
+    """
+
+    def __init__(self, cfg: dict, mode: str = "procedural", generator=None, qc_segmentor=None,
+                 prob: float = 1.0, max_tries: int = 1, cheap_checks: bool = True, device: str | None = None):
+        MapTransform.__init__(self, keys=("image", "label"))
+        if mode not in ("procedural", "generator"):
+            raise ConfigError(f"synthesis mode must be procedural or generator, got {mode!r}")
+        if not 0.0 <= float(prob) <= 1.0:
+            raise ConfigError(f"synthesis probability must be in [0, 1], got {prob}")
+        if int(max_tries) < 1:
+            raise ConfigError(f"max_tries must be at least 1, got {max_tries}")
+        from .quality import QCSettings, QualityControl
+
+        self.cfg = cfg
+        self.mode = mode
+        self.prob = float(prob)
+        self.max_tries = int(max_tries)
+        self.device = torch.device(device or "cpu")
+        self.prep = PrepareFakeTumourd(cfg)
+        self.classes = organ_classes(cfg)
+        self.organ_by_class = {c: get_organ(n) for n, (c, _t) in self.classes.items()}
+        self.tumour_of = {c: t for _n, (c, t) in self.classes.items()}
+        self.region = get_organ(cfg["organ"]).region
+        self.sign = -1 if self.region == "abdomen" else +1
+        self.generator = None
+        if mode == "generator":
+            if generator is None:
+                raise ConfigError("synthesis mode 'generator' needs a generator checkpoint (--generator)")
+            from .generator import load_generator
+
+            self.generator, gcfg = load_generator(generator, self.device) if isinstance(
+                generator, (str, os.PathLike)) else generator
+            for key in ("spacing", "hu_window"):
+                if [float(v) for v in gcfg["data"][key]] != [float(v) for v in cfg["data"][key]]:
+                    raise ConfigError(f"generator was trained with data.{key} {gcfg['data'][key]}, "
+                                      f"the training config has {cfg['data'][key]}")
+            self.generator.eval()
+        self.settings = QCSettings.from_config(cfg)
+        self.qc = QualityControl(qc_segmentor, self.settings, device=str(self.device)) if qc_segmentor is not None \
+            else None
+        self.cheap_checks = bool(cheap_checks)
+        self.counts: dict[str, int] = {}
+        self._seed = 0
+
+    def randomize(self, data=None) -> None:
+        self._seed = int(self.R.randint(0, 2**31 - 1))
+
+    def eligible(self, lab: np.ndarray) -> bool:
+        organs = [c for c in self.classes.values()]
+        if self.region == "chest":
+            return any((lab == c).any() for c, _t in organs)
+        has_tumour = any((lab == t).any() for _c, t in organs)
+        return not has_tumour and any((lab == c).any() for c, _t in organs)
+
+    def _status(self, d: dict, status: str, tries: int) -> dict:
+        d["synth_status"] = status
+        d["synth_tries"] = tries
+        self.counts[status] = self.counts.get(status, 0) + 1
+        return d
+
+    @torch.no_grad()
+    def __call__(self, data):
+        from .generator import apply_difference, difference_map
+        from .quality import cheap_scores, decide, segmentor_recall
+
+        d = dict(data)
+        self.randomize()
+        rng = np.random.default_rng(self._seed)
+        lab = np.asarray(d["label"])[0]
+        if not self.eligible(lab):
+            return self._status(d, "ineligible", 0)
+        if rng.random() >= self.prob:
+            return self._status(d, "skipped", 0)
+        img = d["image"]
+        x = torch.as_tensor(np.asarray(img, np.float32))[None]  # (1, 1, X, Y, Z)
+        lo, hi = (float(v) for v in self.cfg["data"]["hu_window"])
+        spacing = tuple(float(v) for v in self.cfg["data"]["spacing"])
+        for attempt in range(1, self.max_tries + 1):
+            self.prep.set_random_state(seed=int(rng.integers(0, 2**31 - 1)))
+            p = self.prep({"image": img, "label": d["label"]})
+            if float(p["fake"].sum()) == 0:
+                return self._status(d, "no-room", attempt)
+            weight = p["weight"][None]
+            if self.generator is not None:
+                dmap = difference_map(self.generator, x.to(self.device), p["channel"].view(1),
+                                      float(self.cfg["synth"]["blur_sigma"]), int(self.cfg["synth"]["blur_kernel"]))
+                dmap = dmap.cpu()
+            else:
+                dmap = torch.tensor(rule_based_difference(rng))
+            xf = apply_difference(x, weight, dmap, self.sign)
+            fake = p["fake"][0].numpy() > 0
+            ocls = int(p["organ_class"])
+            accepted, scores = True, {}
+            if self.qc is not None or self.cheap_checks:
+                host = (lab == ocls) | (lab == self.tumour_of[ocls])
+                scores = cheap_scores(x[0, 0].numpy() * (hi - lo) + lo, xf[0, 0].numpy() * (hi - lo) + lo, fake,
+                                      host, spacing, self.settings.shell_mm, self.settings.visible_hu)
+                if self.qc is not None:
+                    pred = self.qc.predict_tumour(xf.to(self.device))[0].cpu().numpy()
+                    scores["recall"] = segmentor_recall(pred, fake)
+                accepted = decide(scores, self.organ_by_class[ocls], self.settings).accepted
+            if accepted:
+                new_img = img.clone() if hasattr(img, "clone") else np.array(img, copy=True)
+                new_img[0] = xf[0, 0].to(new_img.dtype) if hasattr(new_img, "dtype") and torch.is_tensor(new_img) \
+                    else xf[0, 0].numpy()
+                new_lab = d["label"].clone() if hasattr(d["label"], "clone") else np.array(d["label"], copy=True)
+                new_lab[0][torch.as_tensor(fake) if torch.is_tensor(new_lab) else fake] = self.tumour_of[ocls]
+                d["image"], d["label"] = new_img, new_lab
+                return self._status(d, "accepted", attempt)
+        return self._status(d, "rejected", self.max_tries)

@@ -211,12 +211,46 @@ def batch_tensors(batch: dict, device, keys=("image", "label")) -> list[torch.Te
     return out
 
 
-def train_step(model, batch: dict, loss_fn, optimizer, scaler, scheduler, cfg: dict, device) -> float:
+def spatial_cutmix(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, beta: float = 0.2):
+    """FreeTumor's spatial CutMix (METHOD §6): sample i keeps its first lambda slices along a random
+    in-plane axis (H or W) and takes the rest from sample pi(i), pi a random permutation of the batch,
+    lambda = floor(Beta(beta, beta) * size). Image and label get the identical operation.
+
+    Example:
+        >>> x = torch.arange(2.0).view(2, 1, 1, 1, 1).expand(2, 1, 4, 4, 2).clone()
+        >>> xm, ym = spatial_cutmix(x, x.clone(), torch.Generator().manual_seed(0))
+        >>> bool(torch.equal(xm, ym)), sorted(torch.unique(xm).tolist()) == [0.0, 1.0]
+        (True, True)
+    """
+    n = x.shape[0]
+    if n < 2:
+        return x, y
+    lam_frac = float(np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=gen))).beta(beta, beta))
+    axis = 2 + int(torch.randint(0, 2, (1,), generator=gen))
+    size = x.shape[axis]
+    lam = int(math.floor(lam_frac * size))
+    perm = torch.randperm(n, generator=gen).to(x.device)
+    if lam >= size:
+        return x, y
+    idx = [slice(None)] * x.dim()
+    idx[axis] = slice(lam, size)
+    idx = tuple(idx)
+    x, y = x.clone(), y.clone()
+    x[idx] = x[perm][idx]
+    y[idx] = y[perm][idx]
+    return x, y
+
+
+def train_step(model, batch: dict, loss_fn, optimizer, scaler, scheduler, cfg: dict, device,
+               mix: torch.Generator | None = None) -> float:
     """One optimiser step of segmentation training on a collated batch; returns the loss.
 
-    The trainer's loop body (also timed by ``benchmarks/bench_train.py``).
+    The trainer's loop body (also timed by ``benchmarks/bench_train.py``). With ``mix`` (a seeded
+    generator) and ``train.cutmix`` on, the patches are spatially CutMixed first.
     """
     x, y = batch_tensors(batch, device)
+    if mix is not None and cfg["train"].get("cutmix", False):
+        x, y = spatial_cutmix(x, y, mix, float(cfg["train"].get("cutmix_beta", 0.2)))
     optimizer.zero_grad(set_to_none=True)
     with _autocast(cfg, device):
         loss = loss_fn(model(x), y)
@@ -286,11 +320,30 @@ def train_segmentation(
     resume: bool = False,
     log: Callable[[str], None] = print,
     progress: bool = True,
+    unlabelled: str | os.PathLike | None = None,
+    synthesis: str = "none",
+    generator: str | os.PathLike | None = None,
+    qc_segmentor: str | os.PathLike | None = None,
 ) -> dict:
-    """Train a segmentor; returns the final summary (also written to ``final.json``)."""
+    """Train a segmentor; returns the final summary (also written to ``final.json``).
+
+    Stage 0 is ``synthesis="none"`` on labelled data. Stage 2 adds ``unlabelled`` cases (CT
+    with organ masks only) to the training pool and synthesises tumours online on eligible
+    patches (:class:`~freetumor.transforms.RandTumorSynthesisd`): ``procedural`` (rule-based
+    difference) or ``generator`` (a Stage-1 ``generator``), with quality control by
+    ``qc_segmentor`` when given. Everything else (data, CutMix, loss, schedule) is identical,
+    so runs that differ only in ``synthesis`` are a fair comparison.
+    """
     from monai.losses import DiceCELoss
 
-    from ..transforms import train_transforms
+    from ..transforms import SYNTHESIS_MODES, RandTumorSynthesisd, train_transforms
+
+    if synthesis not in SYNTHESIS_MODES:
+        raise ConfigError(f"unknown synthesis {synthesis!r}; choose one of {', '.join(SYNTHESIS_MODES)}")
+    if synthesis == "generator" and generator is None:
+        raise ConfigError("--synthesis generator needs --generator RUNDIR/generator.pt")
+    if synthesis == "none" and (generator is not None or qc_segmentor is not None):
+        raise ConfigError("--generator and --qc-segmentor need --synthesis procedural or generator")
 
     out = Path(out)
     world, rank, local_rank = _dist_setup()
@@ -301,6 +354,8 @@ def train_segmentation(
     entries = datalist_entries(datalist)
     train_entries, val_entries = kfold_split(entries, int(tr["folds"]), int(tr["fold"]))
     train_entries = train_entries * max(1, int(cfg["data"]["labelled_repeat"]))
+    if unlabelled is not None:
+        train_entries = train_entries + datalist_entries(unlabelled, "unlabelled cases with organ masks")
 
     last = out / "last.pt"
     if rank == 0:
@@ -349,7 +404,13 @@ def train_segmentation(
 
         writer = SummaryWriter(str(out / "tb"), purge_step=start + 1 if resume else None)
 
-    ds = StepDataset(train_entries, train_transforms(cfg), int(tr["seed"]), cache=bool(cfg["data"]["cache"]))
+    synth_tf = None
+    if synthesis != "none":
+        synth_tf = RandTumorSynthesisd(cfg, synthesis, generator=generator, qc_segmentor=qc_segmentor,
+                                       prob=float(cfg["synth"]["online_prob"]),
+                                       max_tries=int(cfg["synth"]["online_max_tries"]))
+    ds = StepDataset(train_entries, train_transforms(cfg, synthesis=synth_tf), int(tr["seed"]),
+                     cache=bool(cfg["data"]["cache"]))
     loader = torch.utils.data.DataLoader(
         ds, batch_sampler=StepBatches(start, max_steps, int(tr["batch_size"]), world, rank),
         num_workers=int(cfg["data"]["num_workers"]), collate_fn=_collate,
@@ -370,7 +431,9 @@ def train_segmentation(
     step = start
     for batch in loader:
         step += 1
-        lv = train_step(train_model, batch, loss_fn, optimizer, scaler, scheduler, cfg, device)
+        mix = torch.Generator().manual_seed(int(np.random.SeedSequence([int(tr["seed"]), step, rank]).generate_state(1)[0]))
+        lv = train_step(train_model, batch, loss_fn, optimizer, scaler, scheduler, cfg, device, mix=mix)
+        status = list(batch.get("synth_status", []))
         if world > 1:
             t = torch.tensor([lv], device=device)
             torch.distributed.all_reduce(t)
@@ -378,7 +441,11 @@ def train_segmentation(
         if rank == 0:
             lr = optimizer.param_groups[0]["lr"]
             with open(metrics_path, "a") as fh:
-                fh.write(json.dumps({"step": step, "loss": lv, "lr": lr}) + "\n")
+                row = {"step": step, "loss": lv, "lr": lr}
+                if synth_tf is not None:
+                    row["synth"] = {k: status.count(k) for k in sorted(set(status))}
+                    row["synth_tries"] = int(torch.as_tensor(batch["synth_tries"]).sum())
+                fh.write(json.dumps(row) + "\n")
             if step % int(tr["log_every"]) == 0 or step == max_steps:
                 writer.add_scalar("train/loss", lv, step)
                 writer.add_scalar("train/lr", lr, step)
@@ -407,7 +474,7 @@ def train_segmentation(
 
     digests = gather_digests(model, world)
     summary = {"steps": step, "best_score": best, "world_size": world, "weights_sha256": digests,
-               "device": str(device)}
+               "device": str(device), "synthesis": synthesis}
     if rank == 0:
         if not (out / "best.pt").exists():
             checkpoint(out / "best.pt", step)

@@ -41,7 +41,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from monai.transforms import MapTransform, Randomizable
 
 from ..checkpoints import check_kind, load_checkpoint, load_model, rng_state, save_checkpoint, set_rng_state
 from ..config import save_config
@@ -49,10 +48,7 @@ from ..errors import InputError
 from ..generator import FAKE, REAL, apply_difference, build_discriminator, build_generator, difference_map
 from ..organs import get_organ
 from ..quality import QCSettings, cheap_scores, decide, segmentor_recall
-from ..shapes import Grid, OrganTooSmallError
-from ..synthesis import lesion_soft_mask, place_lesion
-from ..texture import SIGMA_A, SIGMA_B, procedural_texture
-from ..transforms import ABDOMEN7_ORGANS
+from ..transforms import PrepareFakeTumourd, organ_classes  # noqa: F401 (re-exported)
 from .segmentation import (
     StepBatches,
     StepDataset,
@@ -68,76 +64,6 @@ from .segmentation import (
 )
 
 PROBE_SEED_OFFSET = 1_000_003  # probe patches come from their own random stream
-
-
-# ----------------------------------------------------------------------------- patch preparation
-def organ_classes(cfg: dict) -> dict[str, tuple[int, int]]:
-    """Organ -> (organ class, tumour class) in the training classes of ``cfg["task"]``."""
-    task = cfg["task"]
-    if task == "abdomen7":
-        return dict(ABDOMEN7_ORGANS)
-    return {cfg["organ"]: (1, 2)}
-
-
-class PrepareFakeTumourd(Randomizable, MapTransform):
-    """Draw one rule-based tumour in a training patch, for Stage 1 (and Stage 2's synthesis).
-
-    Picks an organ present in the patch (uniformly among those with enough
-    voxels), places a tumour mask F in its voxels that are not tumour (the
-    shape rules of :mod:`freetumor.shapes`, sizes in mm at the organ's target
-    spacing) and adds:
-
-    * ``fake``: F as a ``(1, X, Y, Z)`` float tensor (0/1);
-    * ``weight``: O * B * T, the organ indicator times the blurred mask times
-      the texture, so that x' = x + sign * weight * D~;
-    * ``channel``: the generator channel of the organ (-1 without a tumour);
-    * ``organ_class``: that organ's training class (-1 without a tumour).
-
-    A patch without room for a tumour gets an empty ``fake`` and zero ``weight``.
-    """
-
-    def __init__(self, cfg: dict, size: str | None = None, min_voxels: int = 64, max_tries: int = 10):
-        MapTransform.__init__(self, keys=("image", "label"))
-        self.organs = [(get_organ(name), cls) for name, cls in organ_classes(cfg).items()]
-        self.size = size or cfg["synth"]["size"]
-        self.min_voxels = int(min_voxels)
-        self.max_tries = int(max_tries)
-        self._seed = 0
-
-    def randomize(self, data=None) -> None:
-        self._seed = int(self.R.randint(0, 2**31 - 1))
-
-    def __call__(self, data):
-        d = dict(data)
-        self.randomize()
-        rng = np.random.default_rng(self._seed)
-        img = d["image"]
-        lab = np.asarray(d["label"])[0]
-        affine = np.asarray(getattr(img, "affine", np.eye(4)), np.float64)
-        grid = Grid.from_affine(affine, lab.shape)
-        fake = np.zeros(lab.shape, np.float32)
-        weight = np.zeros(lab.shape, np.float32)
-        channel, organ_class = -1, -1
-        present = [(o, c) for o, c in self.organs if np.count_nonzero(lab == c[0]) >= self.min_voxels]
-        if present:
-            organ, (ocls, _tcls) = present[int(rng.integers(len(present)))]
-            free = lab == ocls
-            try:
-                _params, lm, _tries = place_lesion(free, grid, organ, self.size, rng, 0.5, self.max_tries)
-            except OrganTooSmallError:
-                lm = None
-            if lm is not None:
-                box, _inner, m, soft, _blur = lesion_soft_mask(lm, grid, organ, rng)
-                native = grid.per_voxel_axis(organ.target_spacing) / np.asarray(grid.spacing)
-                texture = procedural_texture(m.shape, rng, SIGMA_A * native, SIGMA_B * native)
-                weight[box] = soft * texture * free[box]
-                fake[lm.slices] = lm.mask
-                channel, organ_class = organ.generator_channel, ocls
-        d["fake"] = torch.from_numpy(fake)[None]
-        d["weight"] = torch.from_numpy(weight)[None]
-        d["channel"] = torch.tensor(channel)
-        d["organ_class"] = torch.tensor(organ_class)
-        return d
 
 
 class MixedStepDataset(StepDataset):

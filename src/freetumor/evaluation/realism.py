@@ -1,0 +1,865 @@
+"""Machine "Visual Turing Test": how well can a classifier tell synthetic tumours from real ones?
+
+Two realism scores for synthetic lesions in CT, both computed on hand-made
+radiomic features of each lesion (pyradiomics is not needed):
+
+1. :func:`machine_vtt` -- an L2 logistic regression on z-scored features,
+   scored with stratified k-fold cross-validation. The pooled out-of-fold ROC
+   AUC is the score: 0.5 means the classifier cannot separate synthetic from
+   real lesions (indistinguishable), 1.0 means it always can.
+2. :func:`feature_distance` -- per-feature Cohen's d and two-sample
+   Kolmogorov-Smirnov statistics, their mean |d|, and the Frechet distance
+   between Gaussians fitted to the standardised feature vectors.
+
+:func:`run_realism` runs both for a real datalist against a folder written by
+``freetumor synthesize`` and writes ``realism.json``, ``features.csv`` and
+``realism.png``.
+
+Lesion crops (:func:`extract_crops`)
+    Each lesion (a 26-connected component of ``label == tumour_id``, or the
+    lesion inside a ``bbox_voxel`` of a synthesis record) is cropped with its
+    bounding box plus ``margin_mm`` and resampled to a common isotropic grid
+    (default 1 mm; image trilinear, mask nearest neighbour) so that features are
+    comparable across scans. Other tumour voxels in the crop are kept out of the
+    rim. Shape is deliberately not a feature (synthetic shapes are rule-based by
+    design; the question is about appearance), but the volume is kept in
+    ``crop.meta["volume_ml"]`` (native voxels).
+
+Features (:func:`lesion_features`; names as in :data:`FEATURE_NAMES`, IBSI
+identifiers in brackets). Intensities are HU of the resampled crop inside the
+lesion mask, N voxels:
+
+* ``firstorder_mean`` [Q4LE], ``firstorder_std`` (population standard deviation,
+  the square root of IBSI variance ECT3), ``firstorder_skewness`` [KE2A],
+  ``firstorder_kurtosis`` (excess kurtosis) [IPH6], ``firstorder_p10`` [QG58],
+  ``firstorder_median`` [Y12H], ``firstorder_p90`` [8DWT],
+  ``firstorder_iqr`` [SALO], ``firstorder_range`` [2OJQ],
+  ``firstorder_mad`` (mean absolute deviation) [4FUA],
+  ``firstorder_energy`` (energy [N8CA] divided by N, i.e. mean HU^2);
+  skewness and kurtosis are 0 for a constant lesion.
+* ``firstorder_entropy`` (intensity histogram entropy, log2) [TLU2] and
+  ``firstorder_uniformity`` [BJ5W] on a fixed-bin-width histogram of
+  :data:`HIST_BIN_HU` = 25 HU bins with edges at multiples of 25 HU.
+* ``rim_contrast``: mean HU of the shell within :data:`RIM_MM` = 3 mm outside
+  the lesion (inside the crop, other tumours excluded) minus the lesion mean
+  (positive for a hypodense lesion). When the crop has no such shell (a lesion
+  filling its scan) the other non-lesion voxels are used, and 0 if none.
+* ``edge_sharpness``: mean gradient magnitude (HU/mm, central differences) on
+  the boundary band, the voxels with a 6-neighbour on the other side of the
+  lesion edge (both sides of it).
+* 3D grey-level co-occurrence matrix (GLCM): HU clipped to the organ's window
+  and quantised to :data:`GLCM_LEVELS` = 32 grey levels (fixed bin number), the
+  13 directions of a 3D neighbourhood at distance 1, pairs with both voxels in
+  the lesion, symmetric, one matrix per direction, features averaged over
+  directions (IBSI "3D:avg"): ``glcm_contrast`` [ACUI],
+  ``glcm_dissimilarity`` [8S9J], ``glcm_homogeneity`` (inverse difference)
+  [IB1Z], ``glcm_idm`` (inverse difference moment) [WF0Z], ``glcm_energy``
+  (angular second moment) [8ZQL], ``glcm_correlation`` [NI2N] (1 for a
+  constant lesion), ``glcm_joint_entropy`` (log2) [TU9B], ``glcm_cluster_shade``
+  [7NFM] and ``glcm_cluster_prominence`` [AE86].
+
+Example:
+    >>> import numpy as np
+    >>> img = np.full((9, 9, 9), 40.0, np.float32)
+    >>> mask = np.zeros(img.shape, bool); mask[2:7, 2:7, 2:7] = True
+    >>> f = lesion_features(LesionCrop("real", "demo", 1, img, mask, (1.0, 1.0, 1.0)), window=(-175, 250))
+    >>> f["glcm_contrast"], f["glcm_homogeneity"], f["firstorder_mean"], f["rim_contrast"]
+    (0.0, 1.0, 40.0, 0.0)
+    >>> list(f) == list(FEATURE_NAMES)
+    True
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from ..errors import ConfigError, InputError
+from ..io import Volume, case_name, load_volume
+
+HIST_BIN_HU = 25.0
+GLCM_LEVELS = 32
+RIM_MM = 3.0
+DEFAULT_WINDOW = (-175.0, 250.0)
+BOOTSTRAP = 2000
+FRECHET_RIDGE = 1e-3
+
+FEATURE_DEFINITIONS: dict[str, str] = {
+    "firstorder_mean": "mean HU in the lesion (IBSI Q4LE)",
+    "firstorder_std": "standard deviation of HU, population (sqrt of IBSI variance ECT3)",
+    "firstorder_skewness": "skewness (IBSI KE2A); 0 for a constant lesion",
+    "firstorder_kurtosis": "excess kurtosis (IBSI IPH6); 0 for a constant lesion",
+    "firstorder_p10": "10th percentile HU (IBSI QG58)",
+    "firstorder_median": "median HU (IBSI Y12H)",
+    "firstorder_p90": "90th percentile HU (IBSI 8DWT)",
+    "firstorder_iqr": "interquartile range HU (IBSI SALO)",
+    "firstorder_range": "max - min HU (IBSI 2OJQ)",
+    "firstorder_mad": "mean absolute deviation from the mean (IBSI 4FUA)",
+    "firstorder_energy": "energy divided by voxel count = mean HU^2 (IBSI N8CA / N)",
+    "firstorder_entropy": "intensity histogram entropy, log2, 25 HU bins (IBSI TLU2)",
+    "firstorder_uniformity": "intensity histogram uniformity, 25 HU bins (IBSI BJ5W)",
+    "rim_contrast": "mean HU in a 3 mm shell outside the lesion minus lesion mean HU",
+    "edge_sharpness": "mean gradient magnitude (HU/mm) on the lesion boundary band",
+    "glcm_contrast": "GLCM contrast (IBSI ACUI)",
+    "glcm_dissimilarity": "GLCM dissimilarity (IBSI 8S9J)",
+    "glcm_homogeneity": "GLCM inverse difference / homogeneity (IBSI IB1Z)",
+    "glcm_idm": "GLCM inverse difference moment (IBSI WF0Z)",
+    "glcm_energy": "GLCM angular second moment / energy (IBSI 8ZQL)",
+    "glcm_correlation": "GLCM correlation (IBSI NI2N); 1 for a constant lesion",
+    "glcm_joint_entropy": "GLCM joint entropy, log2 (IBSI TU9B)",
+    "glcm_cluster_shade": "GLCM cluster shade (IBSI 7NFM)",
+    "glcm_cluster_prominence": "GLCM cluster prominence (IBSI AE86)",
+}
+FEATURE_NAMES: tuple[str, ...] = tuple(FEATURE_DEFINITIONS)
+
+# The 13 unique directions of a 3D 26-neighbourhood (one of each +/- pair).
+GLCM_DIRECTIONS: tuple[tuple[int, int, int], ...] = (
+    (0, 0, 1), (0, 1, 0), (1, 0, 0),
+    (0, 1, 1), (0, 1, -1), (1, 0, 1), (1, 0, -1), (1, 1, 0), (1, -1, 0),
+    (1, 1, 1), (1, 1, -1), (1, -1, 1), (1, -1, -1),
+)
+
+
+@dataclass
+class LesionCrop:
+    """One lesion resampled to an isotropic grid.
+
+    Attributes:
+        source: ``"real"`` or ``"synthetic"``.
+        case: case id the lesion comes from.
+        index: lesion number within the case (1-based).
+        image: float32 HU crop on the isotropic grid.
+        mask: bool lesion mask, same shape.
+        spacing: voxel size of the crop in mm.
+        meta: ``volume_ml`` and ``voxels`` (native grid), ``bbox_voxel`` (native,
+            stop exclusive), ``native_spacing``, and ``hu_window`` when known.
+        other: bool mask of other tumours' voxels in the crop (kept out of the rim), or ``None``.
+    """
+
+    source: str
+    case: str
+    index: int
+    image: np.ndarray
+    mask: np.ndarray
+    spacing: tuple[float, float, float]
+    meta: dict = field(default_factory=dict)
+    other: np.ndarray | None = None
+
+
+# ----------------------------------------------------------------------------- crops
+
+
+def _triple_spacing(spacing) -> tuple[float, float, float]:
+    if np.ndim(spacing) == 0:
+        spacing = (spacing,) * 3
+    out = tuple(float(s) for s in spacing)
+    if len(out) != 3 or not all(math.isfinite(s) and s > 0 for s in out):
+        raise ConfigError(f"crop spacing must be 3 positive numbers in mm, got {spacing!r}")
+    return out  # type: ignore[return-value]
+
+
+def _resample(arr: np.ndarray, native: np.ndarray, target: np.ndarray, order: int) -> np.ndarray:
+    """Resample a crop onto a grid of ``target`` mm voxels covering the same extent (voxel centres)."""
+    extent = np.asarray(arr.shape) * native
+    shape = tuple(int(n) for n in np.maximum(1, np.rint(extent / target)))
+    step = target / native  # output voxel o samples input coordinate (o + 0.5) * step - 0.5
+    return ndimage.affine_transform(arr, step, offset=0.5 * step - 0.5, output_shape=shape, order=order,
+                                    mode="nearest")
+
+
+def _expand(sl: Sequence[slice], margin: np.ndarray, shape) -> tuple[slice, ...]:
+    return tuple(slice(max(0, s.start - int(m)), min(int(n), s.stop + int(m)))
+                 for s, m, n in zip(sl, margin, shape))
+
+
+def _box_slices(box, shape) -> tuple[slice, ...] | None:
+    try:
+        sl = tuple(slice(max(0, int(lo)), min(int(n), int(hi))) for (lo, hi), n in zip(box, shape))
+    except (TypeError, ValueError):
+        return None
+    if len(sl) != 3 or any(s.stop <= s.start for s in sl):
+        return None
+    return sl
+
+
+def extract_crops(
+    image: Volume,
+    label: Volume,
+    tumour_id: int,
+    source: str,
+    case: str,
+    spacing=(1.0, 1.0, 1.0),
+    margin_mm: float = 5.0,
+    min_voxels: int = 20,
+    boxes: Iterable | None = None,
+) -> list[LesionCrop]:
+    """Crop every lesion of ``label == tumour_id`` and resample it to ``spacing`` mm.
+
+    Without ``boxes`` each 26-connected component with at least ``min_voxels``
+    voxels is a lesion, numbered 1, 2, ... in scan order of the components. With
+    ``boxes`` (a list of ``[[x0, x1], [y0, y1], [z0, z1]]`` voxel boxes, stop
+    exclusive, or synthesis lesion records with ``bbox_voxel`` and ``index``),
+    the lesion of each box is the tumour component overlapping it most.
+
+    Raises:
+        InputError: image and label grids differ.
+        ConfigError: bad ``spacing`` / ``margin_mm``.
+    """
+    target = np.asarray(_triple_spacing(spacing))
+    if not (isinstance(margin_mm, (int, float)) and math.isfinite(margin_mm) and margin_mm >= 0):
+        raise ConfigError(f"margin_mm must be a non-negative number, got {margin_mm!r}")
+    if image.shape != label.shape:
+        raise InputError(label.name, f"label shape {label.shape} differs from image shape {image.shape}")
+    native = np.asarray(image.spacing, dtype=np.float64)
+    voxel_ml = float(np.prod(native)) / 1000.0
+    shape = image.shape
+    margin = np.ceil(margin_mm / native - 1e-9).astype(int)
+    tumour = label.array == tumour_id
+    struct = np.ones((3, 3, 3), bool)
+
+    # (index, crop slices, lesion mask in crop, native voxel count)
+    items: list[tuple[int, tuple[slice, ...], np.ndarray]] = []
+    if boxes is None:
+        comps, n = ndimage.label(tumour, structure=struct)
+        if n:
+            sizes = np.bincount(comps.ravel(), minlength=n + 1)
+            for k, sl in enumerate(ndimage.find_objects(comps), start=1):
+                if sl is None or sizes[k] < min_voxels:
+                    continue
+                crop_sl = _expand(sl, margin, shape)
+                items.append((k, crop_sl, comps[crop_sl] == k))
+    else:
+        for pos, box in enumerate(boxes, start=1):
+            index = pos
+            if isinstance(box, dict):
+                index = int(box.get("index", pos))
+                box = box.get("bbox_voxel")
+            core = _box_slices(box, shape)
+            if core is None:
+                continue
+            crop_sl = _expand(core, margin, shape)
+            sub = tumour[crop_sl]
+            comps, n = ndimage.label(sub, structure=struct)
+            if not n:
+                continue
+            inner = tuple(slice(c.start - o.start, c.stop - o.start) for c, o in zip(core, crop_sl))
+            overlap = np.bincount(comps[inner].ravel(), minlength=n + 1)
+            overlap[0] = 0
+            best = int(np.argmax(overlap))
+            if overlap[best] == 0:
+                continue
+            m = comps == best
+            if int(m.sum()) < min_voxels:
+                continue
+            items.append((index, crop_sl, m))
+
+    crops: list[LesionCrop] = []
+    for index, crop_sl, m in items:
+        voxels = int(m.sum())
+        img = np.asarray(image.array[crop_sl], dtype=np.float32)
+        other = tumour[crop_sl] & ~m
+        r_img = _resample(img, native, target, order=1).astype(np.float32)
+        r_mask = _resample(m.astype(np.uint8), native, target, order=0).astype(bool)
+        if not r_mask.any():
+            # A lesion thinner than one target voxel: fall back to a thresholded linear mask.
+            r_mask = _resample(m.astype(np.float32), native, target, order=1) >= 0.5
+        if not r_mask.any():
+            continue
+        r_other = _resample(other.astype(np.uint8), native, target, order=0).astype(bool) & ~r_mask
+        meta = {
+            "volume_ml": voxels * voxel_ml,
+            "voxels": voxels,
+            "bbox_voxel": [[int(s.start), int(s.stop)] for s in crop_sl],
+            "native_spacing": [float(s) for s in native],
+            "image": image.name,
+        }
+        crops.append(LesionCrop(source, case, int(index), r_img, r_mask, tuple(float(t) for t in target),
+                                meta, r_other if r_other.any() else None))
+    return crops
+
+
+def crops_from_datalist(datalist, organ: str, label_map=None, **kw) -> list[LesionCrop]:
+    """Real lesions of ``organ`` in every labelled case of a datalist (source ``"real"``).
+
+    ``datalist`` is a datalist JSON path (all lists of entries are read; cases
+    without a ``label`` are skipped) or a list of entries with ``image`` and
+    ``label`` paths. ``label_map`` defaults to the datalist's ``label_map``, then
+    the organ's default. ``kw`` goes to :func:`extract_crops`.
+    """
+    from ..data import datalist_label_map, load_datalist
+    from ..labels import get_label_map
+    from ..organs import get_organ
+
+    org = get_organ(organ)
+    if isinstance(datalist, (str, os.PathLike)):
+        if label_map is None:
+            label_map = datalist_label_map(datalist)
+        entries = load_datalist(datalist)
+    else:
+        entries = list(datalist)
+    lm = get_label_map(label_map, org.name)
+    tid = lm.tumour_id(org.name)
+    crops: list[LesionCrop] = []
+    seen = set()
+    for entry in entries:
+        if not entry.get("label"):
+            continue
+        key = (str(entry["image"]), str(entry["label"]))
+        if key in seen:
+            continue
+        seen.add(key)
+        image = load_volume(entry["image"])
+        label = load_volume(entry["label"])
+        for crop in extract_crops(image, label, tid, "real", case_name(entry["image"]), **kw):
+            crop.meta["hu_window"] = [float(v) for v in org.hu_window]
+            crops.append(crop)
+    return crops
+
+
+def _read_record(path: Path) -> dict | None:
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(path, f"not a readable JSON record ({type(exc).__name__})") from None
+    if not isinstance(rec, dict) or not isinstance(rec.get("lesions"), list) or "tumour_id" not in rec:
+        return None
+    return rec
+
+
+def crops_from_synthetic_dir(folder, organ: str | None = None, **kw) -> list[LesionCrop]:
+    """Synthetic lesions of a ``freetumor synthesize`` output folder (source ``"synthetic"``).
+
+    Reads every ``<case>.json`` record (with ``lesions`` and ``tumour_id``) and its
+    ``<case>_image.nii.gz`` / ``<case>_label.nii.gz``; each lesion is found from
+    its record's ``bbox_voxel``. With ``organ``, records of other organs are skipped.
+
+    Raises:
+        InputError: the folder is missing, holds no synthesis records (of ``organ``),
+            or a record's image / label is missing or unreadable.
+    """
+    from ..organs import get_organ
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(root, "synthetic folder not found" if not root.exists() else "not a folder")
+    want = get_organ(organ).name if organ is not None else None
+    crops: list[LesionCrop] = []
+    n_records = 0
+    for path in sorted(root.glob("*.json")):
+        rec = _read_record(path)
+        if rec is None:
+            continue
+        rec_organ = rec.get("organ")
+        if want is not None and rec_organ != want:
+            continue
+        n_records += 1
+        case = str(rec.get("case") or path.stem)
+        outputs = rec.get("outputs") if isinstance(rec.get("outputs"), dict) else {}
+        image = load_volume(root / outputs.get("image", f"{case}_image.nii.gz"))
+        label = load_volume(root / outputs.get("label", f"{case}_label.nii.gz"))
+        if not rec["lesions"]:
+            continue
+        # Records without boxes (other writers) fall back to the label's connected components.
+        boxes = [les for les in rec["lesions"] if isinstance(les, dict) and "bbox_voxel" in les]
+        window = None
+        try:
+            window = [float(v) for v in get_organ(rec_organ).hu_window]
+        except Exception:  # noqa: BLE001 - an unknown organ only loses the window
+            pass
+        for crop in extract_crops(image, label, int(rec["tumour_id"]), "synthetic", case,
+                                  boxes=boxes or None, **kw):
+            crop.meta["record"] = str(path)
+            if window is not None:
+                crop.meta["hu_window"] = window
+            crops.append(crop)
+    if n_records == 0:
+        what = f"{want} synthesis records" if want else "synthesis records"
+        raise InputError(root, f"no {what} (<case>.json with \"lesions\") in the folder")
+    return crops
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def _glcm_features(q: np.ndarray, mask: np.ndarray, levels: int) -> dict[str, float]:
+    """GLCM features (13 directions, distance 1, symmetric) averaged over directions."""
+    shape = q.shape
+    mats = []
+    for d in GLCM_DIRECTIONS:
+        a_sl, b_sl = [], []
+        for o, n in zip(d, shape):
+            if o >= 0:
+                a_sl.append(slice(0, n - o))
+                b_sl.append(slice(o, n))
+            else:
+                a_sl.append(slice(-o, n))
+                b_sl.append(slice(0, n + o))
+        a_sl, b_sl = tuple(a_sl), tuple(b_sl)
+        valid = mask[a_sl] & mask[b_sl]
+        if not valid.any():
+            continue
+        codes = q[a_sl][valid] * levels + q[b_sl][valid]
+        m = np.bincount(codes, minlength=levels * levels).reshape(levels, levels).astype(np.float64)
+        mats.append(m + m.T)
+    if not mats:
+        # No voxel pairs at all (a one-voxel lesion): treat it as constant.
+        m = np.zeros((levels, levels))
+        g = int(np.median(q[mask])) if mask.any() else 0
+        m[g, g] = 1.0
+        mats.append(m)
+    p = np.stack(mats)
+    p /= p.sum(axis=(1, 2), keepdims=True)
+    i = np.arange(1, levels + 1, dtype=np.float64)[:, None]
+    j = i.T
+    diff = i - j
+    mu = np.sum(p * i, axis=(1, 2))  # symmetric: mu_i == mu_j
+    var = np.sum(p * (i - mu[:, None, None]) ** 2, axis=(1, 2))
+    cov = np.sum(p * (i - mu[:, None, None]) * (j - mu[:, None, None]), axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = np.where(var > 1e-12, cov / np.where(var > 1e-12, var, 1.0), 1.0)
+    s = i + j - 2.0 * mu[:, None, None]
+    nz = p > 0
+    logp = np.zeros_like(p)
+    logp[nz] = np.log2(p[nz])
+    per_dir = {
+        "glcm_contrast": np.sum(p * diff ** 2, axis=(1, 2)),
+        "glcm_dissimilarity": np.sum(p * np.abs(diff), axis=(1, 2)),
+        "glcm_homogeneity": np.sum(p / (1.0 + np.abs(diff)), axis=(1, 2)),
+        "glcm_idm": np.sum(p / (1.0 + diff ** 2), axis=(1, 2)),
+        "glcm_energy": np.sum(p ** 2, axis=(1, 2)),
+        "glcm_correlation": corr,
+        "glcm_joint_entropy": -np.sum(p * logp, axis=(1, 2)),
+        "glcm_cluster_shade": np.sum(p * s ** 3, axis=(1, 2)),
+        "glcm_cluster_prominence": np.sum(p * s ** 4, axis=(1, 2)),
+    }
+    return {k: float(np.mean(v)) for k, v in per_dir.items()}
+
+
+def _edge_sharpness(img: np.ndarray, mask: np.ndarray, other: np.ndarray | None, spacing) -> float:
+    band = ndimage.binary_dilation(mask) & ~ndimage.binary_erosion(mask, border_value=1)
+    if other is not None:
+        band &= ~other
+    idx = np.nonzero(band)
+    if not idx[0].size:
+        return 0.0
+    g2 = np.zeros(idx[0].size)
+    for ax in range(3):
+        n = img.shape[ax]
+        if n < 2:
+            continue
+        lo = np.maximum(idx[ax] - 1, 0)
+        hi = np.minimum(idx[ax] + 1, n - 1)
+        lo_idx = list(idx)
+        hi_idx = list(idx)
+        lo_idx[ax], hi_idx[ax] = lo, hi
+        g = (img[tuple(hi_idx)] - img[tuple(lo_idx)]) / ((hi - lo) * float(spacing[ax]))
+        g2 += g * g
+    return float(np.mean(np.sqrt(g2)))
+
+
+def lesion_features(crop: LesionCrop, window=None) -> dict[str, float]:
+    """The features of :data:`FEATURE_NAMES` for one lesion crop (all finite floats).
+
+    ``window`` (HU low, high) is the GLCM quantisation range; default the crop's
+    ``meta["hu_window"]`` (set from the organ by :func:`crops_from_datalist` and
+    :func:`crops_from_synthetic_dir`), else :data:`DEFAULT_WINDOW` (soft tissue).
+    """
+    if window is None:
+        window = crop.meta.get("hu_window") or DEFAULT_WINDOW
+    lo, hi = float(window[0]), float(window[1])
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+        raise ConfigError(f"HU window must be (low, high) with low < high, got {window!r}")
+    img = np.asarray(crop.image, dtype=np.float64)
+    mask = np.asarray(crop.mask, dtype=bool)
+    if img.shape != mask.shape or img.ndim != 3:
+        raise ConfigError(f"lesion {crop.case}#{crop.index}: image {img.shape} and mask {mask.shape} must be same 3D shape")
+    x = img[mask]
+    if x.size == 0:
+        raise ConfigError(f"lesion {crop.case}#{crop.index}: empty mask")
+    if not np.all(np.isfinite(x)):
+        raise InputError(crop.meta.get("image", crop.case), "lesion holds non-finite HU values")
+    n = x.size
+    mean = float(x.mean())
+    dev = x - mean
+    sd = float(np.sqrt(np.mean(dev ** 2)))
+    if sd > 1e-9 * max(1.0, abs(mean)):
+        skew = float(np.mean(dev ** 3) / sd ** 3)
+        kurt = float(np.mean(dev ** 4) / sd ** 4 - 3.0)
+    else:
+        sd, skew, kurt = 0.0, 0.0, 0.0
+    p10, p25, p50, p75, p90 = (float(v) for v in np.percentile(x, [10, 25, 50, 75, 90]))
+    _, counts = np.unique(np.floor(x / HIST_BIN_HU).astype(np.int64), return_counts=True)
+    prob = counts / n
+    feats: dict[str, float] = {
+        "firstorder_mean": mean,
+        "firstorder_std": sd,
+        "firstorder_skewness": skew,
+        "firstorder_kurtosis": kurt,
+        "firstorder_p10": p10,
+        "firstorder_median": p50,
+        "firstorder_p90": p90,
+        "firstorder_iqr": p75 - p25,
+        "firstorder_range": float(x.max() - x.min()),
+        "firstorder_mad": float(np.mean(np.abs(dev))),
+        "firstorder_energy": float(np.mean(x * x)),
+        "firstorder_entropy": float(-np.sum(prob * np.log2(prob)) + 0.0),
+        "firstorder_uniformity": float(np.sum(prob ** 2)),
+    }
+
+    # Rim contrast: shell of RIM_MM outside the lesion, inside the crop, other tumours excluded.
+    outside = ~mask if crop.other is None else ~mask & ~np.asarray(crop.other, bool)
+    dist = ndimage.distance_transform_edt(~mask, sampling=crop.spacing)
+    shell = outside & (dist <= RIM_MM)
+    if not shell.any():
+        shell = outside
+    feats["rim_contrast"] = float(img[shell].mean() - mean) if shell.any() else 0.0
+    feats["edge_sharpness"] = _edge_sharpness(img, mask, crop.other, crop.spacing)
+
+    q = np.floor((np.clip(img, lo, hi) - lo) / (hi - lo) * GLCM_LEVELS).astype(np.int64)
+    np.clip(q, 0, GLCM_LEVELS - 1, out=q)
+    feats.update(_glcm_features(q, mask, GLCM_LEVELS))
+    return {k: float(feats[k]) for k in FEATURE_NAMES}
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def _feature_matrix(real: list[dict], synthetic: list[dict]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    rows = list(real) + list(synthetic)
+    if not rows:
+        raise ConfigError("no lesion features given")
+    common = set(rows[0])
+    for r in rows[1:]:
+        common &= set(r)
+    common = {k for k in common
+              if all(isinstance(r[k], (int, float, np.integer, np.floating)) and not isinstance(r[k], bool)
+                     for r in rows)}
+    names = [k for k in FEATURE_NAMES if k in common] + sorted(common - set(FEATURE_NAMES))
+    if not names:
+        raise ConfigError("the real and synthetic lesions share no numeric feature")
+    X = np.array([[float(r[k]) for k in names] for r in rows], dtype=np.float64)
+    bad = [names[c] for c in range(len(names)) if not np.all(np.isfinite(X[:, c]))]
+    if bad:
+        raise ConfigError(f"non-finite values in feature(s) {', '.join(bad)}")
+    y = np.r_[np.zeros(len(real)), np.ones(len(synthetic))]
+    return names, X, y
+
+
+def _auc(y: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC (Mann-Whitney, ties count half) of ``score`` for class 1 against class 0."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(y, bool)
+    n1, n0 = int(y.sum()), int((~y).sum())
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    ranks = rankdata(score)
+    return float((ranks[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+
+
+def _bootstrap_auc_ci(y: np.ndarray, score: np.ndarray, seed: int, n_boot: int = BOOTSTRAP) -> list[float]:
+    """Stratified bootstrap 95% percentile interval of the AUC of fixed predictions."""
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 95]))
+    s0, s1 = score[y == 0], score[y == 1]
+    n0, n1 = s0.size, s1.size
+    b0 = s0[rng.integers(0, n0, size=(n_boot, n0))]
+    b1 = s1[rng.integers(0, n1, size=(n_boot, n1))]
+    ranks = rankdata(np.concatenate([b0, b1], axis=1), axis=1)
+    aucs = (ranks[:, n0:].sum(axis=1) - n1 * (n1 + 1) / 2.0) / (n1 * n0)
+    lo, hi = np.percentile(aucs, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def _make_classifier(seed: int):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000,
+                                                              random_state=seed))
+
+
+CLASSIFIER = ("L2 logistic regression (scikit-learn, C=1, balanced class weights, lbfgs) on features "
+              "z-scored with the training folds' mean/sd; stratified k-fold cross-validation")
+
+
+def _cross_validate(real: list[dict], synthetic: list[dict], folds: int, seed: int):
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
+        raise ConfigError(f"folds must be an integer of at least 2, got {folds!r}")
+    n_real, n_syn = len(real), len(synthetic)
+    if min(n_real, n_syn) < 3:
+        raise ConfigError(f"the machine visual Turing test needs at least 3 real and 3 synthetic lesions, "
+                          f"got {n_real} real and {n_syn} synthetic")
+    names, X, y = _feature_matrix(real, synthetic)
+    from sklearn.model_selection import StratifiedKFold
+
+    k = int(min(folds, n_real, n_syn))
+    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=int(seed))
+    oof = np.empty(len(y))
+    auc_folds = []
+    for train, test in skf.split(X, y):
+        clf = _make_classifier(seed).fit(X[train], y[train])
+        oof[test] = clf.predict_proba(X[test])[:, 1]
+        auc_folds.append(_auc(y[test], oof[test]))
+    full = _make_classifier(seed).fit(X, y)
+    coef = full[-1].coef_[0]
+    order = np.argsort(-np.abs(coef), kind="stable")[:5]
+    result = {
+        "auc": _auc(y, oof),
+        "auc_folds": [float(a) for a in auc_folds],
+        "auc_ci95": _bootstrap_auc_ci(y, oof, seed),
+        "n_real": n_real,
+        "n_synthetic": n_syn,
+        "folds": k,
+        "seed": int(seed),
+        "classifier": CLASSIFIER,
+        "top_features": [{"feature": names[c], "coefficient": float(coef[c])} for c in order],
+        "n_features": len(names),
+    }
+    return result, y, oof, names, X
+
+
+def machine_vtt(real: list[dict], synthetic: list[dict], folds: int = 5, seed: int = 0) -> dict:
+    """Machine visual Turing test: cross-validated AUC of a real-vs-synthetic classifier.
+
+    ``real`` and ``synthetic`` are lists of feature dicts (e.g. from
+    :func:`lesion_features`); the features used are the numeric keys all dicts
+    share. Synthetic is the positive class. Features are z-scored with the
+    training folds' statistics, an L2 logistic regression is fit per fold of a
+    stratified (shuffled, seeded) k-fold split with ``k = min(folds, n_real,
+    n_synthetic)``, and the out-of-fold probabilities of all lesions are pooled.
+
+    Returns:
+        ``auc`` (pooled out-of-fold ROC AUC; 0.5 = indistinguishable), ``auc_folds``,
+        ``auc_ci95`` (stratified bootstrap percentile interval over the out-of-fold
+        predictions, seeded), ``n_real``, ``n_synthetic``, ``folds``, ``seed``,
+        ``classifier``, ``n_features`` and ``top_features``: the 5 features with the
+        largest |coefficient| of a model fit on all lesions (z-scored units; positive
+        = higher in synthetic lesions).
+
+    Raises:
+        ConfigError: fewer than 3 lesions in a class, ``folds < 2``, non-finite features.
+    """
+    return _cross_validate(real, synthetic, folds, seed)[0]
+
+
+def feature_distance(real: list[dict], synthetic: list[dict]) -> dict:
+    """How far the synthetic feature distribution is from the real one.
+
+    Returns:
+        ``per_feature``: for each feature the real and synthetic means, Cohen's d
+        ``(mean_synthetic - mean_real) / pooled sd`` (0 when the pooled sd is 0),
+        the two-sample Kolmogorov-Smirnov statistic ``ks`` and its ``ks_pvalue``;
+        ``mean_abs_d`` (mean |d| over features), ``mean_ks``; ``frechet``: the
+        Frechet distance between Gaussians fitted to the feature vectors after
+        standardising every feature with the mean / sd of both sets together
+        (covariances + ``frechet_ridge`` * I). The Frechet distance of two finite
+        samples of one population is positive (about ``2 * n_features / n``), so
+        compare it across synthetic sets of similar size.
+
+    Raises:
+        ConfigError: fewer than 2 lesions in a set, non-finite features.
+    """
+    from scipy.linalg import sqrtm
+    from scipy.stats import ks_2samp
+
+    if min(len(real), len(synthetic)) < 2:
+        raise ConfigError(f"feature distance needs at least 2 real and 2 synthetic lesions, "
+                          f"got {len(real)} real and {len(synthetic)} synthetic")
+    names, X, y = _feature_matrix(real, synthetic)
+    R, S = X[y == 0], X[y == 1]
+    n_r, n_s = len(R), len(S)
+    per = {}
+    ds, kss = [], []
+    for c, name in enumerate(names):
+        a, b = R[:, c], S[:, c]
+        pooled = math.sqrt(((n_r - 1) * a.var(ddof=1) + (n_s - 1) * b.var(ddof=1)) / (n_r + n_s - 2))
+        d = float((b.mean() - a.mean()) / pooled) if pooled > 1e-12 * max(1.0, abs(a.mean())) else 0.0
+        ks = ks_2samp(a, b)
+        per[name] = {"mean_real": float(a.mean()), "mean_synthetic": float(b.mean()), "cohens_d": d,
+                     "ks": float(ks.statistic), "ks_pvalue": float(ks.pvalue)}
+        ds.append(abs(d))
+        kss.append(float(ks.statistic))
+    mu, sd = X.mean(axis=0), X.std(axis=0, ddof=1)
+    sd[sd <= 1e-12] = 1.0
+    Z = (X - mu) / sd
+    zr, zs = Z[y == 0], Z[y == 1]
+    eye = np.eye(len(names)) * FRECHET_RIDGE
+    cr = np.atleast_2d(np.cov(zr, rowvar=False)) + eye
+    cs = np.atleast_2d(np.cov(zs, rowvar=False)) + eye
+    covmean = np.real(sqrtm(cr @ cs))
+    diff = zr.mean(axis=0) - zs.mean(axis=0)
+    fd = float(diff @ diff + np.trace(cr) + np.trace(cs) - 2.0 * np.trace(covmean))
+    if not math.isfinite(fd):
+        raise ConfigError("the Frechet distance is not finite (degenerate feature covariance)")
+    return {
+        "per_feature": per,
+        "mean_abs_d": float(np.mean(ds)),
+        "mean_ks": float(np.mean(kss)),
+        "frechet": max(0.0, fd),
+        "frechet_ridge": FRECHET_RIDGE,
+        "n_real": n_r,
+        "n_synthetic": n_s,
+        "n_features": len(names),
+    }
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def _roc_points(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(-score, kind="stable")
+    ys, ss = y[order], score[order]
+    distinct = np.r_[np.nonzero(np.diff(ss))[0], ys.size - 1]
+    tp = np.cumsum(ys)[distinct]
+    fp = np.cumsum(1 - ys)[distinct]
+    tpr = np.r_[0.0, tp / max(1.0, ys.sum())]
+    fpr = np.r_[0.0, fp / max(1.0, (1 - ys).sum())]
+    return fpr, tpr
+
+
+def _figure_png(y, oof, vtt, names, X, path: Path, title: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    shown = [t["feature"] for t in vtt["top_features"][:3]]
+    for extra in ("firstorder_mean", "glcm_contrast", "rim_contrast"):
+        if len(shown) >= 5:
+            break
+        if extra in names and extra not in shown:
+            shown.append(extra)
+    ncol = (len(shown) + 1) // 2
+    fig = Figure(figsize=(6.5 + 3.6 * ncol, 7.0), dpi=100)
+    FigureCanvasAgg(fig)
+    gs = fig.add_gridspec(2, ncol + 1, width_ratios=[1.8] + [1.0] * ncol)
+    ax = fig.add_subplot(gs[:, 0])
+    fpr, tpr = _roc_points(y, oof)
+    ax.plot(fpr, tpr, color="C3", lw=2, label=f"out-of-fold AUC {vtt['auc']:.3f}")
+    ax.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1, label="indistinguishable")
+    ax.set_xlabel("false positive rate (real called synthetic)")
+    ax.set_ylabel("true positive rate (synthetic found)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"machine VTT ({vtt['folds']}-fold CV)")
+    for k, name in enumerate(shown):
+        a = fig.add_subplot(gs[k % 2, 1 + k // 2])
+        c = names.index(name)
+        vals = X[:, c]
+        lo, hi = float(vals.min()), float(vals.max())
+        bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 21)
+        a.hist(vals[y == 0], bins=bins, alpha=0.55, color="C0", label="real", density=True)
+        a.hist(vals[y == 1], bins=bins, alpha=0.55, color="C3", label="synthetic", density=True)
+        a.set_title(name, fontsize=9)
+        a.tick_params(labelsize=7)
+        if k == 0:
+            a.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(str(path))
+
+
+def run_realism(real_datalist, synthetic_dir, out_dir, organ: str, label_map=None, folds: int = 5,
+                seed: int = 0) -> dict:
+    """Score the realism of a folder of synthetic tumours against the real tumours of a datalist.
+
+    Writes (all or nothing) into ``out_dir``: ``realism.json`` (the returned dict:
+    ``machine_vtt`` and ``distance`` blocks, ``summary``, ``counts``, ``features``
+    with their definitions, ``settings``), ``features.csv`` (one row per lesion:
+    source, case, index, volume_ml, features) and ``realism.png`` (ROC curve of the
+    out-of-fold predictions and histograms of a few features, real vs synthetic).
+
+    Raises:
+        InputError: missing datalist / folder / image, no lesions found.
+        ConfigError: bad organ / label map, fewer than 3 lesions in a class.
+    """
+    from .. import __version__
+    from ..data import datalist_label_map
+    from ..io import staged_output, write_bytes_atomic
+    from ..labels import get_label_map
+    from ..organs import get_organ
+
+    org = get_organ(organ)
+    syn_dir = Path(synthetic_dir)
+    if not syn_dir.is_dir():
+        raise InputError(syn_dir, "synthetic folder not found" if not syn_dir.exists() else "not a folder")
+    dl_path = Path(real_datalist)
+    if not dl_path.is_file():
+        raise InputError(dl_path, "datalist not found")
+    if label_map is None:
+        label_map = datalist_label_map(dl_path)
+    lm = get_label_map(label_map, org.name)
+    tid = lm.tumour_id(org.name)
+    crop_kw = {"spacing": (1.0, 1.0, 1.0), "margin_mm": 5.0, "min_voxels": 20}
+
+    real_crops = crops_from_datalist(dl_path, org.name, label_map=lm, **crop_kw)
+    if not real_crops:
+        raise InputError(dl_path, f"no real {org.name} tumours (label {tid}, at least "
+                                  f"{crop_kw['min_voxels']} voxels) in the labelled cases")
+    syn_crops = crops_from_synthetic_dir(syn_dir, org.name, **crop_kw)
+    if not syn_crops:
+        raise InputError(syn_dir, f"no synthetic {org.name} lesions of at least "
+                                  f"{crop_kw['min_voxels']} voxels in the folder")
+    window = [float(v) for v in org.hu_window]
+    real_f = [lesion_features(c, window) for c in real_crops]
+    syn_f = [lesion_features(c, window) for c in syn_crops]
+    vtt, y, oof, names, X = _cross_validate(real_f, syn_f, folds, seed)
+    dist = feature_distance(real_f, syn_f)
+
+    result = {
+        "organ": org.name,
+        "label_map": lm.name,
+        "tumour_id": int(tid),
+        "real_datalist": str(dl_path),
+        "synthetic_dir": str(syn_dir),
+        "summary": {"auc": vtt["auc"], "auc_ci95": vtt["auc_ci95"], "mean_abs_d": dist["mean_abs_d"],
+                    "frechet": dist["frechet"]},
+        "counts": {
+            "real_lesions": len(real_crops),
+            "synthetic_lesions": len(syn_crops),
+            "real_cases": len({c.case for c in real_crops}),
+            "synthetic_cases": len({c.case for c in syn_crops}),
+        },
+        "machine_vtt": vtt,
+        "distance": dist,
+        "features": list(names),
+        "feature_definitions": {k: FEATURE_DEFINITIONS.get(k, "") for k in names},
+        "settings": {
+            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in crop_kw.items()},
+            "hu_window": window,
+            "hist_bin_width_hu": HIST_BIN_HU,
+            "glcm_levels": GLCM_LEVELS,
+            "glcm_directions": len(GLCM_DIRECTIONS),
+            "glcm_distance": 1,
+            "rim_mm": RIM_MM,
+            "folds": int(folds),
+            "seed": int(seed),
+            "bootstrap": BOOTSTRAP,
+        },
+        "freetumor_version": __version__,
+    }
+
+    buf = _io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["source", "case", "index", "volume_ml", *names])
+    for crop, row in zip(real_crops + syn_crops, X):
+        writer.writerow([crop.source, crop.case, crop.index, f"{crop.meta['volume_ml']:.6g}",
+                         *(f"{v:.8g}" for v in row)])
+    with staged_output(out_dir) as stage:
+        write_bytes_atomic(stage / "features.csv", buf.getvalue().encode())
+        _figure_png(y, oof, vtt, names, X, stage / "realism.png",
+                    f"{org.name}: {len(real_crops)} real vs {len(syn_crops)} synthetic lesions")
+        write_bytes_atomic(stage / "realism.json", (json.dumps(result, indent=2) + "\n").encode())
+    return result

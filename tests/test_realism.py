@@ -1,0 +1,267 @@
+"""Machine visual Turing test and radiomic feature distance (freetumor.evaluation.realism)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from freetumor.errors import ConfigError, InputError
+from freetumor.evaluation.realism import (
+    FEATURE_NAMES,
+    LesionCrop,
+    crops_from_datalist,
+    crops_from_synthetic_dir,
+    extract_crops,
+    feature_distance,
+    lesion_features,
+    machine_vtt,
+    run_realism,
+)
+from freetumor.io import Volume
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = Path(os.environ.get("FREETUMOR_DATASETS", REPO.parent / "shared" / "datasets"))
+LIDC = DATASETS / "lidc_nodule_vois"
+WINDOW = (-175.0, 250.0)
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real CT not available: {path}")
+    return path
+
+
+# ----------------------------------------------------------------------------- procedural lesions
+
+
+def _blob(rng, shift=0.0, smooth=0.8, shape=(36, 36, 24), spacing=(0.8, 0.8, 1.25)):
+    """A textured ellipsoidal lesion (label 2) in noisy soft tissue, anisotropic voxels."""
+    sp = np.asarray(spacing)
+    bg = 100 + 60 * ndimage.gaussian_filter(rng.standard_normal(shape), 1.0)
+    c = (np.asarray(shape) - 1) / 2 + rng.uniform(-2, 2, 3)
+    semi = rng.uniform(4.0, 8.0, 3)
+    grid = np.indices(shape).astype(float)
+    r = np.sqrt(sum(((grid[a] - c[a]) * sp[a] / semi[a]) ** 2 for a in range(3)))
+    mask = r <= 1.0
+    tex = ndimage.gaussian_filter(rng.standard_normal(shape), smooth)
+    lesion = 50 + shift + 15 * tex / tex.std()
+    soft = ndimage.gaussian_filter(mask.astype(float), 0.8)
+    img = bg * (1 - soft) + lesion * soft + rng.normal(0, 4, shape)
+    aff = np.diag([*spacing, 1.0])
+    return Volume(np.rint(img).astype(np.int16), aff), Volume(mask.astype(np.uint8) * 2, aff)
+
+
+@functools.lru_cache(maxsize=None)
+def _features(seed, n=40, **kw):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        image, label = _blob(rng, **kw)
+        crops = extract_crops(image, label, 2, "real", f"blob{i}")
+        assert len(crops) == 1
+        out.append(lesion_features(crops[0], window=WINDOW))
+    return tuple(out)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return _features(1)
+
+
+# ----------------------------------------------------------------------------- features
+
+
+def test_features_finite_and_named(abdomen_tumour_case):
+    image, label = abdomen_tumour_case
+    crops = extract_crops(image, label, 2, "real", "ph12", spacing=1.0)
+    assert crops, "the phantom has a liver tumour"
+    n_comp = ndimage.label(label.array == 2, structure=np.ones((3, 3, 3)))[1]
+    assert len(crops) <= n_comp
+    for crop in crops:
+        assert crop.image.dtype == np.float32 and crop.mask.dtype == bool
+        assert crop.image.shape == crop.mask.shape and crop.spacing == (1.0, 1.0, 1.0)
+        native_ml = float((label.array == 2).sum()) * float(np.prod(image.spacing)) / 1000
+        assert 0 < crop.meta["volume_ml"] <= native_ml + 1e-9
+        # Isotropic resampling keeps the lesion volume (nearest-neighbour mask).
+        assert crop.mask.sum() / 1000 == pytest.approx(crop.meta["volume_ml"], rel=0.1)
+        f = lesion_features(crop, window=WINDOW)
+        assert tuple(f) == FEATURE_NAMES
+        assert all(isinstance(v, float) and math.isfinite(v) for v in f.values())
+        assert f["firstorder_p10"] <= f["firstorder_median"] <= f["firstorder_p90"]
+        assert 0 < f["firstorder_uniformity"] <= 1 and 0 < f["glcm_energy"] <= 1
+        assert 0 < f["glcm_homogeneity"] <= 1 and -1 <= f["glcm_correlation"] <= 1
+        assert f["rim_contrast"] > 0, "phantom liver tumours are hypodense"
+        assert f["edge_sharpness"] > 0
+
+
+def test_glcm_constant_crop():
+    img = np.full((12, 12, 12), 60.0, np.float32)
+    mask = np.zeros(img.shape, bool)
+    mask[3:9, 2:10, 4:8] = True
+    f = lesion_features(LesionCrop("synthetic", "flat", 1, img, mask, (1.0, 1.0, 1.0)), window=WINDOW)
+    assert f["glcm_contrast"] == 0.0 and f["glcm_dissimilarity"] == 0.0
+    assert f["glcm_homogeneity"] == 1.0 and f["glcm_idm"] == 1.0 and f["glcm_energy"] == 1.0
+    assert f["glcm_joint_entropy"] == 0.0 and f["glcm_correlation"] == 1.0
+    assert f["firstorder_std"] == 0.0 and f["firstorder_skewness"] == 0.0 and f["firstorder_entropy"] == 0.0
+    assert f["rim_contrast"] == 0.0 and f["edge_sharpness"] == 0.0
+
+
+def test_glcm_checkerboard():
+    # Alternating grey levels along every axis: all 13 directions see a known pattern.
+    idx = np.indices((10, 10, 10)).sum(axis=0)
+    img = np.where(idx % 2 == 0, -100.0, 100.0).astype(np.float32)
+    mask = np.ones(img.shape, bool)
+    f = lesion_features(LesionCrop("real", "cb", 1, img, mask, (1.0, 1.0, 1.0)), window=(-200, 200))
+    # Levels 8 and 24 (of 32): face neighbours differ by 16, edge neighbours are equal,
+    # corner neighbours differ by 16 -> 3 + 4 of 13 directions are all-different.
+    assert f["glcm_dissimilarity"] == pytest.approx(16 * 7 / 13)
+    assert f["glcm_contrast"] == pytest.approx(256 * 7 / 13)
+
+
+# ----------------------------------------------------------------------------- classifier + distance
+
+
+def test_same_generator_is_indistinguishable(reference):
+    other = _features(2)
+    vtt = machine_vtt(reference, other, folds=5, seed=0)
+    assert 0.25 <= vtt["auc"] <= 0.75, vtt["auc"]
+    assert vtt["n_real"] == vtt["n_synthetic"] == 40 and vtt["folds"] == 5
+    assert len(vtt["auc_folds"]) == 5 and len(vtt["top_features"]) == 5
+    lo, hi = vtt["auc_ci95"]
+    assert lo <= vtt["auc"] <= hi
+    assert machine_vtt(reference, other, folds=5, seed=0) == vtt  # seeded
+    dist = feature_distance(reference, other)
+    assert dist["mean_abs_d"] < 0.4
+    assert set(dist["per_feature"]) == set(FEATURE_NAMES)
+    assert all(0 <= v["ks"] <= 1 for v in dist["per_feature"].values())
+    print(f"same generator: AUC {vtt['auc']:.3f}, mean|d| {dist['mean_abs_d']:.3f}, FD {dist['frechet']:.2f}")
+
+
+@pytest.mark.parametrize("kind", ["darker", "smoother"])
+def test_different_lesions_are_detected(reference, kind):
+    other = _features(3, shift=-60.0) if kind == "darker" else _features(4, smooth=2.5)
+    vtt = machine_vtt(reference, other, folds=5, seed=0)
+    assert vtt["auc"] > 0.9, vtt["auc"]
+    same = feature_distance(reference, _features(2))
+    dist = feature_distance(reference, other)
+    assert dist["mean_abs_d"] > 2 * same["mean_abs_d"]
+    assert dist["frechet"] > 3 * same["frechet"]
+    names = [t["feature"] for t in vtt["top_features"]]
+    if kind == "darker":
+        assert dist["per_feature"]["firstorder_mean"]["cohens_d"] < -3
+    else:
+        assert any(n.startswith("glcm_") for n in names)
+    print(f"{kind}: AUC {vtt['auc']:.3f}, mean|d| {dist['mean_abs_d']:.3f}, FD {dist['frechet']:.2f}")
+
+
+def test_too_few_lesions(reference):
+    with pytest.raises(ConfigError, match="at least 3 real and 3 synthetic") as exc:
+        machine_vtt(reference, reference[:2])
+    assert "\n" not in str(exc.value)
+    with pytest.raises(ConfigError):
+        machine_vtt(reference, reference, folds=1)
+    # Folds shrink to the smaller class.
+    assert machine_vtt(reference[:10], reference[10:14], folds=5)["folds"] == 4
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+def test_lidc_random_halves_are_indistinguishable():
+    root = need(LIDC / "images").parent
+    names = sorted(p.name for p in (root / "images").glob("*.nii.gz"))
+    if len(names) < 80:
+        pytest.skip("fewer than 80 LIDC nodules")
+    from freetumor.io import load_volume
+
+    rng = np.random.default_rng(0)
+    feats = []
+    for k in rng.choice(len(names), 80, replace=False):
+        image = load_volume(root / "images" / names[k])
+        label = load_volume(root / "labels" / names[k])
+        crops = extract_crops(image, label, 1, "real", names[k])
+        assert crops, names[k]
+        crop = max(crops, key=lambda c: c.meta["voxels"])  # the annotated nodule
+        f = lesion_features(crop, window=(-1000.0, 500.0))
+        assert all(math.isfinite(v) for v in f.values())
+        feats.append(f)
+    order = rng.permutation(len(feats))
+    half = len(feats) // 2
+    a, b = [feats[i] for i in order[:half]], [feats[i] for i in order[half:]]
+    vtt = machine_vtt(a, b, folds=5, seed=0)
+    assert 0.3 <= vtt["auc"] <= 0.7, vtt["auc"]
+    dist = feature_distance(a, b)
+    assert dist["mean_abs_d"] < 0.4
+    print(f"LIDC halves: AUC {vtt['auc']:.3f} CI {vtt['auc_ci95']}, mean|d| {dist['mean_abs_d']:.3f}")
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def phantom_setup(tmp_path_factory):
+    from freetumor.phantom import write_cohort
+    from freetumor.synthesis import synthesize_files
+
+    root = tmp_path_factory.mktemp("realism")
+    real = write_cohort(root / "real", 4, seed=3, tumour_fraction=1.0)
+    healthy = write_cohort(root / "healthy", 2, seed=4, tumour_fraction=0.0)
+    data = json.loads(healthy.read_text())
+    for k, entry in enumerate(data["training"]):
+        synthesize_files(healthy.parent / entry["image"], healthy.parent / entry["label"], "liver",
+                         root / "synthetic", count=2, seed=k, case=f"syn{k}", png=False)
+    return root, real
+
+
+def test_crops_from_cohorts(phantom_setup):
+    root, real = phantom_setup
+    syn = crops_from_synthetic_dir(root / "synthetic", "liver")
+    assert sorted((c.case, c.index) for c in syn) == [("syn0", 1), ("syn0", 2), ("syn1", 1), ("syn1", 2)]
+    for c in syn:
+        rec = json.loads((root / "synthetic" / f"{c.case}.json").read_text())
+        lesion = rec["lesions"][c.index - 1]
+        assert c.meta["voxels"] == lesion["voxels"]
+        assert c.meta["hu_window"] == [-175.0, 250.0] and c.source == "synthetic"
+    crops = crops_from_datalist(real, "liver")
+    assert len(crops) >= 4 and all(c.source == "real" for c in crops)
+    with pytest.raises(InputError, match="no pancreas synthesis records"):
+        crops_from_synthetic_dir(root / "synthetic", "pancreas")
+
+
+def test_run_realism_end_to_end(phantom_setup, tmp_path):
+    root, real = phantom_setup
+    out = tmp_path / "out"
+    res = run_realism(real, root / "synthetic", out, "liver", folds=5, seed=0)
+    assert sorted(p.name for p in out.iterdir()) == ["features.csv", "realism.json", "realism.png"]
+    data = json.loads((out / "realism.json").read_text())
+    assert data == json.loads(json.dumps(res))
+    assert 0.0 <= data["machine_vtt"]["auc"] <= 1.0
+    assert data["summary"]["auc"] == data["machine_vtt"]["auc"]
+    assert data["counts"]["synthetic_lesions"] == 4 and data["counts"]["real_lesions"] >= 4
+    assert data["features"] == list(FEATURE_NAMES) and data["label_map"] == "abdomen7"
+    assert data["distance"]["frechet"] >= 0
+    rows = (out / "features.csv").read_text().splitlines()
+    assert rows[0].split(",")[:4] == ["source", "case", "index", "volume_ml"]
+    assert len(rows) == 1 + data["counts"]["real_lesions"] + data["counts"]["synthetic_lesions"]
+    assert (out / "realism.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_realism_bad_inputs(phantom_setup, tmp_path):
+    root, real = phantom_setup
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="synthetic folder not found") as exc:
+        run_realism(real, root / "missing", out, "liver")
+    assert "\n" not in str(exc.value) and "missing" in str(exc.value)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    with pytest.raises(InputError, match="no.*synthesis records"):
+        run_realism(real, root / "real", out, "liver")  # a folder without records
+    with pytest.raises(InputError, match="datalist not found"):
+        run_realism(tmp_path / "nope.json", root / "synthetic", out, "liver")
+    assert not out.exists()

@@ -1,0 +1,187 @@
+"""Stage 2: the online synthesis transform, CutMix and segmentation training with synthesis."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from freetumor.checkpoints import save_checkpoint  # noqa: E402
+from freetumor.config import load_config  # noqa: E402
+from freetumor.errors import ConfigError  # noqa: E402
+from freetumor.generator import build_generator  # noqa: E402
+from freetumor.io import save_volume  # noqa: E402
+from freetumor.models import build_model  # noqa: E402
+from freetumor.phantom import make_case, write_cohort  # noqa: E402
+from freetumor.training.segmentation import spatial_cutmix  # noqa: E402
+from freetumor.transforms import RandTumorSynthesisd, train_transforms  # noqa: E402
+
+SCRIPT = Path(sys.executable).parent / "freetumor"
+CLI = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "freetumor.cli"]
+TINY = ["data.roi_size=[32,32,32]", "data.num_samples=4", "data.cache=true",
+        "synth.generator={channels: [4, 8, 16], strides: [2, 2]}",
+        "synth.discriminator={channels: [4, 8, 16], strides: [2, 2]}"]
+
+
+def cfg_for(preset="liver-cpu-tiny", extra=()):
+    return load_config(preset, [*TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def patches(tmp_path_factory):
+    """Training patches (after augmentation) from a healthy and a tumour phantom, liver task."""
+    root = tmp_path_factory.mktemp("stage2")
+    cfg = cfg_for(extra=["data.neg=0.0", "data.num_samples=8"])
+    out = {}
+    for name, tumour, seed in (("healthy", False, 41), ("tumour", True, 42)):
+        img, lab = make_case("abdomen", seed=seed, tumour=tumour)
+        save_volume(img, root / f"{name}_img.nii.gz")
+        save_volume(lab, root / f"{name}_lab.nii.gz")
+        tf = train_transforms(cfg)
+        tf.set_random_state(seed=seed)
+        out[name] = tf({"image": str(root / f"{name}_img.nii.gz"), "label": str(root / f"{name}_lab.nii.gz")})
+    return cfg, out
+
+
+def _run(tf, patch):
+    p = {"image": patch["image"].clone(), "label": patch["label"].clone()}
+    return tf(p)
+
+
+def test_patch_with_tumour_is_never_changed(patches):
+    cfg, data = patches
+    tf = RandTumorSynthesisd(cfg, "procedural", cheap_checks=False)
+    tf.set_random_state(seed=0)
+    with_tumour = [p for p in data["tumour"] if (np.asarray(p["label"]) == 2).any()]
+    assert with_tumour
+    for p in with_tumour:
+        out = _run(tf, p)
+        assert out["synth_status"] == "ineligible"
+        assert torch.equal(out["image"], p["image"]) and torch.equal(out["label"], p["label"])
+
+
+def test_tumour_only_inside_the_organ_and_reproducible(patches):
+    cfg, data = patches
+    tf = RandTumorSynthesisd(cfg, "procedural", cheap_checks=False)
+    tf.set_random_state(seed=1)
+    accepted = 0
+    for p in data["healthy"]:
+        out = _run(tf, p)
+        before = np.asarray(p["label"])[0]
+        after = np.asarray(out["label"])[0]
+        changed_img = (np.asarray(out["image"]) != np.asarray(p["image"]))[0]
+        if out["synth_status"] == "accepted":
+            accepted += 1
+            new_tumour = (after == 2) & (before != 2)
+            assert new_tumour.any() and (before[new_tumour] == 1).all()  # tumour only on liver voxels
+            assert (before[changed_img] == 1).all()  # intensities change only inside the liver
+            assert ((after != before) <= new_tumour).all()
+        else:
+            assert not changed_img.any() and (after == before).all()
+    assert accepted >= 1
+    # the same seed gives the same patches
+    a, b = RandTumorSynthesisd(cfg, "procedural"), RandTumorSynthesisd(cfg, "procedural")
+    a.set_random_state(seed=5)
+    b.set_random_state(seed=5)
+    for p in data["healthy"][:3]:
+        assert torch.equal(_run(a, p)["image"], _run(b, p)["image"])
+
+
+def test_fraction_of_patches_with_tumour_follows_prob(patches):
+    cfg, data = patches
+    eligible = [p for p in data["healthy"] if (np.asarray(p["label"]) == 1).sum() > 2000]
+    assert len(eligible) >= 3
+    base = np.mean([(np.asarray(p["label"]) == 2).any() for p in eligible])
+    for prob in (0.3, 0.8):
+        tf = RandTumorSynthesisd(cfg, "procedural", prob=prob, cheap_checks=False)
+        tf.set_random_state(seed=2)
+        n = 0
+        with_t = 0
+        for _ in range(12):
+            for p in eligible:
+                out = _run(tf, p)
+                n += 1
+                with_t += bool((np.asarray(out["label"]) == 2).any())
+        frac = with_t / n
+        assert base == 0.0
+        assert abs(frac - prob) < 0.17, (prob, frac, tf.counts)
+
+
+class _NeverTumour(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return torch.cat([torch.zeros_like(x), torch.ones_like(x), torch.zeros_like(x)], 1) + 0 * self.p
+
+
+def test_rejected_tumour_leaves_patch_unchanged_and_generator_mode(patches):
+    cfg, data = patches
+    tf = RandTumorSynthesisd(cfg, "procedural", qc_segmentor=(_NeverTumour(), cfg), max_tries=2)
+    tf.set_random_state(seed=3)
+    for p in data["healthy"][:4]:
+        out = _run(tf, p)
+        assert out["synth_status"] in ("rejected", "no-room", "ineligible")
+        assert torch.equal(out["image"], p["image"]) and torch.equal(out["label"], p["label"])
+    assert tf.counts.get("rejected", 0) >= 1
+    gen = build_generator(cfg).eval()
+    tg = RandTumorSynthesisd(cfg, "generator", generator=(gen, cfg), cheap_checks=False)
+    tg.set_random_state(seed=4)
+    statuses = [_run(tg, p)["synth_status"] for p in data["healthy"]]
+    assert "accepted" in statuses
+    with pytest.raises(ConfigError, match="needs a generator"):
+        RandTumorSynthesisd(cfg, "generator")
+    other = cfg_for(extra=["data.spacing=[2.0,2.0,2.0]"])
+    with pytest.raises(ConfigError, match="generator was trained with data.spacing"):
+        RandTumorSynthesisd(other, "generator", generator=(gen, cfg))
+
+
+def test_spatial_cutmix_mixes_image_and_label_alike():
+    x = torch.rand(4, 1, 8, 8, 4)
+    y = (x > 0.5).float()
+    xm, ym = spatial_cutmix(x, y, torch.Generator().manual_seed(3))
+    assert torch.equal((xm > 0.5).float(), ym)  # the same operation on both
+    xm2, _ = spatial_cutmix(x, y, torch.Generator().manual_seed(3))
+    assert torch.equal(xm, xm2)
+    # every output slice along the mixed axis comes from some input sample at that slice
+    for i in range(4):
+        for k in range(8):
+            assert any(torch.equal(xm[i, :, k], x[j, :, k]) or torch.equal(xm[i, :, :, k], x[j, :, :, k])
+                       for j in range(4))
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("s2cohort")
+    dl = write_cohort(root / "phantom", 4, seed=9, tumour_fraction=0.5)
+    cfg = cfg_for()
+    save_checkpoint(root / "seg.pt", model=build_model(cfg), cfg=cfg, step=0)
+    save_checkpoint(root / "gen.pt", model=build_generator(cfg), cfg=cfg, step=0, kind="generator")
+    return dl.parent, root
+
+
+def test_train_seg_with_online_synthesis_cli(cohort, tmp_path):
+    ph, root = cohort
+    env = dict(os.environ, COLUMNS="200")
+    base = [*CLI, "train-seg", "--config", "liver-cpu-tiny", "--datalist", str(ph / "labelled.json"),
+            "--unlabeled", str(ph / "unlabelled.json"), "--max-steps", "3",
+            *sum((["--set", o] for o in TINY + ["train.val_every=3"]), [])]
+    r = subprocess.run([*base, "--out", str(tmp_path / "gen"), "--synthesis", "generator", "--generator",
+                        str(root / "gen.pt"), "--qc-segmentor", str(root / "seg.pt")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(ln) for ln in (tmp_path / "gen" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all("synth" in row and sum(row["synth"].values()) == 4 for row in rows)
+    assert json.loads((tmp_path / "gen" / "final.json").read_text())["synthesis"] == "generator"
+    r = subprocess.run([*base, "--out", str(tmp_path / "bad"), "--synthesis", "generator"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 1 and "needs --generator" in r.stderr and r.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "bad").exists()
