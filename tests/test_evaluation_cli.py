@@ -1,0 +1,134 @@
+"""`freetumor evaluate`, `compare` and `realism` end to end on phantom cases."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from freetumor.io import load_volume, save_volume
+from freetumor.phantom import write_cohort
+
+SCRIPT = Path(sys.executable).parent / "freetumor"
+CLI = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "freetumor.cli"]
+
+
+def run(*args):
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, COLUMNS="200"))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A test cohort with tumours and two 'methods': A misses and shrinks lesions, B is closer to the truth."""
+    root = tmp_path_factory.mktemp("evalcli")
+    dl = write_cohort(root / "test", 5, seed=77, tumour_fraction=1.0)
+    data = json.loads(dl.read_text())
+    rng = np.random.default_rng(0)
+    for method in ("a", "b"):
+        (root / method).mkdir()
+    from scipy.ndimage import binary_erosion
+
+    for e in data["training"]:
+        lab = load_volume(dl.parent / e["label"])
+        gt = lab.array
+        organ3 = np.zeros(gt.shape, np.uint8)
+        organ3[(gt == 1) | (gt == 2)] = 1
+        tumour = gt == 2
+        # B: the true tumour slightly eroded; A: eroded twice and the smallest lesion dropped
+        b = organ3.copy()
+        b[binary_erosion(tumour)] = 2
+        a = organ3.copy()
+        from freetumor.evaluation import connected_lesions
+
+        lab_arr, lesions = connected_lesions(tumour, lab.spacing)
+        keep = binary_erosion(tumour, iterations=2)
+        if len(lesions) > 1:
+            smallest = min(lesions, key=lambda l: l.voxels)
+            keep &= lab_arr != smallest.index
+        a[keep] = 2
+        a[tuple(rng.integers(0, s, 3) for s in gt.shape)] = 2  # a stray false-positive voxel
+        name = Path(e["image"]).name
+        save_volume(lab.with_array(a), root / "a" / name)
+        save_volume(lab.with_array(b), root / "b" / name)
+    return root, dl
+
+
+def test_evaluate_writes_report_and_perfect_prediction_scores_one(study, tmp_path):
+    root, dl = study
+    data = json.loads(dl.read_text())
+    perfect = tmp_path / "perfect"
+    perfect.mkdir()
+    for e in data["training"]:
+        lab = load_volume(dl.parent / e["label"])
+        save_volume(lab, perfect / Path(e["image"]).name)  # abdomen7 values: read with the gt's label map
+    r = run("evaluate", "--pred", perfect, "--gt", dl, "--organ", "liver", "--out", tmp_path / "rep")
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    assert s["metrics"]["tumour_dice"]["mean"] == pytest.approx(1.0)
+    assert s["metrics"]["tumour_nsd"]["mean"] == pytest.approx(1.0)
+    assert s["detection"]["lesion_sensitivity"]["value"] == 1.0
+    assert s["detection"]["false_positives_per_scan"]["value"] == 0.0
+    for f in ("metrics.csv", "lesions.csv", "summary.json", "index.html", "boxplot.png"):
+        assert (tmp_path / "rep" / f).is_file()
+    assert "lesion sensitivity 1.000" in r.stdout
+
+
+def test_compare_paired_tests_equal_scipy(study, tmp_path):
+    root, dl = study
+    for m in ("a", "b"):
+        r = run("evaluate", "--pred", root / m, "--gt", dl, "--organ", "liver", "--out", tmp_path / m,
+                "--nsd-tolerance-mm", 1.0)
+        assert r.returncode == 0, r.stderr
+    sa = json.loads((tmp_path / "a" / "summary.json").read_text())
+    sb = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert sb["metrics"]["tumour_dice"]["mean"] > sa["metrics"]["tumour_dice"]["mean"]
+    assert sb["detection"]["lesion_sensitivity"]["value"] >= sa["detection"]["lesion_sensitivity"]["value"]
+    assert sa["detection"]["false_positives_per_scan"]["value"] > 0
+    r = run("compare", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "cmp")
+    assert r.returncode == 0, r.stderr
+    c = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+
+    def col(rep, k):
+        with open(tmp_path / rep / "metrics.csv") as fh:
+            return [float(x[k]) for x in csv.DictReader(fh)]
+
+    va, vb = col("a", "tumour_dice"), col("b", "tumour_dice")
+    assert c["metrics"]["tumour_dice"]["t_test"]["p"] == pytest.approx(stats.ttest_rel(vb, va).pvalue)
+    assert c["metrics"]["tumour_dice"]["wilcoxon"]["p"] == pytest.approx(stats.wilcoxon(vb, va).pvalue)
+    assert c["metrics"]["tumour_dice"]["mean_diff"] == pytest.approx(np.mean(vb) - np.mean(va))
+    lo, hi = c["metrics"]["tumour_dice"]["mean_diff_ci95"]
+    assert lo <= np.mean(vb) - np.mean(va) <= hi
+    assert (tmp_path / "cmp" / "boxplot.png").is_file() and (tmp_path / "cmp" / "index.html").is_file()
+
+
+def test_evaluate_bad_inputs(study, tmp_path):
+    root, dl = study
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run("evaluate", "--pred", empty, "--gt", dl, "--organ", "liver", "--out", tmp_path / "x")
+    assert r.returncode == 1 and "no prediction for 5 of 5 cases" in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and not (tmp_path / "x").exists()
+    r = run("compare", tmp_path / "nope", tmp_path / "nope2", "--out", tmp_path / "y")
+    assert r.returncode == 1 and "not an evaluation report" in r.stderr and not (tmp_path / "y").exists()
+
+
+def test_realism_cli(tmp_path):
+    from freetumor.synthesis import synthesize_files
+
+    real = write_cohort(tmp_path / "real", 4, seed=5, tumour_fraction=1.0)
+    healthy = write_cohort(tmp_path / "healthy", 2, seed=6, tumour_fraction=0.0)
+    for k, e in enumerate(json.loads(healthy.read_text())["training"]):
+        synthesize_files(healthy.parent / e["image"], healthy.parent / e["label"], "liver", tmp_path / "syn",
+                         count=2, seed=k, case=f"syn{k}", png=False)
+    r = run("realism", "--real", real, "--synthetic", tmp_path / "syn", "--organ", "liver", "--out", tmp_path / "rl",
+            "--folds", 3)
+    assert r.returncode == 0, r.stderr
+    assert "AUC" in r.stdout and (tmp_path / "rl" / "realism.json").is_file()
