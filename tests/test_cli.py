@@ -178,7 +178,7 @@ def test_data_check(cohort, tmp_path):
 def test_demo(tmp_path):
     out = tmp_path / "demo"
     # training quality is tested in test_training and test_stage1; here the pieces are wired together
-    r = run("demo", "--out", out, "--train-steps", 20, "--synth-steps", 4)
+    r = run("demo", "--out", out, "--train-steps", 20, "--synth-steps", 4, "--stage2-steps", 4)
     assert r.returncode == 0, r.stderr
     page = (out / "index.html").read_text()
     pngs = sorted((out / "synthetic").glob("*.png"))
@@ -189,3 +189,5 @@ def test_demo(tmp_path):
     assert "baseline-pred/prediction.png" in page and (out / "baseline-run" / "best.pt").exists()
     assert "stage1-run/rule_vs_learned.png" in page and (out / "stage1-run" / "generator.pt").exists()
     assert "Stage 1: learned difference maps" in page
+    assert "Stage 2: segmentation with online synthesis" in page and "compare/boxplot.png" in page
+    assert (out / "compare" / "compare.json").exists()

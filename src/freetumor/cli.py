@@ -167,11 +167,14 @@ def demo(
     train_steps: int = typer.Option(200, "--train-steps", min=0, help="Baseline training steps (0: skip training)."),
     synth_steps: int = typer.Option(60, "--synth-steps", min=0,
                                     help="Stage-1 generator iterations after the baseline (0: skip)."),
+    stage2_steps: Optional[int] = typer.Option(None, "--stage2-steps", min=0, help="Stage-2 training steps "
+                                               "(default: --train-steps; 0: skip Stage 2 and the comparison)."),
 ) -> None:
     """Phantom cohort -> synthetic tumours -> baseline segmentor -> Stage-1 generator -> an HTML page."""
     from .demo import run_demo
 
-    page = run_demo(out, seed=seed, train_steps=train_steps, synth_steps=synth_steps, log=typer.echo)
+    page = run_demo(out, seed=seed, train_steps=train_steps, synth_steps=synth_steps, stage2_steps=stage2_steps,
+                    log=typer.echo)
     typer.echo(f"open {page}")
 
 
