@@ -44,7 +44,15 @@ scan (170 x 170 x 140 mm, 2 x 2 x 1 windows at the preset's 0.75 overlap, i.e.
 one ``sw_batch_size`` batch) for prediction; the JSON's ``overrides`` and
 ``predict_case`` fields say so. With CUDA every preset runs as configured.
 
-Run: ``python benchmarks/bench_train.py [--repeats N] [--paper-cpu-repeats N] [--skip-paper]``
+Online synthesis (Stage 2, issue #5), ``online_synthesis`` (liver-cpu-tiny, 2 x 64^3 patches per
+step, labelled + unlabelled phantom pools): the median full training step (next batch + the
+trainer's ``train_step`` with CutMix) with ``RandTumorSynthesisd`` (the generator and the QC
+segmentor on every eligible patch, cheap checks included) divided by the same step without
+synthesis (target <= 1.25), with the data prepared in the main process (``workers0``) and in one
+data-loader worker (``workers1``, overlapping the training compute). ``eligible_fraction`` is the
+share of patches that got a synthesis attempt.
+
+Run: ``python benchmarks/bench_train.py [--repeats N] [--paper-cpu-repeats N] [--skip-paper] [--skip-synthesis]``
 (about 5 minutes on 2 CPU cores; 15 s with ``--skip-paper``)
 """
 
@@ -399,6 +407,59 @@ def child(args) -> None:
     print(json.dumps(fig))
 
 
+# ----------------------------------------------------------------------------- online synthesis
+def synthesis_step_figures(cohort: Path, repeats: int) -> dict:
+    """Training step with online synthesis + QC vs without, cpu-tiny preset, same data and recipe."""
+    import torch
+    from monai.losses import DiceCELoss
+
+    from freetumor.config import load_config
+    from freetumor.data import load_datalist
+    from freetumor.generator import build_generator
+    from freetumor.models import build_model
+    from freetumor.training.segmentation import StepBatches, StepDataset, _collate, train_step, warmup_cosine
+    from freetumor.transforms import RandTumorSynthesisd, train_transforms
+
+    cfg = load_config("liver-cpu-tiny", ["data.cache=true"])
+    entries = load_datalist(cohort / "labelled.json") + load_datalist(cohort / "unlabelled.json")
+    torch.manual_seed(0)
+    seg, gen = build_model(cfg).eval(), build_generator(cfg).eval()
+    out: dict = {"preset": "liver-cpu-tiny", "patches_per_step": cfg["data"]["num_samples"],
+                 "cases": len(entries)}
+    for workers in (0, 1):
+        statuses: list = []
+        for mode in ("none", "generator+qc"):
+            synth = None if mode == "none" else RandTumorSynthesisd(cfg, "generator", generator=(gen, cfg),
+                                                                     qc_segmentor=(seg, cfg))
+            ds = StepDataset(entries, train_transforms(cfg, synthesis=synth), 0, cache=True)
+            for k in range(len(entries)):
+                ds._case(k)  # the preprocessing cache, as after the first epoch
+            torch.manual_seed(0)
+            model = build_model(cfg)
+            opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(1, 1000))
+            scaler = torch.amp.GradScaler("cuda", enabled=False)
+            loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)
+            it = iter(torch.utils.data.DataLoader(ds, batch_sampler=StepBatches(0, repeats + 2, 1, 1, 0),
+                                                  num_workers=workers, collate_fn=_collate))
+            ts = []
+            for step in range(repeats + 2):
+                t = time.perf_counter()
+                batch = next(it)
+                train_step(model, batch, loss_fn, opt, scaler, sched, cfg, torch.device("cpu"),
+                           mix=torch.Generator().manual_seed(step))
+                if step >= 2:  # warm-up steps excluded
+                    ts.append(time.perf_counter() - t)
+                statuses += list(batch.get("synth_status", []))
+            out[f"workers{workers}_{mode}_step_s"] = _med(ts)
+        out[f"workers{workers}_ratio"] = round(out[f"workers{workers}_generator+qc_step_s"]
+                                               / out[f"workers{workers}_none_step_s"], 3)
+        if statuses:
+            out["eligible_fraction"] = round(sum(s != "ineligible" for s in statuses) / len(statuses), 3)
+    out["target_ratio"] = 1.25
+    return out
+
+
 # ----------------------------------------------------------------------------- parent
 def run_preset(preset: str, overrides: list[str], cohort: Path, case: Path, tmp: Path, repeats: int,
                predict_repeats: int, workers_check: bool, light_warmup: bool) -> dict:
@@ -425,6 +486,8 @@ def main() -> None:
     ap.add_argument("--paper-cpu-predict-repeats", type=int, default=1,
                     help="timed predictions of the paper preset without CUDA (default 1: ~35 s each)")
     ap.add_argument("--skip-paper", action="store_true", help="only liver-cpu-tiny")
+    ap.add_argument("--skip-synthesis", action="store_true", help="skip the online-synthesis step figures")
+    ap.add_argument("--only-synthesis", action="store_true", help="only the online-synthesis step figures")
     ap.add_argument("--cases", type=int, default=3, help="phantom cohort size (default 3)")
     ap.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--preset", help=argparse.SUPPRESS)
@@ -469,8 +532,12 @@ def main() -> None:
         full_case = next((cohort / "imagesTr").glob("*.nii.gz"))
         small_case = tmp / "small_case.nii.gz"
         save_volume(make_case("abdomen", seed=0, shape=SMALL_CASE_SHAPE)[0], small_case)
-        plan = [("liver-cpu-tiny", [], full_case, args.repeats, args.repeats, True, False)]
-        if not args.skip_paper:
+        if not args.skip_synthesis:
+            print("[bench_train] online synthesis ...", file=sys.stderr, flush=True)
+            result["online_synthesis"] = synthesis_step_figures(cohort, max(args.repeats, 8))
+        plan = [] if args.only_synthesis else [("liver-cpu-tiny", [], full_case, args.repeats, args.repeats,
+                                                 True, False)]
+        if not args.skip_paper and not args.only_synthesis:
             if gpu:
                 plan.append(("liver-paper", [], full_case, args.repeats, args.repeats, False, False))
             else:
