@@ -4,7 +4,9 @@
 Everything runs through the ``freetumor`` command line, as a user would:
 
 1. ``phantom``: a training cohort (``--labelled`` cases with tumour labels, ``--unlabelled`` healthy
-   cases with organ masks only) and a separate held-aside test cohort with tumours;
+   cases with organ masks only) and two separate held-aside test cohorts: ``test`` with the
+   phantom's usual tumours (liver 8-30 mm radius) and ``test-small`` with early tumours only
+   (3-9 mm radius, diameters < 20 mm), the phantom's own tumour model in both (not FreeTumor's);
 2. ``train-seg --synthesis none`` on the labelled cases: the Stage-0 baseline, also the frozen
    segmentor of Stage 1 and of quality control;
 3. ``train-synth``: the Stage-1 generator;
@@ -71,6 +73,9 @@ def main() -> None:
     if not (out / "test" / "datalist.json").exists():
         sh(["phantom", "--out", out / "test", "--cases", args.test, "--seed", 2000 + args.seed,
             "--tumour-fraction", 1.0], log)
+    if not (out / "test-small" / "datalist.json").exists():
+        sh(["phantom", "--out", out / "test-small", "--cases", args.test, "--seed", 3000 + args.seed,
+            "--tumour-fraction", 1.0, "--tumour-radius-mm", 3, 9], log)
     lab, unl = out / "train" / "labelled.json", out / "train" / "unlabelled.json"
 
     def train_seg(name: str, extra: list) -> Path:
@@ -97,24 +102,26 @@ def main() -> None:
                                              "--generator", s1 / "generator.pt",
                                              "--qc-segmentor", stage0 / "best.pt"]),
     }
-    # 5. predict, evaluate, compare
-    test_images = out / "test" / "imagesTr"
-    reports = {}
-    for name, run in {"stage0": stage0, **runs}.items():
-        pred = out / "pred" / name
-        if not pred.exists():
-            sh(["predict", "--model", run / "best.pt", "--image", test_images, "--out", pred], log)
-        rep = out / "eval" / name
-        if not (rep / "summary.json").exists():
-            sh(["evaluate", "--pred", pred, "--gt", out / "test" / "datalist.json", "--organ", "liver",
-                "--out", rep], log)
-        reports[name] = json.loads((rep / "summary.json").read_text())
-    comparisons = {}
-    for name in ("procedural", "generator"):
-        cmp_dir = out / "compare" / f"none_vs_{name}"
-        if not (cmp_dir / "compare.json").exists():
-            sh(["compare", out / "eval" / "none", out / "eval" / name, "--out", cmp_dir], log)
-        comparisons[f"none_vs_{name}"] = json.loads((cmp_dir / "compare.json").read_text())
+    # 5. predict, evaluate, compare, on both test cohorts
+    reports: dict = {}
+    comparisons: dict = {}
+    for test in ("test", "test-small"):
+        reports[test] = {}
+        for name, run in {"stage0": stage0, **runs}.items():
+            pred = out / "pred" / test / name
+            if not pred.exists():
+                sh(["predict", "--model", run / "best.pt", "--image", out / test / "imagesTr", "--out", pred], log)
+            rep = out / "eval" / test / name
+            if not (rep / "summary.json").exists():
+                sh(["evaluate", "--pred", pred, "--gt", out / test / "datalist.json", "--organ", "liver",
+                    "--out", rep], log)
+            reports[test][name] = json.loads((rep / "summary.json").read_text())
+        comparisons[test] = {}
+        for name in ("procedural", "generator"):
+            cmp_dir = out / "compare" / test / f"none_vs_{name}"
+            if not (cmp_dir / "compare.json").exists():
+                sh(["compare", out / "eval" / test / "none", out / "eval" / test / name, "--out", cmp_dir], log)
+            comparisons[test][f"none_vs_{name}"] = json.loads((cmp_dir / "compare.json").read_text())
     stage1 = [json.loads(ln) for ln in (s1 / "epochs.jsonl").read_text().splitlines() if ln]
     synth_counts = {}
     for name, run in runs.items():

@@ -324,3 +324,15 @@ def test_write_cohort_failure_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         write_cohort(tmp_path / "out", 2, region="chest")
     assert os.listdir(tmp_path) == []
+
+
+def test_tumour_radius_option_makes_early_tumours():
+    from freetumor.evaluation import connected_lesions
+    from freetumor.errors import ConfigError
+
+    for seed in range(3):
+        _, lab = make_case("abdomen", seed=seed, tumour=True, tumour_radius_mm=(3.0, 6.0))
+        _, lesions = connected_lesions(np.isin(lab.array, [2, 4, 6]), lab.spacing)
+        assert lesions and all(les.diameter_mm < 20 for les in lesions)
+    with pytest.raises(ConfigError, match="tumour radius range"):
+        make_case("abdomen", seed=0, tumour=True, tumour_radius_mm=(5.0, 2.0))

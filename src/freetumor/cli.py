@@ -116,11 +116,14 @@ def phantom(
     region: Region = typer.Option(Region.abdomen, "--region", help="Body region."),
     tumour_fraction: float = typer.Option(0.5, "--tumour-fraction", min=0.0, max=1.0,
                                           help="Share of cases with a tumour."),
+    tumour_radius_mm: Optional[tuple[float, float]] = typer.Option(
+        None, "--tumour-radius-mm", help="MIN MAX tumour radius in mm (e.g. 3 9 for early tumours)."),
 ) -> None:
     """Write a procedural CT phantom cohort (NIfTI + datalist.json, labelled.json, unlabelled.json)."""
     from .phantom import write_cohort
 
-    datalist = write_cohort(out, cases, seed=seed, region=region.value, tumour_fraction=tumour_fraction)
+    datalist = write_cohort(out, cases, seed=seed, region=region.value, tumour_fraction=tumour_fraction,
+                            tumour_radius_mm=tumour_radius_mm)
     typer.echo(f"wrote {cases} {region.value} phantom cases; datalist: {datalist} "
                f"(pools: {datalist.parent / 'labelled.json'}, {datalist.parent / 'unlabelled.json'})")
 

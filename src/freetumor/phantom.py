@@ -773,7 +773,8 @@ def _bones(cv: _Canvas, pt: _Patient, depth, wall, tf, c, s) -> None:
         cv.paint(sl, sc, BONE, 0.5 * (canc + cort))
 
 
-def _place_tumours(cv: _Canvas, pt: _Patient, region: str, rng: np.random.Generator) -> None:
+def _place_tumours(cv: _Canvas, pt: _Patient, region: str, rng: np.random.Generator,
+                   radius_mm: tuple[float, float] | None = None) -> None:
     if region == "abdomen":
         organs = ["liver"]
         if rng.random() < 0.5:
@@ -783,6 +784,8 @@ def _place_tumours(cv: _Canvas, pt: _Patient, region: str, rng: np.random.Genera
     tex = cv.field("tex", _CORR["tex"])
     for organ in organs:
         hosts, tclass, (rmin, rmax) = _TUMOUR[organ]
+        if radius_mm is not None:
+            rmin, rmax = radius_mm
         r = rng.uniform(rmin, rmax)
         semi = r * rng.uniform(0.8, 1.2, 3)
         rot = _rot(*rng.uniform(0, 360, 3))
@@ -875,6 +878,7 @@ def make_case(
     tumour: bool = False,
     shape: tuple[int, int, int] | None = None,
     spacing: tuple[float, float, float] | None = None,
+    tumour_radius_mm: tuple[float, float] | None = None,
 ) -> tuple[Volume, Volume]:
     """Return (image, label) Volumes: image int16 HU, label uint8.
 
@@ -891,6 +895,9 @@ def make_case(
         spacing: voxel size in mm (default abdomen (2, 2, 2.5), chest (2, 2, 5)).
             The anatomy is fixed in millimetres, so ``shape`` and ``spacing`` set
             the field of view, centred on the region, and the resolution.
+        tumour_radius_mm: (min, max) tumour radius in mm for every organ instead of the
+            defaults (liver 8-30, pancreas 6-13, kidney 7-18, lung 5-16 mm), e.g. (3, 9) for a
+            cohort of early (< 20 mm) tumours.
 
     The affine is diagonal (RAS+: ``+x`` is the patient's right) with the volume
     centre at (0, 0, 0) mm.
@@ -914,8 +921,13 @@ def make_case(
     offset = pt.shift + np.array([0.0, 0.0, spec.z_centre])
     cv = _Canvas(shape, spacing, offset, field_seeds)
     _render(cv, pt, spec)
+    if tumour_radius_mm is not None:
+        lo, hi = (float(v) for v in tumour_radius_mm)
+        if not 0 < lo <= hi:
+            raise ConfigError(f"tumour radius range must be 0 < min <= max mm, got {tumour_radius_mm!r}")
+        tumour_radius_mm = (lo, hi)
     if tumour:
-        _place_tumours(cv, pt, region, tumour_rng)
+        _place_tumours(cv, pt, region, tumour_rng, tumour_radius_mm)
 
     from scipy.ndimage import gaussian_filter
 
@@ -949,6 +961,7 @@ def write_cohort(
     seed: int = 0,
     region: str = "abdomen",
     tumour_fraction: float = 0.5,
+    tumour_radius_mm: tuple[float, float] | None = None,
 ) -> Path:
     """Write cases as NIfTI + an MSD-style datalist.json; return the datalist path.
 
@@ -991,7 +1004,7 @@ def write_cohort(
         for i in range(int(cases)):
             name = f"phantom_{i:03d}.nii.gz"
             rng = np.random.default_rng(np.random.SeedSequence([int(seed), i]))
-            image, label = make_case(region, seed=rng, tumour=i in with_tumour)
+            image, label = make_case(region, seed=rng, tumour=i in with_tumour, tumour_radius_mm=tumour_radius_mm)
             save_volume(image, stage / "imagesTr" / name)
             save_volume(label, stage / "labelsTr" / name)
             entries.append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}", "tumour": i in with_tumour})

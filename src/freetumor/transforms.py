@@ -641,12 +641,11 @@ class RandTumorSynthesisd(Randomizable, MapTransform):
                     pred = self.qc.predict_tumour(xf.to(self.device))[0].cpu().numpy()
                     scores["recall"] = segmentor_recall(pred, fake)
                 accepted = decide(scores, self.organ_by_class[ocls], self.settings).accepted
-            if accepted:
-                new_img = img.clone() if hasattr(img, "clone") else np.array(img, copy=True)
-                new_img[0] = xf[0, 0].to(new_img.dtype) if hasattr(new_img, "dtype") and torch.is_tensor(new_img) \
-                    else xf[0, 0].numpy()
-                new_lab = d["label"].clone() if hasattr(d["label"], "clone") else np.array(d["label"], copy=True)
-                new_lab[0][torch.as_tensor(fake) if torch.is_tensor(new_lab) else fake] = self.tumour_of[ocls]
+            if accepted:  # new tensors (MetaTensors keep their metadata); the input dict is not modified
+                new_img = torch.as_tensor(img).clone()
+                new_img[0] = xf[0, 0].to(new_img.dtype)
+                new_lab = torch.as_tensor(d["label"]).clone()
+                new_lab[0][torch.from_numpy(fake)] = self.tumour_of[ocls]
                 d["image"], d["label"] = new_img, new_lab
                 return self._status(d, "accepted", attempt)
         return self._status(d, "rejected", self.max_tries)
