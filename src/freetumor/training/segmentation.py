@@ -303,6 +303,17 @@ def gather_digests(model, world: int) -> list[str]:
     return digests
 
 
+def finish_run(out: Path, summary: dict, writer, rank: int, world: int) -> dict:
+    """Close the TensorBoard writer, write ``final.json`` (rank 0) and leave the process group."""
+    if rank == 0:
+        writer.close()
+        (out / "final.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return summary
+
+
 def weights_sha256(model) -> str:
     h = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
@@ -475,12 +486,6 @@ def train_segmentation(
     digests = gather_digests(model, world)
     summary = {"steps": step, "best_score": best, "world_size": world, "weights_sha256": digests,
                "device": str(device), "synthesis": synthesis}
-    if rank == 0:
-        if not (out / "best.pt").exists():
-            checkpoint(out / "best.pt", step)
-        writer.close()
-        (out / "final.json").write_text(json.dumps(summary, indent=1) + "\n")
-    if world > 1:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-    return summary
+    if rank == 0 and not (out / "best.pt").exists():
+        checkpoint(out / "best.pt", step)
+    return finish_run(out, summary, writer, rank, world)

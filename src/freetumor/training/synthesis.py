@@ -58,6 +58,7 @@ from .segmentation import (
     batch_tensors,
     check_run_folder,
     datalist_entries,
+    finish_run,
     gather_digests,
     reset_logs,
     tumour_classes,
@@ -506,9 +507,4 @@ def train_synthesis(
             summary["probe_accepted_end"] = rows[-1].get("probe_accepted")
         if not (out / "generator.pt").exists():
             checkpoint(step)
-        writer.close()
-        (out / "final.json").write_text(json.dumps(summary, indent=1) + "\n")
-    if world > 1:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-    return summary
+    return finish_run(out, summary, writer, rank, world)
