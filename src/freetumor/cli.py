@@ -28,6 +28,11 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Datalists: check cases before using them.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+turing_app = typer.Typer(help="Visual Turing Test: a blinded reader study of real vs synthetic tumours.",
+                         no_args_is_help=True)
+readers_app = typer.Typer(help="Reader tokens of a study.", no_args_is_help=True)
+turing_app.add_typer(readers_app, name="readers")
+app.add_typer(turing_app, name="turing")
 
 # Choices as Enums: Typer shows them in --help and rejects others with a usage error (exit 2).
 Organ = Enum("Organ", {n: n for n in ORGAN_NAMES}, type=str)
@@ -333,6 +338,76 @@ def realism(
     lo, hi = sm["auc_ci95"]
     typer.echo(f"real-vs-synthetic classifier AUC {sm['auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}; 0.5 = indistinguishable), "
                f"mean |d| over features {sm['mean_abs_d']:.3f}; report: {out / 'realism.json'}")
+
+
+@turing_app.command("build")
+@domain_errors
+def turing_build(
+    real: Path = typer.Option(..., "--real", help="Datalist of real CT with tumour labels."),
+    synthetic: Path = typer.Option(..., "--synthetic", help="Folder written by `freetumor synthesize`."),
+    out: Path = typer.Option(..., "--out", help="Study folder."),
+    per_type: Optional[int] = typer.Option(None, "--per-type", min=1, help="Real and synthetic cases per tumour "
+                                           "type (default: as many as the smaller side has)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed for the case selection and order."),
+    label_map: Optional[str] = typer.Option(None, "--label-map", help=LABEL_MAP_HELP),
+) -> None:
+    """Build a balanced, shuffled, blinded study; the answer key goes to STUDYDIR/key.json."""
+    from .turing.build import build_study
+
+    s = build_study(real, synthetic, out, per_type=per_type, seed=seed, label_map=label_map, log=typer.echo)
+    per = ", ".join(f"{k}: {v} real + {v} synthetic" for k, v in s["per_type"].items())
+    typer.echo(f"study with {s['cases']} cases ({per}) in {out}")
+    typer.echo(f"next: freetumor turing readers add NAME --study {out}; freetumor turing serve {out}")
+
+
+@readers_app.command("add")
+@domain_errors
+def turing_readers_add(
+    name: str = typer.Argument(..., help="Reader name (unique in the study)."),
+    study: Path = typer.Option(Path("."), "--study", help="Study folder."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Host of the server, for the printed link."),
+    port: int = typer.Option(8000, "--port", help="Port of the server, for the printed link."),
+) -> None:
+    """Create a reader and print their personal link (the token is shown only once)."""
+    from .turing import db
+    from .turing.score import load_key
+
+    load_key(study)  # a study folder
+    token = db.add_reader(study, name)
+    typer.echo(f"reader {name!r}: http://{host}:{port}/r/{token}")
+
+
+@turing_app.command("serve")
+@domain_errors
+def turing_serve(
+    study: Path = typer.Argument(..., help="Study folder."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (localhost by default)."),
+    port: int = typer.Option(8000, "--port", help="Port."),
+) -> None:
+    """Serve the reader web app (answers are stored in STUDYDIR/readers.sqlite)."""
+    from .turing.server import serve
+
+    serve(study, host=host, port=port, log=typer.echo)
+
+
+@turing_app.command("score")
+@domain_errors
+def turing_score(
+    study: Path = typer.Argument(..., help="Study folder."),
+    out: Path = typer.Option(..., "--out", help="Output folder (score.json, score.csv, passed.csv, score.png)."),
+) -> None:
+    """Sensitivity, specificity and accuracy per reader and pooled (95% CIs); synthetic cases that passed."""
+    from .turing.score import score_study
+
+    r = score_study(study, out)
+
+    def f(p):
+        return "n/a" if p["value"] is None else f"{p['value']:.3f} ({p['k']}/{p['n']})"
+
+    for name, m in [*r["readers"].items(), ("pooled", r["pooled"])]:
+        typer.echo(f"{name:<16} sensitivity {f(m['sensitivity'])}  specificity {f(m['specificity'])}  "
+                   f"accuracy {f(m['accuracy'])}")
+    typer.echo(f"synthetic cases that passed as real: {len(r['passed'])}; report: {out}")
 
 
 def main() -> None:  # console-script entry point
