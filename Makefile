@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test venv torch install install-test bench clean
+.PHONY: demo test venv torch install install-test bench clean browser
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,15 @@ install-test: torch
 demo: install
 	$(VENV)/bin/freetumor demo --out $(DEMO_OUT)
 
-test: install-test
+# Debian's Chromium for the reader-study browser test (skipped, with its reason, when absent).
+browser:
+	@command -v chromium >/dev/null 2>&1 || ( [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  ( DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    ( apt-get update -q >/dev/null 2>&1 && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 ) ) ) || \
+	  echo "note: chromium not installed; the browser test will be skipped"
+
+test: install-test browser
 	$(PY) -m pytest -n 2 -q
 
 bench: install

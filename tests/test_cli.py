@@ -191,3 +191,4 @@ def test_demo(tmp_path):
     assert "Stage 1: learned difference maps" in page
     assert "Stage 2: segmentation with online synthesis" in page and "compare/boxplot.png" in page
     assert (out / "compare" / "compare.json").exists()
+    assert (out / "turing-study" / "study.json").exists() and "/r/" in r.stdout

@@ -81,6 +81,7 @@ def run_demo(
             "images": images,
         })
     sections.append({"heading": "Lesion records", "table": lesion_table(records)})
+    sections.append(_turing_section(out, seed, log))
     if train_steps > 0:
         sections.append(_baseline_section(out, train_steps, seed, log))
         if synth_steps > 0:
@@ -99,6 +100,31 @@ def run_demo(
         + sections,
     )
     return page
+
+
+def _turing_section(out: Path, seed: int, log: Callable[[str], None]) -> dict:
+    """A small Visual Turing Test study from the abdominal phantoms: real vs synthetic tumours."""
+    import shutil
+
+    from .turing import db
+    from .turing.build import build_study
+
+    study = out / "turing-study"
+    if study.exists():  # a study from an earlier demo run in the same folder: rebuild it
+        shutil.rmtree(study)
+    summary = build_study(out / "phantom-abdomen" / "datalist.json", out / "synthetic", study, seed=seed)
+    token = db.add_reader(study, "demo-reader")
+    url = f"http://127.0.0.1:8000/r/{token}"
+    log(f"turing study: {summary['cases']} cases {summary['per_type']}; run `freetumor turing serve {study}` "
+        f"and open {url}")
+    return {
+        "heading": "Visual Turing Test: a blinded reader study",
+        "text": f"A study of {summary['cases']} cases (real phantom tumours and synthetic ones, balanced per tumour "
+                f"type: {summary['per_type']}) was written to turing-study/ (the answer key is turing-study/key.json "
+                f"and is never served). Start the reader web app with `freetumor turing serve {study}` and open "
+                f"{url} (reader 'demo-reader'); score the answers with `freetumor turing score {study} --out "
+                f"{out / 'turing-score'}`.",
+    }
 
 
 def _demo_cfg_overrides(seed: int) -> list[str]:
