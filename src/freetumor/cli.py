@@ -219,6 +219,40 @@ def train_seg(
     typer.echo(f"done: {summary['steps']} steps, best score {summary['best_score']:.4f}; checkpoints in {out}")
 
 
+@app.command("synthesize-batch")
+@domain_errors
+def synthesize_batch_cmd(
+    datalist: Path = typer.Option(..., "--datalist", help="Unlabelled datalist: CT with organ masks."),
+    organ: Organ = typer.Option(..., "--organ", help="Tumour type / host organ."),
+    out: Path = typer.Option(..., "--out", help="Output folder (cases/, done/, errors.log, datalist.json)."),
+    per_case: int = typer.Option(1, "--per-case", min=1, help="Synthetic variants per input case."),
+    count: int = typer.Option(1, "--count", min=1, help="Tumours per synthetic case."),
+    size: Size = typer.Option(Size.mix, "--size", help="Size class; mix draws per tumour."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (each case's seed derives from it)."),
+    generator: Optional[Path] = typer.Option(None, "--generator", help="Stage-1 generator.pt."),
+    qc_segmentor: Optional[Path] = typer.Option(None, "--qc-segmentor", help="Segmentor for quality control."),
+    qc_threshold: Optional[float] = typer.Option(None, "--qc-threshold", min=0.0, max=0.999, help="QC recall."),
+    label_map: Optional[str] = typer.Option(None, "--label-map", help=LABEL_MAP_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Ray actors (default: all CPUs, or "
+                                          "one per GPU); 0 runs serially without Ray."),
+    ray_address: str = typer.Option("local", "--ray-address", help="local (a Ray instance on this machine), "
+                                    "auto or a cluster address."),
+) -> None:
+    """Synthesise tumours for a whole cohort on Ray; resumable, one error line per failed case."""
+    from .batch import synthesize_batch
+
+    s = synthesize_batch(datalist, organ.value, out, per_case=per_case, count=count, size=size.value, seed=seed,
+                         generator=generator, qc_segmentor=qc_segmentor, qc_threshold=qc_threshold,
+                         label_map=label_map, workers=workers, ray_address=ray_address, log=typer.echo)
+    rate = "" if s["cases_per_s"] is None else f", {s['cases_per_s']:.2f} cases/s"
+    typer.echo(f"{s['done']} of {s['tasks']} synthetic cases done ({s['ran']} this run, {s['errors']} failed"
+               f"{rate}, {s['engine']}); datalist: {Path(out) / 'datalist.json'}")
+    if s["errors"]:
+        typer.echo(f"error: {s['errors']} case(s) failed; see {Path(out) / 'errors.log'} (rerun to retry them)",
+                   err=True)
+        raise typer.Exit(code=1)
+
+
 @app.command("train-synth")
 @domain_errors
 def train_synth(
