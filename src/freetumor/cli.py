@@ -167,6 +167,63 @@ def data_check(
         raise typer.Exit(code=1)
 
 
+@data_app.command("index")
+@domain_errors
+def data_index(
+    root: Path = typer.Argument(..., help="Root folder of your copy of the dataset (e.g. Task03_Liver)."),
+    source: str = typer.Option(..., "--source", help="Catalogued source, e.g. msd-task03-liver, kits23, "
+                               "totalsegmentator (see freetumor.data.catalog)."),
+    out: Path = typer.Option(..., "--out", help="Datalist JSON to write; converted labels go to <stem>_labels/."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Cases processed in parallel."),
+) -> None:
+    """Index a public dataset by its catalogued layout: labels converted to abdomen7/chest3, cases checked."""
+    from .data.catalog import index_source
+
+    dl = index_source(root, source, out, workers=workers,
+                      log=lambda line: typer.echo(f"problem: {line}", err=True))
+    c = dl["counts"]
+    organs = ", ".join(f"{o} {n}" for o, n in c["organs"].items())
+    typer.echo(f"{dl['source']}: {c['found']} cases found; {c['labelled']} labelled ({c['tumour']} with tumours, "
+               f"{c['healthy']} without), {c['unlabelled']} unlabelled, {c['problems']} problems; "
+               f"organs: {organs}; label map {dl['label_map']}")
+    typer.echo(f"wrote {out}")
+
+
+@data_app.command("merge")
+@domain_errors
+def data_merge(
+    datalists: list[Path] = typer.Argument(..., help="Datalists to pool (e.g. from `freetumor data index`)."),
+    labelled: Path = typer.Option(..., "--labelled", help="Output: cases with tumour labels."),
+    unlabelled: Path = typer.Option(..., "--unlabelled", help="Output: healthy cases with organ masks."),
+) -> None:
+    """Pool datalists into the labelled and unlabelled pools of train-synth (one label convention)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .data.catalog import merge_datalists
+
+    r = merge_datalists(datalists, labelled, unlabelled)
+    c = r["counts"]
+    console = Console(width=200)
+    t = Table(title=f"sources ({r['label_map']})")
+    for col in ("source", "labelled", "unlabelled", "skipped"):
+        t.add_column(col, justify="left" if col == "source" else "right")
+    for name, row in c["sources"].items():
+        t.add_row(name, str(row["labelled"]), str(row["unlabelled"]), str(row["skipped"]))
+    t.add_row("total", str(c["labelled"]), str(c["unlabelled"]),
+              str(sum(row["skipped"] for row in c["sources"].values())))
+    console.print(t)
+    t = Table(title="organs (labelled: with a tumour of it; unlabelled: with its mask)")
+    for col in ("organ", "labelled", "unlabelled"):
+        t.add_column(col, justify="left" if col == "organ" else "right")
+    for name, row in c["organs"].items():
+        t.add_row(name, str(row["labelled"]), str(row["unlabelled"]))
+    console.print(t)
+    if c["duplicates"]:
+        typer.echo(f"{c['duplicates']} duplicate cases (same image) kept once")
+    typer.echo(f"wrote {labelled} ({c['labelled']} cases) and {unlabelled} ({c['unlabelled']} cases)")
+
+
 @app.command()
 @domain_errors
 def demo(
@@ -442,6 +499,49 @@ def turing_score(
         typer.echo(f"{name:<16} sensitivity {f(m['sensitivity'])}  specificity {f(m['specificity'])}  "
                    f"accuracy {f(m['accuracy'])}")
     typer.echo(f"synthetic cases that passed as real: {len(r['passed'])}; report: {out}")
+
+
+ExportTask = Enum("ExportTask", {n: n for n in ("organ3", "abdomen7", "chest3")}, type=str)
+OrganEngine = Enum("OrganEngine", {n: n for n in ("freetumor", "totalsegmentator", "lungmask")}, type=str)
+
+
+@app.command("export-nnunet")
+@domain_errors
+def export_nnunet_cmd(
+    datalist: Path = typer.Option(..., "--datalist", help="MSD-style datalist; entries with a label are exported."),
+    out: Path = typer.Option(..., "--out", help="Dataset folder nnUNet_raw/DatasetNNN_Name (3-digit id)."),
+    organ: Optional[Organ] = typer.Option(None, "--organ", help="Tumour type (task organ3: organ 1, tumour 2)."),
+    task: Optional[ExportTask] = typer.Option(None, "--task", help="Training classes (default: organ3 with "
+                                              "--organ, else abdomen7 / chest3 by label map)."),
+    label_map: Optional[str] = typer.Option(None, "--label-map", help=LABEL_MAP_HELP),
+    copy: bool = typer.Option(True, "--copy/--symlink", help="Copy .nii.gz images, or symlink them."),
+) -> None:
+    """Write an nnU-Net v2 raw dataset: imagesTr/<case>_0000.nii.gz, labelsTr/<case>.nii.gz, dataset.json."""
+    from .export import export_nnunet
+
+    r = export_nnunet(datalist, out, task=task.value if task else None, organ=organ.value if organ else None,
+                      label_map=label_map, copy=copy)
+    labels = ", ".join(f"{v} {k}" for k, v in r["labels"].items())
+    typer.echo(f"wrote {r['numTraining']} case(s) to {out} (task {r['task']}: {labels}); "
+               f"skipped {r['skipped_unlabelled']} unlabelled")
+
+
+@app.command("organs")
+@domain_errors
+def organs_cmd(
+    image: Path = typer.Option(..., "--image", help="CT file, DICOM series folder, or folder of NIfTI files."),
+    out: Path = typer.Option(..., "--out", help="Output folder (<case>.nii.gz organ masks, datalist.json)."),
+    engine: OrganEngine = typer.Option(OrganEngine.freetumor, "--engine", help="freetumor (a --model checkpoint), "
+                                       "or the optional totalsegmentator / lungmask packages."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Segmentor checkpoint (engine freetumor)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+) -> None:
+    """Organ masks (no tumour labels) of unlabelled CT, with a datalist for --unlabeled; tumour predictions
+    are merged into their organ."""
+    from .organ_masks import segment_organs
+
+    written = segment_organs(image, out, engine=engine.value, model=model, device=device, progress=False)
+    typer.echo(f"wrote {len(written)} organ mask(s) and {Path(out) / 'datalist.json'}")
 
 
 def main() -> None:  # console-script entry point

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FreeTumorError, InputError
-from .io import check_same_grid, load_volume
-from .labels import LabelMap, get_label_map, label_values
+from ..errors import FreeTumorError, InputError
+from ..io import check_same_grid, load_volume
+from ..labels import LabelMap, get_label_map, label_values
 
 
 def load_datalist(path: str | os.PathLike, keys: tuple[str, ...] | None = None) -> list[dict]:
@@ -94,7 +94,7 @@ class CaseCheck:
 
 def check_case(entry: dict, label_map: LabelMap) -> CaseCheck:
     """Check one pair: readable, same grid, known label values, HU plausible."""
-    from .synthesis import check_ct_intensity
+    from ..synthesis import check_ct_intensity
 
     res = CaseCheck(entry.get("id", "?"), entry["image"], entry.get("label"))
     try:
