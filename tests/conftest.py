@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,3 +52,14 @@ def chest_case():
 @pytest.fixture()
 def rng():
     return np.random.default_rng(1234)
+
+
+# The installed console script when there is one (what users run), else the module.
+_SCRIPT = Path(sys.executable).parent / "freetumor"
+CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "freetumor.cli"]
+
+
+def run_cli(*args, timeout: int = 600, cwd=None):
+    """Run ``freetumor ARGS`` in a subprocess as a user would; returns the CompletedProcess."""
+    env = dict(os.environ, COLUMNS="200")
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)

@@ -63,11 +63,11 @@ def test_killed_run_resumes_without_redoing(cohort, tmp_path):
     assert 3 <= len(first) < 12, "the run should have been killed half-way"
     images = {n: (out / "cases" / n.replace(".json", "_image.nii.gz")).stat().st_mtime_ns for n in first}
     # restart on a local Ray instance (2 workers) when Ray is installed, else serially again
-    try:
-        import ray  # noqa: F401
+    import importlib.util
 
+    if importlib.util.find_spec("ray") is not None:
         restart = [c if c != "0" or cmd[i - 1] != "--workers" else "2" for i, c in enumerate(cmd)]
-    except ImportError:
+    else:
         restart = cmd
     r = subprocess.run(restart, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +13,7 @@ from scipy import stats
 from freetumor.io import load_volume, save_volume
 from freetumor.phantom import write_cohort
 
-SCRIPT = Path(sys.executable).parent / "freetumor"
-CLI = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "freetumor.cli"]
-
-
-def run(*args):
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, COLUMNS="200"))
-
+from conftest import run_cli as run
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -15,13 +12,8 @@ import pytest
 from freetumor.errors import ConfigError, InputError
 from freetumor.export import export_nnunet, safe_case_names
 
-_SCRIPT = Path(sys.executable).parent / "freetumor"
-CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "freetumor.cli"]
+from conftest import run_cli as run
 
-
-def run(*args):
-    env = dict(os.environ, COLUMNS="200")
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,13 +14,9 @@ from freetumor.errors import ConfigError
 from freetumor.io import load_volume, save_volume
 from freetumor.organ_masks import LUNGMASK_TO_CHEST3, TOTALSEG_TO_ABDOMEN7, map_labels, merge_mapping, segment_organs
 
-_SCRIPT = Path(sys.executable).parent / "freetumor"
-CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "freetumor.cli"]
+from conftest import run_cli as run
 
 
-def run(*args):
-    env = dict(os.environ, COLUMNS="200")
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
 
 
 @pytest.fixture(scope="module")

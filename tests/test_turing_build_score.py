@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,14 +14,7 @@ from freetumor.turing import db
 from freetumor.turing.build import COLS, ROWS, SLICES, stack_around
 from freetumor.turing.score import score_study
 
-SCRIPT = Path(sys.executable).parent / "freetumor"
-CLI = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "freetumor.cli"]
-
-
-def run(*args):
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, COLUMNS="200"))
-
+from conftest import run_cli as run
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
