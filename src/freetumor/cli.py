@@ -26,7 +26,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-data_app = typer.Typer(help="Datalists: check cases before using them.", no_args_is_help=True)
+data_app = typer.Typer(help="Datalists: check cases, index public datasets, merge pools.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 turing_app = typer.Typer(help="Visual Turing Test: a blinded reader study of real vs synthetic tumours.",
                          no_args_is_help=True)
@@ -235,7 +235,7 @@ def demo(
     stage2_steps: Optional[int] = typer.Option(None, "--stage2-steps", min=0, help="Stage-2 training steps "
                                                "(default: --train-steps; 0: skip Stage 2 and the comparison)."),
 ) -> None:
-    """Phantom cohort -> synthetic tumours -> baseline segmentor -> Stage-1 generator -> an HTML page."""
+    """Phantoms -> synthetic tumours -> reader study -> baseline -> Stage 1 -> Stage 2 vs baseline -> an HTML page."""
     from .demo import run_demo
 
     page = run_demo(out, seed=seed, train_steps=train_steps, synth_steps=synth_steps, stage2_steps=stage2_steps,
