@@ -55,7 +55,6 @@ class _Runner:
 
         self.organ, self.out, self.opts = organ, Path(out), dict(opts)
         self._synth = synthesize_files
-        self._cache: dict = {}
 
     def run(self, task: dict) -> dict:
         t0 = time.perf_counter()
@@ -98,22 +97,13 @@ def synthesize_batch(
     ``workers=0`` runs serially in this process (no Ray); otherwise a Ray actor pool of
     ``workers`` actors (default: the cluster's CPUs, or GPUs when it has them).
     """
-    from .data import load_datalist
+    from .data import datalist_entries, datalist_label_map
 
     if per_case < 1:
         raise ConfigError(f"--per-case must be at least 1, got {per_case}")
     dl = Path(datalist)
-    entries = [e for e in load_datalist(dl) if e.get("label")]
-    if not entries:
-        raise InputError(dl, "no cases with a \"label\" (organ masks) under \"training\"")
-    try:
-        dl_map = json.loads(dl.read_text()).get("label_map")
-    except ValueError:
-        dl_map = None
-    for e in entries:
-        for key in ("image", "label"):
-            if not Path(e[key]).exists():
-                raise InputError(e[key], "listed in the datalist but not found")
+    entries = datalist_entries(dl, "cases with organ masks", keys=None)
+    dl_map = datalist_label_map(dl)
     out = Path(out)
     (out / "done").mkdir(parents=True, exist_ok=True)
     tasks = plan_tasks(entries, per_case, seed)

@@ -132,13 +132,23 @@ def _demo_cfg_overrides(seed: int) -> list[str]:
     return ["data.roi_size=[48,48,48]", "data.cache=true", "val.overlap=0.25", f"train.seed={seed}"]
 
 
+def _demo_seg_cfg(steps: int, seed: int) -> dict:
+    """The segmentation recipe of the demo's baseline and of its Stage-2 run (identical but for synthesis)."""
+    from .config import load_config
+
+    return load_config("liver-cpu-tiny", [
+        f"train.max_steps={steps}", "train.lr=5e-3", "train.warmup_steps=5", f"train.val_every={steps}",
+        "data.pos=3.0", "data.neg=1.0", "data.flip_prob=0.0", "data.rot90_prob=0.0",
+        f"train.checkpoint_every={steps}", "data.num_samples=4", *_demo_cfg_overrides(seed),
+    ])
+
+
 def _baseline_section(out: Path, steps: int, seed: int, log: Callable[[str], None]) -> dict:
     """Train the cpu-tiny liver baseline on phantoms, predict a held-aside case, draw it."""
     import json
 
     import numpy as np
 
-    from .config import load_config
     from .inference import predict_files
     from .io import load_volume
     from .phantom import write_cohort
@@ -151,11 +161,7 @@ def _baseline_section(out: Path, steps: int, seed: int, log: Callable[[str], Non
     # The held-aside case is the validation fold: the trainer never trains on it.
     datalist = cohort.parent / "datalist-demo.json"
     datalist.write_text(json.dumps({"label_map": "abdomen7", "training": train + [dict(held, fold=0)]}, indent=1))
-    cfg = load_config("liver-cpu-tiny", [
-        f"train.max_steps={steps}", "train.lr=5e-3", "train.warmup_steps=5", f"train.val_every={steps}",
-        "data.pos=3.0", "data.neg=1.0", "data.flip_prob=0.0", "data.rot90_prob=0.0",
-        f"train.checkpoint_every={steps}", "data.num_samples=4", *_demo_cfg_overrides(seed),
-    ])
+    cfg = _demo_seg_cfg(steps, seed)
     run = out / "baseline-run"
     log(f"baseline: training the cpu-tiny liver segmentor for {steps} steps on {len(train)} phantom cases")
     if (run / "final.json").exists():  # a finished run from an earlier demo in the same folder
@@ -259,18 +265,13 @@ def _stage2_section(out: Path, steps: int, seed: int, log: Callable[[str], None]
     """Stage 2 (labelled + unlabelled with generator synthesis and QC) vs the baseline, on held-aside cases."""
     import json
 
-    from .config import load_config
     from .evaluation.report import compare_reports, evaluate_predictions
     from .inference import predict_files
     from .phantom import write_cohort
     from .training.segmentation import train_segmentation
 
     test = write_cohort(out / "phantom-test", 4, seed=seed + 300, tumour_fraction=1.0)
-    cfg = load_config("liver-cpu-tiny", [
-        f"train.max_steps={steps}", "train.lr=5e-3", "train.warmup_steps=5", f"train.val_every={steps}",
-        "data.pos=3.0", "data.neg=1.0", "data.flip_prob=0.0", "data.rot90_prob=0.0",
-        f"train.checkpoint_every={steps}", "data.num_samples=4", *_demo_cfg_overrides(seed),
-    ])
+    cfg = _demo_seg_cfg(steps, seed)
     run = out / "stage2-run"
     log(f"stage 2: training a segmentor for {steps} steps on labelled + unlabelled phantoms with online "
         "generator synthesis and quality control")

@@ -214,6 +214,21 @@ def context_region(box, grid, spacing, shape, mode: str, margin_vox: int, roi_si
     return tuple(out)
 
 
+def network_input(image: np.ndarray, region, grid, spacing, window, device=None):
+    """The CT of ``image[region]`` as a network sees it: RAS, resampled to ``spacing``, windowed to [0, 1].
+
+    Returns ``(tensor (1, 1, X, Y, Z), size, ras_shape)``: ``size`` is the resampled shape (to
+    bring masks of the region onto that grid), ``ras_shape`` the region's shape in RAS axis order
+    before resampling (to bring network outputs back).
+    """
+    crop = to_ras(np.asarray(image[region], np.float32), grid)
+    sp = np.asarray(ras_spacing(grid))
+    size = np.maximum(1, np.rint(np.asarray(crop.shape) * sp / np.asarray(spacing, float))).astype(int)
+    t = resample_to(torch.from_numpy(np.ascontiguousarray(crop))[None, None].to(device), size)
+    lo, hi = (float(v) for v in window)
+    return ((t - lo) / (hi - lo)).clamp_(0.0, 1.0), size, crop.shape
+
+
 def network_multiple(cfg: dict) -> int:
     """Input sizes a segmentation network accepts are multiples of this."""
     m = cfg["model"]
@@ -283,18 +298,13 @@ class LearnedDifference:
         """D for ``image[box]`` (native grid, HU)."""
         self.check_organ(organ)
         region = context_region(box, grid, self.spacing, image.shape, self.context, self.margin, self.roi)
-        crop = to_ras(np.asarray(image[region], np.float32), grid)
-        sp = np.asarray(ras_spacing(grid))
-        size = np.maximum(1, np.rint(np.asarray(crop.shape) * sp / np.asarray(self.spacing))).astype(int)
-        t = torch.from_numpy(np.ascontiguousarray(crop))[None, None].to(self.device)
-        lo, hi = self.window
-        t = resample_to(t, size)
-        t = ((t - lo) / (hi - lo)).clamp_(0.0, 1.0)
+        t, _, ras_shape = network_input(image, region, grid, self.spacing, self.window, self.device)
         d = self.run(t, organ.generator_channel)
-        d = resample_to(d, crop.shape)[0, 0].cpu().numpy()
+        d = resample_to(d, ras_shape)[0, 0].cpu().numpy()
         d = from_ras(d, grid)
         inner = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, region))
         self.calls += 1
+        lo, hi = self.window
         scale = (hi - lo) / organ.window_width
         return np.ascontiguousarray(d[inner], dtype=np.float32) * np.float32(scale)
 

@@ -80,6 +80,29 @@ class QCDecision:
                 **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.scores.items()}}
 
 
+def predicted_tumour(scores, classes, keepdim: bool = False):
+    """Voxels whose argmax over the class axis (1) is one of the tumour ``classes`` (bool tensor)."""
+    import torch
+
+    am = scores.argmax(1, keepdim=keepdim)
+    return torch.isin(am, torch.as_tensor(list(classes), device=am.device))
+
+
+def judge_patch(before01, after01, fake, host, organ: Organ, settings: "QCSettings", window, spacing,
+                pred=None) -> "QCDecision":
+    """The QC decision for one windowed training patch ([0, 1] images, the patch's own grid).
+
+    ``host``: organ and tumour voxels of the organ; ``pred``: the segmentor's tumour prediction
+    (``None``: cheap checks only).
+    """
+    lo, hi = (float(v) for v in window)
+    scores = cheap_scores(before01 * (hi - lo) + lo, after01 * (hi - lo) + lo, fake, host, spacing,
+                          settings.shell_mm, settings.visible_hu)
+    if pred is not None:
+        scores["recall"] = round(segmentor_recall(pred, fake), 6)
+    return decide(scores, organ, settings)
+
+
 def segmentor_recall(pred_tumour: np.ndarray, fake: np.ndarray) -> float:
     """|F ∩ predicted tumour| / |F| (0 for an empty F, as the released code's 1e-6 guard)."""
     n = int(np.count_nonzero(fake))
@@ -202,11 +225,7 @@ class QualityControl:
             else:
                 logits = sliding_window_inference(x01.to(self.device), roi, self.cfg["val"]["sw_batch_size"],
                                                   self.model, overlap=self.cfg["val"]["overlap"])
-        pred = logits.argmax(1)
-        out = torch.zeros_like(pred, dtype=torch.bool)
-        for c in self.tumour_classes:
-            out |= pred == c
-        return out
+        return predicted_tumour(logits, self.tumour_classes)
 
     # ------------------------------------------------------------------ native grid (synthesize)
     def check_lesion(self, before_box: np.ndarray, image: np.ndarray, box, lesion_box_mask: np.ndarray,
@@ -239,21 +258,16 @@ class QualityControl:
     def _recall_native(self, image, box, fake_box, grid, organ: Organ) -> float:
         import torch
 
-        from .generator import context_region, ras_spacing, resample_to, to_ras
+        from .generator import context_region, network_input, resample_to, to_ras
 
-        roi = tuple(int(v) for v in self.cfg["data"]["roi_size"])
-        region = context_region(box, grid, self.cfg["data"]["spacing"], image.shape, self.context, self.margin, roi)
+        d = self.cfg["data"]
+        roi = tuple(int(v) for v in d["roi_size"])
+        region = context_region(box, grid, d["spacing"], image.shape, self.context, self.margin, roi)
         inner = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, region))
         fake = np.zeros([r.stop - r.start for r in region], np.float32)
         fake[inner] = fake_box
-        crop = to_ras(np.asarray(image[region], np.float32), grid)
         fake = to_ras(fake, grid)
-        sp = np.asarray(ras_spacing(grid))
-        target = np.asarray(self.cfg["data"]["spacing"], float)
-        size = np.maximum(1, np.rint(np.asarray(crop.shape) * sp / target)).astype(int)
-        lo, hi = (float(v) for v in self.cfg["data"]["hu_window"])
-        t = resample_to(torch.from_numpy(np.ascontiguousarray(crop))[None, None], size)
-        t = ((t - lo) / (hi - lo)).clamp_(0.0, 1.0)
+        t, size, _ = network_input(image, region, grid, d["spacing"], d["hu_window"])
         f = resample_to(torch.from_numpy(np.ascontiguousarray(fake))[None, None], size, "nearest") > 0.5
         if not bool(f.any()):  # a lesion thinner than one target voxel: keep its centre voxel
             f = resample_to(torch.from_numpy(np.ascontiguousarray(fake))[None, None], size) > 0

@@ -603,7 +603,7 @@ class RandTumorSynthesisd(Randomizable, MapTransform):
     @torch.no_grad()
     def __call__(self, data):
         from .generator import apply_difference, difference_map
-        from .quality import cheap_scores, decide, segmentor_recall
+        from .quality import judge_patch
 
         d = dict(data)
         self.randomize()
@@ -632,15 +632,14 @@ class RandTumorSynthesisd(Randomizable, MapTransform):
             xf = apply_difference(x, weight, dmap, self.sign)
             fake = p["fake"][0].numpy() > 0
             ocls = int(p["organ_class"])
-            accepted, scores = True, {}
+            accepted = True
             if self.qc is not None or self.cheap_checks:
                 host = (lab == ocls) | (lab == self.tumour_of[ocls])
-                scores = cheap_scores(x[0, 0].numpy() * (hi - lo) + lo, xf[0, 0].numpy() * (hi - lo) + lo, fake,
-                                      host, spacing, self.settings.shell_mm, self.settings.visible_hu)
+                pred = None
                 if self.qc is not None:
                     pred = self.qc.predict_tumour(xf.to(self.device))[0].cpu().numpy()
-                    scores["recall"] = segmentor_recall(pred, fake)
-                accepted = decide(scores, self.organ_by_class[ocls], self.settings).accepted
+                accepted = judge_patch(x[0, 0].numpy(), xf[0, 0].numpy(), fake, host, self.organ_by_class[ocls],
+                                       self.settings, (lo, hi), spacing, pred).accepted
             if accepted:  # new tensors (MetaTensors keep their metadata); the input dict is not modified
                 new_img = torch.as_tensor(img).clone()
                 new_img[0] = xf[0, 0].to(new_img.dtype)

@@ -67,6 +67,20 @@ def load_datalist(path: str | os.PathLike, keys: tuple[str, ...] | None = None) 
     return entries
 
 
+def datalist_entries(datalist: str | os.PathLike, what: str = "labelled cases",
+                     keys: tuple[str, ...] | None = ("training",)) -> list[dict]:
+    """The entries of a datalist that have a label, after checking their files exist (one-line errors)."""
+    entries = [e for e in load_datalist(datalist, keys=keys) if e.get("label")]
+    if not entries:
+        where = " under \"training\"" if keys == ("training",) else ""
+        raise InputError(datalist, f"no {what} (entries with \"label\"){where}")
+    missing = [e["image"] for e in entries if not Path(e["image"]).exists()] + [
+        e["label"] for e in entries if not Path(e["label"]).exists()]
+    if missing:
+        raise InputError(missing[0], "listed in the datalist but not found")
+    return entries
+
+
 def datalist_label_map(path: str | os.PathLike) -> str | None:
     """The ``label_map`` a datalist declares, if any."""
     try:

@@ -43,12 +43,9 @@ def _gt_cases(gt: str | os.PathLike) -> tuple[dict[str, Path], str | None]:
         if not files:
             raise InputError(p, "holds no NIfTI label files")
         return {case_name(f): f for f in files}, None
-    from ..data import load_datalist
+    from ..data import datalist_label_map, load_datalist
 
-    try:
-        label_map = json.loads(p.read_text()).get("label_map")
-    except (OSError, ValueError):
-        label_map = None
+    label_map = datalist_label_map(p)
     entries = [e for e in load_datalist(p) if e.get("label")]
     if not entries:
         raise InputError(p, "no entries with a \"label\"")
@@ -191,12 +188,13 @@ def read_metrics_csv(report: str | os.PathLike) -> dict[str, dict]:
     return out
 
 
-def _read_lesions(report: Path) -> dict[tuple[str, str], bool]:
+def _read_lesions(report: Path) -> dict[tuple[str, str], tuple[float, bool]]:
+    """(case, lesion index) -> (diameter in mm, detected) of a report's ``lesions.csv``."""
     p = report / "lesions.csv"
     if not p.is_file():
         return {}
     with open(p, newline="") as fh:
-        return {(r["case"], r["index"]): r["detected"] == "True" for r in csv.DictReader(fh)}
+        return {(r["case"], r["index"]): (float(r["diameter_mm"]), r["detected"] == "True") for r in csv.DictReader(fh)}
 
 
 def mcnemar_exact(b: int, c: int) -> float:
@@ -234,15 +232,18 @@ def compare_reports(a: str | os.PathLike, b: str | os.PathLike, out: str | os.Pa
                      "mean_diff": tests["mean_diff"], "ci95_low": ci[0] if ci else None,
                      "ci95_high": ci[1] if ci else None, "t_p": (tests.get("t_test") or {}).get("p"),
                      "wilcoxon_p": (tests.get("wilcoxon") or {}).get("p")})
+    from .lesions import EARLY_MM
+
     la, lb = _read_lesions(Path(a)), _read_lesions(Path(b))
     keys = sorted(set(la) & set(lb))
     if keys:
-        only_a = sum(la[k] and not lb[k] for k in keys)
-        only_b = sum(lb[k] and not la[k] for k in keys)
+        pairs = [(la[k][1], lb[k][1]) for k in keys]
+        only_a = sum(x and not y for x, y in pairs)
+        only_b = sum(y and not x for x, y in pairs)
         result["lesion_detection"] = {
-            "lesions": len(keys), "detected_a": sum(la[k] for k in keys), "detected_b": sum(lb[k] for k in keys),
+            "lesions": len(keys), "detected_a": sum(x for x, _ in pairs), "detected_b": sum(y for _, y in pairs),
             "only_a": only_a, "only_b": only_b, "mcnemar_exact_p": mcnemar_exact(only_a, only_b)}
-        early = _early_pairs(Path(a), Path(b))
+        early = [(la[k][1], lb[k][1]) for k in keys if la[k][0] < EARLY_MM]
         if early:
             ea = sum(x for x, _ in early)
             eb = sum(y for _, y in early)
@@ -257,20 +258,6 @@ def compare_reports(a: str | os.PathLike, b: str | os.PathLike, out: str | os.Pa
         write_bytes_atomic(stage / "boxplot.png", png)
         _write_compare_html(stage / "index.html", result, rows)
     return result
-
-
-def _early_pairs(a: Path, b: Path) -> list[tuple[bool, bool]]:
-    def load(r):
-        with open(r / "lesions.csv", newline="") as fh:
-            return {(x["case"], x["index"]): (float(x["diameter_mm"]), x["detected"] == "True")
-                    for x in csv.DictReader(fh)}
-
-    if not (a / "lesions.csv").is_file() or not (b / "lesions.csv").is_file():
-        return []
-    la, lb = load(a), load(b)
-    from .lesions import EARLY_MM
-
-    return [(la[k][1], lb[k][1]) for k in sorted(set(la) & set(lb)) if la[k][0] < EARLY_MM]
 
 
 def _report_name(report) -> str:

@@ -34,7 +34,7 @@ import torch
 
 from ..checkpoints import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ..config import save_config
-from ..data import load_datalist
+from ..data import datalist_entries  # noqa: F401 (re-exported for the trainers)
 from ..errors import ConfigError, InputError
 from ..models import build_model
 
@@ -62,18 +62,6 @@ def kfold_split(entries: list[dict], folds: int, fold: int) -> tuple[list[dict],
 
 
 # ----------------------------------------------------------------------------- data
-def datalist_entries(datalist: str | os.PathLike, what: str = "labelled cases") -> list[dict]:
-    """The ``training`` entries of a datalist that have a label, after checking their files exist."""
-    entries = [e for e in load_datalist(datalist, keys=("training",)) if e.get("label")]
-    if not entries:
-        raise InputError(datalist, f"no {what} (entries with \"label\") under \"training\"")
-    missing = [e["image"] for e in entries if not Path(e["image"]).exists()] + [
-        e["label"] for e in entries if not Path(e["label"]).exists()]
-    if missing:
-        raise InputError(missing[0], "listed in the datalist but not found")
-    return entries
-
-
 class StepDataset(torch.utils.data.Dataset):
     """Index ``i`` -> the patches of global sample ``i`` (deterministic in ``i``)."""
 

@@ -47,7 +47,7 @@ from ..config import save_config
 from ..errors import InputError
 from ..generator import FAKE, REAL, apply_difference, build_discriminator, build_generator, difference_map
 from ..organs import get_organ
-from ..quality import QCSettings, cheap_scores, decide, segmentor_recall
+from ..quality import QCSettings, judge_patch, predicted_tumour
 from ..transforms import PrepareFakeTumourd, organ_classes  # noqa: F401 (re-exported)
 from .segmentation import (
     StepBatches,
@@ -172,10 +172,7 @@ class Stage1:
         self.scaler_g.step(self.opt_g)
         self.scaler_g.update()
         with torch.no_grad():
-            pred = torch.zeros_like(fake, dtype=torch.bool)
-            am = p_seg.argmax(1, keepdim=True)
-            for c in self.tumour:
-                pred |= am == c
+            pred = predicted_tumour(p_seg, self.tumour, keepdim=True)
         return {"loss_g": float(loss_g.detach()), "loss_adv": float(loss_adv.detach()),
                 "loss_seg": float(loss_seg.detach()), "dmap": dmap.detach(), "pred": pred}
 
@@ -227,15 +224,13 @@ class _Pair(torch.nn.Module):
 # ----------------------------------------------------------------------------- quality on patches
 def patch_decisions(out: dict, batch: dict, cfg: dict, settings: QCSettings) -> list[dict]:
     """QC decision per patch with a fake tumour: segmentor recall + cheap checks (in HU)."""
-    lo, hi = (float(v) for v in cfg["data"]["hu_window"])
-    w = hi - lo
     organs = {o.name: o for o in (get_organ(n) for n in organ_classes(cfg))}
     cls_to_organ = {c: organs[n] for n, (c, _t) in organ_classes(cfg).items()}
     spacing = tuple(float(v) for v in cfg["data"]["spacing"])
     fake = batch["fake"].cpu().numpy()[:, 0] > 0.5
     label = batch["label"].cpu().numpy()[:, 0]
-    x = out["x"].float().cpu().numpy()[:, 0] * w + lo
-    xf = out["xf"].float().cpu().numpy()[:, 0] * w + lo
+    x = out["x"].float().cpu().numpy()[:, 0]
+    xf = out["xf"].float().cpu().numpy()[:, 0]
     pred = out["pred"].cpu().numpy()[:, 0]
     ocls = batch["organ_class"].cpu().numpy().reshape(-1)
     rows = []
@@ -245,9 +240,7 @@ def patch_decisions(out: dict, batch: dict, cfg: dict, settings: QCSettings) -> 
             continue
         organ = cls_to_organ[int(ocls[b])]
         host = (label[b] == ocls[b]) | (label[b] == ocls[b] + 1)
-        scores = cheap_scores(x[b], xf[b], fake[b], host, spacing, settings.shell_mm, settings.visible_hu)
-        scores["recall"] = round(segmentor_recall(pred[b], fake[b]), 6)
-        dec = decide(scores, organ, settings)
+        dec = judge_patch(x[b], xf[b], fake[b], host, organ, settings, cfg["data"]["hu_window"], spacing, pred[b])
         rows.append({"organ": organ.name, **dec.as_record()})
     return rows
 
@@ -329,10 +322,7 @@ def evaluate_probe(stage: Stage1, probe: dict | None, cfg: dict, settings: QCSet
     xf, _ = stage.synthesise(b["image"], b["weight"], b["channel"], generator=stage.generator)
     stage.generator.train()
     _p, p_seg = stage.seg_tumour_prob(xf)
-    am = p_seg.argmax(1, keepdim=True)
-    pred = torch.zeros_like(b["fake"], dtype=torch.bool)
-    for c in stage.tumour:
-        pred |= am == c
+    pred = predicted_tumour(p_seg, stage.tumour, keepdim=True)
     out = {"x": b["image"], "xf": xf, "pred": pred}
     rows = patch_decisions(out, b, cfg, settings)
     scored = [r for r in rows if r]

@@ -49,17 +49,14 @@ def stack_around(image, centre_mm) -> np.ndarray:
 
 
 def _real_lesions(datalist, label_map, organs, log) -> dict[str, list[dict]]:
-    from ..data import load_datalist
+    from ..data import datalist_label_map, load_datalist
     from ..evaluation.lesions import connected_lesions
     from ..labels import get_label_map
 
     p = Path(datalist)
     if not p.is_file():
         raise InputError(p, "no such datalist")
-    try:
-        dl_map = json.loads(p.read_text()).get("label_map")
-    except ValueError:
-        raise InputError(p, "not valid JSON") from None
+    dl_map = datalist_label_map(p)
     out: dict[str, list[dict]] = {}
     for e in load_datalist(p):
         if not e.get("label"):
