@@ -178,7 +178,8 @@ def test_data_check(cohort, tmp_path):
 def test_demo(tmp_path):
     out = tmp_path / "demo"
     # training quality is tested in test_training and test_stage1; here the pieces are wired together
-    r = run("demo", "--out", out, "--train-steps", 20, "--synth-steps", 4, "--stage2-steps", 4)
+    # a relative --out, as `make demo` passes it
+    r = run("demo", "--out", "demo", "--train-steps", 20, "--synth-steps", 4, "--stage2-steps", 4, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     page = (out / "index.html").read_text()
     pngs = sorted((out / "synthetic").glob("*.png"))

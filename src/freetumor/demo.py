@@ -51,7 +51,9 @@ def run_demo(
     from .report import lesion_table, write_html_page
     from .synthesis import synthesize_files
 
-    out = Path(out)
+    # Absolute: the datalists the demo writes for its training runs name files in other folders of
+    # it, and datalist paths are read relative to the datalist's own folder.
+    out = Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     healthy: dict[str, list[dict]] = {}
     for region in ("abdomen", "chest"):
