@@ -172,11 +172,13 @@ def learned_figures(repeats: int) -> dict:
     import torch
 
     from freetumor.config import load_config
-    from freetumor.generator import LearnedDifference, build_generator
+    from freetumor.generator import LearnedDifference
+    from freetumor.models import build_generator
     from freetumor.models import build_model
     from freetumor.organs import get_organ
     from freetumor.phantom import make_case
-    from freetumor.quality import QCSettings, QualityControl
+    from freetumor.config import QCConfig
+    from freetumor.quality import QualityControl
     from freetumor.synthesis import Synthesizer
 
     torch.manual_seed(0)
@@ -185,7 +187,7 @@ def learned_figures(repeats: int) -> dict:
     seg = build_model(cfg).eval()
     image, label = make_case("abdomen", seed=0, spacing=(1.5, 1.5, 1.5), shape=(224, 176, 120))
     # QC thresholds off: time every tumour once (a random segmentor would reject them all).
-    lax = QCSettings(threshold=0.0, min_inside=0.0, min_visible_mm3=0.0, contrast_hu=(-1e9, 1e9))
+    lax = QCConfig(threshold=0.0, min_inside=0.0, min_visible_mm3=0.0, contrast_hu=(-1e9, 1e9))
     seeds = list(range(1, repeats + 1))
     probs = dict(get_organ("liver").size_probs)
     modes = {
@@ -195,7 +197,7 @@ def learned_figures(repeats: int) -> dict:
                                           difference=LearnedDifference((gen, cfg), context="patch")),
         "bbox_with_qc": lambda size: Synthesizer(
             "liver", size=size, difference=LearnedDifference((gen, cfg), context="bbox"),
-            qc=QualityControl((seg, cfg), lax, context="bbox", margin=cfg["synth"]["context_margin"] // 2),
+            qc=QualityControl((seg, cfg), lax, context="bbox", margin=cfg.synth.context_margin // 2),
             qc_max_tries=1),
         "bbox_generator_patch_qc": lambda size: Synthesizer(  # the defaults of synthesize
             "liver", size=size, difference=LearnedDifference((gen, cfg), context="bbox"),
@@ -205,8 +207,8 @@ def learned_figures(repeats: int) -> dict:
             qc=QualityControl((seg, cfg), lax, context="patch"), qc_max_tries=1),
     }
     res: dict = {"tumours_per_size": repeats, "volume_shape": list(image.shape), "spacing_mm": 1.5,
-                 "generator_margin_vox": cfg["synth"]["context_margin"],
-                 "qc_margin_vox": cfg["synth"]["context_margin"] // 2, "ms_per_tumour": {}}
+                 "generator_margin_vox": cfg.synth.context_margin,
+                 "qc_margin_vox": cfg.synth.context_margin // 2, "ms_per_tumour": {}}
     with torch.inference_mode():
         modes["bbox_with_qc"]("tiny")(image, label, seed=0)  # warm-up
         for mode, make in modes.items():
@@ -216,11 +218,11 @@ def learned_figures(repeats: int) -> dict:
             by_size["mix"] = round(sum(probs[k] * by_size[k] for k in probs), 1)
             res["ms_per_tumour"][mode] = by_size
     t = res["ms_per_tumour"]
-    res["paper_design_vs_ours_ratio"] = {k: round(t["patch_with_qc"][k] / t["bbox_with_qc"][k], 2)
-                                         for k in t["bbox"]}
-    res["generator_patch_vs_bbox_ratio"] = {k: round(t["patch"][k] / t["bbox"][k], 2) for k in t["bbox"]}
-    res["paper_design_vs_defaults_ratio"] = {k: round(t["patch_with_qc"][k] / t["bbox_generator_patch_qc"][k], 2)
-                                             for k in t["bbox"]}
+    res["paper_design_vs_ours_ratio"] = {k: round(t.patch_with_qc[k] / t.bbox_with_qc[k], 2)
+                                         for k in t.bbox}
+    res["generator_patch_vs_bbox_ratio"] = {k: round(t.patch[k] / t.bbox[k], 2) for k in t.bbox}
+    res["paper_design_vs_defaults_ratio"] = {k: round(t.patch_with_qc[k] / t.bbox_generator_patch_qc[k], 2)
+                                             for k in t.bbox}
     return res
 
 
@@ -228,13 +230,14 @@ def realism_proxy(generator: Path, segmentor: Path, repeats: int) -> dict:
     """Trained models: how much bbox generation differs from full-patch generation on the same tumours."""
     from freetumor.generator import LearnedDifference
     from freetumor.phantom import make_case
-    from freetumor.quality import QCSettings, QualityControl
+    from freetumor.config import QCConfig
+    from freetumor.quality import QualityControl
     from freetumor.synthesis import Synthesizer
 
     diffs, lesion_shift, rec = [], [], {"bbox": [], "patch": []}
     agree = 0
     n = 0
-    settings = QCSettings()
+    settings = QCConfig()
     for case in range(max(1, repeats // 4)):
         image, label = make_case("abdomen", seed=100 + case, tumour=False)
         for sd in range(4):
@@ -260,8 +263,8 @@ def realism_proxy(generator: Path, segmentor: Path, repeats: int) -> dict:
         "tumours": n,
         "mean_abs_hu_difference_in_lesion": round(statistics.mean(diffs), 2),
         "mean_lesion_hu_shift": round(statistics.mean(lesion_shift), 2),
-        "qc_recall_bbox": round(statistics.mean(d.scores["recall"] for d in rec["bbox"]), 3),
-        "qc_recall_patch": round(statistics.mean(d.scores["recall"] for d in rec["patch"]), 3),
+        "qc_recall_bbox": round(statistics.mean(d.scores.recall for d in rec["bbox"]), 3),
+        "qc_recall_patch": round(statistics.mean(d.scores.recall for d in rec["patch"]), 3),
         "qc_accepted_bbox": round(statistics.mean(d.accepted for d in rec["bbox"]), 3),
         "qc_accepted_patch": round(statistics.mean(d.accepted for d in rec["patch"]), 3),
         "qc_decision_agreement": round(agree / n, 3),

@@ -163,17 +163,17 @@ def train_figures(cfg: dict, entries: list[dict], tmp: Path, repeats: int, worke
     from freetumor.transforms import train_transforms
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tr = cfg["train"]
+    tr = cfg.train
     # --- set-up, as train_segmentation does it (not timed)
-    torch.manual_seed(int(tr["seed"]))
+    torch.manual_seed(int(tr.seed))
     model = build_model(cfg).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(tr["lr"]), weight_decay=float(tr["weight_decay"]),
-                                  amsgrad=bool(tr["amsgrad"]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(tr.lr), weight_decay=float(tr.weight_decay),
+                                  amsgrad=bool(tr.amsgrad))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(int(tr["warmup_steps"]), int(tr["max_steps"])))
-    use_amp = device.type == "cuda" and bool(tr["amp"])
+        optimizer, warmup_cosine(int(tr.warmup_steps), int(tr.max_steps)))
+    use_amp = device.type == "cuda" and bool(tr.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    ds = StepDataset(entries, train_transforms(cfg), int(tr["seed"]), cache=bool(cfg["data"]["cache"]))
+    ds = StepDataset(entries, train_transforms(cfg), int(tr.seed), cache=bool(cfg.data.cache))
     t = time.perf_counter()
     for k in range(len(entries)):  # one-off: fill the preprocessing cache (the trainer's first epoch)
         ds._case(k)
@@ -184,7 +184,7 @@ def train_figures(cfg: dict, entries: list[dict], tmp: Path, repeats: int, worke
 
     def make_loader(workers: int, steps: int):
         return iter(torch.utils.data.DataLoader(
-            ds, batch_sampler=StepBatches(0, steps, int(tr["batch_size"]), 1, 0),
+            ds, batch_sampler=StepBatches(0, steps, int(tr.batch_size), 1, 0),
             num_workers=workers, collate_fn=_collate))
 
     state = {"step": 0}
@@ -203,7 +203,7 @@ def train_figures(cfg: dict, entries: list[dict], tmp: Path, repeats: int, worke
         _sync(device)
         return time.perf_counter() - t0, t1 - t0
 
-    it = make_loader(int(cfg["data"]["num_workers"]), 1 + repeats)
+    it = make_loader(int(cfg.data.num_workers), 1 + repeats)
     with PeakRSS() as first_mem:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -213,7 +213,7 @@ def train_figures(cfg: dict, entries: list[dict], tmp: Path, repeats: int, worke
     # the bare reference: a pre-made random batch of the pipeline's shape
     sample = _collate([ds[0]])
     shape, y_dtype = tuple(sample["image"].shape), sample["label"].dtype
-    ncls = {"organ3": 3, "abdomen7": 7, "chest3": 3}[cfg["task"]]
+    ncls = cfg.num_classes
     gen = torch.Generator().manual_seed(0)
     xb = torch.rand(shape, generator=gen).to(device)
     yb = torch.randint(0, ncls, shape, generator=gen).to(y_dtype).to(device)
@@ -296,10 +296,10 @@ def predict_figures(cfg: dict, ck: Path, case: Path, tmp: Path, repeats: int, li
     pred = Predictor(ck)
     device = pred.device
     net = pred.model
-    roi = tuple(int(r) for r in cfg["data"]["roi_size"])
-    sw = int(cfg["val"]["sw_batch_size"])
-    overlap = float(cfg["val"]["overlap"])
-    amp = device.type == "cuda" and bool(cfg["train"]["amp"])
+    roi = tuple(int(r) for r in cfg.data.roi_size)
+    sw = int(cfg.val.sw_batch_size)
+    overlap = float(cfg.val.overlap)
+    amp = device.type == "cuda" and bool(cfg.train.amp)
 
     class Counted(torch.nn.Module):
         """The network, counting the windows it sees and the time spent in it."""
@@ -402,7 +402,7 @@ def child(args) -> None:
     ck, fig = train_figures(cfg, entries, tmp, args.repeats, args.workers_check)
     gc.collect()  # the training objects are gone; free their memory before predicting
     fig.update(predict_figures(cfg, ck, Path(args.case), tmp, args.predict_repeats, args.light_warmup))
-    fig = {"overrides": overrides, "model": cfg["model"]["name"], "device": str(
+    fig = {"overrides": overrides, "model": cfg.model.name, "device": str(
         torch.device("cuda" if torch.cuda.is_available() else "cpu")), "torch_threads": torch.get_num_threads(), **fig}
     print(json.dumps(fig))
 
@@ -415,7 +415,7 @@ def synthesis_step_figures(cohort: Path, repeats: int) -> dict:
 
     from freetumor.config import load_config
     from freetumor.data import load_datalist
-    from freetumor.generator import build_generator
+    from freetumor.models import build_generator
     from freetumor.models import build_model
     from freetumor.training.segmentation import StepBatches, StepDataset, _collate, train_step, warmup_cosine
     from freetumor.transforms import RandTumorSynthesisd, train_transforms
@@ -424,7 +424,7 @@ def synthesis_step_figures(cohort: Path, repeats: int) -> dict:
     entries = load_datalist(cohort / "labelled.json") + load_datalist(cohort / "unlabelled.json")
     torch.manual_seed(0)
     seg, gen = build_model(cfg).eval(), build_generator(cfg).eval()
-    out: dict = {"preset": "liver-cpu-tiny", "patches_per_step": cfg["data"]["num_samples"],
+    out: dict = {"preset": "liver-cpu-tiny", "patches_per_step": cfg.data.num_samples,
                  "cases": len(entries)}
     for workers in (0, 1):
         statuses: list = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -10,13 +11,14 @@ import pytest
 from freetumor.config import (
     CONFIG_DIR,
     DEFAULTS,
+    QCConfig,
     list_presets,
     load_config,
-    num_classes,
     save_config,
 )
 from freetumor.errors import ConfigError, FreeTumorError, InputError
 from freetumor.organs import get_organ
+from freetumor.tasks import num_classes
 
 PAPER = ["liver", "pancreas", "kidney", "abdomen7", "lung", "covid"]
 REPO = Path(__file__).resolve().parents[1]
@@ -47,12 +49,14 @@ def test_presets_listed():
 @pytest.mark.parametrize("name", list_presets())
 def test_every_preset_loads(name):
     cfg = load_config(name)
-    assert cfg["name"] == name
-    assert set(cfg) == set(DEFAULTS)
-    for section in ("data", "model", "train", "val"):
-        assert set(cfg[section]) == set(DEFAULTS[section])
-    assert cfg["data"]["spacing"] is not None and cfg["data"]["roi_size"] is not None
-    assert cfg["data"]["hu_window"] is not None
+    assert cfg.name == name
+    tree = cfg.to_dict()
+    assert set(tree) == set(DEFAULTS)
+    for section in ("data", "model", "train", "val", "synth", "qc"):
+        assert set(tree[section]) == set(DEFAULTS[section])
+        assert type(getattr(cfg, section)).__name__.endswith("Config")
+    assert cfg.data.spacing is not None and cfg.data.roi_size is not None
+    assert cfg.data.hu_window is not None
     assert load_config(name + ".yaml") == cfg
     assert load_config(CONFIG_DIR / f"{name}.yaml") == cfg
 
@@ -60,52 +64,52 @@ def test_every_preset_loads(name):
 def test_repo_configs_symlink():
     link = REPO / "configs"
     assert link.is_symlink() and link.resolve() == CONFIG_DIR.resolve()
-    assert load_config(str(link / "liver-cpu-tiny.yaml"))["name"] == "liver-cpu-tiny"
+    assert load_config(str(link / "liver-cpu-tiny.yaml")).name == "liver-cpu-tiny"
 
 
 def test_liver_paper_values():
     cfg = load_config("liver-paper")
-    assert cfg["organ"] == "liver" and cfg["task"] == "organ3" and num_classes(cfg) == 3
-    m = cfg["model"]
-    assert (m["name"], m["feature_size"], m["use_v2"], m["use_checkpoint"]) == ("swinunetr", 48, True, True)
-    d = cfg["data"]
-    assert d["roi_size"] == [96, 96, 96] and d["spacing"] == [1.5, 1.5, 1.5]
-    assert d["hu_window"] == [-175.0, 250.0] and d["num_samples"] == 4
-    assert d["scale_intensity"] and d["shift_intensity"]
-    t = cfg["train"]
-    assert t["lr"] == pytest.approx(3e-4) and t["amsgrad"] and t["amp"]
-    assert cfg["val"]["overlap"] == 0.75
+    assert cfg.organ == "liver" and cfg.task == "organ3" and cfg.num_classes == 3
+    m = cfg.model
+    assert (m.name, m.feature_size, m.use_v2, m.use_checkpoint) == ("swinunetr", 48, True, True)
+    d = cfg.data
+    assert d.roi_size == [96, 96, 96] and d.spacing == [1.5, 1.5, 1.5]
+    assert d.hu_window == [-175.0, 250.0] and d.num_samples == 4
+    assert d.scale_intensity and d.shift_intensity
+    t = cfg.train
+    assert t.lr == pytest.approx(3e-4) and t.amsgrad and t.amp
+    assert cfg.val.overlap == 0.75
 
 
 def test_chest_paper_values():
     for name in ("covid-paper", "lung-paper"):
         cfg = load_config(name)
-        assert cfg["task"] == "chest3" and num_classes(cfg) == 3
-        assert tuple(cfg["data"]["roi_size"]) == (192, 192, 32)
-        assert tuple(cfg["data"]["spacing"]) == (1.25, 1.25, 5.0)
-        assert cfg["data"]["hu_window"] == [-1000.0, 500.0]
-        assert cfg["data"]["num_samples"] == 2 and cfg["data"]["scale_intensity"] is False
-        assert cfg["model"]["name"] == "swinunetr"
+        assert cfg.task == "chest3" and cfg.num_classes == 3
+        assert tuple(cfg.data.roi_size) == (192, 192, 32)
+        assert tuple(cfg.data.spacing) == (1.25, 1.25, 5.0)
+        assert cfg.data.hu_window == [-1000.0, 500.0]
+        assert cfg.data.num_samples == 2 and cfg.data.scale_intensity is False
+        assert cfg.model.name == "swinunetr"
 
 
 def test_abdomen7_preset():
     cfg = load_config("abdomen7-paper")
-    assert cfg["organ"] == "liver" and cfg["task"] == "abdomen7" and num_classes(cfg) == 7
-    assert load_config("abdomen7-cpu-tiny")["task"] == "abdomen7"
+    assert cfg.organ == "liver" and cfg.task == "abdomen7" and cfg.num_classes == 7
+    assert load_config("abdomen7-cpu-tiny").task == "abdomen7"
 
 
 @pytest.mark.parametrize("base", PAPER)
 def test_cpu_tiny_values(base):
     cfg = load_config(f"{base}-cpu-tiny")
     paper = load_config(f"{base}-paper")
-    assert (cfg["organ"], cfg["task"]) == (paper["organ"], paper["task"])
-    m, d, t = cfg["model"], cfg["data"], cfg["train"]
-    assert m["name"] == "unet" and m["channels"] == [8, 16, 32, 64] and m["strides"] == [2, 2, 2]
-    assert m["num_res_units"] == 1 and d["num_samples"] == 2
-    chest = get_organ(cfg["organ"]).region == "chest"
-    assert d["roi_size"] == ([96, 96, 16] if chest else [64, 64, 64])
-    assert d["spacing"] == ([2.5, 2.5, 5.0] if chest else [3.0, 3.0, 3.0])
-    assert (t["max_steps"], t["warmup_steps"], t["val_every"], t["checkpoint_every"], t["amp"]) == (
+    assert (cfg.organ, cfg.task) == (paper.organ, paper.task)
+    m, d, t = cfg.model, cfg.data, cfg.train
+    assert m.name == "unet" and m.channels == [8, 16, 32, 64] and m.strides == [2, 2, 2]
+    assert m.num_res_units == 1 and d.num_samples == 2
+    chest = get_organ(cfg.organ).region == "chest"
+    assert d.roi_size == ([96, 96, 16] if chest else [64, 64, 64])
+    assert d.spacing == ([2.5, 2.5, 5.0] if chest else [3.0, 3.0, 3.0])
+    assert (t.max_steps, t.warmup_steps, t.val_every, t.checkpoint_every, t.amp) == (
         200, 10, 50, 10, False)
 
 
@@ -116,13 +120,13 @@ def test_null_fields_filled_from_registry(tmp_path):
     p = write(tmp_path, "organ: kidney\n", "kid.yaml")
     cfg = load_config(p)
     kidney = get_organ("kidney")
-    assert cfg["name"] == "kid"
-    assert cfg["data"]["spacing"] == list(kidney.target_spacing)
-    assert cfg["data"]["hu_window"] == list(kidney.hu_window)
-    assert cfg["data"]["roi_size"] == list(kidney.roi_size)
-    assert cfg["label_map"] is None
+    assert cfg.name == "kid"
+    assert cfg.data.spacing == list(kidney.target_spacing)
+    assert cfg.data.hu_window == list(kidney.hu_window)
+    assert cfg.data.roi_size == list(kidney.roi_size)
+    assert cfg.label_map is None
     # everything else is the default
-    rest = copy.deepcopy(cfg)
+    rest = cfg.to_dict()
     expect = copy.deepcopy(DEFAULTS)
     for k in ("spacing", "hu_window", "roi_size"):
         rest["data"].pop(k)
@@ -131,30 +135,30 @@ def test_null_fields_filled_from_registry(tmp_path):
     assert rest == expect
 
     chest = load_config(write(tmp_path, "organ: covid\ntask: chest3\n", "c.yaml"))
-    assert chest["data"]["spacing"] == [1.25, 1.25, 5.0] and chest["data"]["roi_size"] == [192, 192, 32]
+    assert chest.data.spacing == [1.25, 1.25, 5.0] and chest.data.roi_size == [192, 192, 32]
 
 
 def test_deep_merge_keeps_sibling_defaults(tmp_path):
     cfg = load_config(write(tmp_path, "train:\n  lr: 1e-3\n  max_steps: 5\ndata:\n"))
-    assert cfg["train"]["lr"] == 1e-3 and isinstance(cfg["train"]["lr"], float)
-    assert cfg["train"]["max_steps"] == 5
-    assert cfg["train"]["batch_size"] == DEFAULTS["train"]["batch_size"]
-    assert cfg["data"]["num_samples"] == DEFAULTS["data"]["num_samples"]
+    assert cfg.train.lr == 1e-3 and isinstance(cfg.train.lr, float)
+    assert cfg.train.max_steps == 5
+    assert cfg.train.batch_size == DEFAULTS["train"]["batch_size"]
+    assert cfg.data.num_samples == DEFAULTS["data"]["num_samples"]
 
 
 def test_explicit_name_kept(tmp_path):
-    assert load_config(write(tmp_path, "name: run-a\n"))["name"] == "run-a"
+    assert load_config(write(tmp_path, "name: run-a\n")).name == "run-a"
 
 
 def test_float_accepts_int(tmp_path):
     cfg = load_config(write(tmp_path, "train:\n  lr: 1\n"))
-    assert cfg["train"]["lr"] == 1.0 and isinstance(cfg["train"]["lr"], float)
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
 
 
 def test_defaults_not_mutated():
     before = copy.deepcopy(DEFAULTS)
     cfg = load_config("liver-cpu-tiny", ["model.channels=[4,8]", "model.strides=[2]"])
-    cfg["model"]["channels"].append(99)
+    cfg.model.channels.append(99)
     assert DEFAULTS == before
 
 
@@ -165,21 +169,21 @@ def test_overrides_typed():
     cfg = load_config("liver-cpu-tiny", [
         "train.lr=1e-3", "data.roi_size=[32,32,32]", "model.name=dynunet", "train.amp=true",
         "train.fold=3", "data.spacing=[2, 2, 2]", "name=x"])
-    assert cfg["train"]["lr"] == 1e-3 and isinstance(cfg["train"]["lr"], float)
-    assert cfg["data"]["roi_size"] == [32, 32, 32]
-    assert cfg["model"]["name"] == "dynunet"
-    assert cfg["train"]["amp"] is True and cfg["train"]["fold"] == 3
-    assert cfg["data"]["spacing"] == [2.0, 2.0, 2.0]
-    assert cfg["name"] == "x"
+    assert cfg.train.lr == 1e-3 and isinstance(cfg.train.lr, float)
+    assert cfg.data.roi_size == [32, 32, 32]
+    assert cfg.model.name == "dynunet"
+    assert cfg.train.amp is True and cfg.train.fold == 3
+    assert cfg.data.spacing == [2.0, 2.0, 2.0]
+    assert cfg.name == "x"
 
 
 def test_override_can_change_organ_and_refill():
     cfg = load_config("liver-cpu-tiny", ["organ=pancreas"])
-    assert cfg["organ"] == "pancreas" and cfg["data"]["hu_window"] == [-175.0, 250.0]
+    assert cfg.organ == "pancreas" and cfg.data.hu_window == [-175.0, 250.0]
 
 
 def test_later_override_wins():
-    assert load_config("liver-cpu-tiny", ["train.seed=1", "train.seed=2"])["train"]["seed"] == 2
+    assert load_config("liver-cpu-tiny", ["train.seed=1", "train.seed=2"]).train.seed == 2
 
 
 @pytest.mark.parametrize("bad", [
@@ -267,7 +271,7 @@ def test_bad_organ_task_combos(tmp_path, text, word):
 
 
 def test_organ3_allowed_for_chest(tmp_path):
-    assert num_classes(load_config(write(tmp_path, "organ: lung\ntask: organ3\n"))) == 3
+    assert load_config(write(tmp_path, "organ: lung\ntask: organ3\n")).num_classes == 3
 
 
 def test_missing_and_invalid_files(tmp_path):
@@ -285,7 +289,7 @@ def test_missing_and_invalid_files(tmp_path):
 
 def test_empty_file_is_all_defaults(tmp_path):
     cfg = load_config(write(tmp_path, "", "empty.yaml"))
-    assert cfg["name"] == "empty" and cfg["organ"] == "liver" and cfg["model"]["name"] == "swinunetr"
+    assert cfg.name == "empty" and cfg.organ == "liver" and cfg.model.name == "swinunetr"
 
 
 # --------------------------------------------------------------------------- save / load
@@ -301,8 +305,26 @@ def test_save_load_round_trip(tmp_path, name):
 
 
 def test_num_classes():
-    assert num_classes({"task": "organ3"}) == 3
-    assert num_classes({"task": "chest3"}) == 3
-    assert num_classes({"task": "abdomen7"}) == 7
+    assert load_config("liver-cpu-tiny").num_classes == 3
+    assert load_config("lung-cpu-tiny").num_classes == 3
+    assert load_config("abdomen7-cpu-tiny").num_classes == 7
+    assert load_config("abdomen7-cpu-tiny").tumour_classes == (2, 4, 6)
     with pytest.raises(ConfigError):
-        num_classes({"task": "x"})
+        num_classes("x")
+
+
+def test_replace_is_validated():
+    cfg = load_config("liver-cpu-tiny")
+    assert cfg.replace(**{"data.neg": 0.0, "train.seed": 3}).data.neg == 0.0
+    with pytest.raises(ConfigError, match="data.flip_prob"):
+        cfg.replace(**{"data.flip_prob": 2.0})
+    with pytest.raises(ConfigError, match="unknown config key"):
+        cfg.replace(**{"data.nope": 1})
+
+
+def test_qc_section_checked_once_for_overrides():
+    qc = QCConfig()
+    assert dataclasses.replace(qc, threshold=0.5).checked("test").threshold == 0.5
+    for bad in (1.0, -0.1):
+        with pytest.raises(ConfigError, match="qc.threshold"):
+            dataclasses.replace(qc, threshold=bad).checked("option --qc-threshold")

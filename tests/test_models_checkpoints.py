@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import pickle
@@ -22,7 +23,7 @@ from freetumor.checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
-from freetumor.config import load_config, num_classes
+from freetumor.config import load_config
 from freetumor.errors import ConfigError, InputError
 from freetumor.models import MODEL_NAMES, build_model
 
@@ -64,14 +65,14 @@ def test_build_each_model(name, extra, preset):
     model = build_model(cfg).eval()
     with torch.no_grad():
         y = model(torch.rand(1, 1, *roi))
-    assert tuple(y.shape) == (1, num_classes(cfg), *roi)
+    assert tuple(y.shape) == (1, cfg.num_classes, *roi)
 
 
 def test_dynunet_anisotropic_chest_roi():
     cfg = load_config("covid-cpu-tiny", ["model.name=dynunet", "model.filters=[4,8,16,32]"])
     model = build_model(cfg).eval()
     with torch.no_grad():
-        y = model(torch.rand(1, 1, *cfg["data"]["roi_size"]))
+        y = model(torch.rand(1, 1, *cfg.data.roi_size))
     assert tuple(y.shape) == (1, 3, 96, 96, 16)
 
 
@@ -93,7 +94,7 @@ def test_swinunetr_without_einops_is_a_clean_error():
 
 def test_unknown_model_name():
     cfg = tiny_cfg()
-    cfg["model"]["name"] = "vnet"
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name="vnet"))  # unchecked on purpose
     with pytest.raises(ConfigError, match="vnet"):
         build_model(cfg)
 
@@ -131,7 +132,7 @@ def test_round_trip(trained):
     cfg, model, opt, sched, path = trained
     ck = load_checkpoint(path)
     assert ck["format"] == CHECKPOINT_FORMAT and ck["format_version"] == 1 and ck["step"] == 2
-    assert ck["config"] == cfg
+    assert ck["config"] == cfg.to_dict()  # stored as a plain dict, the file format of before
     assert ck["extra"]["best"] == 0.5
     assert torch.equal(ck["extra"]["arr"], torch.arange(3))
     assert ck["extra"]["np_gen"] == np.random.default_rng(3).bit_generator.state
@@ -276,7 +277,7 @@ def test_architecture_mismatch(trained, tmp_path):
     ck = load_checkpoint(path)
     ck.pop("config")
     # the stored config edited to another model: keys do not fit
-    other = dict(cfg, model=dict(cfg["model"], name="dynunet", filters=[8, 16, 32, 64]))
+    other = dict(cfg.to_dict(), model=dict(cfg.to_dict()["model"], name="dynunet", filters=[8, 16, 32, 64]))
     ck["config_json"] = __import__("json").dumps(other)
     edited = tmp_path / "edited.pt"
     torch.save(ck, edited)
@@ -285,7 +286,7 @@ def test_architecture_mismatch(trained, tmp_path):
     msg = one_line(ei.value, edited)
     assert "weights do not fit the dynunet architecture" in msg and "missing" in msg and "unexpected" in msg
     # same architecture, other widths: shape mismatch
-    wider = dict(cfg, model=dict(cfg["model"], channels=[16, 16, 32, 64]))
+    wider = dict(cfg.to_dict(), model=dict(cfg.to_dict()["model"], channels=[16, 16, 32, 64]))
     ck["config_json"] = __import__("json").dumps(wider)
     torch.save(ck, edited)
     with pytest.raises(InputError) as ei:

@@ -13,23 +13,22 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from freetumor.checkpoints import save_checkpoint  # noqa: E402
-from freetumor.config import load_config  # noqa: E402
+from freetumor.checkpoints import load_network, save_checkpoint  # noqa: E402
+from freetumor.config import QCConfig, load_config  # noqa: E402
 from freetumor.errors import InputError  # noqa: E402
 from freetumor.generator import (  # noqa: E402
     LearnedDifference,
     apply_difference,
     blur3d,
-    build_generator,
     difference_map,
-    load_generator,
 )
-from freetumor.models import build_model  # noqa: E402
+from freetumor.models import build_generator, build_model  # noqa: E402
 from freetumor.organs import get_organ  # noqa: E402
 from freetumor.phantom import make_case, write_cohort  # noqa: E402
-from freetumor.quality import QCSettings, QualityControl, cheap_scores, decide  # noqa: E402
+from freetumor.quality import QualityControl, cheap_scores, decide  # noqa: E402
 from freetumor.synthesis import QCRejectedError, Synthesizer  # noqa: E402
-from freetumor.training.synthesis import PrepareFakeTumourd, Stage1, train_synthesis  # noqa: E402
+from freetumor.training.synthesis import Stage1, train_synthesis  # noqa: E402
+from freetumor.transforms import PrepareFakeTumourd  # noqa: E402
 
 SCRIPT = Path(sys.executable).parent / "freetumor"
 CLI = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "freetumor.cli"]
@@ -144,7 +143,7 @@ def _patch_from(case, cfg, tmp_path, name):
     img, lab = case
     save_volume(img, tmp_path / f"{name}_img.nii.gz")
     save_volume(lab, tmp_path / f"{name}_lab.nii.gz")
-    tf = train_transforms(dict(cfg, data=dict(cfg["data"], neg=0.0)), synthesis=PrepareFakeTumourd(cfg))
+    tf = train_transforms(cfg.replace(**{"data.neg": 0.0}), synthesis=PrepareFakeTumourd(cfg))
     tf.set_random_state(seed=3)
     return tf({"image": str(tmp_path / f"{name}_img.nii.gz"), "label": str(tmp_path / f"{name}_lab.nii.gz")})
 
@@ -251,7 +250,7 @@ def test_qc_threshold_accepts_and_rejects():
     image, label = make_case("abdomen", seed=33, tumour=False)
     # the liver sits around 0.5-0.6 of the window; a strong difference puts the tumour below 0.45
     seg = (_DarkIsTumour(0.45), cfg)
-    accept = QualityControl(seg, QCSettings(threshold=0.5))
+    accept = QualityControl(seg, QCConfig(threshold=0.5))
     out = Synthesizer("liver", size="medium", difference=0.9, qc=accept)(image, label, seed=1)
     q = out.lesions[0]["qc"]
     assert q["accepted"] and q["recall"] > 0.5 and out.lesions[0]["qc_tries"] >= 1
@@ -261,7 +260,7 @@ def test_qc_threshold_accepts_and_rejects():
     # the same weak tumour passes when the threshold is below its recall
     seg_all = (_DarkIsTumour(2.0), cfg)  # everything dark enough: recall 1
     ok = Synthesizer("liver", size="medium", difference=0.02,
-                     qc=QualityControl(seg_all, QCSettings(threshold=0.99, min_visible_mm3=0,
+                     qc=QualityControl(seg_all, QCConfig(threshold=0.99, min_visible_mm3=0,
                                                         contrast_hu=(-300, 300))))(image, label, seed=1)
     assert ok.lesions[0]["qc"]["recall"] == 1.0 and ok.lesions[0]["qc_tries"] == 1
 
@@ -277,13 +276,13 @@ def test_qc_decisions_follow_thresholds():
         after = before - drop * fake
         s = cheap_scores(before, after, fake, organ, (1.0, 1.0, 1.0))
         s["recall"] = recall
-        d = decide(s, liver, QCSettings(threshold=thr))
+        d = decide(s, liver, QCConfig(threshold=thr))
         assert d.accepted is ok, (drop, recall, thr, d.reasons)
     outside = fake.copy()
     organ2 = organ.copy()
     organ2[10:12] = False
     s = cheap_scores(before, before - 50 * fake, outside, organ2, (1.0, 1.0, 1.0))
-    assert s["inside_fraction"] == 0.5 and not decide(s, liver, QCSettings()).accepted
+    assert s["inside_fraction"] == 0.5 and not decide(s, liver, QCConfig()).accepted
 
 
 # ----------------------------------------------------------------- checkpoints
@@ -292,12 +291,12 @@ def test_generator_checkpoint_errors(tmp_path):
     gen = build_generator(cfg)
     good = tmp_path / "generator.pt"
     save_checkpoint(good, model=gen, cfg=cfg, step=3, kind="generator")
-    g2, cfg2 = load_generator(good)
+    g2, cfg2 = load_network(good, "generator")
     assert cfg2["synth"]["generator"]["channels"] == [4, 8, 16]
     seg = tmp_path / "seg.pt"
     save_checkpoint(seg, model=build_model(cfg), cfg=cfg, step=1)
     with pytest.raises(InputError, match="is a segmentor checkpoint, not a generator"):
-        load_generator(seg)
+        load_network(seg, "generator")
     from freetumor.checkpoints import load_model
 
     with pytest.raises(InputError, match="is a generator checkpoint, not a segmentor"):
@@ -305,16 +304,16 @@ def test_generator_checkpoint_errors(tmp_path):
     trunc = tmp_path / "trunc.pt"
     trunc.write_bytes(good.read_bytes()[:2000])
     with pytest.raises(InputError, match="trunc.pt"):
-        load_generator(trunc)
+        load_network(trunc, "generator")
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": gen.state_dict()}, foreign)
     with pytest.raises(InputError, match="not a freetumor checkpoint"):
-        load_generator(foreign)
+        load_network(foreign, "generator")
     other = tmp_path / "other.pt"
     save_checkpoint(other, model=build_generator(tiny_cfg("lung-cpu-tiny", ["data.roi_size=[32,32,16]"])),
                     cfg=cfg, step=1, kind="generator")
     with pytest.raises(InputError, match="do not fit"):
-        load_generator(other)
+        load_network(other, "generator")
 
 
 # ----------------------------------------------------------------- the trainer
@@ -349,7 +348,7 @@ def test_train_synth_run_resume_and_refusals(pools, tmp_path):
     epochs = _rows(tmp_path / "ref" / "epochs.jsonl")
     assert [e["step"] for e in epochs] == [0, 2, 4] and epochs[0]["probe_recall"] is not None
     assert len(list((tmp_path / "ref" / "samples").glob("epoch_*.png"))) == 3
-    load_generator(tmp_path / "ref" / "generator.pt")
+    load_network(tmp_path / "ref" / "generator.pt", "generator")
     # two steps, then resume to four: the same losses as the uninterrupted run
     half = tiny_cfg(extra=["synth.max_steps=2"])
     train_synthesis(half, pools / "lab.json", pools / "unl.json", pools / "seg.pt", tmp_path / "res",

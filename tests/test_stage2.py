@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 from freetumor.checkpoints import save_checkpoint  # noqa: E402
 from freetumor.config import load_config  # noqa: E402
 from freetumor.errors import ConfigError  # noqa: E402
-from freetumor.generator import build_generator  # noqa: E402
+from freetumor.models import build_generator  # noqa: E402
 from freetumor.io import save_volume  # noqa: E402
 from freetumor.models import build_model  # noqa: E402
 from freetumor.phantom import make_case, write_cohort  # noqa: E402

@@ -12,13 +12,14 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import LoadImaged, MapTransform
 
+from freetumor.config import resolve_config
 from freetumor.errors import ConfigError
 from freetumor.labels import get_label_map
 from freetumor.phantom import write_cohort
+from freetumor.tasks import class_mapping
 from freetumor.transforms import (
     ConvertLabelsd,
     VolumeReader,
-    class_mapping,
     infer_transforms,
     preprocess_transforms,
     train_transforms,
@@ -37,13 +38,13 @@ BASE_CFG = {
 }
 
 
-def make_cfg(**data) -> dict:
+def make_cfg(**data):
     cfg = copy.deepcopy(BASE_CFG)
     for key in ("organ", "task", "label_map"):
         if key in data:
             cfg[key] = data.pop(key)
     cfg["data"].update(data)
-    return cfg
+    return resolve_config(cfg, ["model.name=unet"], source="test config")
 
 
 def world_centre(affine: np.ndarray, shape) -> np.ndarray:

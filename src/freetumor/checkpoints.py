@@ -37,7 +37,11 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from . import __version__
+from .config import Config, resolve_config
 from .errors import ConfigError, InputError
+from .io import atomic_path
+from .models import build_network
 
 CHECKPOINT_FORMAT = "freetumor-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -146,7 +150,7 @@ def _strip_module(state: Mapping[str, Any]) -> dict:
 CHECKPOINT_KINDS = ("segmentor", "generator", "synthesis-run")
 
 
-def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, cfg: dict, step: int,
+def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, cfg: Config, step: int,
                     optimizer=None, scheduler=None, scaler=None, extra: dict | None = None,
                     kind: str = "segmentor") -> None:
     """Write a checkpoint atomically (temporary file in the same folder, then ``os.replace``).
@@ -168,7 +172,7 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, cfg: dic
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "freetumor_version": _version(),
         "kind": kind,
-        "config_json": json.dumps(cfg),
+        "config_json": json.dumps(cfg.to_dict()),
         "step": int(step),
         "model": _strip_module(_unwrap(model).state_dict()),
         "optimizer": None if optimizer is None else _safe(optimizer.state_dict(), "optimizer"),
@@ -176,8 +180,6 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, cfg: dic
         "scaler": None if scaler is None else _safe(scaler.state_dict(), "scaler"),
         "extra": None if extra is None else _safe(extra, "extra"),
     }
-    from .io import atomic_path
-
     with atomic_path(path, ".tmp") as tmp, open(tmp, "wb") as fh:
         torch.save(payload, fh)
         fh.flush()
@@ -185,8 +187,6 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, cfg: dic
 
 
 def _version() -> str:
-    from . import __version__
-
     return __version__
 
 
@@ -305,29 +305,38 @@ def _arch_name(model: torch.nn.Module) -> str:
     return names.get(type(model).__name__, type(model).__name__)
 
 
-def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[torch.nn.Module, dict]:
-    """Build the network from the checkpoint's stored config, load its weights, ``eval()``.
+def load_network(source, kind: str, map_location="cpu") -> tuple[torch.nn.Module, Config]:
+    """A trained network in eval mode on ``map_location``, and the config it was trained with.
 
-    Returns:
-        (model, cfg): the model on ``map_location`` in eval mode, and the config it was trained with.
+    Args:
+        source: a checkpoint path, or an already loaded ``(model, cfg)`` pair (returned as is,
+            moved to ``map_location`` and put in eval mode; a dict config is resolved).
+        kind: ``segmentor`` (``train-seg``'s best.pt / last.pt) or ``generator``
+            (``train-synth``'s generator.pt).
 
     Raises:
-        InputError: unreadable checkpoint, invalid stored config, or weights that do not fit.
+        InputError: unreadable checkpoint, another kind of checkpoint, an invalid stored
+            config, or weights that do not fit.
     """
-    from .models import build_model
-
-    p = str(path)
-    ck = load_checkpoint(p, map_location=map_location)
-    check_kind(ck, p, "segmentor")
-    cfg = ck["config"]
-    try:
-        model = build_model(cfg)
-    except ConfigError as exc:
-        raise InputError(p, f"stored config: {exc}") from None
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise InputError(p, f"stored config cannot build a model ({_short(exc)})") from None
-    _load_fitting(model, ck["model"], p, str(cfg["model"]["name"]))
+    if not isinstance(source, (str, os.PathLike)):
+        model, cfg = source
+        cfg = cfg if isinstance(cfg, Config) else resolve_config(cfg, source=f"{kind} config")
+    else:
+        p = str(source)
+        ck = load_checkpoint(p, map_location=map_location)
+        check_kind(ck, p, kind)
+        try:
+            cfg = resolve_config(ck["config"], source=p)
+            model = build_network(cfg, kind)
+        except ConfigError as exc:
+            raise InputError(p, f"stored config: {exc}") from None
+        _load_fitting(model, ck["model"], p, cfg.model.name if kind == "segmentor" else kind)
     if map_location is not None and isinstance(map_location, (str, torch.device)):
         model.to(map_location)
     model.eval()
     return model, cfg
+
+
+def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[torch.nn.Module, Config]:
+    """A trained segmentor (``RUNDIR/best.pt``) in eval mode, and its config (:func:`load_network`)."""
+    return load_network(path, "segmentor", map_location)

@@ -1,8 +1,12 @@
-"""Training configuration: a YAML file (or a named preset) merged over :data:`DEFAULTS`.
+"""Training configuration: typed sections, read from a YAML file or a named preset.
 
-A config is a plain nested ``dict`` of the schema in :data:`DEFAULTS`. Presets
-live in the package's ``configs/`` folder (``freetumor.configs``); :func:`load_config`
-accepts a YAML path or a preset name (``liver-paper``, ``liver-cpu-tiny.yaml``).
+A config is a frozen :class:`Config` of typed sections (:class:`DataConfig`,
+:class:`ModelConfig`, :class:`TrainConfig`, :class:`ValConfig`,
+:class:`SynthConfig`, :class:`QCConfig`). Every default is the field default of
+its dataclass, and nowhere else; :data:`DEFAULTS` is the same tree as a plain
+dict (what a YAML file may contain). Presets live in the package's ``configs/``
+folder (``freetumor.configs``); :func:`load_config` accepts a YAML path or a
+preset name (``liver-paper``, ``liver-cpu-tiny.yaml``).
 
 Rules:
 
@@ -13,17 +17,21 @@ Rules:
 * ``overrides`` are ``"a.b=value"`` strings, the value parsed as YAML
   (``1e-3`` is a float here, as in YAML 1.2);
 * ``data.spacing``, ``data.hu_window`` and ``data.roi_size`` left ``null`` are
-  filled from the organ registry; ``name`` left ``null`` becomes the file stem.
+  filled from the organ registry; ``name`` left ``null`` becomes the file stem;
+* values are validated once, by each section's ``checked`` method, when the
+  config is built; a section changed later (``dataclasses.replace``) is
+  re-checked with the same method (e.g. ``synthesize --qc-threshold``).
 
 ``label_map`` stays ``null`` when not given: ``freetumor.labels.get_label_map(None, organ)``
-then picks ``abdomen7`` or ``chest3``.
+then picks ``abdomen7`` or ``chest3``. Configs are stored (``config.yaml``, inside
+checkpoints) as :meth:`Config.to_dict`, and read back with :func:`resolve_config`.
 
 Example:
     >>> cfg = load_config("liver-cpu-tiny", ["train.lr=1e-3", "data.num_samples=1"])
-    >>> cfg["name"], cfg["model"]["name"], cfg["train"]["lr"], cfg["data"]["spacing"]
+    >>> cfg.name, cfg.model.name, cfg.train.lr, cfg.data.spacing
     ('liver-cpu-tiny', 'unet', 0.001, [3.0, 3.0, 3.0])
-    >>> num_classes(cfg)
-    3
+    >>> cfg.num_classes, cfg.tumour_classes
+    (3, (2,))
     >>> load_config("liver-cpu-tiny", ["train.max_stepz=3"])
     Traceback (most recent call last):
     ...
@@ -33,110 +41,369 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import math
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
 
 from .errors import ConfigError, InputError
-from .organs import ORGAN_NAMES, get_organ
+from .io import write_bytes_atomic
+from .labels import PRESET_NAMES, PRESETS
+from .organs import ORGAN_NAMES, SIZE_CHOICES, Organ, get_organ
+from .tasks import TASKS, num_classes, organ_classes, tumour_classes
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
-TASKS = ("organ3", "abdomen7", "chest3")
-TASK_CLASSES = {"organ3": 3, "abdomen7": 7, "chest3": 3}
 MODEL_NAMES = ("swinunetr", "unet", "dynunet")
+NORMS = ("instance", "batch")
+CONTEXTS = ("bbox", "patch")
 
-DEFAULTS: dict = {
-    "name": None,
-    "organ": "liver",
-    "task": "organ3",
-    "label_map": None,
-    "data": {
-        "spacing": None,
-        "hu_window": None,
-        "roi_size": None,
-        "num_samples": 4,
-        "pos": 1.0,
-        "neg": 1.0,
-        "scale_intensity": True,
-        "shift_intensity": True,
-        "flip_prob": 0.2,
-        "rot90_prob": 0.2,
-        "cache": False,
-        "num_workers": 0,
-        "labelled_repeat": 1,
-    },
-    "model": {
-        "name": "swinunetr",
-        "feature_size": 48,
-        "use_v2": True,
-        "use_checkpoint": True,
-        "channels": [32, 64, 128, 256],
-        "strides": [2, 2, 2],
-        "num_res_units": 2,
-        "filters": [32, 64, 128, 256],
-        "dropout": 0.0,
-    },
-    "train": {
-        "max_steps": 20000,
-        "batch_size": 1,
-        "lr": 3.0e-4,
-        "weight_decay": 1.0e-5,
-        "amsgrad": True,
-        "warmup_steps": 500,
-        "amp": True,
-        "seed": 0,
-        "val_every": 1000,
-        "checkpoint_every": 100,
-        "log_every": 10,
-        "folds": 5,
-        "fold": 0,
-        "cutmix": True,        # spatial CutMix of the patches of a step (METHOD §6), as the paper
-        "cutmix_beta": 0.2,
-    },
-    "val": {
-        "overlap": 0.75,
-        "sw_batch_size": 4,
-    },
-    # Stage 1 (``freetumor train-synth``) and learned synthesis: METHOD.md §4.2, §5.
-    "synth": {
-        "generator": {"channels": [64, 128, 256, 512], "strides": [2, 2, 2], "num_res_units": 2,
-                      "norm": "instance"},
-        "discriminator": {"channels": [64, 128, 256, 512], "strides": [2, 2, 2], "num_res_units": 2,
-                          "norm": "instance"},
-        "adv_weight": None,        # null: 0.1 abdomen, 0.5 chest
-        "lr": 1.0e-4,
-        "betas": [0.0, 0.999],
-        "max_steps": 20000,
-        "epoch_steps": 200,        # logging "epoch": losses, probe recall, QC rate, PNG grid
-        "checkpoint_every": 100,
-        "log_every": 10,
-        "labelled_fraction": 0.5,  # share of samples drawn from the labelled datalist
-        "size": "mix",
-        "blur_kernel": 7,          # Gaussian blur of the difference map (kernel, sigma in voxels)
-        "blur_sigma": 1.0,
-        "probe_samples": 8,        # fixed patches scored each epoch (recall of fake tumours)
-        "context": "bbox",         # learned synthesis runs G on the lesion box + margin, or the whole patch
-        "context_margin": 16,      # target voxels of context either side of the lesion box
-        "online_prob": 1.0,        # Stage 2: probability of synthesising on an eligible patch (paper: 1)
-        "online_max_tries": 1,     # Stage 2: tumours drawn per patch when QC rejects (paper: 1)
-    },
-    # Quality control of synthetic tumours (METHOD.md §7) plus cheap plausibility checks.
-    "qc": {
-        "threshold": 0.7,          # keep if > threshold of the fake voxels are predicted tumour
-        "min_inside": 0.99,        # fraction of the tumour inside the organ
-        "min_visible_mm3": 30.0,   # volume whose intensity changed by at least visible_hu
-        "visible_hu": 10.0,
-        "contrast_hu": None,       # [lo, hi] mean tumour minus surrounding-organ HU; null: organ default
-        "shell_mm": 5.0,           # width of the surrounding-organ ring
-    },
-}
 
+# --------------------------------------------------------------------------- checks
+
+
+def _numbers(cfg_key: str, value: Any, n: int, source: str, *, integer: bool = False, positive: bool = True) -> list:
+    ok = isinstance(value, (list, tuple)) and len(value) == n and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in value)
+    if ok and integer:
+        ok = all(float(x).is_integer() for x in value)
+    if ok and positive:
+        ok = all(x > 0 for x in value)
+    if not ok:
+        kind = ("positive integers" if integer else "positive numbers") if positive else "numbers"
+        raise ConfigError(f"config key {cfg_key!r} in {source} must be a list of {n} {kind}, got {value!r}")
+    return [int(x) for x in value] if integer else [float(x) for x in value]
+
+
+def _require(cond: bool, key: str, source: str, what: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"config key {key!r} in {source} must be {what}, got {value!r}")
+
+
+def _int_list(key: str, value: Any, source: str, min_len: int) -> list[int]:
+    ok = isinstance(value, (list, tuple)) and len(value) >= min_len and all(
+        isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in value)
+    _require(ok, key, source, f"a list of at least {min_len} positive integers", value)
+    return [int(x) for x in value]
+
+
+def dynunet_plan(roi_size: Sequence[int], levels: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Kernel sizes and strides for a DynUNet with ``levels`` resolution levels (one per filter).
+
+    The first level has stride 1; each further level halves an axis while that axis
+    stays divisible by 2 and at least 8 voxels (nnU-Net's rule), otherwise keeps it.
+
+    Example:
+        >>> dynunet_plan([96, 96, 16], 4)[1]
+        [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 1]]
+    """
+    size = [int(s) for s in roi_size]
+    strides = [[1, 1, 1]]
+    for _ in range(levels - 1):
+        st = [2 if s % 2 == 0 and s >= 8 else 1 for s in size]
+        size = [s // k for s, k in zip(size, st)]
+        strides.append(st)
+    return [[3, 3, 3] for _ in range(levels)], strides
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Section ``data``: geometry, intensity window and patch sampling."""
+
+    spacing: list[float] | None = None     # mm per voxel (R-L, A-P, S-I); null: the organ's target spacing
+    hu_window: list[float] | None = None   # [a_min, a_max] HU scaled to [0, 1]; null: the organ's window
+    roi_size: list[int] | None = None      # training patch in voxels; null: the organ's ROI
+    num_samples: int = 4                   # patches per volume per step
+    pos: float = 1.0                       # RandCropByPosNegLabeld foreground / background weights
+    neg: float = 1.0
+    scale_intensity: bool = True
+    shift_intensity: bool = True
+    flip_prob: float = 0.2
+    rot90_prob: float = 0.2
+    cache: bool = False
+    num_workers: int = 0
+    labelled_repeat: int = 1               # labelled cases repeated against the unlabelled pool
+
+    def checked(self, source: str, organ: Organ) -> "DataConfig":
+        hw = _numbers("data.hu_window", list(organ.hu_window) if self.hu_window is None else self.hu_window,
+                      2, source, positive=False)
+        _require(hw[0] < hw[1], "data.hu_window", source, "[a_min, a_max] with a_min < a_max", hw)
+        _require(self.num_samples >= 1, "data.num_samples", source, "at least 1", self.num_samples)
+        for k in ("pos", "neg"):
+            _require(getattr(self, k) >= 0, f"data.{k}", source, "zero or more", getattr(self, k))
+        _require(self.pos + self.neg > 0, "data.pos", source, "positive when data.neg is 0", self.pos)
+        for k in ("flip_prob", "rot90_prob"):
+            _require(0.0 <= getattr(self, k) <= 1.0, f"data.{k}", source, "a probability in [0, 1]", getattr(self, k))
+        _require(self.num_workers >= 0, "data.num_workers", source, "zero or more", self.num_workers)
+        _require(self.labelled_repeat >= 1, "data.labelled_repeat", source, "at least 1", self.labelled_repeat)
+        return dataclasses.replace(
+            self,
+            spacing=_numbers("data.spacing", list(organ.target_spacing) if self.spacing is None else self.spacing,
+                             3, source),
+            hu_window=hw,
+            roi_size=_numbers("data.roi_size", list(organ.roi_size) if self.roi_size is None else self.roi_size,
+                              3, source, integer=True),
+        )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Section ``model``: the segmentation network (SwinUNETR, U-Net or DynUNet)."""
+
+    name: str = "swinunetr"
+    feature_size: int = 48                                   # swinunetr
+    use_v2: bool = True                                      # swinunetr
+    use_checkpoint: bool = True                              # swinunetr: gradient checkpointing
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])   # unet
+    strides: list[int] = field(default_factory=lambda: [2, 2, 2])             # unet
+    num_res_units: int = 2                                   # unet
+    filters: list[int] = field(default_factory=lambda: [32, 64, 128, 256])    # dynunet
+    dropout: float = 0.0
+
+    @property
+    def input_multiple(self) -> int:
+        """Input sizes the network accepts are multiples of this."""
+        if self.name == "swinunetr":
+            return 32
+        if self.name == "unet":
+            return int(math.prod(self.strides))
+        return 2 ** (len(self.filters) - 1)
+
+    def checked(self, source: str, roi: list[int]) -> "ModelConfig":
+        _require(self.name in MODEL_NAMES, "model.name", source, f"one of {', '.join(MODEL_NAMES)}", self.name)
+        _require(self.feature_size > 0 and self.feature_size % 12 == 0, "model.feature_size", source,
+                 "a positive multiple of 12 (SwinUNETR)", self.feature_size)
+        channels = _int_list("model.channels", self.channels, source, 2)
+        strides = _int_list("model.strides", self.strides, source, 1)
+        if len(strides) != len(channels) - 1:
+            raise ConfigError(f"model.strides in {source} needs one entry fewer than model.channels "
+                              f"({len(channels)} channels, {len(strides)} strides)")
+        _require(self.num_res_units >= 0, "model.num_res_units", source, "zero or more", self.num_res_units)
+        filters = _int_list("model.filters", self.filters, source, 2)
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", source, "in [0, 1)", self.dropout)
+        if self.name == "swinunetr" and (any(s % 32 for s in roi) or max(roi) < 64):
+            raise ConfigError(f"data.roi_size {roi} in {source} must be multiples of 32, at least one of them 64 "
+                              "or more, for swinunetr")
+        if self.name == "unet":
+            f = math.prod(strides)
+            if any(s % f for s in roi):
+                raise ConfigError(f"data.roi_size {roi} in {source} must be divisible by {f} "
+                                  f"(the product of model.strides) for unet")
+        return dataclasses.replace(self, channels=channels, strides=strides, filters=filters)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Section ``train``: optimisation, schedule, logging, folds and CutMix."""
+
+    max_steps: int = 20000
+    batch_size: int = 1
+    lr: float = 3.0e-4
+    weight_decay: float = 1.0e-5
+    amsgrad: bool = True
+    warmup_steps: int = 500
+    amp: bool = True
+    seed: int = 0
+    val_every: int = 1000
+    checkpoint_every: int = 100
+    log_every: int = 10
+    folds: int = 5
+    fold: int = 0
+    cutmix: bool = True            # spatial CutMix of the patches of a step (METHOD §6), as the paper
+    cutmix_beta: float = 0.2
+
+    def checked(self, source: str) -> "TrainConfig":
+        for k in ("max_steps", "batch_size", "val_every", "checkpoint_every", "log_every"):
+            _require(getattr(self, k) >= 1, f"train.{k}", source, "at least 1", getattr(self, k))
+        _require(self.lr > 0, "train.lr", source, "positive", self.lr)
+        _require(self.weight_decay >= 0, "train.weight_decay", source, "zero or more", self.weight_decay)
+        _require(self.warmup_steps >= 0, "train.warmup_steps", source, "zero or more", self.warmup_steps)
+        _require(self.folds >= 2, "train.folds", source, "at least 2", self.folds)
+        _require(0 <= self.fold < self.folds, "train.fold", source, f"in [0, {self.folds})", self.fold)
+        _require(self.cutmix_beta > 0, "train.cutmix_beta", source, "positive", self.cutmix_beta)
+        return self
+
+
+@dataclass(frozen=True)
+class ValConfig:
+    """Section ``val``: sliding-window inference (validation, predict, QC)."""
+
+    overlap: float = 0.75
+    sw_batch_size: int = 4
+
+    def checked(self, source: str) -> "ValConfig":
+        _require(0.0 <= self.overlap < 1.0, "val.overlap", source, "in [0, 1)", self.overlap)
+        _require(self.sw_batch_size >= 1, "val.sw_batch_size", source, "at least 1", self.sw_batch_size)
+        return self
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """A MONAI residual 3D U-Net of the generator or discriminator (``synth.generator``, ``synth.discriminator``)."""
+
+    channels: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
+    strides: list[int] = field(default_factory=lambda: [2, 2, 2])
+    num_res_units: int = 2
+    norm: str = "instance"
+
+    def checked(self, source: str, key: str, roi: list[int]) -> "NetSpec":
+        ch = _int_list(f"{key}.channels", self.channels, source, 2)
+        st = _int_list(f"{key}.strides", self.strides, source, 1)
+        if len(st) != len(ch) - 1:
+            raise ConfigError(f"{key}.strides in {source} needs one entry fewer than {key}.channels")
+        f = math.prod(st)
+        if any(r % f for r in roi):
+            raise ConfigError(f"data.roi_size {roi} in {source} must be divisible by {f} "
+                              f"(the product of {key}.strides)")
+        _require(self.norm in NORMS, f"{key}.norm", source, f"one of {', '.join(NORMS)}", self.norm)
+        _require(self.num_res_units >= 0, f"{key}.num_res_units", source, "zero or more", self.num_res_units)
+        return dataclasses.replace(self, channels=ch, strides=st)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Section ``synth``: Stage 1 (``train-synth``), learned synthesis and Stage 2's online synthesis."""
+
+    generator: NetSpec = field(default_factory=NetSpec)
+    discriminator: NetSpec = field(default_factory=NetSpec)
+    adv_weight: float | None = None  # null: 0.1 abdomen, 0.5 chest
+    lr: float = 1.0e-4
+    betas: list[float] = field(default_factory=lambda: [0.0, 0.999])
+    max_steps: int = 20000
+    epoch_steps: int = 200           # logging "epoch": losses, probe recall, QC rate, PNG grid
+    checkpoint_every: int = 100
+    log_every: int = 10
+    labelled_fraction: float = 0.5   # share of samples drawn from the labelled datalist
+    size: str = "mix"
+    blur_kernel: int = 7             # Gaussian blur of the difference map (kernel, sigma in voxels)
+    blur_sigma: float = 1.0
+    probe_samples: int = 8           # fixed patches scored each epoch (recall of fake tumours)
+    context: str = "bbox"            # learned synthesis runs G on the lesion box + margin, or the whole patch
+    context_margin: int = 16         # target voxels of context either side of the lesion box
+    online_prob: float = 1.0         # Stage 2: probability of synthesising on an eligible patch (paper: 1)
+    online_max_tries: int = 1        # Stage 2: tumours drawn per patch when QC rejects (paper: 1)
+
+    def checked(self, source: str, roi: list[int]) -> "SynthConfig":
+        gen = self.generator.checked(source, "synth.generator", roi)
+        disc = self.discriminator.checked(source, "synth.discriminator", roi)
+        adv = self.adv_weight
+        if adv is not None:
+            _require(isinstance(adv, (int, float)) and not isinstance(adv, bool) and adv >= 0, "synth.adv_weight",
+                     source, "a number >= 0 or null", adv)
+            adv = float(adv)
+        _require(self.lr > 0, "synth.lr", source, "positive", self.lr)
+        betas = _numbers("synth.betas", self.betas, 2, source, positive=False)
+        _require(all(0 <= b < 1 for b in betas), "synth.betas", source, "two numbers in [0, 1)", betas)
+        for k in ("max_steps", "epoch_steps", "checkpoint_every", "log_every", "blur_kernel"):
+            _require(getattr(self, k) >= 1, f"synth.{k}", source, "at least 1", getattr(self, k))
+        _require(self.blur_kernel % 2 == 1, "synth.blur_kernel", source, "odd", self.blur_kernel)
+        _require(self.blur_sigma > 0, "synth.blur_sigma", source, "positive", self.blur_sigma)
+        _require(0.0 <= self.labelled_fraction <= 1.0, "synth.labelled_fraction", source, "in [0, 1]",
+                 self.labelled_fraction)
+        _require(self.size in SIZE_CHOICES, "synth.size", source, f"one of {', '.join(SIZE_CHOICES)}", self.size)
+        _require(self.probe_samples >= 0, "synth.probe_samples", source, "zero or more", self.probe_samples)
+        _require(self.context in CONTEXTS, "synth.context", source, "bbox or patch", self.context)
+        _require(self.context_margin >= 0, "synth.context_margin", source, "zero or more", self.context_margin)
+        _require(0.0 <= self.online_prob <= 1.0, "synth.online_prob", source, "in [0, 1]", self.online_prob)
+        _require(self.online_max_tries >= 1, "synth.online_max_tries", source, "at least 1", self.online_max_tries)
+        return dataclasses.replace(self, generator=gen, discriminator=disc, adv_weight=adv, betas=betas)
+
+
+@dataclass(frozen=True)
+class QCConfig:
+    """Section ``qc``: quality control of synthetic tumours (METHOD.md §7) plus cheap plausibility checks."""
+
+    threshold: float = 0.7          # keep if > threshold of the fake voxels are predicted tumour
+    min_inside: float = 0.99        # fraction of the tumour inside the organ
+    min_visible_mm3: float = 30.0   # volume whose intensity changed by at least visible_hu
+    visible_hu: float = 10.0
+    contrast_hu: list[float] | None = None  # [lo, hi] mean tumour minus surrounding-organ HU; null: organ default
+    shell_mm: float = 5.0           # width of the surrounding-organ ring
+
+    def checked(self, source: str) -> "QCConfig":
+        num = (int, float)
+        _require(isinstance(self.threshold, num) and 0.0 <= self.threshold < 1.0, "qc.threshold", source,
+                 "in [0, 1)", self.threshold)
+        _require(isinstance(self.min_inside, num) and 0.0 <= self.min_inside <= 1.0, "qc.min_inside", source,
+                 "in [0, 1]", self.min_inside)
+        for k in ("min_visible_mm3", "visible_hu", "shell_mm"):
+            _require(getattr(self, k) >= 0, f"qc.{k}", source, "zero or more", getattr(self, k))
+        contrast = self.contrast_hu
+        if contrast is not None:
+            contrast = _numbers("qc.contrast_hu", contrast, 2, source, positive=False)
+            _require(contrast[0] < contrast[1], "qc.contrast_hu", source, "[lo, hi] with lo < hi", contrast)
+        return dataclasses.replace(self, threshold=float(self.threshold), min_inside=float(self.min_inside),
+                                   contrast_hu=contrast)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole training configuration: the organ and task, and one typed section each."""
+
+    name: str | None = None
+    organ: str = "liver"
+    task: str = "organ3"
+    label_map: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    val: ValConfig = field(default_factory=ValConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    qc: QCConfig = field(default_factory=QCConfig)
+
+    # -- facts derived from the organ and task (see freetumor.tasks and freetumor.organs)
+    @property
+    def organ_info(self) -> Organ:
+        """The :class:`~freetumor.organs.Organ` of ``organ`` (region, sign, window, ...)."""
+        return get_organ(self.organ)
+
+    @property
+    def num_classes(self) -> int:
+        """Output classes of the segmentor: organ3 -> 3, chest3 -> 3, abdomen7 -> 7."""
+        return num_classes(self.task)
+
+    @property
+    def organ_classes(self) -> dict[str, tuple[int, int]]:
+        """Organ -> (organ class, tumour class) in the training classes of ``task``."""
+        return organ_classes(self.task, self.organ)
+
+    @property
+    def tumour_classes(self) -> tuple[int, ...]:
+        return tumour_classes(self.task, self.organ)
+
+    def to_dict(self) -> dict:
+        """The config as a plain nested dict (what config.yaml and checkpoints store)."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with ``"section.key"`` (or top-level) values changed, validated again.
+
+        Example:
+            >>> load_config("liver-cpu-tiny").replace(**{"data.neg": 0.0}).data.neg
+            0.0
+        """
+        tree = self.to_dict()
+        for key, value in changes.items():
+            *parents, last = key.split(".")
+            node = tree
+            for p in parents:
+                node = node[p]
+            if last not in node:
+                raise _unknown(key, "Config.replace")
+            node[last] = value
+        return resolve_config(tree, source="Config.replace")
+
+
+DEFAULTS: dict = Config().to_dict()
 
 # --------------------------------------------------------------------------- YAML
 
@@ -300,64 +567,21 @@ def _parse_override(text: str) -> dict:
     return tree
 
 
-# --------------------------------------------------------------------------- validation
+
+# --------------------------------------------------------------------------- building
 
 
-def _numbers(cfg_key: str, value: Any, n: int, source: str, *, integer: bool = False, positive: bool = True) -> list:
-    ok = isinstance(value, (list, tuple)) and len(value) == n and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in value)
-    if ok and integer:
-        ok = all(float(x).is_integer() for x in value)
-    if ok and positive:
-        ok = all(x > 0 for x in value)
-    if not ok:
-        kind = ("positive integers" if integer else "positive numbers") if positive else "numbers"
-        raise ConfigError(f"config key {cfg_key!r} in {source} must be a list of {n} {kind}, got {value!r}")
-    return [int(x) for x in value] if integer else [float(x) for x in value]
-
-
-def _require(cond: bool, key: str, source: str, what: str, value: Any) -> None:
-    if not cond:
-        raise ConfigError(f"config key {key!r} in {source} must be {what}, got {value!r}")
-
-
-def _int_list(key: str, value: list, source: str, min_len: int) -> list[int]:
-    ok = len(value) >= min_len and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in value)
-    _require(ok, key, source, f"a list of at least {min_len} positive integers", value)
-    return [int(x) for x in value]
-
-
-def dynunet_plan(roi_size: Sequence[int], levels: int) -> tuple[list[list[int]], list[list[int]]]:
-    """Kernel sizes and strides for a DynUNet with ``levels`` resolution levels (one per filter).
-
-    The first level has stride 1; each further level halves an axis while that axis
-    stays divisible by 2 and at least 8 voxels (nnU-Net's rule), otherwise keeps it.
-
-    Example:
-        >>> dynunet_plan([96, 96, 16], 4)[1]
-        [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 1]]
-    """
-    size = [int(s) for s in roi_size]
-    strides = [[1, 1, 1]]
-    for _ in range(levels - 1):
-        st = [2 if s % 2 == 0 and s >= 8 else 1 for s in size]
-        size = [s // k for s, k in zip(size, st)]
-        strides.append(st)
-    return [[3, 3, 3] for _ in range(levels)], strides
-
-
-def _validate(cfg: dict, source: str) -> dict:
-    """Fill registry defaults and check value ranges and combinations."""
-    organ_name = cfg["organ"]
+def _build(tree: dict, source: str) -> Config:
+    """The typed, validated config of a merged tree; fills registry defaults."""
+    organ_name = tree["organ"]
     if not isinstance(organ_name, str):
         raise ConfigError(f"config key 'organ' in {source} must be one of {', '.join(ORGAN_NAMES)}, got {organ_name!r}")
     try:
         organ = get_organ(organ_name)
     except ConfigError as exc:
         raise ConfigError(f"{exc} (config key 'organ' in {source})") from None
-    cfg["organ"] = organ.name
 
-    task = cfg["task"]
+    task = tree["task"]
     if task not in TASKS:
         raise ConfigError(f"config key 'task' in {source} must be one of {', '.join(TASKS)}, got {task!r}")
     if task == "abdomen7" and organ.region != "abdomen":
@@ -365,10 +589,8 @@ def _validate(cfg: dict, source: str) -> dict:
     if task == "chest3" and organ.region != "chest":
         raise ConfigError(f"task 'chest3' is for chest organs, not {organ.name!r} ({source}); use organ3 or abdomen7")
 
-    lm = cfg["label_map"]
+    lm = tree["label_map"]
     if lm is not None:
-        from .labels import PRESET_NAMES, PRESETS
-
         if not isinstance(lm, str) or not lm:
             raise ConfigError(f"config key 'label_map' in {source} must be a label-map name or .json path, got {lm!r}")
         if lm in PRESETS:
@@ -379,149 +601,53 @@ def _validate(cfg: dict, source: str) -> dict:
                 f"config key 'label_map' in {source}: unknown label map {lm!r}; use one of "
                 f"{', '.join(PRESET_NAMES)} or a .json file")
 
-    if cfg["name"] is not None and not isinstance(cfg["name"], str):
-        cfg["name"] = str(cfg["name"])
-
-    d = cfg["data"]
-    d["spacing"] = _numbers("data.spacing", list(organ.target_spacing) if d["spacing"] is None else d["spacing"],
-                            3, source)
-    hw = list(organ.hu_window) if d["hu_window"] is None else d["hu_window"]
-    hw = _numbers("data.hu_window", hw, 2, source, positive=False)
-    _require(hw[0] < hw[1], "data.hu_window", source, "[a_min, a_max] with a_min < a_max", hw)
-    d["hu_window"] = hw
-    d["roi_size"] = _numbers("data.roi_size", list(organ.roi_size) if d["roi_size"] is None else d["roi_size"],
-                             3, source, integer=True)
-    _require(d["num_samples"] >= 1, "data.num_samples", source, "at least 1", d["num_samples"])
-    for k in ("pos", "neg"):
-        _require(d[k] >= 0, f"data.{k}", source, "zero or more", d[k])
-    _require(d["pos"] + d["neg"] > 0, "data.pos", source, "positive when data.neg is 0", d["pos"])
-    for k in ("flip_prob", "rot90_prob"):
-        _require(0.0 <= d[k] <= 1.0, f"data.{k}", source, "a probability in [0, 1]", d[k])
-    _require(d["num_workers"] >= 0, "data.num_workers", source, "zero or more", d["num_workers"])
-    _require(d["labelled_repeat"] >= 1, "data.labelled_repeat", source, "at least 1", d["labelled_repeat"])
-
-    m = cfg["model"]
-    roi = d["roi_size"]
-    _require(m["name"] in MODEL_NAMES, "model.name", source, f"one of {', '.join(MODEL_NAMES)}", m["name"])
-    _require(m["feature_size"] > 0 and m["feature_size"] % 12 == 0, "model.feature_size", source,
-             "a positive multiple of 12 (SwinUNETR)", m["feature_size"])
-    m["channels"] = _int_list("model.channels", m["channels"], source, 2)
-    m["strides"] = _int_list("model.strides", m["strides"], source, 1)
-    if len(m["strides"]) != len(m["channels"]) - 1:
-        raise ConfigError(f"model.strides in {source} needs one entry fewer than model.channels "
-                          f"({len(m['channels'])} channels, {len(m['strides'])} strides)")
-    _require(m["num_res_units"] >= 0, "model.num_res_units", source, "zero or more", m["num_res_units"])
-    m["filters"] = _int_list("model.filters", m["filters"], source, 2)
-    _require(0.0 <= m["dropout"] < 1.0, "model.dropout", source, "in [0, 1)", m["dropout"])
-    if m["name"] == "swinunetr" and (any(s % 32 for s in roi) or max(roi) < 64):
-        raise ConfigError(f"data.roi_size {roi} in {source} must be multiples of 32, at least one of them 64 "
-                          "or more, for swinunetr")
-    if m["name"] == "unet":
-        f = math.prod(m["strides"])
-        if any(s % f for s in roi):
-            raise ConfigError(f"data.roi_size {roi} in {source} must be divisible by {f} "
-                              f"(the product of model.strides) for unet")
-
-    t = cfg["train"]
-    for k in ("max_steps", "batch_size", "val_every", "checkpoint_every", "log_every"):
-        _require(t[k] >= 1, f"train.{k}", source, "at least 1", t[k])
-    _require(t["lr"] > 0, "train.lr", source, "positive", t["lr"])
-    _require(t["weight_decay"] >= 0, "train.weight_decay", source, "zero or more", t["weight_decay"])
-    _require(t["warmup_steps"] >= 0, "train.warmup_steps", source, "zero or more", t["warmup_steps"])
-    _require(t["folds"] >= 2, "train.folds", source, "at least 2", t["folds"])
-    _require(0 <= t["fold"] < t["folds"], "train.fold", source, f"in [0, {t['folds']})", t["fold"])
-    _require(t["cutmix_beta"] > 0, "train.cutmix_beta", source, "positive", t["cutmix_beta"])
-
-    v = cfg["val"]
-    _require(0.0 <= v["overlap"] < 1.0, "val.overlap", source, "in [0, 1)", v["overlap"])
-    _require(v["sw_batch_size"] >= 1, "val.sw_batch_size", source, "at least 1", v["sw_batch_size"])
-    _validate_synth(cfg, source)
-    return cfg
-
-
-NORMS = ("instance", "batch")
-
-
-def _validate_synth(cfg: dict, source: str) -> None:
-    from .organs import SIZE_CHOICES
-
-    s = cfg["synth"]
-    roi = cfg["data"]["roi_size"]
-    for net in ("generator", "discriminator"):
-        spec = s[net]
-        if not isinstance(spec, dict) or set(spec) - {"channels", "strides", "num_res_units", "norm"}:
-            raise ConfigError(f"config key 'synth.{net}' in {source} must have only channels, strides, "
-                              f"num_res_units and norm, got {spec!r}")
-        spec.setdefault("num_res_units", 2)
-        spec.setdefault("norm", "instance")
-        ch = _int_list(f"synth.{net}.channels", list(spec.get("channels", [])), source, 2)
-        st = _int_list(f"synth.{net}.strides", list(spec.get("strides", [])), source, 1)
-        if len(st) != len(ch) - 1:
-            raise ConfigError(f"synth.{net}.strides in {source} needs one entry fewer than synth.{net}.channels")
-        f = math.prod(st)
-        if any(r % f for r in roi):
-            raise ConfigError(f"data.roi_size {roi} in {source} must be divisible by {f} "
-                              f"(the product of synth.{net}.strides)")
-        _require(spec["norm"] in NORMS, f"synth.{net}.norm", source, f"one of {', '.join(NORMS)}", spec["norm"])
-        _require(isinstance(spec["num_res_units"], int) and spec["num_res_units"] >= 0,
-                 f"synth.{net}.num_res_units", source, "zero or more", spec["num_res_units"])
-        spec["channels"], spec["strides"] = ch, st
-    if s["adv_weight"] is not None:
-        _require(isinstance(s["adv_weight"], (int, float)) and s["adv_weight"] >= 0, "synth.adv_weight", source,
-                 "a number >= 0 or null", s["adv_weight"])
-        s["adv_weight"] = float(s["adv_weight"])
-    _require(s["lr"] > 0, "synth.lr", source, "positive", s["lr"])
-    s["betas"] = _numbers("synth.betas", s["betas"], 2, source, positive=False)
-    _require(all(0 <= b < 1 for b in s["betas"]), "synth.betas", source, "two numbers in [0, 1)", s["betas"])
-    for k in ("max_steps", "epoch_steps", "checkpoint_every", "log_every", "blur_kernel"):
-        _require(s[k] >= 1, f"synth.{k}", source, "at least 1", s[k])
-    _require(s["blur_kernel"] % 2 == 1, "synth.blur_kernel", source, "odd", s["blur_kernel"])
-    _require(s["blur_sigma"] > 0, "synth.blur_sigma", source, "positive", s["blur_sigma"])
-    _require(0.0 <= s["labelled_fraction"] <= 1.0, "synth.labelled_fraction", source, "in [0, 1]",
-             s["labelled_fraction"])
-    _require(s["size"] in SIZE_CHOICES, "synth.size", source, f"one of {', '.join(SIZE_CHOICES)}", s["size"])
-    _require(s["probe_samples"] >= 0, "synth.probe_samples", source, "zero or more", s["probe_samples"])
-    _require(s["context"] in ("bbox", "patch"), "synth.context", source, "bbox or patch", s["context"])
-    _require(s["context_margin"] >= 0, "synth.context_margin", source, "zero or more", s["context_margin"])
-    _require(0.0 <= s["online_prob"] <= 1.0, "synth.online_prob", source, "in [0, 1]", s["online_prob"])
-    _require(s["online_max_tries"] >= 1, "synth.online_max_tries", source, "at least 1", s["online_max_tries"])
-    q = cfg["qc"]
-    _require(0.0 <= q["threshold"] < 1.0, "qc.threshold", source, "in [0, 1)", q["threshold"])
-    _require(0.0 <= q["min_inside"] <= 1.0, "qc.min_inside", source, "in [0, 1]", q["min_inside"])
-    for k in ("min_visible_mm3", "visible_hu", "shell_mm"):
-        _require(q[k] >= 0, f"qc.{k}", source, "zero or more", q[k])
-    if q["contrast_hu"] is not None:
-        q["contrast_hu"] = _numbers("qc.contrast_hu", q["contrast_hu"], 2, source, positive=False)
-        _require(q["contrast_hu"][0] < q["contrast_hu"][1], "qc.contrast_hu", source, "[lo, hi] with lo < hi",
-                 q["contrast_hu"])
+    name = tree["name"]
+    data = DataConfig(**tree["data"]).checked(source, organ)
+    roi = data.roi_size
+    s = dict(tree["synth"])
+    s["generator"], s["discriminator"] = NetSpec(**s["generator"]), NetSpec(**s["discriminator"])
+    return Config(
+        name=None if name is None else str(name),
+        organ=organ.name,
+        task=task,
+        label_map=lm,
+        data=data,
+        model=ModelConfig(**tree["model"]).checked(source, roi),
+        train=TrainConfig(**tree["train"]).checked(source),
+        val=ValConfig(**tree["val"]).checked(source),
+        synth=SynthConfig(**s).checked(source, roi),
+        qc=QCConfig(**tree["qc"]).checked(source),
+    )
 
 
 # --------------------------------------------------------------------------- public API
 
 
-def resolve_config(data: dict | None, overrides: Sequence[str] = (), *, source: str = "config",
-                   name: str | None = None) -> dict:
+def resolve_config(data: dict | Config | None, overrides: Sequence[str] = (), *, source: str = "config",
+                   name: str | None = None) -> Config:
     """Merge a config mapping (e.g. one stored in a checkpoint) over DEFAULTS, apply overrides, validate.
 
     Args:
-        data: the user's (partial) config; ``None`` means all defaults.
+        data: the user's (partial) config, or a :class:`Config`; ``None`` means all defaults.
         overrides: ``"a.b=value"`` strings.
         source: how messages name where ``data`` came from.
         name: value for ``name`` when the config leaves it ``null``.
     """
-    cfg = copy.deepcopy(DEFAULTS)
+    tree = copy.deepcopy(DEFAULTS)
+    if isinstance(data, Config):
+        data = data.to_dict()
     if data is not None:
-        _merge(cfg, DEFAULTS, data, source)
+        _merge(tree, DEFAULTS, data, source)
     if isinstance(overrides, str):
         overrides = [overrides]
     for ov in overrides:
-        _merge(cfg, DEFAULTS, _parse_override(ov), f"override {ov!r}")
-    if cfg["name"] is None and name is not None:
-        cfg["name"] = name
-    return _validate(cfg, source)
+        _merge(tree, DEFAULTS, _parse_override(ov), f"override {ov!r}")
+    if tree["name"] is None and name is not None:
+        tree["name"] = name
+    return _build(tree, source)
 
 
-def load_config(spec: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:
+def load_config(spec: str | os.PathLike, overrides: Sequence[str] = ()) -> Config:
     """Load a YAML config or preset, merge it over :data:`DEFAULTS`, apply overrides and validate.
 
     Args:
@@ -545,27 +671,7 @@ def load_config(spec: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:
     return resolve_config(data, overrides, source=shown, name=stem)
 
 
-def save_config(cfg: dict, path: str | os.PathLike) -> None:
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write a config as YAML, atomically; :func:`load_config` reads it back unchanged."""
-    from .io import write_bytes_atomic
-
-    def plain(x):
-        if isinstance(x, dict):
-            return {str(k): plain(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [plain(v) for v in x]
-        if hasattr(x, "item") and callable(x.item):  # numpy scalars
-            return x.item()
-        return x
-
-    text = yaml.dump(plain(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    text = yaml.dump(cfg.to_dict(), Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
     write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def num_classes(cfg: dict) -> int:
-    """Output classes of the segmentor: organ3 -> 3, chest3 -> 3, abdomen7 -> 7."""
-    task = cfg.get("task") if isinstance(cfg, dict) else None
-    try:
-        return TASK_CLASSES[task]
-    except (KeyError, TypeError):
-        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}") from None

@@ -199,7 +199,7 @@ def _stage1_section(out: Path, steps: int, seed: int, healthy: list[dict], log: 
     from .config import load_config
     from .generator import LearnedDifference
     from .io import load_volume, write_bytes_atomic
-    from .quality import QCSettings, QualityControl
+    from .quality import QualityControl
     from .synthesis import QCRejectedError, Synthesizer
     from .training.synthesis import train_synthesis
 
@@ -230,7 +230,7 @@ def _stage1_section(out: Path, steps: int, seed: int, healthy: list[dict], log: 
     rule = Synthesizer("liver", size="medium")(image, label, seed=seed + 7)
     learned = Synthesizer("liver", size="medium", difference=LearnedDifference(run / "generator.pt"))(
         image, label, seed=seed + 7)
-    qc = QualityControl(segmentor, QCSettings.from_config(cfg))
+    qc = QualityControl(segmentor, cfg.qc)
     verdicts = []
     for name, res in (("rule-based", rule), ("learned", learned)):
         try:

@@ -10,7 +10,7 @@ Layout written (nnU-Net v2's ``dataset_format`` for one CT channel)::
         freetumor_export.json         where each case came from and the class mapping used
 
 Labels are converted to the consecutive training classes of ``task`` with
-:func:`freetumor.transforms.class_mapping` (the same mapping training uses):
+:func:`freetumor.tasks.class_mapping` (the same mapping training uses):
 
 * ``organ3``: 0 background, 1 ``<organ>``, 2 ``<organ> tumour``;
 * ``abdomen7``: 0 background, 1 liver, 2 liver tumour, 3 pancreas, 4 pancreas
@@ -230,7 +230,6 @@ def export_nnunet(
             if not os.path.exists(e[k]):
                 raise InputError(e[k], f"no such file or folder ({k} of datalist entry {e['id']})")
 
-    from .transforms import class_mapping  # imports MONAI: after the cheap checks
 
     mapping = class_mapping(lm, task, organ or ("lung" if task == "chest3" else "liver"))
     lut = _lut(mapping)

@@ -71,7 +71,7 @@ class Predictor:
         from monai.data import MetaTensor
         from monai.transforms import Orientation, ScaleIntensityRange, Spacing
 
-        d = self.cfg["data"]
+        d = self.cfg.data
         img = MetaTensor(torch.as_tensor(np.asarray(vol.array, np.float32))[None], affine=torch.as_tensor(vol.affine))
         img = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(img)
         img = Spacing(pixdim=tuple(d["spacing"]), mode="bilinear")(img)
@@ -97,11 +97,11 @@ class Predictor:
             affine = affine @ shift
         x = x[None].to(self.device)
         with torch.no_grad():
-            amp = self.device.type == "cuda" and self.cfg["train"]["amp"]
+            amp = self.device.type == "cuda" and self.cfg.train.amp
             with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
                 logits = sliding_window_inference(
-                    x, tuple(self.cfg["data"]["roi_size"]), self.cfg["val"]["sw_batch_size"], self.model,
-                    overlap=self.cfg["val"]["overlap"],
+                    x, tuple(self.cfg.data.roi_size), self.cfg.val.sw_batch_size, self.model,
+                    overlap=self.cfg.val.overlap,
                 )
         pred = logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
         native = resample_nearest(pred, affine, vol.shape, vol.affine)

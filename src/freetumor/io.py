@@ -365,6 +365,21 @@ def same_grid(a: Volume, b: Volume, tol_mm: float = 1e-3) -> bool:
     return bool(np.allclose(a.affine, b.affine, atol=tol_mm, rtol=1e-5))
 
 
+def check_ct_intensity(image: Volume) -> None:
+    """Reject images that cannot be CT in Hounsfield units (one-line :class:`InputError`)."""
+    arr = image.array
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        n = int(np.count_nonzero(~np.isfinite(arr)))
+        raise InputError(image.name, f"contains {n} NaN or infinite voxels")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < -10000 or hi > 40000:
+        raise InputError(image.name, f"intensity range {lo:g}..{hi:g} HU is outside any CT range")
+    if hi - lo < 200:
+        raise InputError(image.name, f"intensity range {lo:g}..{hi:g} is too narrow for CT in HU (normalised image?)")
+    if lo >= 0:
+        raise InputError(image.name, f"no value below 0 (min {lo:g}): not Hounsfield units; CT has air and fat below 0 HU")
+
+
 def check_same_grid(image: Volume, label: Volume) -> None:
     """Raise :class:`InputError` (naming the label) when image and label grids differ."""
     if image.shape != label.shape:

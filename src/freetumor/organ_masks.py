@@ -48,7 +48,13 @@ from typing import Callable
 import numpy as np
 
 from .errors import ConfigError, InputError
-from .io import Volume, case_name, load_volume, save_volume, staged_output, write_bytes_atomic
+from . import __version__
+from .checkpoints import check_kind, load_checkpoint
+from .inference import list_inputs, predict_files, resample_nearest
+from .io import Volume, case_name, load_volume, save_volume, staged_output, to_nifti, write_bytes_atomic
+from .labels import default_label_map, get_label_map
+from .organs import get_organ
+from .tasks import check_task, organ_classes
 
 __all__ = ["ENGINES", "TOTALSEG_TO_ABDOMEN7", "LUNGMASK_TO_CHEST3", "map_labels", "merge_mapping", "segment_organs"]
 
@@ -86,19 +92,17 @@ def map_labels(array: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
 
 
 def merge_mapping(task: str, organ: str) -> tuple[dict[int, int], str]:
-    """Class map of a freetumor segmentor -> organ ids with tumours merged into the organ; and its label map."""
-    from .labels import default_label_map
-    from .organs import get_organ
+    """Class map of a freetumor segmentor -> organ ids with tumours merged into the organ; and its label map.
 
-    if task == "abdomen7":
-        return {0: 0, 1: 1, 2: 1, 3: 3, 4: 3, 5: 5, 6: 5}, "abdomen7"
-    if task == "chest3":
-        return {0: 0, 1: 1, 2: 1}, "chest3"
-    if task == "organ3":
-        o = get_organ(organ)
-        oid = int(o.freetumor_ids[0])
-        return {0: 0, 1: oid, 2: oid}, default_label_map(o.name)
-    raise ConfigError(f"unknown task {task!r} in the model's config; choose one of organ3, abdomen7, chest3")
+    The ids are those of FreeTumor's own convention for the task (``abdomen7`` or ``chest3``).
+    """
+    check_task(task)
+    lm_name = task if task in ("abdomen7", "chest3") else default_label_map(organ)
+    lm = get_label_map(lm_name)
+    mapping = {0: 0}
+    for name, (organ_cls, tumour_cls) in organ_classes(task, get_organ(organ).name).items():
+        mapping[organ_cls] = mapping[tumour_cls] = int(lm.organ_ids(name)[0])
+    return dict(sorted(mapping.items())), lm_name
 
 
 def _need_package(engine: str):
@@ -116,8 +120,6 @@ def _short(exc: BaseException) -> str:
 
 def _on_grid(arr: np.ndarray, affine: np.ndarray, vol: Volume) -> np.ndarray:
     """An engine's label array (with its affine) on ``vol``'s grid."""
-    from .inference import resample_nearest
-
     arr = np.asarray(arr)
     while arr.ndim > 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
@@ -128,8 +130,6 @@ def _on_grid(arr: np.ndarray, affine: np.ndarray, vol: Volume) -> np.ndarray:
 
 def _to_sitk(vol: Volume):
     """A SimpleITK image (LPS) of a volume (RAS affine)."""
-    import SimpleITK as sitk
-
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ vol.affine
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     img = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(vol.array).transpose(2, 1, 0)))
@@ -141,13 +141,9 @@ def _to_sitk(vol: Volume):
 
 def _totalseg_engine(device: str | None):
     _need_package("totalsegmentator")
-    from totalsegmentator.python_api import totalsegmentator
-
-    from .io import to_nifti
+    from totalsegmentator.python_api import totalsegmentator  # deferred: optional package
 
     if device is None:
-        import torch
-
         device = "cuda" if torch.cuda.is_available() else "cpu"
     ts_device = device.replace("cuda", "gpu") if device.startswith("cuda") else device
 
@@ -166,12 +162,12 @@ def _lungmask_engine(device: str | None):
     _need_package("lungmask")
     force_cpu = device is not None and not str(device).startswith("cuda")
     try:
-        from lungmask import LMInferer
+        from lungmask import LMInferer  # deferred: optional package
 
         inferer = LMInferer(modelname="R231", force_cpu=force_cpu)
         apply = inferer.apply
     except ImportError:  # lungmask < 0.2.16
-        from lungmask import mask as lm_mask
+        from lungmask import mask as lm_mask  # deferred: optional package
 
         model = lm_mask.get_model("unet", "R231")
 
@@ -216,8 +212,6 @@ def segment_organs(
         ConfigError: unknown engine, missing ``model``, missing optional package.
         InputError: unreadable input or checkpoint. Nothing is written on failure.
     """
-    from . import __version__
-    from .inference import list_inputs
 
     if engine not in ENGINES:
         raise ConfigError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -236,8 +230,6 @@ def segment_organs(
     masks: list[Path] = []
     with staged_output(out) as stage:
         if engine == "freetumor":
-            from .checkpoints import check_kind, load_checkpoint
-            from .inference import predict_files
 
             ck = load_checkpoint(model)
             check_kind(ck, model, "segmentor")

@@ -24,9 +24,9 @@ Example:
     >>> s = cheap_scores(before, after, fake, organ, (1.0, 1.0, 1.0))
     >>> s["inside_fraction"], s["visible_mm3"], s["contrast_hu"]
     (1.0, 64.0, -50.0)
-    >>> decide(s, get_organ("liver"), QCSettings()).accepted
+    >>> decide(s, get_organ("liver"), QCConfig()).accepted
     True
-    >>> decide(dict(s, recall=0.5), get_organ("liver"), QCSettings()).reasons
+    >>> decide(dict(s, recall=0.5), get_organ("liver"), QCConfig()).reasons
     ['segmentor recall 0.500 <= 0.7']
 """
 
@@ -37,34 +37,16 @@ import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
+from scipy.ndimage import binary_dilation
 
+from .checkpoints import load_network
+from .config import CONTEXTS, QCConfig
 from .errors import ConfigError
+from .grids import context_region, network_input, resample_to, to_ras
 from .organs import Organ
-
-
-@dataclass(frozen=True)
-class QCSettings:
-    """Thresholds of the quality checks (config section ``qc``)."""
-
-    threshold: float = 0.7
-    min_inside: float = 0.99
-    min_visible_mm3: float = 30.0
-    visible_hu: float = 10.0
-    contrast_hu: tuple[float, float] | None = None
-    shell_mm: float = 5.0
-
-    @classmethod
-    def from_config(cls, cfg: dict, **overrides) -> "QCSettings":
-        q = dict(cfg.get("qc") or {})
-        q.update({k: v for k, v in overrides.items() if v is not None})
-        if q.get("contrast_hu") is not None:
-            q["contrast_hu"] = tuple(float(v) for v in q["contrast_hu"])
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in q.items() if k in known})
-
-    def __post_init__(self):
-        if not 0.0 <= self.threshold < 1.0:
-            raise ConfigError(f"QC threshold must be in [0, 1), got {self.threshold}")
 
 
 @dataclass
@@ -82,13 +64,12 @@ class QCDecision:
 
 def predicted_tumour(scores, classes, keepdim: bool = False):
     """Voxels whose argmax over the class axis (1) is one of the tumour ``classes`` (bool tensor)."""
-    import torch
 
     am = scores.argmax(1, keepdim=keepdim)
     return torch.isin(am, torch.as_tensor(list(classes), device=am.device))
 
 
-def judge_patch(before01, after01, fake, host, organ: Organ, settings: "QCSettings", window, spacing,
+def judge_patch(before01, after01, fake, host, organ: Organ, settings: QCConfig, window, spacing,
                 pred=None) -> "QCDecision":
     """The QC decision for one windowed training patch ([0, 1] images, the patch's own grid).
 
@@ -112,8 +93,6 @@ def segmentor_recall(pred_tumour: np.ndarray, fake: np.ndarray) -> float:
 
 
 def _ring(fake: np.ndarray, spacing, shell_mm: float) -> np.ndarray:
-    from scipy.ndimage import binary_dilation
-
     reach = [max(1, int(math.ceil(shell_mm / float(s)))) for s in spacing]
     # An ellipsoidal structuring element in mm.
     grids = np.ogrid[tuple(slice(-r, r + 1) for r in reach)]
@@ -144,7 +123,7 @@ def cheap_scores(before_hu: np.ndarray, after_hu: np.ndarray, fake: np.ndarray, 
             "visible_mm3": round(visible, 3), "contrast_hu": None if contrast is None else round(contrast, 3)}
 
 
-def decide(scores: dict, organ: Organ, settings: QCSettings) -> QCDecision:
+def decide(scores: dict, organ: Organ, settings: QCConfig) -> QCDecision:
     """Apply the thresholds to ``scores`` (from :func:`cheap_scores`, optionally with ``recall``)."""
     reasons = []
     if scores.get("voxels", 0) == 0:
@@ -169,36 +148,27 @@ class QualityControl:
 
     Args:
         segmentor: a segmentation checkpoint path, ``(model, cfg)``, or ``None`` (cheap checks only).
-        settings: thresholds; default :class:`QCSettings`.
+        settings: thresholds; default :class:`~freetumor.config.QCConfig` (section ``qc``).
         device: torch device for the segmentor.
         context: what the segmentor sees around a lesion: the training patch centred on it
             (``patch``, as the paper) or the lesion box plus ``margin`` network voxels, padded to
             the network's input multiple (``bbox``; the patch when that would be larger).
     """
 
-    def __init__(self, segmentor=None, settings: QCSettings | None = None, device: str | None = None,
+    def __init__(self, segmentor=None, settings: QCConfig | None = None, device: str | None = None,
                  context: str = "patch", margin: int = 8):
-        if context not in ("bbox", "patch"):
+        if context not in CONTEXTS:
             raise ConfigError(f"QC context must be bbox or patch, got {context!r}")
         self.context, self.margin = context, int(margin)
-        self.settings = settings or QCSettings()
+        self.settings = settings or QCConfig()
         self.model = self.cfg = None
         self.path = None
         if segmentor is not None:
-            import torch
 
             self.device = torch.device(device or "cpu")
-            if isinstance(segmentor, (str, os.PathLike)):
-                from .checkpoints import load_model
-
-                self.model, self.cfg = load_model(segmentor, map_location=self.device)
-                self.path = str(segmentor)
-            else:
-                self.model, self.cfg = segmentor
-            self.model.to(self.device).eval()
-            from .training.segmentation import tumour_classes
-
-            self.tumour_classes = tumour_classes(self.cfg)
+            self.model, self.cfg = load_network(segmentor, "segmentor", self.device)
+            self.path = str(segmentor) if isinstance(segmentor, (str, os.PathLike)) else None
+            self.tumour_classes = self.cfg.tumour_classes
         self.calls = 0
 
     # ------------------------------------------------------------------ patch space (training)
@@ -208,23 +178,18 @@ class QualityControl:
         Inputs no larger than the training patch go through the network once (zero-padded to
         its input multiple); larger ones through sliding windows.
         """
-        import torch
-        import torch.nn.functional as F
-        from monai.inferers import sliding_window_inference
 
-        from .generator import network_multiple
-
-        roi = tuple(int(v) for v in self.cfg["data"]["roi_size"])
+        roi = tuple(self.cfg.data.roi_size)
         shape = tuple(x01.shape[2:])
         with torch.no_grad():
             if all(s <= r for s, r in zip(shape, roi)):
-                m = network_multiple(self.cfg)
+                m = self.cfg.model.input_multiple
                 pads = [(-s) % m for s in shape]
                 x = F.pad(x01, (0, pads[2], 0, pads[1], 0, pads[0])) if any(pads) else x01
                 logits = self.model(x.to(self.device))[:, :, : shape[0], : shape[1], : shape[2]]
             else:
-                logits = sliding_window_inference(x01.to(self.device), roi, self.cfg["val"]["sw_batch_size"],
-                                                  self.model, overlap=self.cfg["val"]["overlap"])
+                logits = sliding_window_inference(x01.to(self.device), roi, self.cfg.val.sw_batch_size,
+                                                  self.model, overlap=self.cfg.val.overlap)
         return predicted_tumour(logits, self.tumour_classes)
 
     # ------------------------------------------------------------------ native grid (synthesize)
@@ -256,18 +221,15 @@ class QualityControl:
         return decide(scores, organ, s)
 
     def _recall_native(self, image, box, fake_box, grid, organ: Organ) -> float:
-        import torch
 
-        from .generator import context_region, network_input, resample_to, to_ras
-
-        d = self.cfg["data"]
-        roi = tuple(int(v) for v in d["roi_size"])
-        region = context_region(box, grid, d["spacing"], image.shape, self.context, self.margin, roi)
+        d = self.cfg.data
+        roi = tuple(d.roi_size)
+        region = context_region(box, grid, d.spacing, image.shape, self.context, self.margin, roi)
         inner = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, region))
         fake = np.zeros([r.stop - r.start for r in region], np.float32)
         fake[inner] = fake_box
         fake = to_ras(fake, grid)
-        t, size, _ = network_input(image, region, grid, d["spacing"], d["hu_window"])
+        t, size, _ = network_input(image, region, grid, d.spacing, d.hu_window)
         f = resample_to(torch.from_numpy(np.ascontiguousarray(fake))[None, None], size, "nearest") > 0.5
         if not bool(f.any()):  # a lesion thinner than one target voxel: keep its centre voxel
             f = resample_to(torch.from_numpy(np.ascontiguousarray(fake))[None, None], size) > 0

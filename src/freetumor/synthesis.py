@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -34,8 +35,9 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
+from .config import Config
 from .errors import ConfigError, FreeTumorError, InputError
-from .io import Volume, check_same_grid, load_volume
+from .io import Volume, check_ct_intensity, check_same_grid, load_volume
 from .labels import LabelMap, get_label_map, label_values
 from .organs import SIZE_CHOICES, Organ, get_organ
 from .shapes import Grid, LesionMask, OrganTooSmallError, nominal_volume_ml, sample_shape
@@ -173,21 +175,6 @@ class SynthesisResult:
     label: Volume
     lesions: list[dict]
     masks: list[LesionMask] = field(default_factory=list)
-
-
-def check_ct_intensity(image: Volume) -> None:
-    """Reject images that cannot be CT in Hounsfield units (one-line :class:`InputError`)."""
-    arr = image.array
-    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-        n = int(np.count_nonzero(~np.isfinite(arr)))
-        raise InputError(image.name, f"contains {n} NaN or infinite voxels")
-    lo, hi = float(arr.min()), float(arr.max())
-    if lo < -10000 or hi > 40000:
-        raise InputError(image.name, f"intensity range {lo:g}..{hi:g} HU is outside any CT range")
-    if hi - lo < 200:
-        raise InputError(image.name, f"intensity range {lo:g}..{hi:g} is too narrow for CT in HU (normalised image?)")
-    if lo >= 0:
-        raise InputError(image.name, f"no value below 0 (min {lo:g}): not Hounsfield units; CT has air and fat below 0 HU")
 
 
 class Synthesizer:
@@ -417,19 +404,21 @@ def synthesize_files(
 
     difference = None
     qc = None
-    qc_cfg: dict = {}
+    cfg = Config()
     if generator is not None:
         from .generator import LearnedDifference
 
         difference = LearnedDifference(generator, device=device, context=context)
-        qc_cfg = difference.cfg
+        cfg = difference.cfg
     if qc_segmentor is not None or qc_threshold is not None:
-        from .quality import QCSettings, QualityControl
+        from .quality import QualityControl
 
-        settings = QCSettings.from_config(qc_cfg, threshold=qc_threshold)
+        settings = cfg.qc
+        if qc_threshold is not None:
+            settings = dataclasses.replace(settings, threshold=qc_threshold).checked("option --qc-threshold")
         # The segmentor sees the training patch around the lesion by default (as the paper): with
         # less context its recall drops (benchmarks/bench_synthesis.py, realism proxy).
-        margin = (qc_cfg.get("synth") or {}).get("context_margin", 16) // 2
+        margin = cfg.synth.context_margin // 2
         qc = QualityControl(qc_segmentor, settings, device=device, context=qc_context, margin=margin)
     synth = Synthesizer(organ, label_map=label_map, size=size, difference=difference, qc=qc,
                         qc_max_tries=qc_max_tries)

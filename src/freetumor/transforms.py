@@ -3,8 +3,8 @@
 The chains follow FreeTumor's ``utils/data_trans.py`` (``METHOD.md`` §2.3):
 
 1. load image (and label) with its affine, add a channel axis;
-2. map the label values of the datalist's convention (``cfg["label_map"]``) to
-   the training classes of ``cfg["task"]`` (:func:`class_mapping`, :class:`ConvertLabelsd`);
+2. map the label values of the datalist's convention (``cfg.label_map``) to
+   the training classes of ``cfg.task`` (:func:`freetumor.tasks.class_mapping`, :class:`ConvertLabelsd`);
 3. orient to RAS, resample to ``data.spacing`` (bilinear image, nearest label);
 4. window ``data.hu_window`` to [0, 1] (clipped);
 5. crop to the body (image > 0 after scaling) and pad to ``data.roi_size``.
@@ -16,20 +16,16 @@ transform on each augmented patch (FreeTumor synthesises after augmentation).
 All deterministic steps come before the first random one, so a cache
 (``CacheDataset`` or ``StepDataset``) stores the preprocessed volume.
 
-Training classes per ``task``:
-
-* ``organ3``: 0 background, 1 organ, 2 tumour of ``cfg["organ"]``;
-* ``abdomen7``: 0 bg, 1 liver, 2 liver tumour, 3 pancreas, 4 pancreas tumour,
-  5 kidney, 6 kidney tumour (every organ the label map has);
-* ``chest3``: 0 bg, 1 lung, 2 lesion.
+Training classes per ``task`` are defined in :mod:`freetumor.tasks`.
 
 Every chain returns ``image`` as a float32 :class:`monai.data.MetaTensor` of
 shape ``(1, X, Y, Z)`` whose ``.affine`` maps voxels to RAS+ millimetres, and
 ``label`` (when loaded) of the same shape holding class values only.
 
 Example:
-    >>> class_mapping("abdomen7", "organ3", "kidney")
-    {0: 0, 1: 0, 2: 0, 3: 0, 4: 0, 5: 1, 6: 2}
+    >>> from freetumor.config import load_config
+    >>> len(val_transforms(load_config("liver-cpu-tiny")).transforms)
+    8
 """
 
 from __future__ import annotations
@@ -42,105 +38,55 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 from monai.data import ImageReader, MetaTensor
-from monai.transforms import MapTransform, Randomizable
+from monai.transforms import (
+    Compose,
+    CropForegroundd,
+    DeleteItemsd,
+    EnsureChannelFirstd,
+    FgBgToIndicesd,
+    LoadImaged,
+    MapTransform,
+    Orientationd,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    Randomizable,
+    RandRotate90d,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    ScaleIntensityRanged,
+    Spacingd,
+    SpatialPadd,
+)
 from monai.utils import convert_to_dst_type
 
+from .checkpoints import load_network
+from .config import Config, DataConfig
 from .errors import ConfigError, InputError
+from .generator import apply_difference, difference_map
 from .io import is_nifti, load_volume
-from .labels import LabelMap, get_label_map
+from .labels import get_label_map
 from .organs import get_organ
+from .quality import QualityControl, judge_patch
 from .shapes import Grid, OrganTooSmallError
 from .synthesis import lesion_soft_mask, place_lesion, rule_based_difference
+from .tasks import class_mapping
 from .texture import SIGMA_A, SIGMA_B, procedural_texture
 
 __all__ = [
-    "TASKS",
-    "ABDOMEN7_ORGANS",
-    "class_mapping",
     "ConvertLabelsd",
     "VolumeReader",
     "preprocess_transforms",
     "train_transforms",
     "val_transforms",
     "infer_transforms",
-    "organ_classes",
     "PrepareFakeTumourd",
     "RandTumorSynthesisd",
 ]
 
-TASKS = ("organ3", "abdomen7", "chest3")
-
-# abdomen7 classes: organ -> (organ class, tumour class)
-ABDOMEN7_ORGANS = {"liver": (1, 2), "pancreas": (3, 4), "kidney": (5, 6)}
-_CHEST_ORGANS = ("lung", "covid")
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # the affines here are RAS+ (nibabel's convention)
 
 
 # ----------------------------------------------------------------------------- label classes
-def class_mapping(label_map: str | os.PathLike | LabelMap, task: str, organ: str) -> dict[int, int]:
-    """Input label value -> training class, for every value the label map knows.
-
-    Values the map knows but the task does not use map to 0; values the map
-    does not know at all are absent here and :class:`ConvertLabelsd` maps them
-    to 0 too.
-
-    Args:
-        label_map: the datalist's label convention (preset name, JSON path or
-            :class:`~freetumor.labels.LabelMap`).
-        task: ``organ3``, ``abdomen7`` or ``chest3`` (see the module docstring).
-        organ: the tumour type (used by ``organ3``; ``chest3`` prefers it when
-            it is ``lung`` or ``covid``).
-
-    Raises:
-        ConfigError: unknown task, the map lacks the organ(s) the task needs, or
-            one input value would need two different classes.
-
-    Example:
-        >>> class_mapping("abdomen7", "organ3", "liver")
-        {0: 0, 1: 1, 2: 2, 3: 0, 4: 0, 5: 0, 6: 0}
-        >>> m = class_mapping("totalseg", "abdomen7", "liver")
-        >>> m[5], m[7], m[2], m[3], m[201], m[202], m[203], m[1]
-        (1, 3, 5, 5, 2, 4, 6, 0)
-        >>> class_mapping("chest3", "chest3", "covid")
-        {0: 0, 1: 1, 2: 2}
-    """
-    lm = get_label_map(label_map)
-    pairs: list[tuple[str, int, int]] = []  # (organ, organ class, tumour class)
-    if task == "organ3":
-        lm.organ_ids(organ)  # ConfigError when the map lacks it
-        pairs.append((organ, 1, 2))
-    elif task == "abdomen7":
-        pairs = [(name, c, t) for name, (c, t) in ABDOMEN7_ORGANS.items() if lm.supports(name)]
-        if not pairs:
-            raise ConfigError(
-                f"label map {lm.name!r} has none of {', '.join(ABDOMEN7_ORGANS)}; task abdomen7 needs at least one")
-    elif task == "chest3":
-        order = sorted(_CHEST_ORGANS, key=lambda n: n != str(organ).lower())  # the configured organ first
-        pairs = [(name, 1, 2) for name in order if lm.supports(name)]
-        if not pairs:
-            raise ConfigError(f"label map {lm.name!r} has no lung or covid entry; task chest3 needs one")
-    else:
-        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-
-    mapping = {int(v): 0 for v in lm.known}
-    mapping[0] = 0
-    assigned: dict[int, tuple[int, str]] = {}
-
-    def put(value: int, cls: int, what: str) -> None:
-        old = assigned.get(value)
-        if old is not None and old[0] != cls:
-            raise ConfigError(
-                f"label map {lm.name!r}: value {value} is both {old[1]} and {what}; task {task} needs one class")
-        assigned[value] = (cls, what)
-        mapping[value] = cls
-
-    for name, organ_cls, tumour_cls in pairs:
-        for v in lm.organ_ids(name):
-            put(int(v), organ_cls, f"{name} organ")
-        put(int(lm.tumour_id(name)), tumour_cls, f"{name} tumour")
-    return dict(sorted(mapping.items()))
-
-
 class ConvertLabelsd(MapTransform):
     """Map label values to training classes with one look-up table (values not in ``mapping`` -> 0).
 
@@ -255,32 +201,7 @@ class VolumeReader(ImageReader):
 
 
 # ----------------------------------------------------------------------------- chains
-def _data_cfg(cfg: Mapping) -> Mapping:
-    try:
-        return cfg["data"]
-    except (KeyError, TypeError):
-        raise ConfigError("config has no 'data' section") from None
-
-
-def _get(d: Mapping, key: str, section: str = "data."):
-    try:
-        return d[key]
-    except KeyError:
-        raise ConfigError(f"config is missing {section}{key}") from None
-
-
-def _triple(value, what: str, kind=float) -> tuple:
-    try:
-        vals = tuple(kind(v) for v in value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"data.{what} must be a list of 3 numbers, got {value!r}") from None
-    if len(vals) != 3 or any(v <= 0 for v in vals):
-        raise ConfigError(f"data.{what} must be 3 positive numbers, got {value!r}")
-    return vals
-
-
 def _load_steps(keys: list[str]) -> list:
-    from monai.transforms import EnsureChannelFirstd, LoadImaged
 
     # LoadImaged also builds MONAI's default readers; their notes about optional GPU DICOM
     # decoders (a warning and a log line each time) are noise here.
@@ -296,18 +217,9 @@ def _load_steps(keys: list[str]) -> list:
     return [load, EnsureChannelFirstd(keys=keys)]
 
 
-def _geometry_steps(cfg: Mapping, keys: list[str]) -> list:
-    from monai.transforms import Orientationd, ScaleIntensityRanged, Spacingd
-
-    d = _data_cfg(cfg)
-    spacing = _triple(_get(d, "spacing"), "spacing")
-    window = _get(d, "hu_window")
-    try:
-        a_min, a_max = (float(v) for v in window)
-    except (TypeError, ValueError):
-        raise ConfigError(f"data.hu_window must be [a_min, a_max], got {window!r}") from None
-    if not a_max > a_min:
-        raise ConfigError(f"data.hu_window must have a_min < a_max, got {window!r}")
+def _geometry_steps(data: DataConfig, keys: list[str]) -> list:
+    spacing = tuple(data.spacing)
+    a_min, a_max = data.hu_window
     modes = ("bilinear", "nearest")[: len(keys)]
     return [
         Orientationd(keys=keys, axcodes="RAS", labels=_RAS_LABELS),
@@ -316,7 +228,7 @@ def _geometry_steps(cfg: Mapping, keys: list[str]) -> list:
     ]
 
 
-def preprocess_transforms(cfg: Mapping, *, with_label: bool = True, crop_foreground: bool = True) -> list:
+def preprocess_transforms(cfg: Config, *, with_label: bool = True, crop_foreground: bool = True) -> list:
     """The deterministic steps shared by training and validation, as a list.
 
     Load, channel first, label -> classes (with a label), RAS, resample to
@@ -324,22 +236,19 @@ def preprocess_transforms(cfg: Mapping, *, with_label: bool = True, crop_foregro
     (scaled image > 0) if ``crop_foreground``, pad to ``data.roi_size``.
 
     Example:
-        >>> cfg = {"organ": "liver", "task": "organ3", "label_map": "abdomen7",
-        ...        "data": {"spacing": [1.5, 1.5, 1.5], "hu_window": [-175.0, 250.0], "roi_size": [96, 96, 96]}}
+        >>> from freetumor.config import load_config
+        >>> cfg = load_config("liver-paper")
         >>> [type(t).__name__ for t in preprocess_transforms(cfg)]  # doctest: +NORMALIZE_WHITESPACE
         ['LoadImaged', 'EnsureChannelFirstd', 'ConvertLabelsd', 'Orientationd', 'Spacingd',
          'ScaleIntensityRanged', 'CropForegroundd', 'SpatialPadd']
     """
-    from monai.transforms import CropForegroundd, SpatialPadd
-
     keys = ["image", "label"] if with_label else ["image"]
     steps = _load_steps(keys)
     if with_label:
-        organ = _get(cfg, "organ", "")
-        mapping = class_mapping(get_label_map(cfg.get("label_map"), organ), _get(cfg, "task", ""), organ)
+        mapping = class_mapping(get_label_map(cfg.label_map, cfg.organ), cfg.task, cfg.organ)
         steps.append(ConvertLabelsd(keys=("label",), mapping=mapping))
-    steps += _geometry_steps(cfg, keys)
-    roi = _triple(_get(_data_cfg(cfg), "roi_size"), "roi_size", int)
+    steps += _geometry_steps(cfg.data, keys)
+    roi = tuple(cfg.data.roi_size)
     if crop_foreground:
         steps.append(CropForegroundd(keys=keys, source_key="image", margin=0, allow_smaller=True,
                                      start_coord_key=None, end_coord_key=None))
@@ -347,7 +256,7 @@ def preprocess_transforms(cfg: Mapping, *, with_label: bool = True, crop_foregro
     return steps
 
 
-def train_transforms(cfg: Mapping, synthesis=None):
+def train_transforms(cfg: Config, synthesis=None):
     """Training chain: :func:`preprocess_transforms`, patch sampling, augmentation, then ``synthesis``.
 
     Returns a :class:`monai.transforms.Compose` that maps ``{"image": path,
@@ -356,38 +265,17 @@ def train_transforms(cfg: Mapping, synthesis=None):
     dict, or ``None``) runs on each patch after the augmentations.
 
     Example:
-        >>> cfg = {"organ": "liver", "task": "organ3", "label_map": "abdomen7",
-        ...        "data": {"spacing": [1.5, 1.5, 1.5], "hu_window": [-175.0, 250.0], "roi_size": [96, 96, 96],
-        ...                 "num_samples": 4, "pos": 1.0, "neg": 1.0, "scale_intensity": True,
-        ...                 "shift_intensity": True, "flip_prob": 0.2, "rot90_prob": 0.2}}
+        >>> from freetumor.config import load_config
+        >>> cfg = load_config("liver-paper")
         >>> [type(t).__name__ for t in train_transforms(cfg).transforms][8:]  # doctest: +NORMALIZE_WHITESPACE
         ['FgBgToIndicesd', 'RandCropByPosNegLabeld', 'DeleteItemsd', 'RandFlipd', 'RandFlipd', 'RandFlipd', 'RandRotate90d',
          'RandScaleIntensityd', 'RandShiftIntensityd']
     """
-    from monai.transforms import (
-        Compose,
-        DeleteItemsd,
-        FgBgToIndicesd,
-        RandCropByPosNegLabeld,
-        RandFlipd,
-        RandRotate90d,
-        RandScaleIntensityd,
-        RandShiftIntensityd,
-    )
-
-    d = _data_cfg(cfg)
+    d = cfg.data
     keys = ["image", "label"]
-    roi = _triple(_get(d, "roi_size"), "roi_size", int)
-    pos, neg = float(_get(d, "pos")), float(_get(d, "neg"))
-    if pos < 0 or neg < 0 or pos + neg <= 0:
-        raise ConfigError(f"data.pos and data.neg must be >= 0 and not both 0, got {pos} and {neg}")
-    num_samples = int(_get(d, "num_samples"))
-    if num_samples < 1:
-        raise ConfigError(f"data.num_samples must be at least 1, got {num_samples}")
-    flip_p, rot_p = float(_get(d, "flip_prob")), float(_get(d, "rot90_prob"))
-    for name, p in (("flip_prob", flip_p), ("rot90_prob", rot_p)):
-        if not 0.0 <= p <= 1.0:
-            raise ConfigError(f"data.{name} must be in [0, 1], got {p}")
+    roi = tuple(d.roi_size)
+    pos, neg, num_samples = d.pos, d.neg, d.num_samples
+    flip_p, rot_p = d.flip_prob, d.rot90_prob
     steps = preprocess_transforms(cfg, with_label=True, crop_foreground=True)
     # Foreground/background voxel indices are computed once in the deterministic (cacheable) part,
     # not again for every random crop.
@@ -399,54 +287,43 @@ def train_transforms(cfg: Mapping, synthesis=None):
     steps.append(DeleteItemsd(keys=["label_fg_idx", "label_bg_idx"]))
     steps += [RandFlipd(keys=keys, prob=flip_p, spatial_axis=axis) for axis in range(3)]
     steps.append(RandRotate90d(keys=keys, prob=rot_p, max_k=3))
-    if bool(_get(d, "scale_intensity")):
+    if d.scale_intensity:
         steps.append(RandScaleIntensityd(keys="image", factors=0.1, prob=0.1))
-    if bool(_get(d, "shift_intensity")):
+    if d.shift_intensity:
         steps.append(RandShiftIntensityd(keys="image", offsets=0.1, prob=0.1))
     if synthesis is not None:
         steps.append(synthesis)
     return Compose(steps)
 
 
-def val_transforms(cfg: Mapping):
+def val_transforms(cfg: Config):
     """Validation chain: :func:`preprocess_transforms` with the label, no random step.
 
     Example:
-        >>> cfg = {"organ": "lung", "task": "chest3", "label_map": "chest3",
-        ...        "data": {"spacing": [1.25, 1.25, 5.0], "hu_window": [-1000.0, 500.0], "roi_size": [192, 192, 32]}}
-        >>> len(val_transforms(cfg).transforms)
+        >>> from freetumor.config import load_config
+        >>> len(val_transforms(load_config("lung-paper")).transforms)
         8
     """
-    from monai.transforms import Compose
 
     return Compose(preprocess_transforms(cfg, with_label=True, crop_foreground=True))
 
 
-def infer_transforms(cfg: Mapping):
+def infer_transforms(cfg: Config):
     """Inference chain on ``{"image": path}``: load, RAS, resample, window; no crop or pad.
 
     The output's ``.affine`` maps its voxels to the scanner's RAS+ mm, so a
     prediction can be resampled back onto the input grid.
 
     Example:
-        >>> cfg = {"data": {"spacing": [1.5, 1.5, 1.5], "hu_window": [-175.0, 250.0]}}
-        >>> [type(t).__name__ for t in infer_transforms(cfg).transforms]  # doctest: +NORMALIZE_WHITESPACE
+        >>> from freetumor.config import load_config
+        >>> [type(t).__name__ for t in infer_transforms(load_config("liver-paper")).transforms]  # doctest: +NORMALIZE_WHITESPACE
         ['LoadImaged', 'EnsureChannelFirstd', 'Orientationd', 'Spacingd', 'ScaleIntensityRanged']
     """
-    from monai.transforms import Compose
 
-    return Compose(_load_steps(["image"]) + _geometry_steps(cfg, ["image"]))
+    return Compose(_load_steps(["image"]) + _geometry_steps(cfg.data, ["image"]))
 
 
 # ----------------------------------------------------------------------------- synthetic tumours on patches
-def organ_classes(cfg: dict) -> dict[str, tuple[int, int]]:
-    """Organ -> (organ class, tumour class) in the training classes of ``cfg["task"]``."""
-    task = cfg["task"]
-    if task == "abdomen7":
-        return dict(ABDOMEN7_ORGANS)
-    return {cfg["organ"]: (1, 2)}
-
-
 class PrepareFakeTumourd(Randomizable, MapTransform):
     """Draw one rule-based tumour in a training patch, for Stage 1 (and Stage 2's synthesis).
 
@@ -464,10 +341,10 @@ class PrepareFakeTumourd(Randomizable, MapTransform):
     A patch without room for a tumour gets an empty ``fake`` and zero ``weight``.
     """
 
-    def __init__(self, cfg: dict, size: str | None = None, min_voxels: int = 64, max_tries: int = 10):
+    def __init__(self, cfg: Config, size: str | None = None, min_voxels: int = 64, max_tries: int = 10):
         MapTransform.__init__(self, keys=("image", "label"))
-        self.organs = [(get_organ(name), cls) for name, cls in organ_classes(cfg).items()]
-        self.size = size or cfg["synth"]["size"]
+        self.organs = [(get_organ(name), cls) for name, cls in cfg.organ_classes.items()]
+        self.size = size or cfg.synth.size
         self.min_voxels = int(min_voxels)
         self.max_tries = int(max_tries)
         self._seed = 0
@@ -542,7 +419,7 @@ class RandTumorSynthesisd(Randomizable, MapTransform):
         device: torch device for the networks.
     """
 
-    def __init__(self, cfg: dict, mode: str = "procedural", generator=None, qc_segmentor=None,
+    def __init__(self, cfg: Config, mode: str = "procedural", generator=None, qc_segmentor=None,
                  prob: float = 1.0, max_tries: int = 1, cheap_checks: bool = True, device: str | None = None):
         MapTransform.__init__(self, keys=("image", "label"))
         if mode not in ("procedural", "generator"):
@@ -551,33 +428,27 @@ class RandTumorSynthesisd(Randomizable, MapTransform):
             raise ConfigError(f"synthesis probability must be in [0, 1], got {prob}")
         if int(max_tries) < 1:
             raise ConfigError(f"max_tries must be at least 1, got {max_tries}")
-        from .quality import QCSettings, QualityControl
-
         self.cfg = cfg
         self.mode = mode
         self.prob = float(prob)
         self.max_tries = int(max_tries)
         self.device = torch.device(device or "cpu")
         self.prep = PrepareFakeTumourd(cfg)
-        self.classes = organ_classes(cfg)
+        self.classes = cfg.organ_classes
         self.organ_by_class = {c: get_organ(n) for n, (c, _t) in self.classes.items()}
         self.tumour_of = {c: t for _n, (c, t) in self.classes.items()}
-        self.region = get_organ(cfg["organ"]).region
-        self.sign = -1 if self.region == "abdomen" else +1
+        self.region = cfg.organ_info.region
+        self.sign = cfg.organ_info.sign
         self.generator = None
         if mode == "generator":
             if generator is None:
                 raise ConfigError("synthesis mode 'generator' needs a generator checkpoint (--generator)")
-            from .generator import load_generator
-
-            self.generator, gcfg = load_generator(generator, self.device) if isinstance(
-                generator, (str, os.PathLike)) else generator
+            self.generator, gcfg = load_network(generator, "generator", self.device)
             for key in ("spacing", "hu_window"):
-                if [float(v) for v in gcfg["data"][key]] != [float(v) for v in cfg["data"][key]]:
-                    raise ConfigError(f"generator was trained with data.{key} {gcfg['data'][key]}, "
-                                      f"the training config has {cfg['data'][key]}")
-            self.generator.eval()
-        self.settings = QCSettings.from_config(cfg)
+                if getattr(gcfg.data, key) != getattr(cfg.data, key):
+                    raise ConfigError(f"generator was trained with data.{key} {getattr(gcfg.data, key)}, "
+                                      f"the training config has {getattr(cfg.data, key)}")
+        self.settings = cfg.qc
         self.qc = QualityControl(qc_segmentor, self.settings, device=str(self.device)) if qc_segmentor is not None \
             else None
         self.cheap_checks = bool(cheap_checks)
@@ -602,9 +473,6 @@ class RandTumorSynthesisd(Randomizable, MapTransform):
 
     @torch.no_grad()
     def __call__(self, data):
-        from .generator import apply_difference, difference_map
-        from .quality import judge_patch
-
         d = dict(data)
         self.randomize()
         rng = np.random.default_rng(self._seed)
@@ -615,8 +483,8 @@ class RandTumorSynthesisd(Randomizable, MapTransform):
             return self._status(d, "skipped", 0)
         img = d["image"]
         x = torch.as_tensor(np.asarray(img, np.float32))[None]  # (1, 1, X, Y, Z)
-        lo, hi = (float(v) for v in self.cfg["data"]["hu_window"])
-        spacing = tuple(float(v) for v in self.cfg["data"]["spacing"])
+        lo, hi = self.cfg.data.hu_window
+        spacing = tuple(self.cfg.data.spacing)
         for attempt in range(1, self.max_tries + 1):
             self.prep.set_random_state(seed=int(rng.integers(0, 2**31 - 1)))
             p = self.prep({"image": img, "label": d["label"]})
@@ -625,7 +493,7 @@ class RandTumorSynthesisd(Randomizable, MapTransform):
             weight = p["weight"][None]
             if self.generator is not None:
                 dmap = difference_map(self.generator, x.to(self.device), p["channel"].view(1),
-                                      float(self.cfg["synth"]["blur_sigma"]), int(self.cfg["synth"]["blur_kernel"]))
+                                      self.cfg.synth.blur_sigma, self.cfg.synth.blur_kernel)
                 dmap = dmap.cpu()
             else:
                 dmap = torch.tensor(rule_based_difference(rng))

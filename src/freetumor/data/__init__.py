@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FreeTumorError, InputError
-from ..io import check_same_grid, load_volume
+from ..io import check_ct_intensity, check_same_grid, load_volume
 from ..labels import LabelMap, get_label_map, label_values
 
 
@@ -108,8 +108,6 @@ class CaseCheck:
 
 def check_case(entry: dict, label_map: LabelMap) -> CaseCheck:
     """Check one pair: readable, same grid, known label values, HU plausible."""
-    from ..synthesis import check_ct_intensity
-
     res = CaseCheck(entry.get("id", "?"), entry["image"], entry.get("label"))
     try:
         image = load_volume(entry["image"])

@@ -46,7 +46,8 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 from ..errors import ConfigError, FreeTumorError, InputError
-from ..io import Volume, check_same_grid, load_volume, save_volume, staged_output, write_bytes_atomic
+from ..io import (Volume, check_ct_intensity, check_same_grid, load_volume, save_volume, staged_output,
+                  write_bytes_atomic)
 from ..labels import label_values
 
 CATALOG_PATH = Path(__file__).resolve().with_name("catalog.yaml")
@@ -381,8 +382,6 @@ def summarise_label(values: Iterable[int], target: str) -> tuple[list[str], list
 # --------------------------------------------------------------------------------------------- index
 
 def _check_image(path: Path) -> Volume:
-    from ..synthesis import check_ct_intensity
-
     image = load_volume(path)
     check_ct_intensity(image)
     return image

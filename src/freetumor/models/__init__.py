@@ -1,7 +1,7 @@
 """Segmentation networks built from a config (MONAI implementations).
 
 ``model.name`` picks the network; all take one CT channel and give
-``num_classes(cfg)`` logits at the input resolution:
+``cfg.num_classes`` logits at the input resolution:
 
 * ``swinunetr`` — SwinUNETR as in FreeTumor (feature size 48, v2, gradient
   checkpointing); the ROI must be divisible by 32;
@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import torch
 
-from ..config import MODEL_NAMES, dynunet_plan, num_classes
+from ..config import MODEL_NAMES, Config, dynunet_plan
 from ..errors import ConfigError
+from .generator import (DISCRIMINATOR_CLASSES, FAKE, GENERATOR_CHANNELS, REAL, DifferenceGenerator,
+                        build_discriminator, build_generator)
 
-__all__ = ["MODEL_NAMES", "build_model", "dynunet_plan"]
+__all__ = ["MODEL_NAMES", "build_model", "dynunet_plan", "build_network", "DifferenceGenerator", "build_generator",
+           "build_discriminator", "GENERATOR_CHANNELS", "DISCRIMINATOR_CLASSES", "REAL", "FAKE"]
 
 
 def _need_einops() -> None:
@@ -38,15 +41,15 @@ def _need_einops() -> None:
                           "or choose model.name=unet or dynunet")
 
 
-def build_model(cfg: dict) -> torch.nn.Module:
-    """The network ``cfg["model"]`` describes: in 1 channel, out ``num_classes(cfg)``.
+def build_model(cfg: Config) -> torch.nn.Module:
+    """The network ``cfg.model`` describes: in 1 channel, out ``cfg.num_classes``.
 
     Raises:
         ConfigError: unknown ``model.name``; ``swinunetr`` without the einops package.
     """
-    m = cfg["model"]
-    name = m.get("name")
-    out = num_classes(cfg)
+    m = cfg.model
+    name = m.name
+    out = cfg.num_classes
     if name == "swinunetr":
         _need_einops()
         from monai.networks.nets import SwinUNETR
@@ -54,10 +57,10 @@ def build_model(cfg: dict) -> torch.nn.Module:
         return SwinUNETR(
             in_channels=1,
             out_channels=out,
-            feature_size=int(m["feature_size"]),
-            use_v2=bool(m["use_v2"]),
-            use_checkpoint=bool(m["use_checkpoint"]),
-            drop_rate=float(m.get("dropout", 0.0)),
+            feature_size=m.feature_size,
+            use_v2=m.use_v2,
+            use_checkpoint=m.use_checkpoint,
+            drop_rate=m.dropout,
             spatial_dims=3,
         )
     if name == "unet":
@@ -67,17 +70,17 @@ def build_model(cfg: dict) -> torch.nn.Module:
             spatial_dims=3,
             in_channels=1,
             out_channels=out,
-            channels=tuple(int(c) for c in m["channels"]),
-            strides=tuple(int(s) for s in m["strides"]),
-            num_res_units=int(m["num_res_units"]),
-            dropout=float(m.get("dropout", 0.0)),
+            channels=tuple(m.channels),
+            strides=tuple(m.strides),
+            num_res_units=m.num_res_units,
+            dropout=m.dropout,
         )
     if name == "dynunet":
         from monai.networks.nets import DynUNet
 
-        filters = [int(f) for f in m["filters"]]
-        kernels, strides = dynunet_plan(cfg["data"]["roi_size"], len(filters))
-        dropout = float(m.get("dropout", 0.0))
+        filters = list(m.filters)
+        kernels, strides = dynunet_plan(cfg.data.roi_size, len(filters))
+        dropout = m.dropout
         return DynUNet(
             spatial_dims=3,
             in_channels=1,
@@ -91,3 +94,12 @@ def build_model(cfg: dict) -> torch.nn.Module:
             deep_supervision=False,
         )
     raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+
+
+def build_network(cfg: Config, kind: str) -> torch.nn.Module:
+    """The network of a checkpoint kind: ``segmentor`` (:func:`build_model`) or ``generator``."""
+    if kind == "segmentor":
+        return build_model(cfg)
+    if kind == "generator":
+        return build_generator(cfg)
+    raise ConfigError(f"no network for checkpoint kind {kind!r}")

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..checkpoints import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from ..config import save_config
+from ..config import Config, save_config
 from ..data import datalist_entries  # noqa: F401 (re-exported for the trainers)
 from ..errors import ConfigError, InputError
 from ..models import build_model
@@ -136,10 +136,6 @@ def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
 
 
 # ----------------------------------------------------------------------------- metrics
-def tumour_classes(cfg: dict) -> tuple[int, ...]:
-    return (2, 4, 6) if cfg["task"] == "abdomen7" else (2,)
-
-
 def dice(pred: np.ndarray, gt: np.ndarray) -> float:
     inter = np.logical_and(pred, gt).sum()
     denom = pred.sum() + gt.sum()
@@ -147,7 +143,7 @@ def dice(pred: np.ndarray, gt: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def validate(model, cfg: dict, entries: list[dict], device) -> dict:
+def validate(model, cfg: Config, entries: list[dict], device) -> dict:
     """Sliding-window validation; tumour Dice averaged over cases with tumour (paper)."""
     from monai.inferers import sliding_window_inference
 
@@ -156,7 +152,7 @@ def validate(model, cfg: dict, entries: list[dict], device) -> dict:
     if not entries:
         return {"cases": 0}
     tf = val_transforms(cfg)
-    tum = tumour_classes(cfg)
+    tum = cfg.tumour_classes
     model.eval()
     tumour_dices, organ_dices = [], []
     for e in entries:
@@ -164,8 +160,8 @@ def validate(model, cfg: dict, entries: list[dict], device) -> dict:
         img = torch.as_tensor(d["image"])[None].to(device)
         with _autocast(cfg, device):
             logits = sliding_window_inference(
-                img, tuple(cfg["data"]["roi_size"]), cfg["val"]["sw_batch_size"], model,
-                overlap=cfg["val"]["overlap"],
+                img, tuple(cfg.data.roi_size), cfg.val.sw_batch_size, model,
+                overlap=cfg.val.overlap,
             )
         pred = logits.argmax(1)[0].cpu().numpy()
         gt = np.asarray(d["label"])[0]
@@ -182,8 +178,8 @@ def validate(model, cfg: dict, entries: list[dict], device) -> dict:
     }
 
 
-def _autocast(cfg: dict, device):
-    if device.type == "cuda" and cfg["train"]["amp"]:
+def _autocast(cfg: Config, device):
+    if device.type == "cuda" and cfg.train.amp:
         return torch.autocast("cuda", dtype=torch.float16)
     import contextlib
 
@@ -229,7 +225,7 @@ def spatial_cutmix(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, beta:
     return x, y
 
 
-def train_step(model, batch: dict, loss_fn, optimizer, scaler, scheduler, cfg: dict, device,
+def train_step(model, batch: dict, loss_fn, optimizer, scaler, scheduler, cfg: Config, device,
                mix: torch.Generator | None = None) -> float:
     """One optimiser step of segmentation training on a collated batch; returns the loss.
 
@@ -237,8 +233,8 @@ def train_step(model, batch: dict, loss_fn, optimizer, scaler, scheduler, cfg: d
     generator) and ``train.cutmix`` on, the patches are spatially CutMixed first.
     """
     x, y = batch_tensors(batch, device)
-    if mix is not None and cfg["train"].get("cutmix", False):
-        x, y = spatial_cutmix(x, y, mix, float(cfg["train"].get("cutmix_beta", 0.2)))
+    if mix is not None and cfg.train.cutmix:
+        x, y = spatial_cutmix(x, y, mix, cfg.train.cutmix_beta)
     optimizer.zero_grad(set_to_none=True)
     with _autocast(cfg, device):
         loss = loss_fn(model(x), y)
@@ -312,7 +308,7 @@ def weights_sha256(model) -> str:
 
 # ----------------------------------------------------------------------------- trainer
 def train_segmentation(
-    cfg: dict,
+    cfg: Config,
     datalist: str | os.PathLike,
     out: str | os.PathLike,
     *,
@@ -347,12 +343,12 @@ def train_segmentation(
     out = Path(out)
     world, rank, local_rank = _dist_setup()
     device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    tr = cfg["train"]
-    max_steps = int(tr["max_steps"])
+    tr = cfg.train
+    max_steps = int(tr.max_steps)
 
     entries = datalist_entries(datalist)
-    train_entries, val_entries = kfold_split(entries, int(tr["folds"]), int(tr["fold"]))
-    train_entries = train_entries * max(1, int(cfg["data"]["labelled_repeat"]))
+    train_entries, val_entries = kfold_split(entries, int(tr.folds), int(tr.fold))
+    train_entries = train_entries * max(1, cfg.data.labelled_repeat)
     if unlabelled is not None:
         train_entries = train_entries + datalist_entries(unlabelled, "unlabelled cases with organ masks")
 
@@ -360,7 +356,7 @@ def train_segmentation(
     if rank == 0:
         check_run_folder(out, resume)
         out.mkdir(parents=True, exist_ok=True)
-        split = {"fold": tr["fold"], "folds": tr["folds"], "split_seed": SPLIT_SEED,
+        split = {"fold": tr.fold, "folds": tr.folds, "split_seed": SPLIT_SEED,
                  "train": sorted({e["image"] for e in train_entries}), "val": [e["image"] for e in val_entries]}
         split_path = out / "split.json"
         if resume and split_path.exists() and json.loads(split_path.read_text())["val"] != split["val"]:
@@ -370,12 +366,12 @@ def train_segmentation(
     if world > 1:
         torch.distributed.barrier()
 
-    torch.manual_seed(int(tr["seed"]))
+    torch.manual_seed(int(tr.seed))
     model = build_model(cfg).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(tr["lr"]), weight_decay=float(tr["weight_decay"]),
-                                  amsgrad=bool(tr["amsgrad"]))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(int(tr["warmup_steps"]), max_steps))
-    use_amp = device.type == "cuda" and bool(tr["amp"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(tr.lr), weight_decay=float(tr.weight_decay),
+                                  amsgrad=bool(tr.amsgrad))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(int(tr.warmup_steps), max_steps))
+    use_amp = device.type == "cuda" and bool(tr.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start, best = 0, -1.0
     if resume:
@@ -406,13 +402,13 @@ def train_segmentation(
     synth_tf = None
     if synthesis != "none":
         synth_tf = RandTumorSynthesisd(cfg, synthesis, generator=generator, qc_segmentor=qc_segmentor,
-                                       prob=float(cfg["synth"]["online_prob"]),
-                                       max_tries=int(cfg["synth"]["online_max_tries"]))
-    ds = StepDataset(train_entries, train_transforms(cfg, synthesis=synth_tf), int(tr["seed"]),
-                     cache=bool(cfg["data"]["cache"]))
+                                       prob=cfg.synth.online_prob,
+                                       max_tries=cfg.synth.online_max_tries)
+    ds = StepDataset(train_entries, train_transforms(cfg, synthesis=synth_tf), int(tr.seed),
+                     cache=cfg.data.cache)
     loader = torch.utils.data.DataLoader(
-        ds, batch_sampler=StepBatches(start, max_steps, int(tr["batch_size"]), world, rank),
-        num_workers=int(cfg["data"]["num_workers"]), collate_fn=_collate,
+        ds, batch_sampler=StepBatches(start, max_steps, int(tr.batch_size), world, rank),
+        num_workers=cfg.data.num_workers, collate_fn=_collate,
     )
     loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)
     bar = None
@@ -430,7 +426,7 @@ def train_segmentation(
     step = start
     for batch in loader:
         step += 1
-        mix = torch.Generator().manual_seed(int(np.random.SeedSequence([int(tr["seed"]), step, rank]).generate_state(1)[0]))
+        mix = torch.Generator().manual_seed(int(np.random.SeedSequence([int(tr.seed), step, rank]).generate_state(1)[0]))
         lv = train_step(train_model, batch, loss_fn, optimizer, scaler, scheduler, cfg, device, mix=mix)
         status = list(batch.get("synth_status", []))
         if world > 1:
@@ -445,13 +441,13 @@ def train_segmentation(
                     row["synth"] = {k: status.count(k) for k in sorted(set(status))}
                     row["synth_tries"] = int(torch.as_tensor(batch["synth_tries"]).sum())
                 fh.write(json.dumps(row) + "\n")
-            if step % int(tr["log_every"]) == 0 or step == max_steps:
+            if step % int(tr.log_every) == 0 or step == max_steps:
                 writer.add_scalar("train/loss", lv, step)
                 writer.add_scalar("train/lr", lr, step)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{lv:.4f}")
-            if step % int(tr["val_every"]) == 0 or step == max_steps:
+            if step % int(tr.val_every) == 0 or step == max_steps:
                 res = validate(model, cfg, val_entries, device)
                 score = res.get("tumour_dice")
                 score = res.get("foreground_dice", -1.0) if score is None else score
@@ -464,7 +460,7 @@ def train_segmentation(
                 if score > best:
                     best = score
                     checkpoint(out / "best.pt", step)
-            if step % int(tr["checkpoint_every"]) == 0 or step == max_steps:
+            if step % int(tr.checkpoint_every) == 0 or step == max_steps:
                 checkpoint(last, step)
         if world > 1:
             torch.distributed.barrier()

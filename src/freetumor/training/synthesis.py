@@ -43,12 +43,13 @@ import numpy as np
 import torch
 
 from ..checkpoints import check_kind, load_checkpoint, load_model, rng_state, save_checkpoint, set_rng_state
-from ..config import save_config
+from ..config import Config, QCConfig, save_config
 from ..errors import InputError
-from ..generator import FAKE, REAL, apply_difference, build_discriminator, build_generator, difference_map
+from ..generator import apply_difference, difference_map
+from ..models import FAKE, REAL, build_discriminator, build_generator
 from ..organs import get_organ
-from ..quality import QCSettings, judge_patch, predicted_tumour
-from ..transforms import PrepareFakeTumourd, organ_classes  # noqa: F401 (re-exported)
+from ..quality import judge_patch, predicted_tumour
+from ..transforms import PrepareFakeTumourd
 from .segmentation import (
     StepBatches,
     StepDataset,
@@ -61,7 +62,6 @@ from .segmentation import (
     finish_run,
     gather_digests,
     reset_logs,
-    tumour_classes,
 )
 
 PROBE_SEED_OFFSET = 1_000_003  # probe patches come from their own random stream
@@ -114,26 +114,25 @@ class Stage1:
         device: torch device.
     """
 
-    def __init__(self, cfg: dict, segmentor: tuple[torch.nn.Module, dict], device):
+    def __init__(self, cfg: Config, segmentor: tuple[torch.nn.Module, Config], device):
         self.cfg = cfg
         self.device = device
-        s = cfg["synth"]
-        region = get_organ(cfg["organ"]).region
-        self.sign = -1 if region == "abdomen" else +1
-        self.adv_weight = float(s["adv_weight"]) if s["adv_weight"] is not None else (
-            0.1 if region == "abdomen" else 0.5)
-        self.blur = (float(s["blur_sigma"]), int(s["blur_kernel"]))
+        s = cfg.synth
+        region = cfg.organ_info.region
+        self.sign = cfg.organ_info.sign
+        self.adv_weight = s.adv_weight if s.adv_weight is not None else (0.1 if region == "abdomen" else 0.5)
+        self.blur = (s.blur_sigma, s.blur_kernel)
         self.generator = build_generator(cfg).to(device)
         self.discriminator = build_discriminator(cfg).to(device)
         self.seg, self.seg_cfg = segmentor
         self.seg.to(device).eval()
         for p in self.seg.parameters():
             p.requires_grad_(False)
-        self.tumour = list(tumour_classes(self.seg_cfg))
-        betas = tuple(float(b) for b in s["betas"])
-        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=float(s["lr"]), betas=betas)
-        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=float(s["lr"]), betas=betas)
-        self.amp = device.type == "cuda" and bool(cfg["train"]["amp"])
+        self.tumour = list(self.seg_cfg.tumour_classes)
+        betas = tuple(s.betas)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=s.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=s.lr, betas=betas)
+        self.amp = device.type == "cuda" and cfg.train.amp
         self.scaler_g = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.scaler_d = torch.amp.GradScaler("cuda", enabled=self.amp)
         # DDP wrappers (set by the trainer); the plain modules are used for frozen forwards.
@@ -198,7 +197,7 @@ class Stage1:
         return {**g, **d, "x": batch["image"].detach()}
 
     def tumour_classes_in_labels(self) -> list[int]:
-        return [t for _o, (_c, t) in organ_classes(self.cfg).items()]
+        return list(self.cfg.tumour_classes)
 
     def state(self) -> dict:
         return {"opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
@@ -222,11 +221,11 @@ class _Pair(torch.nn.Module):
 
 
 # ----------------------------------------------------------------------------- quality on patches
-def patch_decisions(out: dict, batch: dict, cfg: dict, settings: QCSettings) -> list[dict]:
+def patch_decisions(out: dict, batch: dict, cfg: Config, settings: QCConfig) -> list[dict]:
     """QC decision per patch with a fake tumour: segmentor recall + cheap checks (in HU)."""
-    organs = {o.name: o for o in (get_organ(n) for n in organ_classes(cfg))}
-    cls_to_organ = {c: organs[n] for n, (c, _t) in organ_classes(cfg).items()}
-    spacing = tuple(float(v) for v in cfg["data"]["spacing"])
+    cls_to_organ = {c: get_organ(n) for n, (c, _t) in cfg.organ_classes.items()}
+    tumour_of = {c: t for _n, (c, t) in cfg.organ_classes.items()}
+    spacing = tuple(cfg.data.spacing)
     fake = batch["fake"].cpu().numpy()[:, 0] > 0.5
     label = batch["label"].cpu().numpy()[:, 0]
     x = out["x"].float().cpu().numpy()[:, 0]
@@ -239,8 +238,8 @@ def patch_decisions(out: dict, batch: dict, cfg: dict, settings: QCSettings) -> 
             rows.append(None)
             continue
         organ = cls_to_organ[int(ocls[b])]
-        host = (label[b] == ocls[b]) | (label[b] == ocls[b] + 1)
-        dec = judge_patch(x[b], xf[b], fake[b], host, organ, settings, cfg["data"]["hu_window"], spacing, pred[b])
+        host = (label[b] == ocls[b]) | (label[b] == tumour_of[int(ocls[b])])
+        dec = judge_patch(x[b], xf[b], fake[b], host, organ, settings, cfg.data.hu_window, spacing, pred[b])
         rows.append({"organ": organ.name, **dec.as_record()})
     return rows
 
@@ -279,16 +278,15 @@ def sample_grid_png(x: np.ndarray, xf: np.ndarray, fake: np.ndarray, rows: list[
 
 
 # ----------------------------------------------------------------------------- trainer
-def _load_segmentor(path, cfg: dict, device):
+def _load_segmentor(path, cfg: Config, device):
     model, seg_cfg = load_model(path, map_location=device)
     for key in ("spacing", "hu_window"):
-        a = [float(v) for v in seg_cfg["data"][key]]
-        b = [float(v) for v in cfg["data"][key]]
+        a, b = getattr(seg_cfg.data, key), getattr(cfg.data, key)
         if not np.allclose(a, b):
             raise InputError(path, f"segmentor was trained with data.{key} {a}, the config asks for {b}; "
                                    "Stage 1 must use the segmentor's preprocessing")
-    if get_organ(seg_cfg["organ"]).region != get_organ(cfg["organ"]).region:
-        raise InputError(path, f"segmentor is for {seg_cfg['organ']}, the config for {cfg['organ']}")
+    if seg_cfg.organ_info.region != cfg.organ_info.region:
+        raise InputError(path, f"segmentor is for {seg_cfg.organ}, the config for {cfg.organ}")
     return model, seg_cfg
 
 
@@ -297,13 +295,13 @@ def _batch_to(batch: dict, device) -> dict:
     return dict(zip(keys, batch_tensors(batch, device, keys)))
 
 
-def probe_batch(cfg: dict, labelled, unlabelled, transform) -> dict | None:
+def probe_batch(cfg: Config, labelled, unlabelled, transform) -> dict | None:
     """The fixed probe patches (their own seed stream; identical for a resumed run)."""
-    n = int(cfg["synth"]["probe_samples"])
+    n = cfg.synth.probe_samples
     if n == 0:
         return None
-    ds = MixedStepDataset(labelled, unlabelled, transform, int(cfg["train"]["seed"]) + PROBE_SEED_OFFSET,
-                          float(cfg["synth"]["labelled_fraction"]))
+    ds = MixedStepDataset(labelled, unlabelled, transform, cfg.train.seed + PROBE_SEED_OFFSET,
+                          cfg.synth.labelled_fraction)
     patches = []
     i = 0
     while len(patches) < n and i < 4 * n:
@@ -313,7 +311,7 @@ def probe_batch(cfg: dict, labelled, unlabelled, transform) -> dict | None:
 
 
 @torch.no_grad()
-def evaluate_probe(stage: Stage1, probe: dict | None, cfg: dict, settings: QCSettings):
+def evaluate_probe(stage: Stage1, probe: dict | None, cfg: Config, settings: QCConfig):
     """Recall and acceptance of the current generator on the probe patches (no training)."""
     if probe is None:
         return {}, None
@@ -333,7 +331,7 @@ def evaluate_probe(stage: Stage1, probe: dict | None, cfg: dict, settings: QCSet
 
 
 def train_synthesis(
-    cfg: dict,
+    cfg: Config,
     labelled: str | os.PathLike,
     unlabelled: str | os.PathLike | None,
     segmentor: str | os.PathLike,
@@ -350,11 +348,11 @@ def train_synthesis(
     out = Path(out)
     world, rank, local_rank = _dist_setup()
     device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    s = cfg["synth"]
-    max_steps = int(s["max_steps"])
-    lab_entries = datalist_entries(labelled) * max(1, int(cfg["data"]["labelled_repeat"]))
+    s = cfg.synth
+    max_steps = s.max_steps
+    lab_entries = datalist_entries(labelled) * cfg.data.labelled_repeat
     unl_entries = datalist_entries(unlabelled, "unlabelled cases with organ masks") if unlabelled else []
-    settings = QCSettings.from_config(cfg)
+    settings = cfg.qc
 
     last = out / "last.pt"
     if rank == 0:
@@ -366,7 +364,7 @@ def train_synthesis(
     if world > 1:
         torch.distributed.barrier()
 
-    torch.manual_seed(int(cfg["train"]["seed"]))
+    torch.manual_seed(cfg.train.seed)
     stage = Stage1(cfg, seg, device)
     pair = _Pair(stage.generator, stage.discriminator)
     start = 0
@@ -387,8 +385,7 @@ def train_synthesis(
         stage.d_train = torch.nn.parallel.DistributedDataParallel(stage.discriminator, device_ids=ids)
 
     # Stage-1 patches are centred on organ or tumour voxels (no background-centred crops).
-    tcfg = json.loads(json.dumps(cfg))
-    tcfg["data"]["pos"], tcfg["data"]["neg"] = 1.0, 0.0
+    tcfg = cfg.replace(**{"data.pos": 1.0, "data.neg": 0.0})
     transform = train_transforms(tcfg, synthesis=PrepareFakeTumourd(cfg))
     probe = probe_batch(cfg, lab_entries, unl_entries, transform) if rank == 0 else None
 
@@ -404,7 +401,7 @@ def train_synthesis(
     def end_epoch(step: int, acc: dict) -> dict:
         res, shown = evaluate_probe(stage, probe, cfg, settings)
         n = max(1, acc.get("n", 0))
-        rec = {"epoch": step // int(s["epoch_steps"]), "step": step}
+        rec = {"epoch": step // s.epoch_steps, "step": step}
         for k in ("loss_g", "loss_adv", "loss_seg", "loss_d"):
             rec[k] = acc[k] / n if acc.get("n") else None
         rec["train_recall"] = acc["recall"] / acc["scored"] if acc.get("scored") else None
@@ -428,11 +425,11 @@ def train_synthesis(
         first = end_epoch(0, {})
         log(f"step 0: probe recall {first.get('probe_recall')}, accepted {first.get('probe_accepted')}")
 
-    ds = MixedStepDataset(lab_entries, unl_entries, transform, int(cfg["train"]["seed"]),
-                          float(s["labelled_fraction"]), cache=bool(cfg["data"]["cache"]))
+    ds = MixedStepDataset(lab_entries, unl_entries, transform, cfg.train.seed,
+                          s.labelled_fraction, cache=cfg.data.cache)
     loader = torch.utils.data.DataLoader(
-        ds, batch_sampler=StepBatches(start, max_steps, int(cfg["train"]["batch_size"]), world, rank),
-        num_workers=int(cfg["data"]["num_workers"]), collate_fn=_collate)
+        ds, batch_sampler=StepBatches(start, max_steps, cfg.train.batch_size, world, rank),
+        num_workers=cfg.data.num_workers, collate_fn=_collate)
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm
@@ -469,17 +466,17 @@ def train_synthesis(
                 epoch_acc["recall"] = epoch_acc.get("recall", 0.0) + sum(r["recall"] for r in scored)
                 epoch_acc["accepted"] = epoch_acc.get("accepted", 0.0) + sum(r["accepted"] for r in scored)
                 epoch_acc["scored"] = epoch_acc.get("scored", 0) + len(scored)
-            if step % int(s["log_every"]) == 0 or step == max_steps:
+            if step % s.log_every == 0 or step == max_steps:
                 for k, v in vals.items():
                     if v == v:
                         writer.add_scalar(f"train/{k}", v, step)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(g=f"{vals['loss_g']:.3f}", d=f"{vals['loss_d']:.3f}")
-            if step % int(s["epoch_steps"]) == 0 or step == max_steps:
+            if step % s.epoch_steps == 0 or step == max_steps:
                 end_epoch(step, epoch_acc)
                 epoch_acc = {}
-            if step % int(s["checkpoint_every"]) == 0 or step == max_steps:
+            if step % s.checkpoint_every == 0 or step == max_steps:
                 checkpoint(step)
         if world > 1:
             torch.distributed.barrier()

@@ -1,0 +1,74 @@
+"""The networks of Stage 1: FreeTumor's difference-map generator and voxel-wise discriminator.
+
+* :class:`DifferenceGenerator` (METHOD §4.2): a 3D U-Net on the windowed CT
+  patch ([0, 1]) with one output channel per abdominal organ (liver 0,
+  pancreas 1, kidney 2) through ``tanh``, or one chest channel through
+  ``sigmoid``.
+* :func:`build_discriminator`: a 3D U-Net with 3 classes (background, real
+  tumour, fake tumour).
+
+Networks use instance normalisation by default, so a tumour's map does not
+depend on the other patches of a batch (the released UNet3D always used batch
+statistics, even at generation).
+
+Example:
+    >>> import torch
+    >>> from freetumor.config import load_config
+    >>> cfg = load_config("liver-cpu-tiny", ["data.roi_size=[32,32,32]"])
+    >>> d = build_generator(cfg)(torch.rand(2, 1, 32, 32, 32))
+    >>> d.shape, bool(d.abs().max() <= 1)
+    (torch.Size([2, 3, 32, 32, 32]), True)
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.nets import UNet
+
+from ..config import Config, NetSpec
+from ..errors import ConfigError
+
+GENERATOR_CHANNELS = {"abdomen": 3, "chest": 1}
+DISCRIMINATOR_CLASSES = 3  # 0 background, 1 real tumour, 2 fake tumour
+REAL, FAKE = 1, 2
+
+
+def _unet(spec: NetSpec, out_channels: int) -> torch.nn.Module:
+    return UNet(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=out_channels,
+        channels=tuple(spec.channels),
+        strides=tuple(spec.strides),
+        num_res_units=spec.num_res_units,
+        norm=("instance", {"affine": True}) if spec.norm == "instance" else "batch",
+    )
+
+
+class DifferenceGenerator(torch.nn.Module):
+    """G: CT patch in [0, 1] -> per-organ difference maps (tanh abdomen, sigmoid chest)."""
+
+    def __init__(self, region: str, spec: NetSpec):
+        super().__init__()
+        if region not in GENERATOR_CHANNELS:
+            raise ConfigError(f"unknown region {region!r}")
+        self.region = region
+        self.net = _unet(spec, GENERATOR_CHANNELS[region])
+
+    @property
+    def out_channels(self) -> int:
+        return GENERATOR_CHANNELS[self.region]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x)
+        return torch.tanh(y) if self.region == "abdomen" else torch.sigmoid(y)
+
+
+def build_generator(cfg: Config) -> DifferenceGenerator:
+    """The generator ``cfg.synth.generator`` describes, for the config's organ region."""
+    return DifferenceGenerator(cfg.organ_info.region, cfg.synth.generator)
+
+
+def build_discriminator(cfg: Config) -> torch.nn.Module:
+    """The voxel-wise 3-class discriminator (background / real tumour / fake tumour)."""
+    return _unet(cfg.synth.discriminator, DISCRIMINATOR_CLASSES)
