@@ -44,6 +44,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import ConfigError, InputError
+from .tasks import class_mapping
 from .io import Volume, case_name, check_same_grid, is_nifti, load_volume, save_volume, staged_output, \
     write_bytes_atomic
 

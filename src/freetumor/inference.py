@@ -74,8 +74,8 @@ class Predictor:
         d = self.cfg.data
         img = MetaTensor(torch.as_tensor(np.asarray(vol.array, np.float32))[None], affine=torch.as_tensor(vol.affine))
         img = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(img)
-        img = Spacing(pixdim=tuple(d["spacing"]), mode="bilinear")(img)
-        a_min, a_max = d["hu_window"]
+        img = Spacing(pixdim=tuple(d.spacing), mode="bilinear")(img)
+        a_min, a_max = d.hu_window
         return ScaleIntensityRange(a_min, a_max, 0.0, 1.0, clip=True)(img)
 
     def predict_volume(self, vol: Volume) -> Volume:
