@@ -85,6 +85,7 @@ from scipy import ndimage
 
 from ..errors import ConfigError, InputError
 from ..io import Volume, case_name, load_volume
+from .stats import bootstrap_auc_ci, roc_auc
 
 HIST_BIN_HU = 25.0
 GLCM_LEVELS = 32
@@ -554,33 +555,6 @@ def _feature_matrix(real: list[dict], synthetic: list[dict]) -> tuple[list[str],
     return names, X, y
 
 
-def _auc(y: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC (Mann-Whitney, ties count half) of ``score`` for class 1 against class 0."""
-    from scipy.stats import rankdata
-
-    y = np.asarray(y, bool)
-    n1, n0 = int(y.sum()), int((~y).sum())
-    if n1 == 0 or n0 == 0:
-        return float("nan")
-    ranks = rankdata(score)
-    return float((ranks[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
-
-
-def _bootstrap_auc_ci(y: np.ndarray, score: np.ndarray, seed: int, n_boot: int = BOOTSTRAP) -> list[float]:
-    """Stratified bootstrap 95% percentile interval of the AUC of fixed predictions."""
-    from scipy.stats import rankdata
-
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 95]))
-    s0, s1 = score[y == 0], score[y == 1]
-    n0, n1 = s0.size, s1.size
-    b0 = s0[rng.integers(0, n0, size=(n_boot, n0))]
-    b1 = s1[rng.integers(0, n1, size=(n_boot, n1))]
-    ranks = rankdata(np.concatenate([b0, b1], axis=1), axis=1)
-    aucs = (ranks[:, n0:].sum(axis=1) - n1 * (n1 + 1) / 2.0) / (n1 * n0)
-    lo, hi = np.percentile(aucs, [2.5, 97.5])
-    return [float(lo), float(hi)]
-
-
 def _make_classifier(seed: int):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -611,14 +585,14 @@ def _cross_validate(real: list[dict], synthetic: list[dict], folds: int, seed: i
     for train, test in skf.split(X, y):
         clf = _make_classifier(seed).fit(X[train], y[train])
         oof[test] = clf.predict_proba(X[test])[:, 1]
-        auc_folds.append(_auc(y[test], oof[test]))
+        auc_folds.append(roc_auc(y[test], oof[test]))
     full = _make_classifier(seed).fit(X, y)
     coef = full[-1].coef_[0]
     order = np.argsort(-np.abs(coef), kind="stable")[:5]
     result = {
-        "auc": _auc(y, oof),
+        "auc": roc_auc(y, oof),
         "auc_folds": [float(a) for a in auc_folds],
-        "auc_ci95": _bootstrap_auc_ci(y, oof, seed),
+        "auc_ci95": list(bootstrap_auc_ci(y, oof, BOOTSTRAP, seed=np.random.SeedSequence([int(seed), 95]))),
         "n_real": n_real,
         "n_synthetic": n_syn,
         "folds": k,

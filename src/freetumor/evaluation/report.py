@@ -197,17 +197,9 @@ def _read_lesions(report: Path) -> dict[tuple[str, str], tuple[float, bool]]:
         return {(r["case"], r["index"]): (float(r["diameter_mm"]), r["detected"] == "True") for r in csv.DictReader(fh)}
 
 
-def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value from the discordant counts (binomial test, p = 0.5)."""
-    from scipy.stats import binomtest
-
-    n = b + c
-    return 1.0 if n == 0 else float(binomtest(b, n, 0.5).pvalue)
-
-
 def compare_reports(a: str | os.PathLike, b: str | os.PathLike, out: str | os.PathLike) -> dict:
     """Paired comparison of two evaluation reports on their common cases (B minus A)."""
-    from .stats import paired_bootstrap_ci, paired_tests
+    from .stats import mcnemar_exact, paired_bootstrap_ci, paired_tests
 
     ra, rb = read_metrics_csv(a), read_metrics_csv(b)
     name_a, name_b = _report_name(a), _report_name(b)
