@@ -48,7 +48,7 @@ def run_demo(
     with the baseline on held-aside phantom cases (evaluate + compare).
     """
     from .phantom import write_cohort
-    from .report import lesion_table, write_html_page
+    from .htmlpage import lesion_table, write_html_page
     from .synthesis import synthesize_files
 
     # Absolute: the datalists the demo writes for its training runs name files in other folders of

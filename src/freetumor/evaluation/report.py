@@ -296,7 +296,7 @@ def _boxplot(groups: dict[str, list[dict]], metrics, title: str, paired: bool = 
 
 
 def _write_eval_html(path: Path, summary: dict, rows: list[dict]) -> None:
-    from ..report import render_html
+    from ..htmlpage import render_html
 
     det = summary["detection"]
     mrows = [[k, v["n"], v["mean"], v["sd"], v["median"],
@@ -326,7 +326,7 @@ def _write_eval_html(path: Path, summary: dict, rows: list[dict]) -> None:
 
 
 def _write_compare_html(path: Path, result: dict, rows: list[dict]) -> None:
-    from ..report import render_html
+    from ..htmlpage import render_html
 
     text = (f"{result['cases']} paired cases; differences are {result['b']['name']} minus {result['a']['name']}; "
             "two-sided paired t-test and Wilcoxon signed-rank test; 95% CI of the mean difference by paired bootstrap.")
