@@ -267,7 +267,8 @@ def _stage2_section(out: Path, steps: int, seed: int, log: Callable[[str], None]
     """Stage 2 (labelled + unlabelled with generator synthesis and QC) vs the baseline, on held-aside cases."""
     import json
 
-    from .evaluation.report import compare_reports, evaluate_predictions
+    from .evaluation.compare import compare_reports
+    from .evaluation.evaluate import evaluate_predictions
     from .inference import predict_files
     from .phantom import write_cohort
     from .training.segmentation import train_segmentation

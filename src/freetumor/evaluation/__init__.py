@@ -6,8 +6,12 @@
   of (early, < 20 mm) tumours.
 * :mod:`.stats`: paired t / Wilcoxon and exact McNemar tests, bootstrap and Wilson intervals,
   k-fold summaries, ROC AUC with a bootstrap interval.
+* :mod:`.masks`: the mask, spacing and bounding-box checks the metrics and lesions share.
 
-Only numpy and scipy are needed (no torch or MONAI).
+These need only numpy and scipy (no torch or MONAI) and are re-exported here. The commands
+have their own modules: :mod:`.evaluate` (``freetumor evaluate``), :mod:`.compare`
+(``freetumor compare``), :mod:`.tables` (the per-case table and box plots both write) and
+:mod:`.realism` (``freetumor realism``, a machine Visual Turing Test).
 
 Example:
     >>> import numpy as np
