@@ -35,6 +35,7 @@ from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
 
 from ..errors import ConfigError
 from .masks import as_mask, bounding_box, mask_pair, mask_spacing
@@ -126,8 +127,6 @@ def _max_pairwise(points: np.ndarray) -> float:
     if len(points) < 2:
         return 0.0
     if len(points) > 64:
-        from scipy.spatial import ConvexHull, QhullError
-
         try:
             points = points[ConvexHull(points).vertices]
         except (QhullError, ValueError):  # collinear: the extremes along the line suffice
