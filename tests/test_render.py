@@ -1,4 +1,4 @@
-"""Lesion pictures (render.py) and HTML report pages (report.py)."""
+"""Lesion pictures (render.py) and HTML report pages (htmlpage.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, 
 from freetumor import __version__
 from freetumor.io import Volume, load_volume
 from freetumor.render import _Geometry, _display_planes, render_lesions_png
-from freetumor.report import format_value, lesion_table, write_html_page
+from freetumor.htmlpage import format_value, lesion_table, write_html_page
 
 from conftest import need
 

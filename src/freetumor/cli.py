@@ -366,7 +366,7 @@ def evaluate(
     nsd_tolerance_mm: float = typer.Option(2.0, "--nsd-tolerance-mm", min=0.0, help="NSD tolerance in mm."),
 ) -> None:
     """Dice, NSD and lesion-wise detection (early tumours < 20 mm, patient level) of predictions."""
-    from .evaluation.report import evaluate_predictions
+    from .evaluation.evaluate import evaluate_predictions
 
     s = evaluate_predictions(pred, gt, organ.value, out, label_map=label_map, pred_label_map=pred_label_map,
                              tolerance_mm=nsd_tolerance_mm)
@@ -392,7 +392,7 @@ def compare(
     out: Path = typer.Option(..., "--out", help="Output folder (compare.json, compare.csv, boxplot.png, index.html)."),
 ) -> None:
     """Paired t / Wilcoxon tests, bootstrap CIs and box plots of B vs A on their common cases."""
-    from .evaluation.report import compare_reports
+    from .evaluation.compare import compare_reports
 
     r = compare_reports(report_a, report_b, out)
     for k, v in r["metrics"].items():

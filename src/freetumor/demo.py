@@ -48,7 +48,7 @@ def run_demo(
     with the baseline on held-aside phantom cases (evaluate + compare).
     """
     from .phantom import write_cohort
-    from .report import lesion_table, write_html_page
+    from .htmlpage import lesion_table, write_html_page
     from .synthesis import synthesize_files
 
     # Absolute: the datalists the demo writes for its training runs name files in other folders of
@@ -267,7 +267,8 @@ def _stage2_section(out: Path, steps: int, seed: int, log: Callable[[str], None]
     """Stage 2 (labelled + unlabelled with generator synthesis and QC) vs the baseline, on held-aside cases."""
     import json
 
-    from .evaluation.report import compare_reports, evaluate_predictions
+    from .evaluation.compare import compare_reports
+    from .evaluation.evaluate import evaluate_predictions
     from .inference import predict_files
     from .phantom import write_cohort
     from .training.segmentation import train_segmentation

@@ -4,9 +4,14 @@
   the per-case tumour / organ summary :func:`case_metrics`.
 * :mod:`.lesions`: connected lesions, their sizes, lesion-wise matching and detection rates
   of (early, < 20 mm) tumours.
-* :mod:`.stats`: paired t / Wilcoxon tests, bootstrap and Wilson intervals, k-fold summaries.
+* :mod:`.stats`: paired t / Wilcoxon and exact McNemar tests, bootstrap and Wilson intervals,
+  k-fold summaries, ROC AUC with a bootstrap interval.
+* :mod:`.masks`: the mask, spacing and bounding-box checks the metrics and lesions share.
 
-Only numpy and scipy are needed (no torch or MONAI).
+These need only numpy and scipy (no torch or MONAI) and are re-exported here. The commands
+have their own modules: :mod:`.evaluate` (``freetumor evaluate``), :mod:`.compare`
+(``freetumor compare``), :mod:`.tables` (the per-case table and box plots both write) and
+:mod:`.realism` (``freetumor realism``, a machine Visual Turing Test).
 
 Example:
     >>> import numpy as np
@@ -32,11 +37,14 @@ from .lesions import (
 )
 from .metrics import NSD_METHODS, case_metrics, dice, hd95, nsd, surface_distances
 from .stats import (
+    bootstrap_auc_ci,
     bootstrap_ci,
     kfold_summary,
+    mcnemar_exact,
     paired_bootstrap_ci,
     paired_tests,
     poisson_rate_ci,
+    roc_auc,
     wilson_ci,
 )
 
@@ -46,6 +54,7 @@ __all__ = [
     "NSD_METHODS",
     "Lesion",
     "LesionMatch",
+    "bootstrap_auc_ci",
     "bootstrap_ci",
     "case_metrics",
     "connected_lesions",
@@ -55,11 +64,13 @@ __all__ = [
     "hd95",
     "kfold_summary",
     "match_lesions",
+    "mcnemar_exact",
     "nsd",
     "paired_bootstrap_ci",
     "paired_tests",
     "patient_level",
     "poisson_rate_ci",
+    "roc_auc",
     "surface_distances",
     "wilson_ci",
 ]

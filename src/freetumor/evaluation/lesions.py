@@ -35,9 +35,10 @@ from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
 
 from ..errors import ConfigError
-from .metrics import _bbox, _pair, _spacing
+from .masks import as_mask, bounding_box, mask_pair, mask_spacing
 from .stats import poisson_rate_ci, wilson_ci
 
 __all__ = [
@@ -126,8 +127,6 @@ def _max_pairwise(points: np.ndarray) -> float:
     if len(points) < 2:
         return 0.0
     if len(points) > 64:
-        from scipy.spatial import ConvexHull, QhullError
-
         try:
             points = points[ConvexHull(points).vertices]
         except (QhullError, ValueError):  # collinear: the extremes along the line suffice
@@ -187,13 +186,13 @@ def connected_lesions(
     >>> round(found[1].max_axial_diameter_mm, 3), found[1].bbox[2]
     (1.414, slice(0, 3, None))
     """
-    m = _pair(mask, mask)[0]
-    sp = _spacing(spacing, m.ndim)
+    m = as_mask(mask)
+    sp = mask_spacing(spacing, m.ndim)
     if m.ndim == 3 and not -3 <= int(axial_axis) < 3:
         raise ConfigError(f"axial_axis must be 0, 1 or 2, got {axial_axis!r}")
     structure = _structure(m.ndim, connectivity)
     labels = np.zeros(m.shape, np.int32)
-    box = _bbox(m)
+    box = bounding_box(m)
     if box is None:
         return labels, []
     sub, n = ndimage.label(m[box], structure=structure)  # label only the occupied box: fast on big CTs
@@ -294,13 +293,13 @@ def match_lesions(
     >>> m.tp, m.fp, m.merged, m.pred[0]["matched_gt"]
     (2, 0, 1, [1, 2])
     """
-    p, g = _pair(pred, gt)
+    p, g = mask_pair(pred, gt)
     if int(min_overlap_voxels) < 1:
         raise ConfigError(f"min_overlap_voxels must be >= 1, got {min_overlap_voxels!r}")
     g_lab, g_les = connected_lesions(g, spacing, connectivity, axial_axis=axial_axis)
     p_lab, p_les = connected_lesions(p, spacing, connectivity, axial_axis=axial_axis)
     ng, npr = len(g_les), len(p_les)
-    box = _bbox(p & g) or tuple(slice(0, 0) for _ in g.shape)
+    box = bounding_box(p & g) or tuple(slice(0, 0) for _ in g.shape)
     g_sub, p_sub = g_lab[box], p_lab[box]
     both = (g_sub > 0) & (p_sub > 0)
     pair_ids = g_sub[both].astype(np.int64) * (npr + 1) + p_sub[both]

@@ -57,6 +57,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import ConfigError
+from .masks import bounding_box, mask_pair, mask_spacing
 
 __all__ = ["dice", "nsd", "hd95", "case_metrics", "surface_distances", "NSD_METHODS"]
 
@@ -64,29 +65,6 @@ NSD_METHODS = ("surface-distance", "monai")
 
 
 # --------------------------------------------------------------------------- input checks
-def _as_bool(a: object) -> np.ndarray:
-    arr = np.asarray(a)
-    return arr if arr.dtype == bool else arr != 0
-
-
-def _pair(pred: object, gt: object) -> tuple[np.ndarray, np.ndarray]:
-    p, g = _as_bool(pred), _as_bool(gt)
-    if p.shape != g.shape:
-        raise ConfigError(f"pred and gt must have the same shape, got pred {p.shape} and gt {g.shape}")
-    return p, g
-
-
-def _spacing(spacing: Sequence[float] | float, ndim: int) -> tuple[float, ...]:
-    if np.isscalar(spacing):
-        spacing = (float(spacing),) * ndim  # type: ignore[arg-type]
-    sp = tuple(float(s) for s in spacing)  # type: ignore[union-attr]
-    if len(sp) != ndim:
-        raise ConfigError(f"spacing {sp} has {len(sp)} values but the masks have {ndim} dimensions")
-    if not all(math.isfinite(s) and s > 0 for s in sp):
-        raise ConfigError(f"spacing must be positive finite millimetres, got {sp}")
-    return sp
-
-
 def _tolerance(tolerance_mm: float) -> float:
     tol = float(tolerance_mm)
     if not (math.isfinite(tol) and tol >= 0):
@@ -94,21 +72,9 @@ def _tolerance(tolerance_mm: float) -> float:
     return tol
 
 
-def _bbox(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """Bounding box of the foreground as slices; ``None`` when the mask is empty."""
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        idx = np.flatnonzero(mask.any(axis=other)) if other else np.flatnonzero(mask)
-        if idx.size == 0:
-            return None
-        box.append(slice(int(idx[0]), int(idx[-1]) + 1))
-    return tuple(box)
-
-
 def _crop(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Both masks cut to the bounding box of ``pred | gt``; ``None`` when both are empty."""
-    box = _bbox(pred | gt)
+    box = bounding_box(pred | gt)
     return None if box is None else (pred[box], gt[box])
 
 
@@ -121,7 +87,7 @@ def dice(pred: object, gt: object, empty: float = 1.0) -> float:
     >>> dice([0, 0], [0, 0]), dice([0, 0], [0, 0], empty=float("nan"))
     (1.0, nan)
     """
-    p, g = _pair(pred, gt)
+    p, g = mask_pair(pred, gt)
     total = int(np.count_nonzero(p)) + int(np.count_nonzero(g))
     if total == 0:
         return float(empty)
@@ -271,8 +237,8 @@ def surface_distances(pred: object, gt: object, spacing: Sequence[float]) -> dic
     >>> round(float(d["surfel_areas_gt"].sum()), 4), float(d["distances_gt_to_pred"].max())
     (27.6011, 0.0)
     """
-    p, g = _pair(pred, gt)
-    sp = _spacing(spacing, p.ndim)
+    p, g = mask_pair(pred, gt)
+    sp = mask_spacing(spacing, p.ndim)
     _unit_elements(p.ndim)  # validates the dimension
     cropped = _crop(p, g)
     empty = np.zeros(0)
@@ -342,8 +308,8 @@ def nsd(
     """
     if method not in NSD_METHODS:
         raise ConfigError(f"unknown NSD method {method!r}; choose one of {', '.join(NSD_METHODS)}")
-    p, g = _pair(pred, gt)
-    sp = _spacing(spacing, p.ndim)
+    p, g = mask_pair(pred, gt)
+    sp = mask_spacing(spacing, p.ndim)
     tol = _tolerance(tolerance_mm)
     if p.ndim not in (2, 3):
         raise ConfigError(f"surface metrics need 2D or 3D masks, got shape {p.shape}")
@@ -376,7 +342,7 @@ def hd95(pred: object, gt: object, spacing: Sequence[float], percent: float = 95
     >>> hd95(m, np.roll(m, 2, axis=2), (1.0, 1.0, 0.5))
     1.0
     """
-    p, g = _pair(pred, gt)
+    p, g = mask_pair(pred, gt)
     if not (p.any() and g.any()):
         return float("nan")
     d = surface_distances(p, g, spacing)
@@ -439,7 +405,7 @@ def case_metrics(
     gt = np.asarray(gt_labels)
     if pred.shape != gt.shape:
         raise ConfigError(f"pred and gt label maps must have the same shape, got pred {pred.shape} and gt {gt.shape}")
-    sp = _spacing(spacing, gt.ndim)
+    sp = mask_spacing(spacing, gt.ndim)
     organ, tumour = _ids(organ_ids, "organ_ids"), _ids(tumour_ids, "tumour_ids")
     if not organ and not tumour:
         raise ConfigError("case_metrics needs at least one organ or tumour label id")

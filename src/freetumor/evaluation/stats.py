@@ -1,4 +1,4 @@
-"""Statistics for comparing segmentation results: paired tests, bootstrap and Wilson intervals.
+"""Statistics for comparing results: paired tests, McNemar, bootstrap and Wilson intervals, ROC AUC.
 
 Missing values (``None`` or ``nan``, e.g. a tumour Dice on a scan without tumour) are dropped:
 from one list in :func:`bootstrap_ci`, pairwise in :func:`paired_tests` and
@@ -25,6 +25,7 @@ import warnings
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+from scipy.stats import binomtest, chi2, norm, rankdata, ttest_rel, wilcoxon
 
 from ..errors import ConfigError
 
@@ -35,6 +36,9 @@ __all__ = [
     "wilson_ci",
     "poisson_rate_ci",
     "kfold_summary",
+    "mcnemar_exact",
+    "roc_auc",
+    "bootstrap_auc_ci",
 ]
 
 _STATS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -86,8 +90,6 @@ def paired_tests(a: Sequence, b: Sequence) -> dict:
     >>> paired_tests([1.0], [2.0])["note"]
     'fewer than 2 complete pairs: no test'
     """
-    from scipy import stats
-
     x, y, dropped = _pairs(a, b)
     n = len(x)
     out: dict = {
@@ -105,8 +107,8 @@ def paired_tests(a: Sequence, b: Sequence) -> dict:
         return out
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. constant differences, or ties in small samples
-        t = stats.ttest_rel(y, x)
-        w = stats.wilcoxon(y, x)
+        t = ttest_rel(y, x)
+        w = wilcoxon(y, x)
     out["t_test"] = {"statistic": float(t.statistic), "p": float(t.pvalue)}
     out["wilcoxon"] = {"statistic": float(w.statistic), "p": float(w.pvalue)}
     return out
@@ -191,8 +193,6 @@ def wilson_ci(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     >>> tuple(round(x, 4) for x in wilson_ci(0, 10))
     (0.0, 0.2775)
     """
-    from scipy.stats import norm
-
     k, n = int(k), int(n)
     if n < 0 or not 0 <= k <= n:
         raise ConfigError(f"wilson_ci needs 0 <= k <= n, got k={k}, n={n}")
@@ -212,8 +212,6 @@ def poisson_rate_ci(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     >>> tuple(round(x, 3) for x in poisson_rate_ci(0, 10))
     (0.0, 0.369)
     """
-    from scipy.stats import chi2
-
     k, n = int(k), int(n)
     if k < 0 or n <= 0:
         raise ConfigError(f"poisson_rate_ci needs k >= 0 and n > 0, got k={k}, n={n}")
@@ -255,3 +253,68 @@ def kfold_summary(values_by_fold: Mapping[object, Sequence]) -> dict:
         "mean": float(np.mean(means)) if means else None,
         "sd": float(np.std(means, ddof=1)) if len(means) >= 2 else None,
     }
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts (binomial test, p = 0.5).
+
+    ``b`` and ``c`` are the pairs where only the first / only the second method succeeded
+    (e.g. lesions detected by one method and missed by the other); 1.0 when both are 0.
+
+    >>> mcnemar_exact(0, 0), round(mcnemar_exact(1, 9), 4), mcnemar_exact(3, 3)
+    (1.0, 0.0215, 1.0)
+    """
+    n = b + c
+    return 1.0 if n == 0 else float(binomtest(b, n, 0.5).pvalue)
+
+
+def _rank_auc(s0: np.ndarray, s1: np.ndarray) -> np.ndarray:
+    """Mann-Whitney AUC of scores ``s1`` (class 1) against ``s0`` (class 0), along the last axis."""
+    n0, n1 = s0.shape[-1], s1.shape[-1]
+    ranks = rankdata(np.concatenate([s0, s1], axis=-1), axis=-1)
+    return (ranks[..., n0:].sum(axis=-1) - n1 * (n1 + 1) / 2.0) / (n1 * n0)
+
+
+def _classes(y, score) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of class 0 and of class 1 (``y`` true / non-zero)."""
+    y = np.asarray(y, bool)
+    score = np.asarray(score, dtype=float)
+    if y.shape != score.shape or y.ndim != 1:
+        raise ConfigError(f"y and score must be vectors of one length, got shapes {y.shape} and {score.shape}")
+    return score[~y], score[y]
+
+
+def roc_auc(y, score) -> float:
+    """ROC AUC (Mann-Whitney, ties count half) of ``score`` for class 1 (``y`` true) against class 0.
+
+    ``nan`` when a class is empty.
+
+    >>> roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]), roc_auc([0, 1], [0.5, 0.5])
+    (0.75, 0.5)
+    """
+    s0, s1 = _classes(y, score)
+    if s0.size == 0 or s1.size == 0:
+        return float("nan")
+    return float(_rank_auc(s0, s1))
+
+
+def bootstrap_auc_ci(y, score, n_boot: int = 2000, alpha: float = 0.05, seed=0) -> tuple[float, float]:
+    """Stratified percentile bootstrap interval of the ROC AUC of fixed scores.
+
+    Each resample draws the class-0 and the class-1 scores with replacement, each class
+    keeping its size. ``seed`` is anything ``numpy.random.default_rng`` takes (an int or a
+    ``SeedSequence``). ``(nan, nan)`` when a class is empty.
+
+    >>> bootstrap_auc_ci([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4])  # perfectly separated
+    (1.0, 1.0)
+    """
+    s0, s1 = _classes(y, score)
+    n0, n1 = s0.size, s1.size
+    if n0 == 0 or n1 == 0:
+        return (math.nan, math.nan)
+    a = _alpha(alpha)
+    rng = np.random.default_rng(seed)
+    b0 = s0[rng.integers(0, n0, size=(int(n_boot), n0))]
+    b1 = s1[rng.integers(0, n1, size=(int(n_boot), n1))]
+    lo, hi = np.percentile(_rank_auc(b0, b1), [50.0 * a, 100.0 - 50.0 * a])
+    return (float(lo), float(hi))

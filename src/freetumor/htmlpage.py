@@ -25,6 +25,7 @@ import re
 from typing import Sequence
 from urllib.parse import quote
 
+from . import __version__
 from .io import write_bytes_atomic
 
 __all__ = ["write_html_page", "lesion_table", "format_value"]
@@ -159,8 +160,6 @@ def _table(table: dict) -> str:
 
 def render_html(title: str, sections: Sequence[dict]) -> str:
     """The page :func:`write_html_page` writes, as a string."""
-    from . import __version__
-
     used: set[str] = set()
     parts = []
     nav = []

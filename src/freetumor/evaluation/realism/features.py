@@ -1,19 +1,4 @@
-"""Machine "Visual Turing Test": how well can a classifier tell synthetic tumours from real ones?
-
-Two realism scores for synthetic lesions in CT, both computed on hand-made
-radiomic features of each lesion (pyradiomics is not needed):
-
-1. :func:`machine_vtt` -- an L2 logistic regression on z-scored features,
-   scored with stratified k-fold cross-validation. The pooled out-of-fold ROC
-   AUC is the score: 0.5 means the classifier cannot separate synthetic from
-   real lesions (indistinguishable), 1.0 means it always can.
-2. :func:`feature_distance` -- per-feature Cohen's d and two-sample
-   Kolmogorov-Smirnov statistics, their mean |d|, and the Frechet distance
-   between Gaussians fitted to the standardised feature vectors.
-
-:func:`run_realism` runs both for a real datalist against a folder written by
-``freetumor synthesize`` and writes ``realism.json``, ``features.csv`` and
-``realism.png``.
+"""Lesion crops and their hand-made radiomic features, the input of the realism scores.
 
 Lesion crops (:func:`extract_crops`)
     Each lesion (a 26-connected component of ``label == tumour_id``, or the
@@ -71,8 +56,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import io as _io
 import json
 import math
 import os
@@ -83,15 +66,31 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy import ndimage
 
-from ..errors import ConfigError, InputError
-from ..io import Volume, case_name, load_volume
+from ...data import datalist_label_map, load_datalist
+from ...errors import ConfigError, InputError
+from ...io import Volume, case_name, load_volume
+from ...labels import get_label_map
+from ...organs import get_organ
+
+__all__ = [
+    "DEFAULT_WINDOW",
+    "FEATURE_DEFINITIONS",
+    "FEATURE_NAMES",
+    "GLCM_DIRECTIONS",
+    "GLCM_LEVELS",
+    "HIST_BIN_HU",
+    "RIM_MM",
+    "LesionCrop",
+    "crops_from_datalist",
+    "crops_from_synthetic_dir",
+    "extract_crops",
+    "lesion_features",
+]
 
 HIST_BIN_HU = 25.0
 GLCM_LEVELS = 32
 RIM_MM = 3.0
 DEFAULT_WINDOW = (-175.0, 250.0)
-BOOTSTRAP = 2000
-FRECHET_RIDGE = 1e-3
 
 FEATURE_DEFINITIONS: dict[str, str] = {
     "firstorder_mean": "mean HU in the lesion (IBSI Q4LE)",
@@ -295,10 +294,6 @@ def crops_from_datalist(datalist, organ: str, label_map=None, **kw) -> list[Lesi
     ``label`` paths. ``label_map`` defaults to the datalist's ``label_map``, then
     the organ's default. ``kw`` goes to :func:`extract_crops`.
     """
-    from ..data import datalist_label_map, load_datalist
-    from ..labels import get_label_map
-    from ..organs import get_organ
-
     org = get_organ(organ)
     if isinstance(datalist, (str, os.PathLike)):
         if label_map is None:
@@ -346,8 +341,6 @@ def crops_from_synthetic_dir(folder, organ: str | None = None, **kw) -> list[Les
         InputError: the folder is missing, holds no synthesis records (of ``organ``),
             or a record's image / label is missing or unreadable.
     """
-    from ..organs import get_organ
-
     root = Path(folder)
     if not root.is_dir():
         raise InputError(root, "synthetic folder not found" if not root.exists() else "not a folder")
@@ -528,338 +521,3 @@ def lesion_features(crop: LesionCrop, window=None) -> dict[str, float]:
     np.clip(q, 0, GLCM_LEVELS - 1, out=q)
     feats.update(_glcm_features(q, mask, GLCM_LEVELS))
     return {k: float(feats[k]) for k in FEATURE_NAMES}
-
-
-# ----------------------------------------------------------------------------- statistics
-
-
-def _feature_matrix(real: list[dict], synthetic: list[dict]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    rows = list(real) + list(synthetic)
-    if not rows:
-        raise ConfigError("no lesion features given")
-    common = set(rows[0])
-    for r in rows[1:]:
-        common &= set(r)
-    common = {k for k in common
-              if all(isinstance(r[k], (int, float, np.integer, np.floating)) and not isinstance(r[k], bool)
-                     for r in rows)}
-    names = [k for k in FEATURE_NAMES if k in common] + sorted(common - set(FEATURE_NAMES))
-    if not names:
-        raise ConfigError("the real and synthetic lesions share no numeric feature")
-    X = np.array([[float(r[k]) for k in names] for r in rows], dtype=np.float64)
-    bad = [names[c] for c in range(len(names)) if not np.all(np.isfinite(X[:, c]))]
-    if bad:
-        raise ConfigError(f"non-finite values in feature(s) {', '.join(bad)}")
-    y = np.r_[np.zeros(len(real)), np.ones(len(synthetic))]
-    return names, X, y
-
-
-def _auc(y: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC (Mann-Whitney, ties count half) of ``score`` for class 1 against class 0."""
-    from scipy.stats import rankdata
-
-    y = np.asarray(y, bool)
-    n1, n0 = int(y.sum()), int((~y).sum())
-    if n1 == 0 or n0 == 0:
-        return float("nan")
-    ranks = rankdata(score)
-    return float((ranks[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
-
-
-def _bootstrap_auc_ci(y: np.ndarray, score: np.ndarray, seed: int, n_boot: int = BOOTSTRAP) -> list[float]:
-    """Stratified bootstrap 95% percentile interval of the AUC of fixed predictions."""
-    from scipy.stats import rankdata
-
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 95]))
-    s0, s1 = score[y == 0], score[y == 1]
-    n0, n1 = s0.size, s1.size
-    b0 = s0[rng.integers(0, n0, size=(n_boot, n0))]
-    b1 = s1[rng.integers(0, n1, size=(n_boot, n1))]
-    ranks = rankdata(np.concatenate([b0, b1], axis=1), axis=1)
-    aucs = (ranks[:, n0:].sum(axis=1) - n1 * (n1 + 1) / 2.0) / (n1 * n0)
-    lo, hi = np.percentile(aucs, [2.5, 97.5])
-    return [float(lo), float(hi)]
-
-
-def _make_classifier(seed: int):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000,
-                                                              random_state=seed))
-
-
-CLASSIFIER = ("L2 logistic regression (scikit-learn, C=1, balanced class weights, lbfgs) on features "
-              "z-scored with the training folds' mean/sd; stratified k-fold cross-validation")
-
-
-def _cross_validate(real: list[dict], synthetic: list[dict], folds: int, seed: int):
-    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
-        raise ConfigError(f"folds must be an integer of at least 2, got {folds!r}")
-    n_real, n_syn = len(real), len(synthetic)
-    if min(n_real, n_syn) < 3:
-        raise ConfigError(f"the machine visual Turing test needs at least 3 real and 3 synthetic lesions, "
-                          f"got {n_real} real and {n_syn} synthetic")
-    names, X, y = _feature_matrix(real, synthetic)
-    from sklearn.model_selection import StratifiedKFold
-
-    k = int(min(folds, n_real, n_syn))
-    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=int(seed))
-    oof = np.empty(len(y))
-    auc_folds = []
-    for train, test in skf.split(X, y):
-        clf = _make_classifier(seed).fit(X[train], y[train])
-        oof[test] = clf.predict_proba(X[test])[:, 1]
-        auc_folds.append(_auc(y[test], oof[test]))
-    full = _make_classifier(seed).fit(X, y)
-    coef = full[-1].coef_[0]
-    order = np.argsort(-np.abs(coef), kind="stable")[:5]
-    result = {
-        "auc": _auc(y, oof),
-        "auc_folds": [float(a) for a in auc_folds],
-        "auc_ci95": _bootstrap_auc_ci(y, oof, seed),
-        "n_real": n_real,
-        "n_synthetic": n_syn,
-        "folds": k,
-        "seed": int(seed),
-        "classifier": CLASSIFIER,
-        "top_features": [{"feature": names[c], "coefficient": float(coef[c])} for c in order],
-        "n_features": len(names),
-    }
-    return result, y, oof, names, X
-
-
-def machine_vtt(real: list[dict], synthetic: list[dict], folds: int = 5, seed: int = 0) -> dict:
-    """Machine visual Turing test: cross-validated AUC of a real-vs-synthetic classifier.
-
-    ``real`` and ``synthetic`` are lists of feature dicts (e.g. from
-    :func:`lesion_features`); the features used are the numeric keys all dicts
-    share. Synthetic is the positive class. Features are z-scored with the
-    training folds' statistics, an L2 logistic regression is fit per fold of a
-    stratified (shuffled, seeded) k-fold split with ``k = min(folds, n_real,
-    n_synthetic)``, and the out-of-fold probabilities of all lesions are pooled.
-
-    Returns:
-        ``auc`` (pooled out-of-fold ROC AUC; 0.5 = indistinguishable), ``auc_folds``,
-        ``auc_ci95`` (stratified bootstrap percentile interval over the out-of-fold
-        predictions, seeded), ``n_real``, ``n_synthetic``, ``folds``, ``seed``,
-        ``classifier``, ``n_features`` and ``top_features``: the 5 features with the
-        largest |coefficient| of a model fit on all lesions (z-scored units; positive
-        = higher in synthetic lesions).
-
-    Raises:
-        ConfigError: fewer than 3 lesions in a class, ``folds < 2``, non-finite features.
-    """
-    return _cross_validate(real, synthetic, folds, seed)[0]
-
-
-def feature_distance(real: list[dict], synthetic: list[dict]) -> dict:
-    """How far the synthetic feature distribution is from the real one.
-
-    Returns:
-        ``per_feature``: for each feature the real and synthetic means, Cohen's d
-        ``(mean_synthetic - mean_real) / pooled sd`` (0 when the pooled sd is 0),
-        the two-sample Kolmogorov-Smirnov statistic ``ks`` and its ``ks_pvalue``;
-        ``mean_abs_d`` (mean |d| over features), ``mean_ks``; ``frechet``: the
-        Frechet distance between Gaussians fitted to the feature vectors after
-        standardising every feature with the mean / sd of both sets together
-        (covariances + ``frechet_ridge`` * I). The Frechet distance of two finite
-        samples of one population is positive (about ``2 * n_features / n``), so
-        compare it across synthetic sets of similar size.
-
-    Raises:
-        ConfigError: fewer than 2 lesions in a set, non-finite features.
-    """
-    from scipy.linalg import sqrtm
-    from scipy.stats import ks_2samp
-
-    if min(len(real), len(synthetic)) < 2:
-        raise ConfigError(f"feature distance needs at least 2 real and 2 synthetic lesions, "
-                          f"got {len(real)} real and {len(synthetic)} synthetic")
-    names, X, y = _feature_matrix(real, synthetic)
-    R, S = X[y == 0], X[y == 1]
-    n_r, n_s = len(R), len(S)
-    per = {}
-    ds, kss = [], []
-    for c, name in enumerate(names):
-        a, b = R[:, c], S[:, c]
-        pooled = math.sqrt(((n_r - 1) * a.var(ddof=1) + (n_s - 1) * b.var(ddof=1)) / (n_r + n_s - 2))
-        d = float((b.mean() - a.mean()) / pooled) if pooled > 1e-12 * max(1.0, abs(a.mean())) else 0.0
-        ks = ks_2samp(a, b)
-        per[name] = {"mean_real": float(a.mean()), "mean_synthetic": float(b.mean()), "cohens_d": d,
-                     "ks": float(ks.statistic), "ks_pvalue": float(ks.pvalue)}
-        ds.append(abs(d))
-        kss.append(float(ks.statistic))
-    mu, sd = X.mean(axis=0), X.std(axis=0, ddof=1)
-    sd[sd <= 1e-12] = 1.0
-    Z = (X - mu) / sd
-    zr, zs = Z[y == 0], Z[y == 1]
-    eye = np.eye(len(names)) * FRECHET_RIDGE
-    cr = np.atleast_2d(np.cov(zr, rowvar=False)) + eye
-    cs = np.atleast_2d(np.cov(zs, rowvar=False)) + eye
-    covmean = np.real(sqrtm(cr @ cs))
-    diff = zr.mean(axis=0) - zs.mean(axis=0)
-    fd = float(diff @ diff + np.trace(cr) + np.trace(cs) - 2.0 * np.trace(covmean))
-    if not math.isfinite(fd):
-        raise ConfigError("the Frechet distance is not finite (degenerate feature covariance)")
-    return {
-        "per_feature": per,
-        "mean_abs_d": float(np.mean(ds)),
-        "mean_ks": float(np.mean(kss)),
-        "frechet": max(0.0, fd),
-        "frechet_ridge": FRECHET_RIDGE,
-        "n_real": n_r,
-        "n_synthetic": n_s,
-        "n_features": len(names),
-    }
-
-
-# ----------------------------------------------------------------------------- end to end
-
-
-def _roc_points(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    order = np.argsort(-score, kind="stable")
-    ys, ss = y[order], score[order]
-    distinct = np.r_[np.nonzero(np.diff(ss))[0], ys.size - 1]
-    tp = np.cumsum(ys)[distinct]
-    fp = np.cumsum(1 - ys)[distinct]
-    tpr = np.r_[0.0, tp / max(1.0, ys.sum())]
-    fpr = np.r_[0.0, fp / max(1.0, (1 - ys).sum())]
-    return fpr, tpr
-
-
-def _figure_png(y, oof, vtt, names, X, path: Path, title: str) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    shown = [t["feature"] for t in vtt["top_features"][:3]]
-    for extra in ("firstorder_mean", "glcm_contrast", "rim_contrast"):
-        if len(shown) >= 5:
-            break
-        if extra in names and extra not in shown:
-            shown.append(extra)
-    ncol = (len(shown) + 1) // 2
-    fig = Figure(figsize=(6.5 + 3.6 * ncol, 7.0), dpi=100)
-    FigureCanvasAgg(fig)
-    gs = fig.add_gridspec(2, ncol + 1, width_ratios=[1.8] + [1.0] * ncol)
-    ax = fig.add_subplot(gs[:, 0])
-    fpr, tpr = _roc_points(y, oof)
-    ax.plot(fpr, tpr, color="C3", lw=2, label=f"out-of-fold AUC {vtt['auc']:.3f}")
-    ax.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1, label="indistinguishable")
-    ax.set_xlabel("false positive rate (real called synthetic)")
-    ax.set_ylabel("true positive rate (synthetic found)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_aspect("equal")
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(f"machine VTT ({vtt['folds']}-fold CV)")
-    for k, name in enumerate(shown):
-        a = fig.add_subplot(gs[k % 2, 1 + k // 2])
-        c = names.index(name)
-        vals = X[:, c]
-        lo, hi = float(vals.min()), float(vals.max())
-        bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 21)
-        a.hist(vals[y == 0], bins=bins, alpha=0.55, color="C0", label="real", density=True)
-        a.hist(vals[y == 1], bins=bins, alpha=0.55, color="C3", label="synthetic", density=True)
-        a.set_title(name, fontsize=9)
-        a.tick_params(labelsize=7)
-        if k == 0:
-            a.legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(str(path))
-
-
-def run_realism(real_datalist, synthetic_dir, out_dir, organ: str, label_map=None, folds: int = 5,
-                seed: int = 0) -> dict:
-    """Score the realism of a folder of synthetic tumours against the real tumours of a datalist.
-
-    Writes (all or nothing) into ``out_dir``: ``realism.json`` (the returned dict:
-    ``machine_vtt`` and ``distance`` blocks, ``summary``, ``counts``, ``features``
-    with their definitions, ``settings``), ``features.csv`` (one row per lesion:
-    source, case, index, volume_ml, features) and ``realism.png`` (ROC curve of the
-    out-of-fold predictions and histograms of a few features, real vs synthetic).
-
-    Raises:
-        InputError: missing datalist / folder / image, no lesions found.
-        ConfigError: bad organ / label map, fewer than 3 lesions in a class.
-    """
-    from .. import __version__
-    from ..data import datalist_label_map
-    from ..io import staged_output, write_bytes_atomic
-    from ..labels import get_label_map
-    from ..organs import get_organ
-
-    org = get_organ(organ)
-    syn_dir = Path(synthetic_dir)
-    if not syn_dir.is_dir():
-        raise InputError(syn_dir, "synthetic folder not found" if not syn_dir.exists() else "not a folder")
-    dl_path = Path(real_datalist)
-    if not dl_path.is_file():
-        raise InputError(dl_path, "datalist not found")
-    if label_map is None:
-        label_map = datalist_label_map(dl_path)
-    lm = get_label_map(label_map, org.name)
-    tid = lm.tumour_id(org.name)
-    crop_kw = {"spacing": (1.0, 1.0, 1.0), "margin_mm": 5.0, "min_voxels": 20}
-
-    real_crops = crops_from_datalist(dl_path, org.name, label_map=lm, **crop_kw)
-    if not real_crops:
-        raise InputError(dl_path, f"no real {org.name} tumours (label {tid}, at least "
-                                  f"{crop_kw['min_voxels']} voxels) in the labelled cases")
-    syn_crops = crops_from_synthetic_dir(syn_dir, org.name, **crop_kw)
-    if not syn_crops:
-        raise InputError(syn_dir, f"no synthetic {org.name} lesions of at least "
-                                  f"{crop_kw['min_voxels']} voxels in the folder")
-    window = [float(v) for v in org.hu_window]
-    real_f = [lesion_features(c, window) for c in real_crops]
-    syn_f = [lesion_features(c, window) for c in syn_crops]
-    vtt, y, oof, names, X = _cross_validate(real_f, syn_f, folds, seed)
-    dist = feature_distance(real_f, syn_f)
-
-    result = {
-        "organ": org.name,
-        "label_map": lm.name,
-        "tumour_id": int(tid),
-        "real_datalist": str(dl_path),
-        "synthetic_dir": str(syn_dir),
-        "summary": {"auc": vtt["auc"], "auc_ci95": vtt["auc_ci95"], "mean_abs_d": dist["mean_abs_d"],
-                    "frechet": dist["frechet"]},
-        "counts": {
-            "real_lesions": len(real_crops),
-            "synthetic_lesions": len(syn_crops),
-            "real_cases": len({c.case for c in real_crops}),
-            "synthetic_cases": len({c.case for c in syn_crops}),
-        },
-        "machine_vtt": vtt,
-        "distance": dist,
-        "features": list(names),
-        "feature_definitions": {k: FEATURE_DEFINITIONS.get(k, "") for k in names},
-        "settings": {
-            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in crop_kw.items()},
-            "hu_window": window,
-            "hist_bin_width_hu": HIST_BIN_HU,
-            "glcm_levels": GLCM_LEVELS,
-            "glcm_directions": len(GLCM_DIRECTIONS),
-            "glcm_distance": 1,
-            "rim_mm": RIM_MM,
-            "folds": int(folds),
-            "seed": int(seed),
-            "bootstrap": BOOTSTRAP,
-        },
-        "freetumor_version": __version__,
-    }
-
-    buf = _io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["source", "case", "index", "volume_ml", *names])
-    for crop, row in zip(real_crops + syn_crops, X):
-        writer.writerow([crop.source, crop.case, crop.index, f"{crop.meta['volume_ml']:.6g}",
-                         *(f"{v:.8g}" for v in row)])
-    with staged_output(out_dir) as stage:
-        write_bytes_atomic(stage / "features.csv", buf.getvalue().encode())
-        _figure_png(y, oof, vtt, names, X, stage / "realism.png",
-                    f"{org.name}: {len(real_crops)} real vs {len(syn_crops)} synthetic lesions")
-        write_bytes_atomic(stage / "realism.json", (json.dumps(result, indent=2) + "\n").encode())
-    return result

@@ -1,0 +1,73 @@
+"""Machine "Visual Turing Test": how well can a classifier tell synthetic tumours from real ones?
+
+Two realism scores for synthetic lesions in CT, both computed on hand-made
+radiomic features of each lesion (pyradiomics is not needed):
+
+1. :func:`machine_vtt` -- an L2 logistic regression on z-scored features,
+   scored with stratified k-fold cross-validation. The pooled out-of-fold ROC
+   AUC is the score: 0.5 means the classifier cannot separate synthetic from
+   real lesions (indistinguishable), 1.0 means it always can.
+2. :func:`feature_distance` -- per-feature Cohen's d and two-sample
+   Kolmogorov-Smirnov statistics, their mean |d|, and the Frechet distance
+   between Gaussians fitted to the standardised feature vectors.
+
+:func:`run_realism` runs both for a real datalist against a folder written by
+``freetumor synthesize`` and writes ``realism.json``, ``features.csv`` and
+``realism.png``.
+
+Modules: :mod:`.features` (lesion crops and their radiomic features), :mod:`.classifier`
+(the classifier, cross-validation and feature distances) and :mod:`.run` (the end-to-end run
+and its output files). Their public names are re-exported here.
+"""
+
+from __future__ import annotations
+
+from .classifier import (
+    BOOTSTRAP,
+    CLASSIFIER,
+    FRECHET_RIDGE,
+    CrossValidation,
+    cross_validate,
+    feature_distance,
+    feature_matrix,
+    machine_vtt,
+)
+from .features import (
+    DEFAULT_WINDOW,
+    FEATURE_DEFINITIONS,
+    FEATURE_NAMES,
+    GLCM_DIRECTIONS,
+    GLCM_LEVELS,
+    HIST_BIN_HU,
+    RIM_MM,
+    LesionCrop,
+    crops_from_datalist,
+    crops_from_synthetic_dir,
+    extract_crops,
+    lesion_features,
+)
+from .run import run_realism
+
+__all__ = [
+    "BOOTSTRAP",
+    "CLASSIFIER",
+    "DEFAULT_WINDOW",
+    "FEATURE_DEFINITIONS",
+    "FEATURE_NAMES",
+    "FRECHET_RIDGE",
+    "GLCM_DIRECTIONS",
+    "GLCM_LEVELS",
+    "HIST_BIN_HU",
+    "RIM_MM",
+    "CrossValidation",
+    "LesionCrop",
+    "cross_validate",
+    "crops_from_datalist",
+    "crops_from_synthetic_dir",
+    "extract_crops",
+    "feature_distance",
+    "feature_matrix",
+    "lesion_features",
+    "machine_vtt",
+    "run_realism",
+]
