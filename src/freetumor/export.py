@@ -42,11 +42,18 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import nibabel as nib
 
 from .errors import ConfigError, InputError
 from .tasks import class_mapping
 from .io import Volume, case_name, check_same_grid, is_nifti, load_volume, save_volume, staged_output, \
     write_bytes_atomic
+from . import __version__
+from .data import load_datalist
+from .labels import default_label_map
+from .labels import get_label_map
+from .labels import label_values
+from .organs import get_organ
 
 __all__ = ["export_nnunet", "dataset_name", "task_labels", "safe_case_names", "default_task"]
 
@@ -99,7 +106,6 @@ def default_task(label_map, organ: str | None) -> str:
     """``organ3`` when an organ is given, else ``abdomen7`` (or ``chest3`` for a chest-only label map)."""
     if organ:
         return "organ3"
-    from .labels import get_label_map
 
     lm = get_label_map(label_map)
     if any(lm.supports(o) for o in ("liver", "pancreas", "kidney")):
@@ -122,7 +128,6 @@ def _convert_label(label: Volume, lut: np.ndarray, known: frozenset, lm_name: st
         a = a.astype(np.int64)
     elif a.dtype.kind == "b":
         a = a.astype(np.int64)
-    from .labels import label_values
 
     values = label_values(a)
     unknown = [v for v in values if v not in known]
@@ -138,8 +143,6 @@ def _convert_label(label: Volume, lut: np.ndarray, known: frozenset, lm_name: st
 def _write_image(src: Path, vol: Volume, dst: Path, copy: bool) -> None:
     """The CT as it is: same bytes (.nii.gz), gzipped bytes (.nii), or NIfTI from a DICOM series."""
     if is_nifti(src):
-        import nibabel as nib
-
         raw_3d = len(nib.load(str(src)).header.get_data_shape()) == 3
         if raw_3d and str(src).lower().endswith(".nii.gz"):
             if copy:
@@ -184,10 +187,6 @@ def export_nnunet(
         ConfigError: bad folder name, unknown task, organ missing for organ3, label map lacking the organ.
         InputError: unreadable datalist, image or label, grids that differ, unknown label values.
     """
-    from . import __version__
-    from .data import load_datalist
-    from .labels import get_label_map
-
     out = Path(out)
     ds_id, ds_name = dataset_name(out)
     dl_path = Path(datalist)
@@ -196,13 +195,9 @@ def export_nnunet(
     meta = meta if isinstance(meta, dict) else {}
 
     if organ is not None:
-        from .organs import get_organ
-
         organ = get_organ(organ).name
     lm_spec = label_map or (meta.get("label_map") if isinstance(meta.get("label_map"), str) else None)
     if lm_spec is None:
-        from .labels import default_label_map
-
         lm_spec = default_label_map(organ) if organ else "abdomen7"
     if isinstance(lm_spec, str) and not os.path.isabs(lm_spec) and lm_spec.lower().endswith(".json") \
             and not Path(lm_spec).exists() and (dl_path.parent / lm_spec).exists():

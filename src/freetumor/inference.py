@@ -19,9 +19,15 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from monai.data import MetaTensor
+from monai.inferers import sliding_window_inference
+from monai.transforms import Orientation, ScaleIntensityRange, Spacing
+from tqdm import tqdm
+import torch
 
 from .errors import InputError
 from .io import NIFTI_SUFFIXES, Volume, case_name, load_volume, save_volume, staged_output
+from .checkpoints import load_model
 
 
 def resample_nearest(src: np.ndarray, src_affine: np.ndarray, shape, affine: np.ndarray, fill: int = 0) -> np.ndarray:
@@ -58,19 +64,11 @@ class Predictor:
     """
 
     def __init__(self, model_path: str | os.PathLike, device: str | None = None):
-        import torch
-
-        from .checkpoints import load_model
-
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model, self.cfg = load_model(model_path, map_location=self.device)
         self.model.to(self.device).eval()
 
     def _preprocess(self, vol: Volume):
-        import torch
-        from monai.data import MetaTensor
-        from monai.transforms import Orientation, ScaleIntensityRange, Spacing
-
         d = self.cfg.data
         img = MetaTensor(torch.as_tensor(np.asarray(vol.array, np.float32))[None], affine=torch.as_tensor(vol.affine))
         img = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(img)
@@ -80,9 +78,6 @@ class Predictor:
 
     def predict_volume(self, vol: Volume) -> Volume:
         """Class map (uint8) on ``vol``'s grid."""
-        import torch
-        from monai.inferers import sliding_window_inference
-
         img = self._preprocess(vol)
         affine = np.asarray(img.affine, np.float64)
         x = img.as_tensor()
@@ -123,8 +118,6 @@ def predict_files(
     written = []
     it = inputs
     if progress:
-        from tqdm import tqdm
-
         it = tqdm(inputs, desc="predict", unit="case", dynamic_ncols=True)
     with staged_output(out_dir) as stage:
         for p in it:

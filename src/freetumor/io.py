@@ -26,8 +26,11 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from nibabel.filebasedimages import ImageFileError
+import nibabel as nib
 
 from .errors import InputError
 
@@ -78,8 +81,6 @@ class Volume:
     @property
     def orientation(self) -> tuple[str, str, str]:
         """Closest anatomical direction of each voxel axis, e.g. ``('L', 'P', 'S')``."""
-        import nibabel as nib
-
         return tuple(nib.aff2axcodes(self.affine))  # type: ignore[return-value]
 
     def physical_axes(self) -> tuple[int, int, int]:
@@ -140,9 +141,6 @@ def load_volume(path: str | os.PathLike) -> Volume:
 
 
 def _load_nifti(p: Path) -> Volume:
-    import nibabel as nib
-    from nibabel.filebasedimages import ImageFileError
-
     try:
         img = nib.load(str(p))
         array = np.asanyarray(img.dataobj)
@@ -161,7 +159,7 @@ def _load_nifti(p: Path) -> Volume:
 
 
 def _load_dicom_series(p: Path) -> Volume:
-    import SimpleITK as sitk
+    import SimpleITK as sitk  # deferred: SimpleITK (0.5 s to import) is needed only for DICOM folders
 
     sitk.ProcessObject_SetGlobalWarningDisplay(False)
     reader = sitk.ImageSeriesReader()
@@ -212,8 +210,6 @@ def _short(exc: BaseException) -> str:
 
 
 def _header_for(vol: Volume):
-    import nibabel as nib
-
     if isinstance(vol.header, (nib.Nifti1Header, nib.Nifti2Header)):
         hdr = vol.header.copy()
     else:
@@ -227,8 +223,6 @@ def _header_for(vol: Volume):
 
 def to_nifti(vol: Volume):
     """A nibabel image with the volume's affine and (a copy of) its header."""
-    import nibabel as nib
-
     hdr = _header_for(vol)
     cls = nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else nib.Nifti1Image
     img = cls(vol.array, vol.affine, header=hdr)
@@ -243,8 +237,6 @@ def save_volume(vol: Volume, path: str | os.PathLike) -> None:
 
     The input's header is kept (data type, qform/sform codes, descriptions).
     """
-    import nibabel as nib
-
     path = Path(path)
     if not is_nifti(path):
         raise InputError(path, "output must end in .nii or .nii.gz")
@@ -274,8 +266,6 @@ def _write_gzip_parallel(raw: bytes, path: str) -> None:
     uses zlib or Python's gzip (nibabel, ITK/SimpleITK, FSL, MRtrix) reads it;
     zlib releases the GIL, so the members are compressed in parallel threads.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     view = memoryview(raw)
     chunks = [view[i : i + _GZIP_CHUNK] for i in range(0, len(view), _GZIP_CHUNK)] or [view]
     workers = max(1, min(len(chunks), os.cpu_count() or 1, 8))

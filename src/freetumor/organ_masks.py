@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from tqdm import tqdm
 
 from .errors import ConfigError, InputError
 from . import __version__
@@ -251,8 +252,6 @@ def segment_organs(
             run, label_map = (_totalseg_engine if engine == "totalsegmentator" else _lungmask_engine)(device)
             it = inputs
             if progress:
-                from tqdm import tqdm
-
                 it = tqdm(inputs, desc=engine, unit="case", dynamic_ncols=True)
             for p in it:
                 vol = load_volume(p)

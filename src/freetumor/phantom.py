@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
 from .errors import ConfigError
 from .io import Volume, save_volume, staged_output, write_bytes_atomic
@@ -929,7 +930,6 @@ def make_case(
     if tumour:
         _place_tumours(cv, pt, region, tumour_rng, tumour_radius_mm)
 
-    from scipy.ndimage import gaussian_filter
 
     amp = np.zeros(256, np.float32)
     for k, v in _TEXTURE.items():

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from nibabel.orientations import apply_orientation
+from nibabel.orientations import io_orientation
 
 from .io import Volume, write_bytes_atomic
 
@@ -56,8 +58,6 @@ class _Geometry:
 
     @classmethod
     def of(cls, vol: Volume) -> "_Geometry":
-        from nibabel.orientations import io_orientation
-
         ornt = io_orientation(vol.affine)
         ras_shape = [0, 0, 0]
         ras_spacing = [0.0, 0.0, 0.0]
@@ -68,8 +68,6 @@ class _Geometry:
 
     def ras_view(self, array: np.ndarray) -> np.ndarray:
         """The array reoriented to RAS (a view: only flips and a transpose)."""
-        from nibabel.orientations import apply_orientation
-
         if tuple(array.shape) != self.shape:
             raise ValueError(f"array shape {tuple(array.shape)} does not match volume shape {self.shape}")
         return apply_orientation(array, self.ornt)
@@ -268,8 +266,8 @@ def render_lesions_png(
 
 
 def _draw(rows, window, title, dpi) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # deferred: matplotlib (about 1 s to import) only for figures
+    from matplotlib.figure import Figure  # deferred: matplotlib (about 1 s to import) only for figures
 
     # Layout in inches: pairs of panels (before | after) with wider gaps between pairs.
     margin, gap_in, gap_pair = 0.15, 0.05, 0.3

@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
 SIGMA_A = 3.0
 SIGMA_B = 4.0
@@ -36,8 +37,6 @@ def procedural_texture(
     sigma_b=(SIGMA_B,) * 3,
 ) -> np.ndarray:
     """Texture values in [0, 1] for a box of ``shape`` (sigmas per axis, in voxels)."""
-    from scipy.ndimage import gaussian_filter
-
     sigma_a = np.broadcast_to(np.asarray(sigma_a, np.float64), (3,))
     sigma_b = np.broadcast_to(np.asarray(sigma_b, np.float64), (3,))
     shape = np.asarray(shape, int)

@@ -44,11 +44,14 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
+from scipy import ndimage
+import yaml
 
 from ..errors import ConfigError, FreeTumorError, InputError
 from ..io import (Volume, check_ct_intensity, check_same_grid, load_volume, save_volume, staged_output,
                   write_bytes_atomic)
 from ..labels import label_values
+from . import datalist_label_map, load_datalist
 
 CATALOG_PATH = Path(__file__).resolve().with_name("catalog.yaml")
 
@@ -198,8 +201,6 @@ def validate_entry(name: str, raw: dict) -> Source:
 
 @functools.lru_cache(maxsize=4)
 def _load(path: str) -> dict[str, Source]:
-    import yaml
-
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -349,8 +350,6 @@ def convert_label(array: np.ndarray, source: str | Source) -> tuple[np.ndarray |
 
 def _assign_lesions(mask: np.ndarray, out: np.ndarray, target: str) -> None:
     """Give each connected lesion the tumour id of the organ it touches most (0 if none)."""
-    from scipy import ndimage
-
     organs = TARGETS[target]["organs"]
     comps, n = ndimage.label(mask)
     for k, sl in enumerate(ndimage.find_objects(comps), start=1):
@@ -502,8 +501,6 @@ def merge_datalists(paths: Iterable[str | os.PathLike], out_labelled: str | os.P
     one label convention (``abdomen7`` or ``chest3``). Cases listed twice (same image)
     are kept once. Counts per source and per organ are returned and stored in both outputs.
     """
-    from . import datalist_label_map, load_datalist
-
     paths = [Path(p) for p in paths]
     if not paths:
         raise ConfigError("give at least one datalist to merge")

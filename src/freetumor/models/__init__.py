@@ -21,7 +21,12 @@ Example:
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
+from monai.networks.nets import DynUNet
+from monai.networks.nets import SwinUNETR
+from monai.networks.nets import UNet
 
 from ..config import MODEL_NAMES, Config, dynunet_plan
 from ..errors import ConfigError
@@ -34,8 +39,6 @@ __all__ = ["MODEL_NAMES", "build_model", "dynunet_plan", "build_network", "Diffe
 
 def _need_einops() -> None:
     """MONAI's SwinUNETR calls ``einops.rearrange`` in every forward pass; fail early without it."""
-    import importlib.util
-
     if importlib.util.find_spec("einops") is None:
         raise ConfigError("model 'swinunetr' needs the einops package (pip install einops); "
                           "or choose model.name=unet or dynunet")
@@ -52,7 +55,6 @@ def build_model(cfg: Config) -> torch.nn.Module:
     out = cfg.num_classes
     if name == "swinunetr":
         _need_einops()
-        from monai.networks.nets import SwinUNETR
 
         return SwinUNETR(
             in_channels=1,
@@ -64,8 +66,6 @@ def build_model(cfg: Config) -> torch.nn.Module:
             spatial_dims=3,
         )
     if name == "unet":
-        from monai.networks.nets import UNet
-
         return UNet(
             spatial_dims=3,
             in_channels=1,
@@ -76,8 +76,6 @@ def build_model(cfg: Config) -> torch.nn.Module:
             dropout=m.dropout,
         )
     if name == "dynunet":
-        from monai.networks.nets import DynUNet
-
         filters = list(m.filters)
         kernels, strides = dynunet_plan(cfg.data.roi_size, len(filters))
         dropout = m.dropout

@@ -21,9 +21,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from scipy.ndimage import map_coordinates
 
 from ..errors import ConfigError, InputError
 from ..io import load_volume, staged_output, write_bytes_atomic
+from ..data import datalist_label_map, load_datalist
+from ..evaluation.lesions import connected_lesions
+from ..labels import get_label_map
 
 SLICES, ROWS, COLS = 24, 128, 128
 PIXEL_MM, SLICE_MM = 0.75, 2.0
@@ -35,8 +39,6 @@ MIN_VOXELS = 20
 
 def stack_around(image, centre_mm) -> np.ndarray:
     """int16 (SLICES, ROWS, COLS) around ``centre_mm`` (RAS+): row 0 anterior, col 0 patient's right."""
-    from scipy.ndimage import map_coordinates
-
     cx, cy, cz = (float(v) for v in centre_mm)
     c = (np.arange(COLS) - (COLS - 1) / 2) * PIXEL_MM
     r = (np.arange(ROWS) - (ROWS - 1) / 2) * PIXEL_MM
@@ -49,10 +51,6 @@ def stack_around(image, centre_mm) -> np.ndarray:
 
 
 def _real_lesions(datalist, label_map, organs, log) -> dict[str, list[dict]]:
-    from ..data import datalist_label_map, load_datalist
-    from ..evaluation.lesions import connected_lesions
-    from ..labels import get_label_map
-
     p = Path(datalist)
     if not p.is_file():
         raise InputError(p, "no such datalist")

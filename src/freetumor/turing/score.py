@@ -19,16 +19,17 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import InputError
 from ..io import staged_output, write_bytes_atomic
 from . import db
+from ..evaluation.stats import wilson_ci
 
 MEASURES = ("sensitivity", "specificity", "accuracy")
 
 
 def _prop(k: int, n: int) -> dict:
-    from ..evaluation.stats import wilson_ci
-
     if n == 0:
         return {"k": 0, "n": 0, "value": None, "ci95": None}
     lo, hi = wilson_ci(k, n)
@@ -121,9 +122,8 @@ def _csv(rows: list[dict], columns: list[str] | None = None) -> bytes:
 
 
 def _chart(result: dict) -> bytes:
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # deferred: matplotlib (about 1 s to import) only for figures
+    from matplotlib.figure import Figure  # deferred: matplotlib (about 1 s to import) only for figures
 
     groups = [*result["readers"].items(), ("pooled", result["pooled"])]
     fig = Figure(figsize=(max(5.0, 1.6 * len(groups) + 2), 3.6), dpi=100)

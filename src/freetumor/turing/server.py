@@ -288,7 +288,7 @@ def create_app(study: str | Path) -> FastAPI:
 
 def serve(study: str | Path, host: str = "127.0.0.1", port: int = 8000, log: Callable[[str], None] = print) -> None:
     """Check the study folder, then run the web app with uvicorn until interrupted."""
-    import uvicorn
+    import uvicorn  # deferred: the web server is needed only by turing serve
 
     app = create_app(study)
     n_readers = len(db.readers(study))
