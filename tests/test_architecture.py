@@ -159,3 +159,22 @@ def test_deferred_imports_say_why():
                 if "deferred" not in here + end and "TYPE_CHECKING" not in here:
                     bad.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
     assert not bad, f"{len(bad)} imports inside functions without a '# deferred' reason:\n" + "\n".join(bad)
+
+
+def test_architecture_page_names_every_module():
+    """docs/architecture.md stays current: every module (packages aside) is named there, as its
+    dotted name below ``freetumor`` or under a ``parent.*`` wildcard."""
+    import re
+
+    text = (PACKAGE.parents[1] / "docs" / "architecture.md").read_text(encoding="utf-8")
+    mods = modules()
+    missing = []
+    for name in mods:
+        if _is_package(name, mods):
+            continue
+        rel = name.split(".", 1)[1]
+        parts = rel.split(".")
+        options = [rel] + [".".join(parts[:k]) + ".*" for k in range(1, len(parts))]
+        if not any(re.search(r"(?<![\w.])" + re.escape(o) + r"(?![\w])", text) for o in options):
+            missing.append(rel)
+    assert not missing, f"docs/architecture.md does not name: {', '.join(missing)}"
