@@ -292,7 +292,7 @@ def test_generator_checkpoint_errors(tmp_path):
     good = tmp_path / "generator.pt"
     save_checkpoint(good, model=gen, cfg=cfg, step=3, kind="generator")
     g2, cfg2 = load_network(good, "generator")
-    assert cfg2["synth"]["generator"]["channels"] == [4, 8, 16]
+    assert cfg2.synth.generator.channels == [4, 8, 16]
     seg = tmp_path / "seg.pt"
     save_checkpoint(seg, model=build_model(cfg), cfg=cfg, step=1)
     with pytest.raises(InputError, match="is a segmentor checkpoint, not a generator"):
