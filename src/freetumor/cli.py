@@ -18,6 +18,7 @@ import typer
 from .errors import FreeTumorError
 from .labels import PRESET_NAMES
 from .organs import ORGAN_NAMES, SIZE_CHOICES
+from .tasks import TASKS
 
 app = typer.Typer(
     name="freetumor",
@@ -501,7 +502,7 @@ def turing_score(
     typer.echo(f"synthetic cases that passed as real: {len(r['passed'])}; report: {out}")
 
 
-ExportTask = Enum("ExportTask", {n: n for n in ("organ3", "abdomen7", "chest3")}, type=str)
+ExportTask = Enum("ExportTask", {n: n for n in TASKS}, type=str)
 OrganEngine = Enum("OrganEngine", {n: n for n in ("freetumor", "totalsegmentator", "lungmask")}, type=str)
 
 
