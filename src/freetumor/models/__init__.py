@@ -24,14 +24,13 @@ from __future__ import annotations
 import importlib.util
 
 import torch
-from monai.networks.nets import DynUNet
-from monai.networks.nets import SwinUNETR
-from monai.networks.nets import UNet
+from monai.networks.nets import DynUNet, SwinUNETR
 
 from ..config import MODEL_NAMES, Config, dynunet_plan
 from ..errors import ConfigError
 from .generator import (DISCRIMINATOR_CLASSES, FAKE, GENERATOR_CHANNELS, REAL, DifferenceGenerator,
                         build_discriminator, build_generator)
+from .unet import residual_unet
 
 __all__ = ["MODEL_NAMES", "build_model", "dynunet_plan", "build_network", "DifferenceGenerator", "build_generator",
            "build_discriminator", "GENERATOR_CHANNELS", "DISCRIMINATOR_CLASSES", "REAL", "FAKE"]
@@ -66,15 +65,7 @@ def build_model(cfg: Config) -> torch.nn.Module:
             spatial_dims=3,
         )
     if name == "unet":
-        return UNet(
-            spatial_dims=3,
-            in_channels=1,
-            out_channels=out,
-            channels=tuple(m.channels),
-            strides=tuple(m.strides),
-            num_res_units=m.num_res_units,
-            dropout=m.dropout,
-        )
+        return residual_unet(out, m.channels, m.strides, num_res_units=m.num_res_units, dropout=m.dropout)
     if name == "dynunet":
         filters = list(m.filters)
         kernels, strides = dynunet_plan(cfg.data.roi_size, len(filters))

@@ -23,10 +23,10 @@ Example:
 from __future__ import annotations
 
 import torch
-from monai.networks.nets import UNet
 
 from ..config import Config, NetSpec
 from ..errors import ConfigError
+from .unet import residual_unet
 
 GENERATOR_CHANNELS = {"abdomen": 3, "chest": 1}
 DISCRIMINATOR_CLASSES = 3  # 0 background, 1 real tumour, 2 fake tumour
@@ -34,15 +34,8 @@ REAL, FAKE = 1, 2
 
 
 def _unet(spec: NetSpec, out_channels: int) -> torch.nn.Module:
-    return UNet(
-        spatial_dims=3,
-        in_channels=1,
-        out_channels=out_channels,
-        channels=tuple(spec.channels),
-        strides=tuple(spec.strides),
-        num_res_units=spec.num_res_units,
-        norm=("instance", {"affine": True}) if spec.norm == "instance" else "batch",
-    )
+    norm = ("instance", {"affine": True}) if spec.norm == "instance" else "batch"
+    return residual_unet(out_channels, spec.channels, spec.strides, num_res_units=spec.num_res_units, norm=norm)
 
 
 class DifferenceGenerator(torch.nn.Module):
