@@ -100,3 +100,37 @@ def test_optional_engine_missing(case, tmp_path, monkeypatch, engine, pip_name):
         return  # installed: the CLI would run it (and fetch weights); the API check above covers the message
     r = run("organs", "--image", case / "ct.nii.gz", "--out", out, "--engine", engine)
     assert r.returncode == 1 and r.stderr == f"error: {expected}\n" and not out.exists()
+
+
+NSCLC = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "nsclc_radiomics_lung1_001"
+
+
+def test_threshold_engine_matches_clinical_lung_contours(tmp_path):
+    """Model-free lung masks against the radiotherapy lung contours of a real chest (Dice >= 0.95)."""
+    from conftest import need
+
+    image = need(NSCLC / "image.nii.gz")
+    out = tmp_path / "masks"
+    r = run("organs", "--image", image, "--out", out, "--engine", "threshold")
+    assert r.returncode == 0, r.stderr
+    mask = load_volume(out / "image.nii.gz")
+    ref = np.isin(load_volume(NSCLC / "label.nii.gz").array, (2, 3))  # left and right lung
+    assert mask.array.dtype == np.uint8 and set(np.unique(mask.array).tolist()) == {0, 1}
+    lung = mask.array == 1
+    dice = 2 * np.count_nonzero(lung & ref) / (np.count_nonzero(lung) + np.count_nonzero(ref))
+    assert dice >= 0.95, dice
+    dl = json.loads((out / "datalist.json").read_text())
+    assert dl["label_map"] == "chest3" and dl["engine"] == "threshold"
+
+
+def test_threshold_engine_refuses_a_volume_without_lungs(tmp_path):
+    x = np.full((40, 36, 20), -1000, np.int16)
+    x[4:36, 4:32, :] = 45  # a body with no air inside it
+    from freetumor.io import Volume
+
+    save_volume(Volume(x, np.diag([4.0, 4.0, 5.0, 1.0]), None, "solid"), tmp_path / "solid.nii.gz")
+    out = tmp_path / "masks"
+    r = run("organs", "--image", tmp_path / "solid.nii.gz", "--out", out, "--engine", "threshold")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "solid.nii.gz" in r.stderr and "no lungs found" in r.stderr
+    assert not out.exists()

@@ -503,7 +503,7 @@ def turing_score(
 
 
 ExportTask = Enum("ExportTask", {n: n for n in TASKS}, type=str)
-OrganEngine = Enum("OrganEngine", {n: n for n in ("freetumor", "totalsegmentator", "lungmask")}, type=str)
+OrganEngine = Enum("OrganEngine", {n: n for n in ("freetumor", "threshold", "totalsegmentator", "lungmask")}, type=str)
 
 
 @app.command("export-nnunet")
@@ -533,7 +533,8 @@ def organs_cmd(
     image: Path = typer.Option(..., "--image", help="CT file, DICOM series folder, or folder of NIfTI files."),
     out: Path = typer.Option(..., "--out", help="Output folder (<case>.nii.gz organ masks, datalist.json)."),
     engine: OrganEngine = typer.Option(OrganEngine.freetumor, "--engine", help="freetumor (a --model checkpoint), "
-                                       "or the optional totalsegmentator / lungmask packages."),
+                                       "threshold (chest CT: model-free lung masks), or the optional "
+                                       "totalsegmentator / lungmask packages."),
     model: Optional[Path] = typer.Option(None, "--model", help="Segmentor checkpoint (engine freetumor)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
 ) -> None:

@@ -19,6 +19,9 @@ Engines:
   kidney tumour 6 -> 5, lung lesion 2 -> 1): the unlabelled pool must hold organ
   masks only, and a tumour the model happens to find is still part of the organ
   the synthetic tumours are placed in.
+* ``threshold`` (chest only, no model, no package): lung masks by thresholds, connected
+  components, trachea and main-bronchi removal and hole filling
+  (:func:`freetumor.lung_threshold.threshold_lung_mask`), chest3 lung 1.
 * ``totalsegmentator``: TotalSegmentator's ``total`` task (v2 ids liver 5,
   pancreas 7, kidney_right 2, kidney_left 3) mapped to abdomen7 (1, 3, 5, 5).
 * ``lungmask``: lungmask's R231 model (right lung 1, left lung 2) mapped to chest3 lung 1.
@@ -54,12 +57,13 @@ from .checkpoints import check_kind, load_checkpoint
 from .inference import list_inputs, predict_files, resample_nearest
 from .io import Volume, case_name, load_volume, save_volume, staged_output, to_nifti, write_bytes_atomic
 from .labels import default_label_map, get_label_map
+from .lung_threshold import threshold_lung_mask
 from .organs import get_organ
 from .tasks import check_task, organ_classes
 
 __all__ = ["ENGINES", "TOTALSEG_TO_ABDOMEN7", "LUNGMASK_TO_CHEST3", "map_labels", "merge_mapping", "segment_organs"]
 
-ENGINES = ("freetumor", "totalsegmentator", "lungmask")
+ENGINES = ("freetumor", "threshold", "totalsegmentator", "lungmask")
 
 # TotalSegmentator ``total`` task (v2) -> abdomen7 organ ids.
 TOTALSEG_TO_ABDOMEN7 = {5: 1, 7: 3, 2: 5, 3: 5}
@@ -140,6 +144,14 @@ def _to_sitk(vol: Volume):
     return img
 
 
+def _threshold_engine(device: str | None):
+    """Model-free lung masks (:mod:`freetumor.lung_threshold`), chest3 lung id 1; ``device`` unused."""
+    def run(vol: Volume) -> np.ndarray:
+        return threshold_lung_mask(vol).astype(np.uint8)
+
+    return run, "chest3"
+
+
 def _totalseg_engine(device: str | None):
     _need_package("totalsegmentator")
     from totalsegmentator.python_api import totalsegmentator  # deferred: optional package
@@ -218,7 +230,7 @@ def segment_organs(
         raise ConfigError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if engine == "freetumor" and model is None:
         raise ConfigError("engine freetumor needs --model SEG.pt (a segmentor checkpoint of `freetumor train-seg`)")
-    if engine != "freetumor":
+    if engine in _PACKAGES:
         _need_package(engine)
     inputs = list_inputs(image)
     names = [case_name(p) for p in inputs]
@@ -249,7 +261,8 @@ def segment_organs(
             shutil.rmtree(tmp)
             source = {"engine": engine, "model": str(Path(model).resolve()), "model_task": cfg.get("task")}
         else:
-            run, label_map = (_totalseg_engine if engine == "totalsegmentator" else _lungmask_engine)(device)
+            run, label_map = {"threshold": _threshold_engine, "totalsegmentator": _totalseg_engine,
+                              "lungmask": _lungmask_engine}[engine](device)
             it = inputs
             if progress:
                 it = tqdm(inputs, desc=engine, unit="case", dynamic_ncols=True)
