@@ -1,0 +1,291 @@
+"""Render one lesion drawn from a lesion profile into a CT, in millimetres and Hounsfield units.
+
+Given a lesion's parameters (one draw of :meth:`freetumor.profiles.LesionProfile.sample`), a
+centre and the CT's own voxel grid, :func:`render_lesion`:
+
+1. **shape**: an ellipsoid of the drawn equivalent diameter and principal axis ratios, randomly
+   rotated (isotropic in physical space whatever the voxel spacing), with a smooth random radial
+   lobulation whose amplitude reproduces the drawn relative solidity (:func:`lobulation_for`);
+2. **occupancy**: the fraction of every native voxel inside that surface (supersampled to about
+   0.4 mm), so a thick-slice host blurs a small lesion as a real one would be;
+3. **edge**: a Gaussian blur in mm whose width reproduces the drawn edge sharpness relative to the
+   contrast (:func:`edge_sigma_for`);
+4. **intensity**: inside the lesion the host's local structure (vessels, the lung's own texture:
+   the host smoothed at 1.5 mm) is replaced by the lesion's core HU — the local host HU plus the
+   drawn contrast — plus a spatially coherent texture (Gaussian random field with the drawn SD and
+   correlation length), while the host's fine-scale noise is kept; extra fine noise brings the
+   lesion's fine-scale SD up to the drawn one:
+
+       x' = x + f * (host + contrast + T - smooth(x))
+
+5. **label**: the voxels whose occupancy reaches the threshold that gives the label's outer layer
+   the drawn mean occupancy (real masks are generous: their outer layer is partly host).
+
+Only voxels of the allowed region (the organ) change; the function returns the new values of
+the lesion's box and leaves the input untouched.
+
+Example:
+    >>> import numpy as np
+    >>> from freetumor.shapes import Grid
+    >>> rng = np.random.default_rng(0)
+    >>> img = (-850 + 15 * rng.standard_normal((48, 48, 40))).astype(np.float32)
+    >>> lung = np.ones(img.shape, bool)
+    >>> grid = Grid((48, 48, 40), (0.7, 0.7, 1.0), (0, 1, 2), (1, 1, 1))
+    >>> p = dict(diameter_mm=10.0, axis_ratio_mid=0.9, axis_ratio_min=0.8, solidity=0.95, contrast_hu=750.0,
+    ...          edge_norm=0.25, occupancy_outer=0.45, interior_sd=80.0, noise_sd=40.0, corr_length_mm=2.0,
+    ...          attached_fraction=0.0)
+    >>> r = render_lesion(img, lung, grid, (24, 24, 20), p, rng)
+    >>> core = r.values[r.label & (r.occupancy > 0.95)]
+    >>> bool(-250 < core.mean() < 0), bool(300 < r.label.sum() * 0.49 < 900)
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from .shapes import Grid
+
+SUBSAMPLE_MM = 0.4      # supersampling step of the occupancy
+STRUCTURE_MM = 1.5      # the host's structure: the host smoothed with this Gaussian sigma
+MAX_SUB = 6
+_N_LOBES = 7
+
+
+@dataclass
+class RenderedLesion:
+    """One rendered lesion on its box of the volume.
+
+    Attributes:
+        box: slices of the box in the volume.
+        values: new HU of the box (float32); voxels outside the lesion's reach are unchanged.
+        label: the lesion's label on the box (bool).
+        occupancy: the blurred occupancy f on the box.
+        record: what was drawn and derived (JSON-able).
+    """
+
+    box: tuple[slice, slice, slice]
+    values: np.ndarray
+    label: np.ndarray
+    occupancy: np.ndarray
+    record: dict
+
+
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+    q *= np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+class Surface:
+    """A rotated ellipsoid with a smooth radial lobulation: inside where ``value(points) <= 1``."""
+
+    def __init__(self, semi_axes_mm, rotation: np.ndarray, lobulation: float, rng: np.random.Generator):
+        self.a = np.asarray(semi_axes_mm, np.float64)
+        self.rot = np.asarray(rotation, np.float64)
+        self.lob = float(lobulation)
+        self.dirs = rng.standard_normal((_N_LOBES, 3)) * rng.uniform(1.5, 3.5, (_N_LOBES, 1))
+        self.phase = rng.uniform(0, 2 * math.pi, _N_LOBES)
+        self.weight = rng.standard_normal(_N_LOBES) / math.sqrt(_N_LOBES)
+
+    def value(self, pts: np.ndarray) -> np.ndarray:
+        """``pts`` (N, 3) in mm relative to the centre -> scaled squared radius (1 on the surface)."""
+        local = pts @ self.rot / self.a
+        q = np.einsum("ij,ij->i", local, local)
+        if self.lob > 0:
+            u = local / np.sqrt(np.maximum(q, 1e-12))[:, None]
+            bump = np.cos(u @ self.dirs.T + self.phase) @ self.weight
+            q = q / (1.0 + self.lob * bump) ** 2
+        return q
+
+
+def _occupancy(surface: Surface, shape, spacing, origin_mm, step_mm: float = SUBSAMPLE_MM) -> np.ndarray:
+    """Fraction of each voxel of a box inside ``surface`` (voxel ``i`` centred at origin + i * spacing),
+    from sub-samples about ``step_mm`` apart."""
+    sub = [int(min(MAX_SUB, max(1, math.ceil(s / step_mm)))) for s in spacing]
+    offs = [((np.arange(n) + 0.5) / n - 0.5) * s for n, s in zip(sub, spacing)]
+    out = np.zeros(shape, np.float32)
+    ys = origin_mm[1] + np.arange(shape[1]) * spacing[1]
+    zs = origin_mm[2] + np.arange(shape[2]) * spacing[2]
+    yy = (ys[:, None] + offs[1][None, :]).ravel()
+    zz = (zs[:, None] + offs[2][None, :]).ravel()
+    grid_yz = np.stack(np.meshgrid(yy, zz, indexing="ij"), axis=-1).reshape(-1, 2)
+    for i in range(shape[0]):
+        xs = origin_mm[0] + i * spacing[0] + offs[0]
+        pts = np.concatenate([np.repeat(xs, len(grid_yz))[:, None], np.tile(grid_yz, (len(xs), 1))], axis=1)
+        inside = (surface.value(pts) <= 1.0).reshape(len(xs), shape[1], sub[1], shape[2], sub[2])
+        out[i] = inside.mean(axis=(0, 2, 4))
+    return out
+
+
+def _semi_axes(diameter_mm: float, q_mid: float, q_min: float) -> np.ndarray:
+    q_mid, q_min = min(1.0, q_mid), min(q_mid, q_min)
+    r = diameter_mm / 2.0
+    return r * np.array([1.0, q_mid, q_min]) / (q_mid * q_min) ** (1.0 / 3.0)
+
+
+def _gaussian_mm(arr: np.ndarray, sigma_mm: float, spacing) -> np.ndarray:
+    if sigma_mm <= 0:
+        return arr
+    return ndimage.gaussian_filter(arr, [sigma_mm / s for s in spacing], mode="nearest")
+
+
+@functools.lru_cache(maxsize=None)
+def _edge_table() -> tuple[np.ndarray, np.ndarray]:
+    """Normalised edge sharpness (1/mm) of a blurred 16 mm ball measured as the realism score does,
+    for a range of blur sigmas (mm): the table :func:`edge_sigma_for` inverts."""
+    from .evaluation.realism import LesionCrop, lesion_features  # deferred: evaluation sits above this layer
+
+    sigmas = np.array([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0])
+    surf = Surface((8.0, 8.0, 8.0), np.eye(3), 0.0, np.random.default_rng(0))
+    shape = (33, 33, 33)
+    occ = _occupancy(surf, shape, (1.0, 1.0, 1.0), (-16.0, -16.0, -16.0), step_mm=0.5)
+    vals = []
+    for s in sigmas:
+        f = _gaussian_mm(occ, float(s), (1.0, 1.0, 1.0))
+        img = (f * 1000.0).astype(np.float32)
+        mask = f >= 0.5
+        feats = lesion_features(LesionCrop("synthetic", "edge", 1, img, mask, (1.0, 1.0, 1.0)), window=(0, 1000))
+        vals.append(feats["edge_sharpness"] / 1000.0)
+    return sigmas, np.asarray(vals)
+
+
+def edge_sigma_for(edge_norm: float) -> float:
+    """The Gaussian edge blur (mm) whose normalised edge sharpness is ``edge_norm`` (1/mm)."""
+    sigmas, vals = _edge_table()
+    # vals decreases with sigma
+    return float(np.interp(edge_norm, vals[::-1], sigmas[::-1]))
+
+
+@functools.lru_cache(maxsize=None)
+def _lobulation_table() -> tuple[np.ndarray, np.ndarray]:
+    """Relative solidity (as :func:`freetumor.lesion_fit.relative_solidity` measures it on 1 mm
+    grids) of 12 mm lesions for a range of lobulation amplitudes, averaged over random shapes."""
+    from .lesion_fit import relative_solidity  # deferred: measurement sits above this layer
+
+    amps = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.65, 0.8])
+    vals = []
+    for a in amps:
+        s = []
+        for k in range(6):
+            rng = np.random.default_rng(100 + k)
+            surf = Surface((6.0, 6.0, 6.0), random_rotation(rng), float(a), rng)
+            occ = _occupancy(surf, (21, 21, 21), (1.0, 1.0, 1.0), (-10.0, -10.0, -10.0), step_mm=1.0)
+            m = occ >= 0.5
+            s.append(relative_solidity(m, (1.0, 1.0, 1.0), float(m.sum())))
+        vals.append(np.mean(s))
+    return amps, np.minimum.accumulate(np.asarray(vals))  # non-increasing despite sampling noise
+
+
+def lobulation_for(solidity: float) -> float:
+    """The lobulation amplitude whose shapes have relative solidity ``solidity`` on average."""
+    amps, vals = _lobulation_table()
+    return float(np.interp(solidity, vals[::-1], amps[::-1]))
+
+
+def _label_threshold(f: np.ndarray, target: float) -> float:
+    """The occupancy threshold t whose label (f >= t) has outer-layer mean occupancy ``target``."""
+    lo, hi = 0.02, 0.9
+    for _ in range(12):
+        t = 0.5 * (lo + hi)
+        lab = f >= t
+        outer = lab & ~ndimage.binary_erosion(lab, border_value=1)
+        occ = float(f[outer].mean()) if outer.any() else t
+        if occ < target:
+            lo = t
+        else:
+            hi = t
+    return 0.5 * (lo + hi)
+
+
+def render_lesion(image: np.ndarray, allowed: np.ndarray, grid: Grid, centre, params: dict,
+                  rng: np.random.Generator, protect: np.ndarray | None = None) -> RenderedLesion:
+    """Render one lesion (``params`` as drawn from a profile) centred at voxel ``centre``.
+
+    Args:
+        image: the CT in HU (native grid; not modified).
+        allowed: voxels the lesion may occupy (the organ).
+        grid: the CT's grid (voxel spacing in mm).
+        protect: voxels that never change (real tumours).
+    """
+    spacing = np.asarray(grid.spacing, np.float64)
+    axes = _semi_axes(params["diameter_mm"], params["axis_ratio_mid"], params["axis_ratio_min"])
+    lob = lobulation_for(params["solidity"])
+    sigma_edge = edge_sigma_for(params["edge_norm"])
+    surface = Surface(axes, random_rotation(rng), lob, rng)
+    reach_mm = axes.max() * (1.0 + 2.0 * lob) + 3.0 * sigma_edge + 2.0 * STRUCTURE_MM + 2.0
+    half = np.ceil(reach_mm / spacing).astype(int)
+    c = np.asarray(centre, int)
+    box = tuple(slice(max(0, int(ci - h)), min(int(n), int(ci + h + 1))) for ci, h, n in zip(c, half, grid.shape))
+    shape = tuple(b.stop - b.start for b in box)
+    origin = np.array([(b.start - ci) * s for b, ci, s in zip(box, c, spacing)])
+    occ = _occupancy(surface, shape, spacing, origin)
+    f = _gaussian_mm(occ, sigma_edge, spacing)
+    allow = np.asarray(allowed[box], bool)
+    if protect is not None:
+        allow = allow & ~np.asarray(protect[box], bool)
+    f = np.where(allow, f, 0.0).astype(np.float32)
+
+    x = np.asarray(image[box], np.float32)
+    smooth = _gaussian_mm(x, STRUCTURE_MM, spacing)
+    dist_out = ndimage.distance_transform_edt(occ < 0.5, sampling=spacing)
+    shell = allow & (occ < 0.05) & (dist_out > 3.0) & (dist_out <= 8.0)
+    if shell.sum() < 8:
+        shell = allow & (occ < 0.05)
+    host_hu = float(np.median(x[shell])) if shell.any() else float(np.median(x[allow])) if allow.any() else 0.0
+    host_noise = float((x - smooth)[shell].std()) if shell.any() else 0.0
+    core_hu = host_hu + params["contrast_hu"]
+
+    coh_sd = math.sqrt(max(0.0, params["interior_sd"] ** 2 - params["noise_sd"] ** 2))
+    fine_sd = math.sqrt(max(0.0, params["noise_sd"] ** 2 - host_noise ** 2))
+    texture = np.zeros(shape, np.float32)
+    if coh_sd > 0:
+        g = _gaussian_mm(rng.standard_normal(shape).astype(np.float32), params["corr_length_mm"] / 2.0, spacing)
+        g /= max(float(g.std()), 1e-6)
+        texture += np.float32(coh_sd) * g
+    if fine_sd > 0:
+        texture += np.float32(fine_sd) * rng.standard_normal(shape).astype(np.float32)
+    values = x + f * (np.float32(core_hu) + texture - smooth)
+
+    t = _label_threshold(f, params["occupancy_outer"])
+    label = (f >= t) & allow
+    record = {
+        "semi_axes_mm": [round(float(v), 2) for v in axes],
+        "lobulation": round(lob, 4),
+        "edge_sigma_mm": round(sigma_edge, 3),
+        "host_hu": round(host_hu, 1),
+        "host_noise_sd": round(host_noise, 1),
+        "core_hu": round(core_hu, 1),
+        "label_threshold": round(t, 3),
+        "drawn": {k: round(float(v), 4) for k, v in params.items()},
+    }
+    return RenderedLesion(box, values.astype(np.float32), label, f, record)
+
+
+ATTACHED_ABOVE = 0.15   # a drawn attached_fraction above this places the lesion against the organ's wall
+
+
+def choose_centre(depth_mm: np.ndarray, params: dict, rng: np.random.Generator):
+    """A centre voxel for a lesion, from the allowed region's depth map (mm to its boundary).
+
+    A lesion drawn as attached (``attached_fraction`` above :data:`ATTACHED_ABOVE`) sits against
+    the wall (its centre 0.3-0.9 radii deep); any other lies wholly inside (a radius plus 1.5 mm
+    deep). ``None`` when the region has no such voxel even at half that depth.
+    """
+    r = params["diameter_mm"] / 2.0
+    if params.get("attached_fraction", 0.0) > ATTACHED_ABOVE:
+        ranges = [(0.3 * r, 0.9 * r), (0.0, 1.5 * r)]
+    else:
+        ranges = [(r + 1.5, np.inf), (0.5 * r, np.inf)]
+    for lo, hi in ranges:
+        cand = np.flatnonzero((depth_mm.ravel() > max(lo, 0.0)) & (depth_mm.ravel() <= hi))
+        if cand.size:
+            return tuple(int(v) for v in np.unravel_index(int(cand[rng.integers(cand.size)]), depth_mm.shape))
+    return None

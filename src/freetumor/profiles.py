@@ -1,0 +1,231 @@
+"""Lesion profiles: what real lesions of one organ look like, as data a synthesiser draws from.
+
+A profile is a versioned JSON document (``format: freetumor-lesion-profile``, ``version: 1``)
+that ``freetumor lesions fit`` writes from a labelled datalist (:mod:`freetumor.lesion_fit`), or
+that ships with freetumor (``builtin:lung`` ...; :func:`builtin_profile`). It holds, for each
+measured lesion, one row of :data:`PROFILE_FEATURES` (the *empirical joint distribution*, so that
+e.g. small lesions keep their own contrast), a summary of every feature (quantiles), and where the
+numbers came from. A literature-based profile has no rows but independent ``distributions``
+(``normal`` / ``lognormal`` / ``uniform`` with bounds) and its citations.
+
+:meth:`LesionProfile.sample` draws one lesion's parameters: a real row chosen at random plus a
+small Gaussian jitter (Scott's bandwidth, per feature), kept inside the observed range.
+
+Example:
+    >>> p = LesionProfile.from_rows("lung", [[6.0, 0.9, 0.8, 0.95, 780.0, 0.12, 0.4, 60.0, 40.0, 2.0, 0.1],
+    ...                                        [12.0, 0.8, 0.7, 0.90, 820.0, 0.10, 0.45, 70.0, 45.0, 2.5, 0.3]],
+    ...                             source={"kind": "example"})
+    >>> s = p.sample(np.random.default_rng(0))
+    >>> 6.0 <= s["diameter_mm"] <= 12.0, sorted(s) == sorted(PROFILE_FEATURES)
+    (True, True)
+    >>> LesionProfile.from_json(p.to_json(), "p.json").summary["diameter_mm"]["median"]
+    9.0
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .io import write_bytes_atomic
+from .organs import ORGAN_NAMES, get_organ
+
+PROFILE_FORMAT = "freetumor-lesion-profile"
+PROFILE_VERSION = 1
+BUILTIN_DIR = Path(__file__).resolve().parent / "lesion_profiles"
+
+# Per-lesion features: name -> (definition, unit). The order is the row order of a profile.
+PROFILE_FEATURES: dict[str, str] = {
+    "diameter_mm": "equivalent-sphere diameter of the labelled lesion (mm)",
+    "axis_ratio_mid": "second / first principal semi-axis of the lesion mask (1 = round)",
+    "axis_ratio_min": "third / first principal semi-axis of the lesion mask",
+    "solidity": "lesion volume / convex-hull volume, relative to a ball of the same volume on the same grid "
+                "(1 = as convex as a ball; lower = lobulated or spiculated)",
+    "contrast_hu": "core HU minus the surrounding host tissue's median HU (3-8 mm outside the lesion)",
+    "edge_norm": "edge sharpness (mean HU/mm gradient on the boundary band) / |contrast_hu| (1/mm)",
+    "occupancy_outer": "mean partial-volume occupancy of the label's outer voxel layer "
+                       "((HU - host) / (core - host), clipped to [0, 1])",
+    "interior_sd": "standard deviation of HU in the lesion core (HU)",
+    "noise_sd": "standard deviation of the fine-scale residual (HU minus its 1 mm Gaussian smoothing) "
+                "in the lesion core (HU)",
+    "corr_length_mm": "distance at which the autocorrelation of core HU falls below 1/e (mm)",
+    "attached_fraction": "share of the 3 mm shell around the lesion that is solid tissue "
+                         "(more than half-way from host to core HU): contact with a wall or vessel",
+}
+FEATURE_ORDER: tuple[str, ...] = tuple(PROFILE_FEATURES)
+# Physical bounds a drawn value is kept in (besides the observed range).
+_BOUNDS = {"diameter_mm": (1.0, 300.0), "axis_ratio_mid": (0.1, 1.0), "axis_ratio_min": (0.05, 1.0),
+           "solidity": (0.3, 1.0), "edge_norm": (0.005, 2.0), "occupancy_outer": (0.0, 1.0),
+           "interior_sd": (0.0, 1000.0), "noise_sd": (0.0, 1000.0), "corr_length_mm": (0.3, 50.0),
+           "attached_fraction": (0.0, 1.0)}
+DISTRIBUTIONS = ("normal", "lognormal", "uniform")
+
+
+def summarise(values) -> dict:
+    """Quantiles, mean and SD of one feature (JSON-able floats)."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return {"n": 0}
+    q = np.percentile(v, [5, 25, 50, 75, 95])
+    return {"n": int(v.size), "mean": round(float(v.mean()), 4), "sd": round(float(v.std()), 4),
+            "p5": round(float(q[0]), 4), "p25": round(float(q[1]), 4), "median": round(float(q[2]), 4),
+            "p75": round(float(q[3]), 4), "p95": round(float(q[4]), 4),
+            "min": round(float(v.min()), 4), "max": round(float(v.max()), 4)}
+
+
+@dataclass(frozen=True)
+class LesionProfile:
+    """A lesion profile (see the module docstring).
+
+    Attributes:
+        organ: the tumour type it describes.
+        kind: ``fitted`` (rows measured on real lesions) or ``literature`` (distributions).
+        rows: per-lesion feature rows in :data:`FEATURE_ORDER` (fitted), else empty.
+        distributions: feature -> ``{"dist": ..., parameters, "min", "max"}`` (literature).
+        summary: feature -> quantiles.
+        source: where the numbers came from (datalist, lesion count, date, citations, ...).
+    """
+
+    organ: str
+    kind: str
+    rows: tuple[tuple[float, ...], ...] = ()
+    distributions: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    source: dict = field(default_factory=dict)
+    name: str = ""
+
+    # -------------------------------------------------------------- building
+    @classmethod
+    def from_rows(cls, organ: str, rows, source: dict, name: str = "") -> "LesionProfile":
+        arr = np.asarray(rows, np.float64)
+        if arr.ndim != 2 or arr.shape[1] != len(FEATURE_ORDER) or arr.shape[0] == 0:
+            raise ValueError(f"profile rows must be N x {len(FEATURE_ORDER)}, got {arr.shape}")
+        summary = {f: summarise(arr[:, j]) for j, f in enumerate(FEATURE_ORDER)}
+        clean = tuple(tuple(round(float(x), 5) for x in r) for r in arr)
+        return cls(get_organ(organ).name, "fitted", clean, {}, summary, dict(source), name)
+
+    # -------------------------------------------------------------- sampling
+    def sample(self, rng: np.random.Generator) -> dict[str, float]:
+        """One lesion's parameters (every feature of :data:`FEATURE_ORDER`)."""
+        if self.kind == "fitted":
+            arr = np.asarray(self.rows, np.float64)
+            n, d = arr.shape
+            row = arr[int(rng.integers(n))].copy()
+            if n > 1:
+                h = n ** (-1.0 / (d + 4))  # Scott's factor
+                row += rng.normal(0.0, 1.0, d) * h * arr.std(axis=0)
+            lo, hi = arr.min(axis=0), arr.max(axis=0)
+            out = {}
+            for j, f in enumerate(FEATURE_ORDER):
+                b_lo, b_hi = _BOUNDS.get(f, (-math.inf, math.inf))
+                out[f] = float(np.clip(row[j], max(lo[j], b_lo), min(hi[j], b_hi)))
+            return out
+        out = {}
+        for f in FEATURE_ORDER:
+            spec = self.distributions[f]
+            dist = spec["dist"]
+            if dist == "normal":
+                v = rng.normal(spec["mean"], spec["sd"])
+            elif dist == "lognormal":
+                v = float(np.exp(rng.normal(math.log(spec["median"]), spec["sigma"])))
+            else:
+                v = rng.uniform(spec["low"], spec["high"])
+            b_lo, b_hi = _BOUNDS.get(f, (-math.inf, math.inf))
+            out[f] = float(np.clip(v, max(spec.get("min", -math.inf), b_lo), min(spec.get("max", math.inf), b_hi)))
+        return out
+
+    # -------------------------------------------------------------- files
+    def to_json(self) -> dict:
+        return {
+            "format": PROFILE_FORMAT,
+            "version": PROFILE_VERSION,
+            "name": self.name,
+            "organ": self.organ,
+            "kind": self.kind,
+            "features": dict(PROFILE_FEATURES),
+            "source": self.source,
+            "summary": self.summary,
+            **({"rows": [list(r) for r in self.rows]} if self.kind == "fitted" else {}),
+            **({"distributions": self.distributions} if self.kind == "literature" else {}),
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        write_bytes_atomic(path, (json.dumps(self.to_json(), indent=1) + "\n").encode())
+
+    @classmethod
+    def from_json(cls, doc, where: str) -> "LesionProfile":
+        """Validate a profile document; every problem is a one-line :class:`InputError` on ``where``."""
+        if not isinstance(doc, dict) or doc.get("format") != PROFILE_FORMAT:
+            raise InputError(where, f"not a lesion profile (expected \"format\": \"{PROFILE_FORMAT}\")")
+        version = doc.get("version")
+        if version != PROFILE_VERSION:
+            raise InputError(where, f"lesion profile version {version!r} is not supported (this freetumor reads "
+                                    f"version {PROFILE_VERSION})")
+        organ = doc.get("organ")
+        if organ not in ORGAN_NAMES:
+            raise InputError(where, f"lesion profile organ {organ!r} is not one of {', '.join(ORGAN_NAMES)}")
+        kind = doc.get("kind")
+        if kind == "fitted":
+            rows = doc.get("rows")
+            ok = isinstance(rows, list) and rows and all(
+                isinstance(r, list) and len(r) == len(FEATURE_ORDER)
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in r)
+                for r in rows)
+            if not ok:
+                raise InputError(where, f"lesion profile rows must be a non-empty list of {len(FEATURE_ORDER)} "
+                                        f"finite numbers each ({', '.join(FEATURE_ORDER)})")
+            return cls.from_rows(organ, rows, doc.get("source") or {}, str(doc.get("name") or ""))
+        if kind == "literature":
+            dists = doc.get("distributions")
+            if not isinstance(dists, dict) or set(dists) != set(FEATURE_ORDER):
+                raise InputError(where, f"lesion profile distributions must give exactly: {', '.join(FEATURE_ORDER)}")
+            need = {"normal": ("mean", "sd"), "lognormal": ("median", "sigma"), "uniform": ("low", "high")}
+            for f, spec in dists.items():
+                if not isinstance(spec, dict) or spec.get("dist") not in need or not all(
+                        isinstance(spec.get(k), (int, float)) for k in need[spec.get("dist")]):
+                    raise InputError(where, f"lesion profile distribution of {f!r} must be one of "
+                                            f"{', '.join(DISTRIBUTIONS)} with its parameters, got {spec!r}")
+            summary = doc.get("summary") if isinstance(doc.get("summary"), dict) else {}
+            return cls(organ, "literature", (), dists, summary, doc.get("source") or {}, str(doc.get("name") or ""))
+        raise InputError(where, f"lesion profile kind must be fitted or literature, got {kind!r}")
+
+
+def builtin_names() -> list[str]:
+    """Names of the profiles that ship with freetumor (``builtin:<name>``)."""
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.json"))
+
+
+def builtin_profile(name: str) -> LesionProfile:
+    path = BUILTIN_DIR / f"{name}.json"
+    if not path.is_file():
+        raise InputError(f"builtin:{name}", f"no such built-in profile (built-in: {', '.join(builtin_names()) or 'none'})")
+    return LesionProfile.from_json(json.loads(path.read_text(encoding="utf-8")), f"builtin:{name}")
+
+
+def load_profile(spec: str | os.PathLike | LesionProfile, organ: str | None = None) -> LesionProfile:
+    """A profile from a JSON file or ``builtin:<name>``; with ``organ``, it must describe that organ."""
+    if isinstance(spec, LesionProfile):
+        profile, where = spec, spec.name or "profile"
+    elif str(spec).startswith("builtin:"):
+        where = str(spec)
+        profile = builtin_profile(where.split(":", 1)[1])
+    else:
+        where = str(spec)
+        p = Path(spec)
+        if not p.is_file():
+            raise InputError(where, "lesion profile not found" if not p.exists() else "not a file")
+        try:
+            doc = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(where, f"not a readable JSON lesion profile ({type(exc).__name__})") from None
+        profile = LesionProfile.from_json(doc, where)
+    if organ is not None and profile.organ != get_organ(organ).name:
+        raise InputError(where, f"lesion profile is for {profile.organ}, not {get_organ(organ).name}")
+    return profile
