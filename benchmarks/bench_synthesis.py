@@ -276,7 +276,7 @@ def _grow(slices, shape, g=6):
 
 
 def _grid(vol):
-    from freetumor.shapes import Grid
+    from freetumor.grids import Grid
 
     return Grid.of(vol)
 

@@ -40,7 +40,8 @@ from .errors import ConfigError, FreeTumorError, InputError
 from .io import Volume, check_ct_intensity, check_same_grid, load_volume
 from .labels import LabelMap, get_label_map, label_values
 from .organs import SIZE_CHOICES, Organ, get_organ
-from .shapes import Grid, LesionMask, OrganTooSmallError, nominal_volume_ml, sample_shape
+from .grids import Grid
+from .shapes import LesionMask, OrganTooSmallError, nominal_volume_ml, sample_shape
 from .texture import SIGMA_A, SIGMA_B, procedural_texture
 
 BLUR_SIGMA_RANGE = (1.0, 2.0)

@@ -67,7 +67,8 @@ from .io import is_nifti, load_volume
 from .labels import get_label_map
 from .organs import get_organ
 from .quality import QualityControl, judge_patch
-from .shapes import Grid, OrganTooSmallError
+from .grids import Grid
+from .shapes import OrganTooSmallError
 from .synthesis import lesion_soft_mask, place_lesion, rule_based_difference
 from .tasks import class_mapping
 from .texture import SIGMA_A, SIGMA_B, procedural_texture
