@@ -70,9 +70,23 @@ class Grid:
         v = np.asarray(phys_values, dtype=np.float64)
         return v[list(self.phys_axis)]
 
+    def voxels_per(self, phys_spacing) -> np.ndarray:
+        """Native voxels per voxel of another grid with ``phys_spacing`` (mm along R-L, A-P, S-I), per voxel axis."""
+        return self.per_voxel_axis(phys_spacing) / np.asarray(self.spacing)
+
     @property
     def voxel_volume_ml(self) -> float:
         return float(np.prod(self.spacing)) / 1000.0
+
+
+def inner_slices(box, region) -> tuple[slice, ...]:
+    """Where ``box`` sits inside ``region`` (both slices of one volume; ``box`` within ``region``).
+
+    Example:
+        >>> inner_slices((slice(5, 8), slice(0, 2)), (slice(3, 10), slice(0, 4)))
+        (slice(2, 5, None), slice(0, 2, None))
+    """
+    return tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, region))
 
 
 def to_ras(arr: np.ndarray, grid: Grid) -> np.ndarray:
@@ -117,7 +131,7 @@ def context_region(box, grid: Grid, spacing, shape, mode: str, margin_vox: int, 
     training patch along some axis; ``patch`` (and that case): a ``roi_size``
     window (network voxels) centred on the box, grown to hold the box.
     """
-    native = grid.per_voxel_axis(spacing) / np.asarray(grid.spacing)  # native voxels per network voxel
+    native = grid.voxels_per(spacing)  # native voxels per network voxel
     if mode == "bbox":
         out = []
         for a, s in enumerate(box):

@@ -188,8 +188,8 @@ def sample_centre(organ_mask: np.ndarray, grid: Grid, organ: Organ, rng: np.rand
     z = z0 + int(round(rng.uniform(*_Z_RANGE) * (z1 - z0)))
     sl = organ_mask[(slice(None),) * ax + (z,)]
     inplane = [i for i in range(3) if i != ax]
-    t = grid.per_voxel_axis(organ.target_spacing)
-    half = [max(1, int(round(_EROSION_HALF_WIDTH_VOX * t[i] / grid.spacing[i]))) for i in inplane]
+    native = grid.voxels_per(organ.target_spacing)
+    half = [max(1, int(round(_EROSION_HALF_WIDTH_VOX * native[i]))) for i in inplane]
     eroded = binary_erosion(sl, structure=np.ones((2 * half[0] + 1, 2 * half[1] + 1), bool))
     cand = np.argwhere(eroded)
     if len(cand) == 0:
