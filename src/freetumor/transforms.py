@@ -62,11 +62,11 @@ from monai.utils import convert_to_dst_type
 from .config import Config, DataConfig
 from .errors import ConfigError, InputError
 from .generator import LearnedDifference, apply_difference
+from .grids import Grid
 from .io import is_nifti, load_volume
 from .labels import get_label_map
 from .organs import get_organ
 from .quality import QualityControl, judge_patch
-from .grids import Grid
 from .shapes import OrganTooSmallError
 from .synthesis import lesion_soft_mask, lesion_texture, place_lesion, rule_based_difference
 from .tasks import class_mapping
