@@ -9,6 +9,9 @@ the tasks after the first result of each worker (start-up excluded), from the co
 markers' times; ``speedup_2_vs_1`` compares the two Ray runs. The outputs of the three runs are
 checked to be identical.
 
+Rule-based synthesis only; with a generator and a QC segmentor (network loads per worker,
+before/after building the synthesizer once per worker) see ``benchmarks/bench_batch_models.py``.
+
 Run: ``python benchmarks/bench_scale.py [--cases N] [--per-case K]``
 """
 
@@ -43,6 +46,7 @@ def main() -> None:
     from freetumor.batch import synthesize_batch
     from freetumor.io import load_volume
     from freetumor.phantom import write_cohort
+    from freetumor.synthesis import SynthesisOptions
 
     result = {"benchmark": "bench_scale", "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                                       "platform": platform.platform()},
@@ -54,8 +58,8 @@ def main() -> None:
         for name, workers in (("serial", 0), ("ray_1_worker", 1), ("ray_2_workers", 2)):
             out = tmp / name
             t = time.perf_counter()
-            s = synthesize_batch(dl, "liver", out, per_case=args.per_case, seed=0, workers=workers, progress=False,
-                                 log=lambda *a: None)
+            s = synthesize_batch(dl, SynthesisOptions("liver", png=False), out, per_case=args.per_case, seed=0,
+                                 workers=workers, progress=False, log=lambda *a: None)
             wall = time.perf_counter() - t
             result["runs"][name] = {"tasks": s["tasks"], "errors": s["errors"], "wall_s": round(wall, 2),
                                     "cases_per_s": round(s["tasks"] / wall, 3),

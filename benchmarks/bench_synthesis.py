@@ -114,8 +114,9 @@ print(time.perf_counter() - t0)
 
 PEAK = r"""
 import resource, sys
-from freetumor.synthesis import synthesize_files
-synthesize_files(sys.argv[1], sys.argv[2], "liver", sys.argv[3], count=3, seed=0, png=True)
+from freetumor.synthesis import SynthesisOptions, build_synthesizer, synthesize_case
+synthesize_case(build_synthesizer(SynthesisOptions("liver")), sys.argv[1], sys.argv[2], sys.argv[3], count=3, seed=0,
+                png=True)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 
@@ -128,7 +129,9 @@ def run_py(code: str, *args) -> float:
 def whole_volume_ratio(image: Path, label: Path, tmp: Path, repeats: int) -> dict:
     import nibabel as nib
 
-    from freetumor.synthesis import synthesize_files
+    from freetumor.synthesis import SynthesisOptions, build_synthesizer, synthesize_case
+
+    synth = build_synthesizer(SynthesisOptions("liver"))
 
     def bare():
         img = nib.load(str(image))
@@ -136,13 +139,13 @@ def whole_volume_ratio(image: Path, label: Path, tmp: Path, repeats: int) -> dic
         nib.save(nib.Nifti1Image(data, img.affine, img.header), str(tmp / "bare.nii.gz"))
 
     bare()
-    synthesize_files(image, label, "liver", tmp / "warm", seed=0, png=True)
+    synthesize_case(synth, image, label, tmp / "warm", seed=0, png=True)
     b, s, p = [], [], []
     for k in range(repeats):
         t = time.perf_counter(); bare(); b.append(time.perf_counter() - t)
-        t = time.perf_counter(); synthesize_files(image, label, "liver", tmp / f"s{k}", seed=k, png=False)
+        t = time.perf_counter(); synthesize_case(synth, image, label, tmp / f"s{k}", seed=k, png=False)
         s.append(time.perf_counter() - t)
-        t = time.perf_counter(); synthesize_files(image, label, "liver", tmp / f"p{k}", seed=k, png=True)
+        t = time.perf_counter(); synthesize_case(synth, image, label, tmp / f"p{k}", seed=k, png=True)
         p.append(time.perf_counter() - t)
     mb, ms, mp = statistics.median(b), statistics.median(s), statistics.median(p)
     return {
@@ -276,7 +279,7 @@ def _grow(slices, shape, g=6):
 
 
 def _grid(vol):
-    from freetumor.shapes import Grid
+    from freetumor.grids import Grid
 
     return Grid.of(vol)
 

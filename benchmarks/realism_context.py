@@ -27,7 +27,7 @@ def main() -> None:
 
     from freetumor.data import load_datalist
     from freetumor.evaluation.realism import run_realism
-    from freetumor.synthesis import synthesize_files
+    from freetumor.synthesis import SynthesisOptions, build_synthesizer, synthesize_case
 
     exp, out = args.exp, args.out
     real = out / "real.json"
@@ -42,9 +42,10 @@ def main() -> None:
     for name, kw in variants.items():
         syn = out / "synthetic" / name
         if not syn.exists():
+            synth = build_synthesizer(SynthesisOptions("liver", **kw))
             for k, e in enumerate(healthy):
-                synthesize_files(e["image"], e["label"], "liver", syn / f"case{k:02d}", count=args.per_case,
-                                 seed=100 + k, case=f"case{k:02d}", png=False, **kw)
+                synthesize_case(synth, e["image"], e["label"], syn / f"case{k:02d}", count=args.per_case,
+                                seed=100 + k, case=f"case{k:02d}", png=False)
             # one folder per case keeps outputs all-or-nothing; flatten for run_realism
             flat = out / "synthetic" / f"{name}-flat"
             flat.mkdir(parents=True, exist_ok=True)

@@ -111,13 +111,14 @@ def test_evaluate_bad_inputs(study, tmp_path):
 
 
 def test_realism_cli(tmp_path):
-    from freetumor.synthesis import synthesize_files
+    from freetumor.synthesis import SynthesisOptions, build_synthesizer, synthesize_case
 
     real = write_cohort(tmp_path / "real", 4, seed=5, tumour_fraction=1.0)
     healthy = write_cohort(tmp_path / "healthy", 2, seed=6, tumour_fraction=0.0)
+    synth = build_synthesizer(SynthesisOptions("liver"))
     for k, e in enumerate(json.loads(healthy.read_text())["training"]):
-        synthesize_files(healthy.parent / e["image"], healthy.parent / e["label"], "liver", tmp_path / "syn",
-                         count=2, seed=k, case=f"syn{k}", png=False)
+        synthesize_case(synth, healthy.parent / e["image"], healthy.parent / e["label"], tmp_path / "syn",
+                        count=2, seed=k, case=f"syn{k}", png=False)
     r = run("realism", "--real", real, "--synthetic", tmp_path / "syn", "--organ", "liver", "--out", tmp_path / "rl",
             "--folds", 3)
     assert r.returncode == 0, r.stderr

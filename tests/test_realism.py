@@ -208,15 +208,16 @@ def test_lidc_random_halves_are_indistinguishable():
 @pytest.fixture(scope="module")
 def phantom_setup(tmp_path_factory):
     from freetumor.phantom import write_cohort
-    from freetumor.synthesis import synthesize_files
+    from freetumor.synthesis import SynthesisOptions, build_synthesizer, synthesize_case
 
     root = tmp_path_factory.mktemp("realism")
     real = write_cohort(root / "real", 4, seed=3, tumour_fraction=1.0)
     healthy = write_cohort(root / "healthy", 2, seed=4, tumour_fraction=0.0)
     data = json.loads(healthy.read_text())
+    synth = build_synthesizer(SynthesisOptions("liver"))
     for k, entry in enumerate(data["training"]):
-        synthesize_files(healthy.parent / entry["image"], healthy.parent / entry["label"], "liver",
-                         root / "synthetic", count=2, seed=k, case=f"syn{k}", png=False)
+        synthesize_case(synth, healthy.parent / entry["image"], healthy.parent / entry["label"],
+                        root / "synthetic", count=2, seed=k, case=f"syn{k}", png=False)
     return root, real
 
 

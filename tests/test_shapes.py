@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from freetumor.organs import SIZE_CLASSES, get_organ
-from freetumor.shapes import Grid, ShapeParams, evaluate_shape, sample_centre, sample_shape
+from freetumor.grids import Grid
+from freetumor.shapes import ShapeParams, evaluate_shape, sample_centre, sample_shape
 
 
 def _grid(spacing, shape, flip=()):

@@ -221,7 +221,7 @@ def test_learned_difference_bbox_vs_patch_context_and_orientation():
 
 
 def _grid(vol):
-    from freetumor.shapes import Grid
+    from freetumor.grids import Grid
 
     return Grid.of(vol)
 

@@ -144,6 +144,29 @@ def test_rejected_tumour_leaves_patch_unchanged_and_generator_mode(patches):
         RandTumorSynthesisd(other, "generator", generator=(gen, cfg))
 
 
+def test_transform_takes_a_built_synthesizers_networks(patches, tmp_path):
+    """RandTumorSynthesisd with a built synthesizer's generator and QC (loaded once) = with the checkpoint paths."""
+    from freetumor.synthesis import SynthesisOptions, build_synthesizer
+
+    cfg, data = patches
+    torch.manual_seed(5)
+    save_checkpoint(tmp_path / "generator.pt", model=build_generator(cfg), cfg=cfg, step=1, kind="generator")
+    save_checkpoint(tmp_path / "segmentor.pt", model=build_model(cfg), cfg=cfg, step=1)
+    built = build_synthesizer(SynthesisOptions("liver", generator=tmp_path / "generator.pt",
+                                               qc_segmentor=tmp_path / "segmentor.pt"))
+    shared = RandTumorSynthesisd(cfg, "generator", generator=built.difference, qc_segmentor=built.qc, max_tries=2)
+    assert shared.generator is built.difference and shared.qc is built.qc
+    own = RandTumorSynthesisd(cfg, "generator", generator=tmp_path / "generator.pt",
+                              qc_segmentor=tmp_path / "segmentor.pt", max_tries=2)
+    shared.set_random_state(seed=6)
+    own.set_random_state(seed=6)
+    for p in data["healthy"][:4]:
+        a, b = _run(shared, p), _run(own, p)
+        assert a["synth_status"] == b["synth_status"] and a["synth_tries"] == b["synth_tries"]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+    assert shared.counts == own.counts and sum(shared.counts.values()) == 4
+
+
 def test_spatial_cutmix_mixes_image_and_label_alike():
     x = torch.rand(4, 1, 8, 8, 4)
     y = (x > 0.5).float()

@@ -18,14 +18,15 @@ from conftest import run_cli as run
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
-    from freetumor.synthesis import synthesize_files
+    from freetumor.synthesis import SynthesisOptions, build_synthesizer, synthesize_case
 
     root = tmp_path_factory.mktemp("turing")
     real = write_cohort(root / "real", 4, seed=21, tumour_fraction=1.0)
     healthy = write_cohort(root / "healthy", 2, seed=22, tumour_fraction=0.0)
+    synth = build_synthesizer(SynthesisOptions("liver"))
     for k, e in enumerate(json.loads(healthy.read_text())["training"]):
-        synthesize_files(healthy.parent / e["image"], healthy.parent / e["label"], "liver", root / "syn",
-                         count=2, seed=k, case=f"h{k}", png=False)
+        synthesize_case(synth, healthy.parent / e["image"], healthy.parent / e["label"], root / "syn",
+                        count=2, seed=k, case=f"h{k}", png=False)
     return root, real
 
 

@@ -94,13 +94,16 @@ def synthesize(
     Writes DIR/<case>_image.nii.gz, DIR/<case>_label.nii.gz, DIR/<case>.json
     (one record per lesion, with QC scores and tries) and DIR/<case>.png.
     """
-    from .synthesis import synthesize_files
+    # deferred: the synthesis stack (NumPy, SciPy, nibabel) loads only for this command
+    from .synthesis import SynthesisOptions, build_synthesizer, synthesize_case
 
-    record = synthesize_files(
-        image, label, organ.value, out, count=count, size=size.value, seed=seed, label_map=label_map, png=png,
-        generator=generator, qc_segmentor=qc_segmentor, qc_threshold=qc_threshold, qc_max_tries=max_tries,
-        context=context.value if context else None, qc_context=qc_context.value, device=device,
+    options = SynthesisOptions(
+        organ.value, label_map=label_map, size=size.value, count=count, generator=generator,
+        qc_segmentor=qc_segmentor, qc_threshold=qc_threshold, qc_max_tries=max_tries,
+        context=context.value if context else None, qc_context=qc_context.value, device=device, png=png,
     )
+    record = synthesize_case(build_synthesizer(options), image, label, out, seed=seed, count=options.count,
+                             png=options.png)
     for r in record["lesions"]:
         qc = r.get("qc")
         tail = "" if qc is None else (f"  QC recall {qc['recall']:.2f}" if qc.get("recall") is not None else "  QC") + \
@@ -297,11 +300,14 @@ def synthesize_batch_cmd(
                                     "auto or a cluster address."),
 ) -> None:
     """Synthesise tumours for a whole cohort on Ray; resumable, one error line per failed case."""
+    # deferred: the batch and synthesis stack loads only for this command
     from .batch import synthesize_batch
+    from .synthesis import SynthesisOptions  # deferred: as above
 
-    s = synthesize_batch(datalist, organ.value, out, per_case=per_case, count=count, size=size.value, seed=seed,
-                         generator=generator, qc_segmentor=qc_segmentor, qc_threshold=qc_threshold,
-                         label_map=label_map, workers=workers, ray_address=ray_address, log=typer.echo)
+    options = SynthesisOptions(organ.value, label_map=label_map, size=size.value, count=count, generator=generator,
+                               qc_segmentor=qc_segmentor, qc_threshold=qc_threshold, png=False)
+    s = synthesize_batch(datalist, options, out, per_case=per_case, seed=seed, workers=workers,
+                         ray_address=ray_address, log=typer.echo)
     rate = "" if s["cases_per_s"] is None else f", {s['cases_per_s']:.2f} cases/s"
     typer.echo(f"{s['done']} of {s['tasks']} synthetic cases done ({s['ran']} this run, {s['errors']} failed"
                f"{rate}, {s['engine']}); datalist: {Path(out) / 'datalist.json'}")

@@ -12,11 +12,20 @@ Example:
 
 from __future__ import annotations
 
+import io
+import json
 import os
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
+from .config import load_config
 from .data import load_datalist
+from .io import load_volume, write_bytes_atomic
+from .phantom import write_cohort
+from .htmlpage import lesion_table, write_html_page
+from .synthesis import QCRejectedError, SynthesisOptions, Synthesizer, build_synthesizer, synthesize_case
 
 # (region, organ, size, count) synthesised on each healthy phantom case of that region.
 DEMO_PLAN = (
@@ -47,10 +56,6 @@ def run_demo(
     ``train_steps``) > 0 then trains a Stage-2 segmentor with online synthesis and compares it
     with the baseline on held-aside phantom cases (evaluate + compare).
     """
-    from .phantom import write_cohort
-    from .htmlpage import lesion_table, write_html_page
-    from .synthesis import synthesize_files
-
     # Absolute: the datalists the demo writes for its training runs name files in other folders of
     # it, and datalist paths are read relative to the datalist's own folder.
     out = Path(out).absolute()
@@ -67,12 +72,11 @@ def run_demo(
     syn_dir = out / "synthetic"
     for region, organ, size, count in DEMO_PLAN:
         images = []
+        synthesizer = build_synthesizer(SynthesisOptions(organ, size=size, count=count))
         for k, entry in enumerate(healthy[region]):
             case = f"{Path(entry['image']).name.split('.')[0]}_{organ}"
-            rec = synthesize_files(
-                entry["image"], entry["label"], organ, syn_dir,
-                count=count, size=size, seed=seed + k, case=case,
-            )
+            rec = synthesize_case(synthesizer, entry["image"], entry["label"], syn_dir, seed=seed + k, count=count,
+                                  case=case)
             records.extend(rec["lesions"])
             images.append(os.path.relpath(syn_dir / rec["outputs"]["figure"], out))
             log(f"{case}: {len(rec['lesions'])} {organ} lesion(s) -> {syn_dir / rec['outputs']['image']}")
@@ -194,13 +198,7 @@ def _baseline_section(out: Path, steps: int, seed: int, log: Callable[[str], Non
 
 def _stage1_section(out: Path, steps: int, seed: int, healthy: list[dict], log: Callable[[str], None]) -> dict:
     """Stage 1 on the phantoms with the demo's baseline as the frozen segmentor; rule-based vs learned."""
-    import json
-
-    from .config import load_config
-    from .generator import LearnedDifference
-    from .io import load_volume, write_bytes_atomic
-    from .quality import QualityControl
-    from .synthesis import QCRejectedError, Synthesizer
+    # deferred: the training stack (torch, MONAI) loads only when the demo trains
     from .training.synthesis import train_synthesis
 
     cohort = out / "phantom-train" / "datalist-demo.json"
@@ -227,15 +225,16 @@ def _stage1_section(out: Path, steps: int, seed: int, healthy: list[dict], log: 
     # One healthy case, the same tumour shape and place, rule-based vs learned difference map.
     entry = healthy[0]
     image, label = load_volume(entry["image"]), load_volume(entry["label"])
+    # The generator and the QC segmentor are loaded once; the QC thresholds are the generator config's.
+    learned_qc = build_synthesizer(SynthesisOptions("liver", size="medium", generator=run / "generator.pt",
+                                                    qc_segmentor=segmentor, qc_max_tries=1))
     rule = Synthesizer("liver", size="medium")(image, label, seed=seed + 7)
-    learned = Synthesizer("liver", size="medium", difference=LearnedDifference(run / "generator.pt"))(
-        image, label, seed=seed + 7)
-    qc = QualityControl(segmentor, cfg.qc)
+    learned = Synthesizer("liver", size="medium", difference=learned_qc.difference)(image, label, seed=seed + 7)
+    rule_qc = Synthesizer("liver", size="medium", qc=learned_qc.qc, qc_max_tries=1)
     verdicts = []
-    for name, res in (("rule-based", rule), ("learned", learned)):
+    for name, checked in (("rule-based", rule_qc), ("learned", learned_qc)):
         try:
-            Synthesizer("liver", size="medium", difference=None if name == "rule-based" else
-                        LearnedDifference(run / "generator.pt"), qc=qc, qc_max_tries=1)(image, label, seed=seed + 7)
+            checked(image, label, seed=seed + 7)
             verdicts.append(f"{name}: accepted by QC")
         except QCRejectedError as exc:
             verdicts.append(f"{name}: rejected by QC ({str(exc).rsplit('(last: ', 1)[-1].rstrip(')')})")
@@ -324,11 +323,8 @@ def _stage2_section(out: Path, steps: int, seed: int, log: Callable[[str], None]
 
 def _side_by_side(image, rule, learned) -> bytes:
     """Axial slice through the lesion: original, rule-based, learned (radiological display)."""
-    import io as _io
-
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # deferred: matplotlib only when drawing
+    from matplotlib.figure import Figure  # deferred: as above
 
     m = rule.masks[0].full(image.shape)
     z = int(np.argmax(m.sum(axis=(0, 1))))
@@ -347,7 +343,7 @@ def _side_by_side(image, rule, learned) -> bytes:
             ax.contour(sl(m), levels=[0.5], colors="#ffd60a", linewidths=0.6)
         ax.set_title(title, color="#e8e8e8", fontsize=10)
         ax.axis("off")
-    buf = _io.BytesIO()
+    buf = io.BytesIO()
     fig.savefig(buf, format="png", facecolor=fig.get_facecolor(), bbox_inches="tight")
     return buf.getvalue()
 

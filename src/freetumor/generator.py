@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from .checkpoints import load_network
 from .config import CONTEXTS
 from .errors import ConfigError
-from .grids import context_region, from_ras, network_input, resample_to
+from .grids import context_region, from_ras, inner_slices, network_input, resample_to
 from .organs import Organ
 
 
@@ -133,7 +133,7 @@ class LearnedDifference:
         d = self.run(t, organ.generator_channel)
         d = resample_to(d, ras_shape)[0, 0].cpu().numpy()
         d = from_ras(d, grid)
-        inner = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, region))
+        inner = inner_slices(box, region)
         self.calls += 1
         lo, hi = self.window
         scale = (hi - lo) / organ.window_width

@@ -45,7 +45,7 @@ from scipy.ndimage import binary_dilation
 from .checkpoints import load_network
 from .config import CONTEXTS, QCConfig
 from .errors import ConfigError
-from .grids import context_region, network_input, resample_to, to_ras
+from .grids import context_region, inner_slices, network_input, resample_to, to_ras
 from .organs import Organ
 
 
@@ -209,7 +209,7 @@ class QualityControl:
         # The ring reaches shell_mm beyond the box: score on the box grown by that much.
         grow = [int(math.ceil(s.shell_mm / float(sp))) + 1 for sp in grid.spacing]
         region = tuple(slice(max(0, b.start - g), min(n, b.stop + g)) for b, g, n in zip(box, grow, image.shape))
-        inner = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, region))
+        inner = inner_slices(box, region)
         after = np.asarray(image[region], np.float32)
         before = after.copy()
         before[inner] = before_box
@@ -225,7 +225,7 @@ class QualityControl:
         d = self.cfg.data
         roi = tuple(d.roi_size)
         region = context_region(box, grid, d.spacing, image.shape, self.context, self.margin, roi)
-        inner = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(box, region))
+        inner = inner_slices(box, region)
         fake = np.zeros([r.stop - r.start for r in region], np.float32)
         fake[inner] = fake_box
         fake = to_ras(fake, grid)

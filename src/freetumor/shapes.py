@@ -19,8 +19,11 @@ independent of the input's voxel size:
   analytically on the native grid inside the tumour's bounding box only.
 * **Clip.** The mask is intersected with the organ.
 
+Masks are drawn on the CT's own voxel grid (:class:`freetumor.grids.Grid`).
+
 Example:
     >>> import numpy as np
+    >>> from freetumor.grids import Grid
     >>> from freetumor.organs import get_organ
     >>> organ = np.zeros((60, 60, 40), bool); organ[10:50, 10:50, 5:35] = True
     >>> grid = Grid.from_affine(np.diag([1.5, 1.5, 1.5, 1.0]), organ.shape)
@@ -36,8 +39,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import binary_erosion
 
 from .errors import FreeTumorError
+from .grids import Grid
 from .organs import SIZE_CLASSES, Organ
 
 # The paper's erosion kernel: a 5x5 square at target spacing (2 voxels either side).
@@ -50,54 +55,6 @@ _INTERP_BOUND = 1.25**3
 
 class OrganTooSmallError(FreeTumorError):
     """No valid tumour of the requested size fits in the organ."""
-
-
-@dataclass(frozen=True)
-class Grid:
-    """Geometry a mask is drawn on: shape, spacing and how voxel axes map to RAS.
-
-    Attributes:
-        shape: array shape.
-        spacing: voxel size (mm) along each voxel axis.
-        phys_axis: for each voxel axis, the RAS axis (0, 1, 2) it runs along.
-        phys_sign: +1 if the voxel axis points towards R/A/S, -1 towards L/P/I.
-    """
-
-    shape: tuple[int, int, int]
-    spacing: tuple[float, float, float]
-    phys_axis: tuple[int, int, int]
-    phys_sign: tuple[int, int, int]
-
-    @classmethod
-    def from_affine(cls, affine: np.ndarray, shape) -> "Grid":
-        from nibabel.orientations import io_orientation
-
-        ornt = io_orientation(np.asarray(affine, dtype=np.float64))
-        spacing = tuple(float(s) for s in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
-        return cls(
-            tuple(int(s) for s in shape),  # type: ignore[arg-type]
-            spacing,  # type: ignore[arg-type]
-            tuple(int(a) for a in ornt[:, 0]),  # type: ignore[arg-type]
-            tuple(int(s) for s in ornt[:, 1]),  # type: ignore[arg-type]
-        )
-
-    @classmethod
-    def of(cls, volume) -> "Grid":
-        return cls.from_affine(volume.affine, volume.shape)
-
-    @property
-    def axial_axis(self) -> int:
-        """The voxel axis that runs superior-inferior."""
-        return self.phys_axis.index(2)
-
-    def per_voxel_axis(self, phys_values) -> np.ndarray:
-        """Reorder a (x, y, z) physical triple into voxel-axis order."""
-        v = np.asarray(phys_values, dtype=np.float64)
-        return v[list(self.phys_axis)]
-
-    @property
-    def voxel_volume_ml(self) -> float:
-        return float(np.prod(self.spacing)) / 1000.0
 
 
 @dataclass(frozen=True)
@@ -223,8 +180,6 @@ def draw_size_class(organ: Organ, size: str, rng: np.random.Generator) -> str:
 
 def sample_centre(organ_mask: np.ndarray, grid: Grid, organ: Organ, rng: np.random.Generator):
     """A centre voxel on the eroded axial slice in the middle 40% of the organ, or ``None``."""
-    from scipy.ndimage import binary_erosion
-
     ax = grid.axial_axis
     present = np.flatnonzero(organ_mask.any(axis=tuple(k for k in range(3) if k != ax)))
     if present.size == 0:
@@ -233,8 +188,8 @@ def sample_centre(organ_mask: np.ndarray, grid: Grid, organ: Organ, rng: np.rand
     z = z0 + int(round(rng.uniform(*_Z_RANGE) * (z1 - z0)))
     sl = organ_mask[(slice(None),) * ax + (z,)]
     inplane = [i for i in range(3) if i != ax]
-    t = grid.per_voxel_axis(organ.target_spacing)
-    half = [max(1, int(round(_EROSION_HALF_WIDTH_VOX * t[i] / grid.spacing[i]))) for i in inplane]
+    native = grid.voxels_per(organ.target_spacing)
+    half = [max(1, int(round(_EROSION_HALF_WIDTH_VOX * native[i]))) for i in inplane]
     eroded = binary_erosion(sl, structure=np.ones((2 * half[0] + 1, 2 * half[1] + 1), bool))
     cand = np.argwhere(eroded)
     if len(cand) == 0:

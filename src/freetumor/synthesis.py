@@ -14,6 +14,10 @@ leaves voxels outside the window unclipped) and sign is -1 for the abdomen
 generator, D is the rule-based scalar 0.2 + 0.5 U(0, 1). New tumour voxels get
 the organ's tumour id in the input's own label convention.
 
+Build once, run per case: :class:`SynthesisOptions` holds what configures synthesis
+independently of the case, :func:`build_synthesizer` loads its networks (generator, QC
+segmentor) once, and :func:`synthesize_case` loads, synthesises and writes one case with it.
+
 Example:
     >>> from freetumor.phantom import make_case
     >>> image, label = make_case("abdomen", seed=1, shape=(96, 80, 48))
@@ -28,19 +32,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
 from . import __version__
 from .config import Config
 from .errors import ConfigError, FreeTumorError, InputError
-from .io import Volume, check_ct_intensity, check_same_grid, load_volume
+from .grids import Grid, inner_slices
+from .io import (Volume, case_name, check_ct_intensity, check_same_grid, load_volume, save_volume, staged_output,
+                 write_bytes_atomic)
 from .labels import LabelMap, get_label_map, label_values
 from .organs import SIZE_CHOICES, Organ, get_organ
-from .shapes import Grid, LesionMask, OrganTooSmallError, nominal_volume_ml, sample_shape
+from .shapes import LesionMask, OrganTooSmallError, nominal_volume_ml, sample_shape
 from .texture import SIGMA_A, SIGMA_B, procedural_texture
 
 BLUR_SIGMA_RANGE = (1.0, 2.0)
@@ -143,21 +151,25 @@ def lesion_soft_mask(lm: LesionMask, grid: Grid, organ: Organ, rng: np.random.Ge
         grown box in the volume, ``inner`` the lesion box inside it, the float32
         binary mask and its blurred version on the grown box.
     """
-    from scipy.ndimage import gaussian_filter
-
-    native = grid.per_voxel_axis(organ.target_spacing) / np.asarray(grid.spacing)
+    native = grid.voxels_per(organ.target_spacing)
     blur = float(rng.uniform(*BLUR_SIGMA_RANGE))
     sig = blur * native
     grow = np.ceil(_BLUR_TRUNCATE * sig).astype(int)
     box = tuple(
         slice(max(0, s.start - g), min(n, s.stop + g)) for s, g, n in zip(lm.slices, grow, grid.shape)
     )
-    inner = tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(lm.slices, box))
+    inner = inner_slices(lm.slices, box)
     m = np.zeros([b.stop - b.start for b in box], np.float32)
     m[inner] = lm.mask
     soft = gaussian_filter(m, sig, truncate=_BLUR_TRUNCATE, mode="constant")
     return box, inner, m, soft, blur
 
+
+def lesion_texture(shape, grid: Grid, organ: Organ, rng: np.random.Generator) -> np.ndarray:
+    """The texture T on a lesion's box: :func:`~freetumor.texture.procedural_texture` with its
+    smoothing scales at the organ's target spacing."""
+    native = grid.voxels_per(organ.target_spacing)
+    return procedural_texture(shape, rng, SIGMA_A * native, SIGMA_B * native)
 
 
 @dataclass
@@ -234,6 +246,15 @@ class Synthesizer:
         self.qc_max_tries = int(qc_max_tries)
         if hasattr(difference, "check_organ"):
             difference.check_organ(self.organ)
+
+    def provenance(self) -> dict:
+        """Where the difference map and quality control come from, as a case record stores them."""
+        learned = hasattr(self.difference, "for_volume")
+        return {
+            "generator": self.difference.path if learned else None,
+            "generator_context": self.difference.context if learned else None,
+            "quality_control": None if self.qc is None else self.qc.describe(),
+        }
 
     # ------------------------------------------------------------------ checks
     def validate(self, image: Volume, label: Volume) -> np.ndarray:
@@ -328,8 +349,7 @@ class Synthesizer:
             diff = np.asarray(self.difference(crop.astype(np.float32), m > 0, self.organ), np.float32)
         else:
             diff = float(self.difference)
-        native = grid.per_voxel_axis(self.organ.target_spacing) / np.asarray(grid.spacing)
-        texture = procedural_texture(m.shape, rng, SIGMA_A * native, SIGMA_B * native)
+        texture = lesion_texture(m.shape, grid, self.organ, rng)
         new = blend(crop, organ_crop, soft, diff, texture, self.organ)
         before_box = crop.copy()
         before = float(crop[inner][lm.mask].mean())
@@ -372,82 +392,131 @@ def synthesize(
     return Synthesizer(organ, label_map=label_map, size=size)(image, label, count=count, seed=seed)
 
 
-def synthesize_files(
-    image_path: str | os.PathLike,
-    label_path: str | os.PathLike,
-    organ: str,
-    out_dir: str | os.PathLike,
-    *,
-    count: int = 1,
-    size: str = "mix",
-    seed: int = 0,
-    label_map: str | os.PathLike | None = None,
-    case: str | None = None,
-    png: bool = True,
-    generator: str | os.PathLike | None = None,
-    qc_segmentor: str | os.PathLike | None = None,
-    qc_threshold: float | None = None,
-    qc_max_tries: int = 10,
-    context: str | None = None,
-    qc_context: str = "patch",
-    device: str | None = None,
-) -> dict:
-    """Load, synthesise and write ``<case>_image.nii.gz``, ``<case>_label.nii.gz``,
-    ``<case>.json`` and ``<case>.png`` into ``out_dir`` (all or nothing).
+@dataclass(frozen=True)
+class SynthesisOptions:
+    """Everything that configures synthesis independently of the case (the options of ``synthesize``).
 
-    ``generator`` (a Stage-1 ``generator.pt``) replaces the rule-based difference
-    map; ``qc_segmentor`` (a segmentation checkpoint) turns on quality control
-    with its recall ``qc_threshold`` (default 0.7), re-drawing a rejected
-    tumour up to ``qc_max_tries`` times. Returns the case record written as JSON.
+    Attributes:
+        organ: the host organ (tumour type).
+        label_map: the input's label convention; default ``abdomen7`` / ``chest3`` by organ.
+        size: tumour size class, or ``mix``.
+        count: tumours per case.
+        generator: a Stage-1 ``generator.pt`` (or ``(model, cfg)``): learned difference maps
+            instead of the rule-based scalar.
+        qc_segmentor: a segmentation checkpoint (or ``(model, cfg)``) for quality control.
+        qc_threshold: the segmentor recall a tumour needs (default: the generator config's
+            ``qc.threshold``, or the default config's). Given alone, quality control runs the
+            cheap checks only.
+        qc_max_tries: tumours drawn per lesion under quality control before giving up.
+        context: what the generator sees (``bbox`` or ``patch``; default from its config).
+        qc_context: what the QC segmentor sees (``patch``, as the paper, or ``bbox``).
+        device: torch device for the networks (default CPU).
+        png: write the before/after figure.
     """
-    from .io import case_name, save_volume, staged_output, write_bytes_atomic
 
+    organ: str
+    label_map: str | os.PathLike | None = None
+    size: str = "mix"
+    count: int = 1
+    generator: object = None
+    qc_segmentor: object = None
+    qc_threshold: float | None = None
+    qc_max_tries: int = 10
+    context: str | None = None
+    qc_context: str = "patch"
+    device: str | None = None
+    png: bool = True
+
+
+# Networks loaded by build_synthesizer in this process, by kind (see networks_loaded()).
+_NETWORK_LOADS: Counter = Counter()
+
+
+def networks_loaded() -> dict[str, int]:
+    """How many networks :func:`build_synthesizer` loaded in this process: ``{"generator": n, "segmentor": m}``."""
+    return {"generator": _NETWORK_LOADS["generator"], "segmentor": _NETWORK_LOADS["segmentor"]}
+
+
+def build_synthesizer(options: SynthesisOptions) -> Synthesizer:
+    """A :class:`Synthesizer` for ``options``, its networks loaded once (reuse it for every case).
+
+    The generator (if any) gives the learned difference maps and the quality-control settings
+    (its config's ``qc`` section; the default config's without a generator); ``qc_threshold``
+    overrides the threshold. The QC segmentor's margin (``bbox`` context) is half the
+    generator config's ``synth.context_margin``.
+
+    Example:
+        >>> s = build_synthesizer(SynthesisOptions("liver", size="small", qc_threshold=0.5))
+        >>> s.size, s.qc.settings.threshold, s.qc.model is None
+        ('small', 0.5, True)
+    """
     difference = None
-    qc = None
     cfg = Config()
-    if generator is not None:
-        from .generator import LearnedDifference
+    if options.generator is not None:
+        from .generator import LearnedDifference  # deferred: torch and MONAI load only when a network is used
 
-        difference = LearnedDifference(generator, device=device, context=context)
+        difference = LearnedDifference(options.generator, device=options.device, context=options.context)
+        _NETWORK_LOADS["generator"] += 1
         cfg = difference.cfg
-    if qc_segmentor is not None or qc_threshold is not None:
-        from .quality import QualityControl
+    qc = None
+    if options.qc_segmentor is not None or options.qc_threshold is not None:
+        from .quality import QualityControl  # deferred: torch and MONAI load only when a network is used
 
         settings = cfg.qc
-        if qc_threshold is not None:
-            settings = dataclasses.replace(settings, threshold=qc_threshold).checked("option --qc-threshold")
+        if options.qc_threshold is not None:
+            settings = dataclasses.replace(settings, threshold=options.qc_threshold).checked("option --qc-threshold")
         # The segmentor sees the training patch around the lesion by default (as the paper): with
         # less context its recall drops (benchmarks/bench_synthesis.py, realism proxy).
-        margin = cfg.synth.context_margin // 2
-        qc = QualityControl(qc_segmentor, settings, device=device, context=qc_context, margin=margin)
-    synth = Synthesizer(organ, label_map=label_map, size=size, difference=difference, qc=qc,
-                        qc_max_tries=qc_max_tries)
+        qc = QualityControl(options.qc_segmentor, settings, device=options.device, context=options.qc_context,
+                            margin=cfg.synth.context_margin // 2)
+        if options.qc_segmentor is not None:
+            _NETWORK_LOADS["segmentor"] += 1
+    return Synthesizer(options.organ, label_map=options.label_map, size=options.size, difference=difference, qc=qc,
+                       qc_max_tries=options.qc_max_tries)
+
+
+def synthesize_case(
+    synthesizer: Synthesizer,
+    image_path: str | os.PathLike,
+    label_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    seed: int,
+    count: int = 1,
+    case: str | None = None,
+    png: bool = True,
+) -> dict:
+    """Load one case, synthesise ``count`` tumours and write ``<case>_image.nii.gz``,
+    ``<case>_label.nii.gz``, ``<case>.json`` and ``<case>.png`` (with ``png``) into ``out_dir``,
+    all or nothing. Returns the case record written as JSON.
+
+    ``case`` defaults to the image's file name without its extension.
+    """
     # Reading and gzip-compressing release the GIL: image and label travel in parallel.
     with ThreadPoolExecutor(1) as pool:
         pending_label = pool.submit(load_volume, label_path)
         image = load_volume(image_path)
         label = pending_label.result()
-    result = synth(image, label, count=count, seed=seed)
+    result = synthesizer(image, label, count=count, seed=seed)
     case = case or case_name(image_path)
     for rec in result.lesions:
         rec["case"] = case
+    organ = synthesizer.organ
     record = {
         "case": case,
         "image": str(image_path),
         "label": str(label_path),
-        "organ": synth.organ.name,
-        "label_map": synth.label_map.name,
-        "tumour_id": synth.label_map.tumour_id(synth.organ.name),
-        "size": size,
+        "organ": organ.name,
+        "label_map": synthesizer.label_map.name,
+        "tumour_id": synthesizer.label_map.tumour_id(organ.name),
+        "size": synthesizer.size,
         "count": count,
         "seed": seed,
         "shape": list(image.shape),
         "spacing_mm": list(image.spacing),
         "orientation": "".join(image.orientation),
         "freetumor_version": __version__,
-        "generator": None if generator is None else str(generator),
-        "generator_context": None if difference is None else difference.context,
-        "quality_control": None if qc is None else qc.describe(),
+        **synthesizer.provenance(),
         "lesions": result.lesions,
         "outputs": {
             "image": f"{case}_image.nii.gz",
@@ -460,12 +529,12 @@ def synthesize_files(
         saving_image = pool.submit(save_volume, result.image, stage / f"{case}_image.nii.gz")
         save_volume(result.label, stage / f"{case}_label.nii.gz")
         if png:
-            from .render import render_lesions_png
+            from .render import render_lesions_png  # deferred: matplotlib loads only when a figure is drawn
 
             masks = [m.full(image.shape) for m in result.masks]
             render_lesions_png(
-                image, result.image, masks, result.lesions, synth.organ.hu_window, stage / f"{case}.png",
-                title=f"{case} · {synth.organ.name} · seed {seed}",
+                image, result.image, masks, result.lesions, organ.hu_window, stage / f"{case}.png",
+                title=f"{case} · {organ.name} · seed {seed}",
             )
         write_bytes_atomic(stage / f"{case}.json", (json.dumps(record, indent=2) + "\n").encode())
         saving_image.result()

@@ -59,18 +59,17 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_dst_type
 
-from .checkpoints import load_network
 from .config import Config, DataConfig
 from .errors import ConfigError, InputError
-from .generator import apply_difference, difference_map
+from .generator import LearnedDifference, apply_difference
+from .grids import Grid
 from .io import is_nifti, load_volume
 from .labels import get_label_map
 from .organs import get_organ
 from .quality import QualityControl, judge_patch
-from .shapes import Grid, OrganTooSmallError
-from .synthesis import lesion_soft_mask, place_lesion, rule_based_difference
+from .shapes import OrganTooSmallError
+from .synthesis import lesion_soft_mask, lesion_texture, place_lesion, rule_based_difference
 from .tasks import class_mapping
-from .texture import SIGMA_A, SIGMA_B, procedural_texture
 
 __all__ = [
     "ConvertLabelsd",
@@ -373,8 +372,7 @@ class PrepareFakeTumourd(Randomizable, MapTransform):
                 lm = None
             if lm is not None:
                 box, _inner, m, soft, _blur = lesion_soft_mask(lm, grid, organ, rng)
-                native = grid.per_voxel_axis(organ.target_spacing) / np.asarray(grid.spacing)
-                texture = procedural_texture(m.shape, rng, SIGMA_A * native, SIGMA_B * native)
+                texture = lesion_texture(m.shape, grid, organ, rng)
                 weight[box] = soft * texture * free[box]
                 fake[lm.slices] = lm.mask
                 channel, organ_class = organ.generator_channel, ocls
@@ -408,12 +406,21 @@ class RandTumorSynthesisd(Randomizable, MapTransform):
     Randomness comes from the transform's own state (``set_random_state``), so
     MONAI ``Compose`` seeding makes it reproducible per worker.
 
+    The networks come from the same building blocks as native-grid synthesis
+    (:func:`freetumor.synthesis.build_synthesizer`): the generator is a
+    :class:`~freetumor.generator.LearnedDifference` (its organ channel, blurred with its own
+    config's ``synth.blur_sigma`` / ``blur_kernel``) and the segmentor a
+    :class:`~freetumor.quality.QualityControl`; a built synthesizer's ``difference`` and ``qc``
+    can be passed as they are, so the networks are loaded once.
+
     Args:
         cfg: the resolved training config (organ, task, data, synth, qc).
         mode: ``procedural`` or ``generator``.
-        generator: ``generator.pt`` path or ``(model, cfg)`` (``mode="generator"``).
-        qc_segmentor: segmentation checkpoint path or ``(model, cfg)``; ``None``: cheap checks only
-            when ``cheap_checks`` else no QC.
+        generator: ``generator.pt`` path, ``(model, cfg)`` or a
+            :class:`~freetumor.generator.LearnedDifference` (``mode="generator"``).
+        qc_segmentor: segmentation checkpoint path or ``(model, cfg)`` (judged with the thresholds
+            of ``cfg.qc``), or a :class:`~freetumor.quality.QualityControl` (with its own
+            thresholds); ``None``: cheap checks only when ``cheap_checks`` else no QC.
         prob: probability of synthesising on an eligible patch.
         max_tries: tumours drawn per patch before giving up.
         device: torch device for the networks.
@@ -439,18 +446,23 @@ class RandTumorSynthesisd(Randomizable, MapTransform):
         self.tumour_of = {c: t for _n, (c, t) in self.classes.items()}
         self.region = cfg.organ_info.region
         self.sign = cfg.organ_info.sign
-        self.generator = None
+        self.generator: LearnedDifference | None = None
         if mode == "generator":
             if generator is None:
                 raise ConfigError("synthesis mode 'generator' needs a generator checkpoint (--generator)")
-            self.generator, gcfg = load_network(generator, "generator", self.device)
+            self.generator = generator if isinstance(generator, LearnedDifference) else \
+                LearnedDifference(generator, device=str(self.device))
+            gdata = self.generator.cfg.data
             for key in ("spacing", "hu_window"):
-                if getattr(gcfg.data, key) != getattr(cfg.data, key):
-                    raise ConfigError(f"generator was trained with data.{key} {getattr(gcfg.data, key)}, "
+                if getattr(gdata, key) != getattr(cfg.data, key):
+                    raise ConfigError(f"generator was trained with data.{key} {getattr(gdata, key)}, "
                                       f"the training config has {getattr(cfg.data, key)}")
-        self.settings = cfg.qc
-        self.qc = QualityControl(qc_segmentor, self.settings, device=str(self.device)) if qc_segmentor is not None \
-            else None
+        if isinstance(qc_segmentor, QualityControl):
+            self.qc: QualityControl | None = qc_segmentor
+        else:
+            self.qc = None if qc_segmentor is None else QualityControl(qc_segmentor, cfg.qc, device=str(self.device))
+        # The thresholds: the given QualityControl's, else the training config's qc section.
+        self.settings = cfg.qc if self.qc is None else self.qc.settings
         self.cheap_checks = bool(cheap_checks)
         self.counts: dict[str, int] = {}
         self._seed = 0
@@ -492,9 +504,7 @@ class RandTumorSynthesisd(Randomizable, MapTransform):
                 return self._status(d, "no-room", attempt)
             weight = p["weight"][None]
             if self.generator is not None:
-                dmap = difference_map(self.generator, x.to(self.device), p["channel"].view(1),
-                                      self.cfg.synth.blur_sigma, self.cfg.synth.blur_kernel)
-                dmap = dmap.cpu()
+                dmap = self.generator.run(x.to(self.generator.device), int(p["channel"])).cpu()
             else:
                 dmap = torch.tensor(rule_based_difference(rng))
             xf = apply_difference(x, weight, dmap, self.sign)
@@ -504,8 +514,8 @@ class RandTumorSynthesisd(Randomizable, MapTransform):
             if self.qc is not None or self.cheap_checks:
                 host = (lab == ocls) | (lab == self.tumour_of[ocls])
                 pred = None
-                if self.qc is not None:
-                    pred = self.qc.predict_tumour(xf.to(self.device))[0].cpu().numpy()
+                if self.qc is not None and self.qc.model is not None:
+                    pred = self.qc.predict_tumour(xf)[0].cpu().numpy()
                 accepted = judge_patch(x[0, 0].numpy(), xf[0, 0].numpy(), fake, host, self.organ_by_class[ocls],
                                        self.settings, (lo, hi), spacing, pred).accepted
             if accepted:  # new tensors (MetaTensors keep their metadata); the input dict is not modified
