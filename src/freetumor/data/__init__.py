@@ -7,7 +7,8 @@ already have::
      "training": [{"image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz"}, ...],
      "validation": [...], "test": [{"image": "imagesTs/b.nii.gz"}, ...]}
 
-Relative paths are relative to the datalist's folder. Every list of objects
+Relative paths are relative to the datalist's folder, a ``label_map`` JSON file's
+too (a preset name such as ``abdomen7`` is kept as written). Every list of objects
 with an ``image`` key is read; ``label`` is optional (a test case).
 
 Example:
@@ -29,7 +30,7 @@ import numpy as np
 
 from ..errors import FreeTumorError, InputError
 from ..io import check_ct_intensity, check_same_grid, load_volume
-from ..labels import LabelMap, get_label_map, label_values
+from ..labels import PRESETS, LabelMap, get_label_map, label_values
 
 
 def load_datalist(path: str | os.PathLike, keys: tuple[str, ...] | None = None) -> list[dict]:
@@ -82,13 +83,23 @@ def datalist_entries(datalist: str | os.PathLike, what: str = "labelled cases",
 
 
 def datalist_label_map(path: str | os.PathLike) -> str | None:
-    """The ``label_map`` a datalist declares, if any."""
+    """The ``label_map`` a datalist declares, if any.
+
+    A preset name comes back as written; a relative path to a JSON label map is resolved
+    against the datalist's folder, like its image and label paths, so the datalist works
+    from any working directory.
+    """
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
     value = data.get("label_map") if isinstance(data, dict) else None
-    return value if isinstance(value, str) else None
+    if not isinstance(value, str) or not value:
+        return None
+    is_file = value.lower().endswith(".json") or "/" in value or os.sep in value
+    if value in PRESETS or not is_file or os.path.isabs(value):
+        return value
+    return str(Path(path).resolve().parent / value)
 
 
 @dataclass
