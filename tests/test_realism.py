@@ -227,12 +227,101 @@ def test_crops_from_cohorts(phantom_setup):
     for c in syn:
         rec = json.loads((root / "synthetic" / f"{c.case}.json").read_text())
         lesion = rec["lesions"][c.index - 1]
-        assert c.meta["voxels"] == lesion["voxels"]
+        assert c.meta["voxels"] == lesion["voxels"] and c.meta["mask"] == "new_voxels"
         assert c.meta["hu_window"] == [-175.0, 250.0] and c.source == "synthetic"
     crops = crops_from_datalist(real, "liver")
     assert len(crops) >= 4 and all(c.source == "real" for c in crops)
     with pytest.raises(InputError, match="no pancreas synthesis records"):
         crops_from_synthetic_dir(root / "synthetic", "pancreas")
+
+
+def _bbox(mask):
+    idx = np.nonzero(mask)
+    return [[int(i.min()), int(i.max()) + 1] for i in idx]
+
+
+def _touching_case(folder: Path, second: bool = False, instances: bool = False, input_label: bool = True):
+    """A hand-made synthesis output: synthetic lesion 1 touches a real tumour (and, with ``second``,
+    synthetic lesion 2 touches lesion 1 and reaches into its box). Returns (lesion masks, real tumour)."""
+    from freetumor.io import save_volume
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shape = (40, 40, 20)
+    rng = np.random.default_rng(7)
+    real = np.zeros(shape, bool)
+    real[8:20, 10:20, 5:15] = True  # 1200 voxels of real tumour
+    syn1 = np.zeros(shape, bool)
+    syn1[20:26, 12:18, 7:13] = True  # touches the real tumour's face at x = 20
+    syn1[24:26, 16:18, 7:13] = False  # a notch: 216 - 24 = 192 voxels
+    lesions = [syn1]
+    if second:
+        syn2 = np.zeros(shape, bool)
+        syn2[24:30, 16:22, 7:13] = True  # fills lesion 1's notch, inside lesion 1's box
+        lesions.append(syn2 & ~syn1)
+    before = np.where(real, 2, 1).astype(np.uint8)
+    after = before.copy()
+    img = rng.normal(60, 8, shape) - 40 * real
+    for k, m in enumerate(lesions):
+        after[m] = 2
+        img[m] -= 30 + 5 * k
+    aff = np.diag([1.0, 1.0, 1.0, 1.0])
+    save_volume(Volume(np.rint(img).astype(np.int16), aff), folder / "c_image.nii.gz")
+    save_volume(Volume(after, aff), folder / "c_label.nii.gz")
+    if input_label:
+        save_volume(Volume(before, aff), folder / "input_label.nii.gz")
+    rec = {"case": "c", "organ": "liver", "tumour_id": 2, "label": str(folder / "input_label.nii.gz"),
+           "lesions": [{"index": k + 1, "bbox_voxel": _bbox(m), "voxels": int(m.sum())} for k, m in enumerate(lesions)],
+           "outputs": {"image": "c_image.nii.gz", "label": "c_label.nii.gz"}}
+    if instances:
+        inst = np.zeros(shape, np.uint8)
+        for k, m in enumerate(lesions):
+            inst[m] = k + 1
+        save_volume(Volume(inst, aff), folder / "c_lesions.nii.gz")
+        rec["outputs"]["lesions"] = "c_lesions.nii.gz"
+    (folder / "c.json").write_text(json.dumps(rec))
+    return lesions, real
+
+
+def test_synthetic_lesion_scored_on_its_own_voxels(tmp_path):
+    # (b) new voxels: tumour after synthesis and not before, inside the lesion's box.
+    (syn1,), real = _touching_case(tmp_path / "b")
+    (crop,) = crops_from_synthetic_dir(tmp_path / "b", "liver", spacing=1.0)
+    assert crop.meta["mask"] == "new_voxels"
+    assert crop.meta["voxels"] == int(syn1.sum()) == 192 and crop.meta["volume_ml"] == pytest.approx(0.192)
+    assert crop.other is not None and crop.other.sum() > 0  # the touching real tumour stays out of the rim
+    # A relative input-label path is also looked up next to the record.
+    rec = json.loads((tmp_path / "b" / "c.json").read_text())
+    (tmp_path / "b" / "c.json").write_text(json.dumps({**rec, "label": "input_label.nii.gz"}))
+    (again,) = crops_from_synthetic_dir(tmp_path / "b", "liver", spacing=1.0)
+    assert again.meta["mask"] == "new_voxels" and again.meta["voxels"] == 192
+    # (c) without the input label: the old tumour component, merged with the real tumour it touches
+    # (as far as the crop, the box plus 5 mm, reaches).
+    (tmp_path / "b" / "input_label.nii.gz").unlink()
+    (old,) = crops_from_synthetic_dir(tmp_path / "b", "liver", spacing=1.0)
+    assert old.meta["mask"] == "component"
+    assert old.meta["voxels"] == int(syn1.sum() + real[15:31, 7:23, 2:18].sum()) == 192 + 500
+    # (a) an instance map wins over the input label, even where (b) would take a neighbour's voxels.
+    (syn1, syn2), real = _touching_case(tmp_path / "a", second=True, instances=True)
+    crops = crops_from_synthetic_dir(tmp_path / "a", "liver", spacing=1.0)
+    assert [(c.index, c.meta["mask"], c.meta["voxels"]) for c in crops] == [
+        (1, "instances", int(syn1.sum())), (2, "instances", int(syn2.sum()))]
+    # The same folder without the instance map: lesion 1's box also holds part of lesion 2.
+    rec = json.loads((tmp_path / "a" / "c.json").read_text())
+    del rec["outputs"]["lesions"]
+    (tmp_path / "a" / "c.json").write_text(json.dumps(rec))
+    by_index = {c.index: c.meta for c in crops_from_synthetic_dir(tmp_path / "a", "liver", spacing=1.0)}
+    assert by_index[1]["mask"] == "new_voxels" and by_index[1]["voxels"] == int(syn1.sum()) + 24
+    assert by_index[2]["voxels"] == int(syn2.sum())
+
+
+def test_instance_map_must_match_the_label(tmp_path):
+    from freetumor.io import save_volume
+
+    _touching_case(tmp_path / "a", instances=True)
+    save_volume(Volume(np.zeros((4, 4, 4), np.uint8), np.eye(4)), tmp_path / "a" / "c_lesions.nii.gz")
+    with pytest.raises(InputError, match="lesion instance map shape") as exc:
+        crops_from_synthetic_dir(tmp_path / "a", "liver")
+    assert "c_lesions.nii.gz" in str(exc.value)
 
 
 def test_run_realism_end_to_end(phantom_setup, tmp_path):
