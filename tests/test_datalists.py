@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from freetumor.data import check_datalist, datalist_label_map, load_datalist
+from freetumor.errors import ConfigError
 from freetumor.labels import get_label_map
 from freetumor.phantom import write_cohort
 
@@ -67,3 +70,34 @@ def test_datalist_with_relative_map_works_from_another_directory(tmp_path):
     r = run("data", "check", dl.resolve(), cwd=elsewhere)
     assert r.returncode == 1 and "missing.json" in r.stderr and "label map file not found" in r.stderr
     assert r.stderr.strip().count("\n") == 0
+
+
+def test_patient_split_is_patient_disjoint(tmp_path):
+    from freetumor.data import patient_id, patient_split, write_datalist
+
+    entries = [{"image": f"/d/LIDC-IDRI-{p:04d}_R_{k}.nii.gz", "label": f"/l/LIDC-IDRI-{p:04d}_R_{k}.nii.gz"}
+               for p in range(1, 21) for k in range(1, 1 + p % 4 + 1)]
+    entries.append({"image": "/d/other.nii.gz", "label": "/l/other.nii.gz", "patient": "LIDC-IDRI-0001"})
+    a, b = patient_split(entries, 0.5, seed=3)
+    pa, pb = {patient_id(e) for e in a}, {patient_id(e) for e in b}
+    assert not pa & pb and len(a) + len(b) == len(entries) and len(pa) + len(pb) == 20
+    assert abs(len(a) - len(entries) / 2) <= 4  # whole patients of at most 4 crops each
+    # The explicit patient field groups the odd file name with LIDC-IDRI-0001's crops.
+    holder = a if "LIDC-IDRI-0001" in pa else b
+    assert {"/d/other.nii.gz", "/d/LIDC-IDRI-0001_R_1.nii.gz"} <= {e["image"] for e in holder}
+    assert patient_split(entries, 0.5, seed=3) == (a, b)  # seeded
+    assert patient_split(entries, 0.5, seed=4) != (a, b)
+    a3, _ = patient_split(entries, 0.25, seed=0)
+    assert len(entries) / 4 <= len(a3) < len(entries) / 4 + 4
+    with pytest.raises(ConfigError, match="at least 2 patients"):
+        patient_split(entries[:2], 0.5)
+    with pytest.raises(ConfigError, match="fraction"):
+        patient_split(entries, 1.0)
+    # Written and read back: absolute paths, the label map relative to the datalist.
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "maps" / "nodules.json").write_text(json.dumps({"organs": {"lung": {"tumor": 1}}}))
+    out = write_datalist(tmp_path / "lists" / "a.json", a, label_map=tmp_path / "maps" / "nodules.json")
+    data = json.loads(out.read_text())
+    assert data["label_map"] == "../maps/nodules.json" and len(data["training"]) == len(a)
+    assert [e["image"] for e in load_datalist(out)] == [e["image"] for e in a]
+    assert Path(datalist_label_map(out)) == (tmp_path / "maps" / "nodules.json").resolve()
