@@ -171,6 +171,48 @@ def test_too_few_lesions(reference):
     assert machine_vtt(reference[:10], reference[10:14], folds=5)["folds"] == 4
 
 
+def _sphere_scan(spacing, radius_mm=6.0, extent_mm=(60.0, 60.0, 36.0)):
+    """A -500 HU scan with a 100 HU sphere at its centre and a 300 HU marker 12 mm to the patient's right."""
+    sp = np.asarray(spacing, float)
+    shape = tuple(int(round(e / s)) for e, s in zip(extent_mm, sp))
+    mm = [(np.arange(n) + 0.5) * s - e / 2 for n, s, e in zip(shape, sp, extent_mm)]
+    x, y, z = np.meshgrid(*mm, indexing="ij")
+    img = np.full(shape, -500.0)
+    sphere = x ** 2 + y ** 2 + z ** 2 <= radius_mm ** 2
+    img[sphere] = 100.0
+    img[(np.abs(x - 12) <= 2) & (np.abs(y) <= 2) & (np.abs(z) <= 3)] = 300.0  # RAS: +x is the patient's right
+    aff = np.diag([*sp, 1.0])
+    return Volume(img.astype(np.int16), aff), Volume(sphere.astype(np.uint8), aff)
+
+
+def test_gallery_views_share_one_physical_scale(tmp_path):
+    from freetumor.evaluation.realism.gallery import axial_view, lesion_gallery_png, pick_lesions
+    from freetumor.io import save_volume
+
+    areas = []
+    for k, spacing in enumerate([(0.5, 0.5, 1.0), (1.5, 1.5, 3.0)]):
+        image, label = _sphere_scan(spacing)
+        (crop,) = extract_crops(image, label, 1, "real", f"s{k}")
+        view = axial_view(crop, image, fov_mm=40.0, pixels=160)  # 0.25 mm per pixel
+        assert view.shape == (160, 160) and np.isfinite(view).all()
+        areas.append(float((view > -200).sum() - (view > 200).sum()))
+        marker = np.argwhere(view > 200)
+        assert marker.size and marker[:, 1].mean() < 80 - 30, "patient right is on the viewer's left"
+        assert abs(marker[:, 0].mean() - 79.5) < 4
+        save_volume(image, tmp_path / f"s{k}.nii.gz")
+        crop.meta["image"] = str(tmp_path / f"s{k}.nii.gz")
+    disc = np.pi * (6.0 / 0.25) ** 2
+    assert all(abs(a - disc) / disc < 0.1 for a in areas), (areas, disc)  # the same size at any native spacing
+    crops = [extract_crops(*_sphere_scan((0.5, 0.5, 1.0), r), 1, "real", f"r{r}")[0] for r in (3.0, 5.0, 9.0, 4.0)]
+    assert [c.case for c in pick_lesions(crops, 3)] == ["r3.0", "r5.0", "r9.0"]  # smallest, middle, largest
+    for c in crops:
+        c.meta["image"] = str(tmp_path / "s0.nii.gz")
+    info = lesion_gallery_png([("real", crops), ("synthetic", crops[:2])], WINDOW, tmp_path / "g.png")
+    assert info["fov_mm"] == 40.0 and info["mm_per_pixel"] == 0.25  # 2 x the 18 mm sphere, rounded up
+    assert info["shown"]["synthetic"] == ["r3.0#1", "r5.0#1"] and len(info["shown"]["real"]) == 4
+    assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 # ----------------------------------------------------------------------------- real data
 
 
@@ -200,6 +242,46 @@ def test_lidc_random_halves_are_indistinguishable():
     dist = feature_distance(a, b)
     assert dist["mean_abs_d"] < 0.4
     print(f"LIDC halves: AUC {vtt['auc']:.3f} CI {vtt['auc_ci95']}, mean|d| {dist['mean_abs_d']:.3f}")
+
+
+def test_lidc_patient_halves_control(tmp_path):
+    """Real-vs-real floor on real CT: two patient-disjoint samples of LIDC nodule crops, via the CLI.
+
+    The datalists name a tumour-only label map by a path relative to themselves, and the CLI runs
+    from another directory. --synthetic and --control are the same half, so both AUCs must agree.
+    """
+    from freetumor.data import patient_id, patient_split, write_datalist
+
+    from conftest import run_cli
+
+    root = need(LIDC / "images").parent
+    entries = [{"image": str(p), "label": str(root / "labels" / p.name)}
+               for p in sorted((root / "images").glob("*.nii.gz"))]
+    if len(entries) < 200:
+        pytest.skip("fewer than 200 LIDC nodules")
+    a, b = patient_split(entries, 0.5, seed=0)
+    rng = np.random.default_rng(0)
+    a, b = ([half[i] for i in sorted(rng.choice(len(half), 80, replace=False))] for half in (a, b))
+    assert not {patient_id(e) for e in a} & {patient_id(e) for e in b}
+    (tmp_path / "nodules.json").write_text(json.dumps({"name": "nodules", "organs": {"lung": {"tumor": 1}},
+                                                       "labels": [0, 1]}))
+    write_datalist(tmp_path / "lidc_a.json", a, label_map=tmp_path / "nodules.json")
+    write_datalist(tmp_path / "lidc_b.json", b, label_map=tmp_path / "nodules.json")
+    assert json.loads((tmp_path / "lidc_a.json").read_text())["label_map"] == "nodules.json"
+    (tmp_path / "cwd").mkdir()
+    r = run_cli("realism", "--real", "../lidc_a.json", "--synthetic", "../lidc_b.json", "--control", "../lidc_b.json",
+                "--organ", "lung", "--out", "../rep", cwd=tmp_path / "cwd")
+    assert r.returncode == 0, r.stderr
+    data = json.loads((tmp_path / "rep" / "realism.json").read_text())
+    c = data["control"]
+    assert data["label_map"] == c["label_map"] == data["synthetic_label_map"] == "nodules"
+    assert c["counts"]["real_lesions"] >= 75 and c["counts"]["control_lesions"] >= 75
+    assert c["auc"] == data["summary"]["auc"] == data["summary"]["control_auc"]
+    assert c["auc"] < 0.75, c["auc"]  # two real samples: near chance, far from a separable 1.0
+    assert c["mean_abs_d"] < 0.4
+    assert (tmp_path / "rep" / "lesions.png").is_file()
+    print(f"LIDC patient-disjoint 80 vs 80: control AUC {c['auc']:.3f} CI {c['auc_ci95']}, "
+          f"mean|d| {c['mean_abs_d']:.3f}")
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -328,7 +410,7 @@ def test_run_realism_end_to_end(phantom_setup, tmp_path):
     root, real = phantom_setup
     out = tmp_path / "out"
     res = run_realism(real, root / "synthetic", out, "liver", folds=5, seed=0)
-    assert sorted(p.name for p in out.iterdir()) == ["features.csv", "realism.json", "realism.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["features.csv", "lesions.png", "realism.json", "realism.png"]
     data = json.loads((out / "realism.json").read_text())
     assert data == json.loads(json.dumps(res))
     assert 0.0 <= data["machine_vtt"]["auc"] <= 1.0

@@ -133,7 +133,7 @@ class LesionCrop:
     """One lesion resampled to an isotropic grid.
 
     Attributes:
-        source: ``"real"`` or ``"synthetic"``.
+        source: ``"real"``, ``"synthetic"`` or ``"control"`` (a second real set).
         case: case id the lesion comes from.
         index: lesion number within the case (1-based).
         image: float32 HU crop on the isotropic grid.
@@ -316,8 +316,8 @@ def extract_crops(
     return crops
 
 
-def crops_from_datalist(datalist, organ: str, label_map=None, **kw) -> list[LesionCrop]:
-    """Real lesions of ``organ`` in every labelled case of a datalist (source ``"real"``).
+def crops_from_datalist(datalist, organ: str, label_map=None, source: str = "real", **kw) -> list[LesionCrop]:
+    """Labelled lesions of ``organ`` in every labelled case of a datalist (source ``source``).
 
     ``datalist`` is a datalist JSON path (all lists of entries are read; cases
     without a ``label`` are skipped) or a list of entries with ``image`` and
@@ -344,7 +344,7 @@ def crops_from_datalist(datalist, organ: str, label_map=None, **kw) -> list[Lesi
         seen.add(key)
         image = load_volume(entry["image"])
         label = load_volume(entry["label"])
-        for crop in extract_crops(image, label, tid, "real", case_name(entry["image"]), **kw):
+        for crop in extract_crops(image, label, tid, source, case_name(entry["image"]), **kw):
             crop.meta["hu_window"] = [float(v) for v in org.hu_window]
             crops.append(crop)
     return crops
