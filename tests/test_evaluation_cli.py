@@ -110,16 +110,95 @@ def test_evaluate_bad_inputs(study, tmp_path):
     assert r.returncode == 1 and "not an evaluation report" in r.stderr and not (tmp_path / "y").exists()
 
 
-def test_realism_cli(tmp_path):
+@pytest.fixture(scope="module")
+def realism_sets(tmp_path_factory):
+    """Two real phantom cohorts with tumours, a healthy one, and a folder of synthetic liver tumours."""
     from freetumor.synthesis import SynthesisOptions, build_synthesizer, synthesize_case
 
-    real = write_cohort(tmp_path / "real", 4, seed=5, tumour_fraction=1.0)
-    healthy = write_cohort(tmp_path / "healthy", 2, seed=6, tumour_fraction=0.0)
+    root = tmp_path_factory.mktemp("realismcli")
+    real = write_cohort(root / "real", 4, seed=5, tumour_fraction=1.0)
+    other = write_cohort(root / "other", 4, seed=8, tumour_fraction=1.0)
+    healthy = write_cohort(root / "healthy", 2, seed=6, tumour_fraction=0.0)
     synth = build_synthesizer(SynthesisOptions("liver"))
     for k, e in enumerate(json.loads(healthy.read_text())["training"]):
-        synthesize_case(synth, healthy.parent / e["image"], healthy.parent / e["label"], tmp_path / "syn",
+        synthesize_case(synth, healthy.parent / e["image"], healthy.parent / e["label"], root / "syn",
                         count=2, seed=k, case=f"syn{k}", png=False)
-    r = run("realism", "--real", real, "--synthetic", tmp_path / "syn", "--organ", "liver", "--out", tmp_path / "rl",
+    return root, real, other, healthy
+
+
+def _digest(folder: Path) -> dict:
+    import hashlib
+
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_realism_cli(realism_sets, tmp_path):
+    root, real, _, _ = realism_sets
+    r = run("realism", "--real", real, "--synthetic", root / "syn", "--organ", "liver", "--out", tmp_path / "rl",
             "--folds", 3)
     assert r.returncode == 0, r.stderr
     assert "AUC" in r.stdout and (tmp_path / "rl" / "realism.json").is_file()
+    assert "control" not in r.stdout
+    assert sorted(p.name for p in (tmp_path / "rl").iterdir()) == [
+        "features.csv", "lesions.png", "realism.json", "realism.png"]
+
+
+def test_realism_cli_datalist_and_control(realism_sets, tmp_path):
+    root, real, other, _ = realism_sets
+    before = _digest(root)
+    r = run("realism", "--real", real, "--synthetic", other, "--control", other, "--organ", "liver",
+            "--out", tmp_path / "rl", "--folds", 3)
+    assert r.returncode == 0, r.stderr
+    assert _digest(root) == before  # nothing the user gave is modified
+    data = json.loads((tmp_path / "rl" / "realism.json").read_text())
+    c = data["control"]
+    # The synthetic set is the control set: the same classifier must give the same numbers.
+    assert c["auc"] == data["summary"]["auc"] == data["summary"]["control_auc"]
+    assert c["auc_ci95"] == data["summary"]["auc_ci95"] and c["machine_vtt"] == data["machine_vtt"]
+    assert data["synthetic_datalist"] == str(other) and data["synthetic_dir"] is None
+    assert c["counts"]["control_lesions"] == data["counts"]["synthetic_lesions"] > 0
+    assert f"real-vs-control (real-vs-real floor) AUC {c['auc']:.3f}" in r.stdout
+    with open(tmp_path / "rl" / "features.csv") as fh:
+        sources = [row["source"] for row in csv.DictReader(fh)]
+    assert sources.count("control") == sources.count("synthetic") == c["counts"]["control_lesions"]
+    assert sources.count("real") == data["counts"]["real_lesions"]
+    assert set(data["lesion_figure"]["shown"]) == {"real", "synthetic", "control"}
+    assert (tmp_path / "rl" / "lesions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A control next to a synthesis folder.
+    r = run("realism", "--real", real, "--synthetic", root / "syn", "--control", other, "--organ", "liver",
+            "--out", tmp_path / "r2", "--folds", 3)
+    assert r.returncode == 0, r.stderr
+    d2 = json.loads((tmp_path / "r2" / "realism.json").read_text())
+    assert d2["control"]["auc"] == c["auc"] and d2["summary"]["auc"] != c["auc"]
+    assert d2["counts"]["synthetic_masks"] == {"new_voxels": d2["counts"]["synthetic_lesions"]}
+
+
+@pytest.mark.parametrize("case", ["record", "not_json", "healthy_control", "missing_control", "folder_control",
+                                  "unlabelled_synthetic"])
+def test_realism_cli_bad_inputs(realism_sets, tmp_path, case):
+    root, real, other, healthy = realism_sets
+    args = {"--synthetic": root / "syn"}
+    if case == "record":  # a synthesis record is a JSON file but not a datalist
+        args["--synthetic"], match = root / "syn" / "syn0.json", "--synthetic takes a datalist or a folder"
+    elif case == "not_json":
+        args["--synthetic"], match = root / "syn" / "syn0_label.nii.gz", "not a folder written by"
+    elif case == "healthy_control":
+        args["--control"], match = healthy, "no control liver tumours"
+    elif case == "missing_control":
+        args["--control"], match = tmp_path / "nope.json", "control datalist not found"
+    elif case == "folder_control":
+        args["--control"], match = root / "syn", "not a control datalist file"
+    else:  # a datalist without labels
+        data = json.loads(other.read_text())
+        for e in data["training"]:
+            e["image"] = str(other.parent / e["image"])
+            del e["label"]
+        unl = tmp_path / "unlabelled.json"
+        unl.write_text(json.dumps(data))
+        args["--synthetic"], match = unl, "no synthetic liver tumours"
+    before = _digest(root)
+    r = run("realism", "--real", real, *[str(x) for kv in args.items() for x in kv], "--organ", "liver",
+            "--out", tmp_path / "out", "--folds", 3)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stderr.startswith("error: ") and r.stderr.strip().count("\n") == 0 and match in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists() and _digest(root) == before

@@ -61,13 +61,41 @@ def test_user_json_map(tmp_path):
     assert load_label_map(p).organs == lm.organs
 
 
+def test_tumour_only_map(tmp_path):
+    """Lesion-only data (nodule crops) name a tumour id and no organ: tumour lookups work, organ ones fail clearly."""
+    from freetumor.phantom import make_case
+    from freetumor.synthesis import Synthesizer
+
+    p = tmp_path / "nodules.json"
+    p.write_text(json.dumps({"name": "nodules", "organs": {"lung": {"tumor": 1}}, "labels": [0, 1]}))
+    lm = get_label_map(str(p))
+    assert lm.tumour_id("lung") == 1 and lm.supports("lung") and not lm.has_organ_ids("lung")
+    assert lm.known == frozenset({0, 1})
+    assert lm.tumour_mask(np.array([0, 1, 1]), "lung").tolist() == [False, True, True]
+    with pytest.raises(ConfigError, match="has no 'liver'"):
+        lm.tumour_id("liver")
+    with pytest.raises(ConfigError) as exc:
+        lm.organ_mask(np.array([0, 1]), "lung")
+    msg = str(exc.value)
+    assert "'nodules'" in msg and str(p) in msg and "no organ ids for 'lung'" in msg and "\n" not in msg
+    # An explicit empty list means the same; a full map still has its organ.
+    p2 = tmp_path / "nodules2.json"
+    p2.write_text(json.dumps({"organs": {"lung": {"organ": [], "tumor": 1}}}))
+    assert not get_label_map(str(p2)).has_organ_ids("lung") and get_label_map("chest3").has_organ_ids("lung")
+    # Synthesis into the organ needs its ids: the same one-line error, before any work.
+    image, label = make_case("chest", seed=13, tumour=False)
+    with pytest.raises(ConfigError, match="no organ ids for 'lung'"):
+        Synthesizer("lung", label_map=str(p))(image, label)
+
+
 @pytest.mark.parametrize(
     "content, match",
     [
         ("{not json", "not a readable JSON"),
         (json.dumps({"organs": {}}), "needs an \"organs\""),
         (json.dumps({"organs": {"brain": {"organ": [1], "tumor": 2}}}), "unknown organ 'brain'"),
-        (json.dumps({"organs": {"liver": {"organ": [1]}}}), "needs \"organ\""),
+        (json.dumps({"organs": {"liver": {"organ": [1]}}}), "needs \"tumor\""),
+        (json.dumps({"organs": {"lung": {"organ": [], "tumor": 0}}}), "non-zero"),
         (json.dumps({"organs": {"liver": {"organ": [1], "tumor": 1}}}), "distinct"),
         (json.dumps({"organs": {"liver": {"organ": ["a"], "tumor": 2}}}), "integer label id"),
     ],

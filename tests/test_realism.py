@@ -171,6 +171,48 @@ def test_too_few_lesions(reference):
     assert machine_vtt(reference[:10], reference[10:14], folds=5)["folds"] == 4
 
 
+def _sphere_scan(spacing, radius_mm=6.0, extent_mm=(60.0, 60.0, 36.0)):
+    """A -500 HU scan with a 100 HU sphere at its centre and a 300 HU marker 12 mm to the patient's right."""
+    sp = np.asarray(spacing, float)
+    shape = tuple(int(round(e / s)) for e, s in zip(extent_mm, sp))
+    mm = [(np.arange(n) + 0.5) * s - e / 2 for n, s, e in zip(shape, sp, extent_mm)]
+    x, y, z = np.meshgrid(*mm, indexing="ij")
+    img = np.full(shape, -500.0)
+    sphere = x ** 2 + y ** 2 + z ** 2 <= radius_mm ** 2
+    img[sphere] = 100.0
+    img[(np.abs(x - 12) <= 2) & (np.abs(y) <= 2) & (np.abs(z) <= 3)] = 300.0  # RAS: +x is the patient's right
+    aff = np.diag([*sp, 1.0])
+    return Volume(img.astype(np.int16), aff), Volume(sphere.astype(np.uint8), aff)
+
+
+def test_gallery_views_share_one_physical_scale(tmp_path):
+    from freetumor.evaluation.realism.gallery import axial_view, lesion_gallery_png, pick_lesions
+    from freetumor.io import save_volume
+
+    areas = []
+    for k, spacing in enumerate([(0.5, 0.5, 1.0), (1.5, 1.5, 3.0)]):
+        image, label = _sphere_scan(spacing)
+        (crop,) = extract_crops(image, label, 1, "real", f"s{k}")
+        view = axial_view(crop, image, fov_mm=40.0, pixels=160)  # 0.25 mm per pixel
+        assert view.shape == (160, 160) and np.isfinite(view).all()
+        areas.append(float((view > -200).sum() - (view > 200).sum()))
+        marker = np.argwhere(view > 200)
+        assert marker.size and marker[:, 1].mean() < 80 - 30, "patient right is on the viewer's left"
+        assert abs(marker[:, 0].mean() - 79.5) < 4
+        save_volume(image, tmp_path / f"s{k}.nii.gz")
+        crop.meta["image"] = str(tmp_path / f"s{k}.nii.gz")
+    disc = np.pi * (6.0 / 0.25) ** 2
+    assert all(abs(a - disc) / disc < 0.1 for a in areas), (areas, disc)  # the same size at any native spacing
+    crops = [extract_crops(*_sphere_scan((0.5, 0.5, 1.0), r), 1, "real", f"r{r}")[0] for r in (3.0, 5.0, 9.0, 4.0)]
+    assert [c.case for c in pick_lesions(crops, 3)] == ["r3.0", "r5.0", "r9.0"]  # smallest, middle, largest
+    for c in crops:
+        c.meta["image"] = str(tmp_path / "s0.nii.gz")
+    info = lesion_gallery_png([("real", crops), ("synthetic", crops[:2])], WINDOW, tmp_path / "g.png")
+    assert info["fov_mm"] == 40.0 and info["mm_per_pixel"] == 0.25  # 2 x the 18 mm sphere, rounded up
+    assert info["shown"]["synthetic"] == ["r3.0#1", "r5.0#1"] and len(info["shown"]["real"]) == 4
+    assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 # ----------------------------------------------------------------------------- real data
 
 
@@ -202,6 +244,46 @@ def test_lidc_random_halves_are_indistinguishable():
     print(f"LIDC halves: AUC {vtt['auc']:.3f} CI {vtt['auc_ci95']}, mean|d| {dist['mean_abs_d']:.3f}")
 
 
+def test_lidc_patient_halves_control(tmp_path):
+    """Real-vs-real floor on real CT: two patient-disjoint samples of LIDC nodule crops, via the CLI.
+
+    The datalists name a tumour-only label map by a path relative to themselves, and the CLI runs
+    from another directory. --synthetic and --control are the same half, so both AUCs must agree.
+    """
+    from freetumor.data import patient_id, patient_split, write_datalist
+
+    from conftest import run_cli
+
+    root = need(LIDC / "images").parent
+    entries = [{"image": str(p), "label": str(root / "labels" / p.name)}
+               for p in sorted((root / "images").glob("*.nii.gz"))]
+    if len(entries) < 200:
+        pytest.skip("fewer than 200 LIDC nodules")
+    a, b = patient_split(entries, 0.5, seed=0)
+    rng = np.random.default_rng(0)
+    a, b = ([half[i] for i in sorted(rng.choice(len(half), 80, replace=False))] for half in (a, b))
+    assert not {patient_id(e) for e in a} & {patient_id(e) for e in b}
+    (tmp_path / "nodules.json").write_text(json.dumps({"name": "nodules", "organs": {"lung": {"tumor": 1}},
+                                                       "labels": [0, 1]}))
+    write_datalist(tmp_path / "lidc_a.json", a, label_map=tmp_path / "nodules.json")
+    write_datalist(tmp_path / "lidc_b.json", b, label_map=tmp_path / "nodules.json")
+    assert json.loads((tmp_path / "lidc_a.json").read_text())["label_map"] == "nodules.json"
+    (tmp_path / "cwd").mkdir()
+    r = run_cli("realism", "--real", "../lidc_a.json", "--synthetic", "../lidc_b.json", "--control", "../lidc_b.json",
+                "--organ", "lung", "--out", "../rep", cwd=tmp_path / "cwd")
+    assert r.returncode == 0, r.stderr
+    data = json.loads((tmp_path / "rep" / "realism.json").read_text())
+    c = data["control"]
+    assert data["label_map"] == c["label_map"] == data["synthetic_label_map"] == "nodules"
+    assert c["counts"]["real_lesions"] >= 75 and c["counts"]["control_lesions"] >= 75
+    assert c["auc"] == data["summary"]["auc"] == data["summary"]["control_auc"]
+    assert c["auc"] < 0.75, c["auc"]  # two real samples: near chance, far from a separable 1.0
+    assert c["mean_abs_d"] < 0.4
+    assert (tmp_path / "rep" / "lesions.png").is_file()
+    print(f"LIDC patient-disjoint 80 vs 80: control AUC {c['auc']:.3f} CI {c['auc_ci95']}, "
+          f"mean|d| {c['mean_abs_d']:.3f}")
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
@@ -228,7 +310,7 @@ def test_crops_from_cohorts(phantom_setup):
     for c in syn:
         rec = json.loads((root / "synthetic" / f"{c.case}.json").read_text())
         lesion = rec["lesions"][c.index - 1]
-        assert c.meta["voxels"] == lesion["voxels"]
+        assert c.meta["voxels"] == lesion["voxels"] and c.meta["mask"] == "new_voxels"
         assert c.meta["hu_window"] == [-175.0, 250.0] and c.source == "synthetic"
     crops = crops_from_datalist(real, "liver")
     assert len(crops) >= 4 and all(c.source == "real" for c in crops)
@@ -236,11 +318,100 @@ def test_crops_from_cohorts(phantom_setup):
         crops_from_synthetic_dir(root / "synthetic", "pancreas")
 
 
+def _bbox(mask):
+    idx = np.nonzero(mask)
+    return [[int(i.min()), int(i.max()) + 1] for i in idx]
+
+
+def _touching_case(folder: Path, second: bool = False, instances: bool = False, input_label: bool = True):
+    """A hand-made synthesis output: synthetic lesion 1 touches a real tumour (and, with ``second``,
+    synthetic lesion 2 touches lesion 1 and reaches into its box). Returns (lesion masks, real tumour)."""
+    from freetumor.io import save_volume
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shape = (40, 40, 20)
+    rng = np.random.default_rng(7)
+    real = np.zeros(shape, bool)
+    real[8:20, 10:20, 5:15] = True  # 1200 voxels of real tumour
+    syn1 = np.zeros(shape, bool)
+    syn1[20:26, 12:18, 7:13] = True  # touches the real tumour's face at x = 20
+    syn1[24:26, 16:18, 7:13] = False  # a notch: 216 - 24 = 192 voxels
+    lesions = [syn1]
+    if second:
+        syn2 = np.zeros(shape, bool)
+        syn2[24:30, 16:22, 7:13] = True  # fills lesion 1's notch, inside lesion 1's box
+        lesions.append(syn2 & ~syn1)
+    before = np.where(real, 2, 1).astype(np.uint8)
+    after = before.copy()
+    img = rng.normal(60, 8, shape) - 40 * real
+    for k, m in enumerate(lesions):
+        after[m] = 2
+        img[m] -= 30 + 5 * k
+    aff = np.diag([1.0, 1.0, 1.0, 1.0])
+    save_volume(Volume(np.rint(img).astype(np.int16), aff), folder / "c_image.nii.gz")
+    save_volume(Volume(after, aff), folder / "c_label.nii.gz")
+    if input_label:
+        save_volume(Volume(before, aff), folder / "input_label.nii.gz")
+    rec = {"case": "c", "organ": "liver", "tumour_id": 2, "label": str(folder / "input_label.nii.gz"),
+           "lesions": [{"index": k + 1, "bbox_voxel": _bbox(m), "voxels": int(m.sum())} for k, m in enumerate(lesions)],
+           "outputs": {"image": "c_image.nii.gz", "label": "c_label.nii.gz"}}
+    if instances:
+        inst = np.zeros(shape, np.uint8)
+        for k, m in enumerate(lesions):
+            inst[m] = k + 1
+        save_volume(Volume(inst, aff), folder / "c_lesions.nii.gz")
+        rec["outputs"]["lesions"] = "c_lesions.nii.gz"
+    (folder / "c.json").write_text(json.dumps(rec))
+    return lesions, real
+
+
+def test_synthetic_lesion_scored_on_its_own_voxels(tmp_path):
+    # (b) new voxels: tumour after synthesis and not before, inside the lesion's box.
+    (syn1,), real = _touching_case(tmp_path / "b")
+    (crop,) = crops_from_synthetic_dir(tmp_path / "b", "liver", spacing=1.0)
+    assert crop.meta["mask"] == "new_voxels"
+    assert crop.meta["voxels"] == int(syn1.sum()) == 192 and crop.meta["volume_ml"] == pytest.approx(0.192)
+    assert crop.other is not None and crop.other.sum() > 0  # the touching real tumour stays out of the rim
+    # A relative input-label path is also looked up next to the record.
+    rec = json.loads((tmp_path / "b" / "c.json").read_text())
+    (tmp_path / "b" / "c.json").write_text(json.dumps({**rec, "label": "input_label.nii.gz"}))
+    (again,) = crops_from_synthetic_dir(tmp_path / "b", "liver", spacing=1.0)
+    assert again.meta["mask"] == "new_voxels" and again.meta["voxels"] == 192
+    # (c) without the input label: the old tumour component, merged with the real tumour it touches
+    # (as far as the crop, the box plus 5 mm, reaches).
+    (tmp_path / "b" / "input_label.nii.gz").unlink()
+    (old,) = crops_from_synthetic_dir(tmp_path / "b", "liver", spacing=1.0)
+    assert old.meta["mask"] == "component"
+    assert old.meta["voxels"] == int(syn1.sum() + real[15:31, 7:23, 2:18].sum()) == 192 + 500
+    # (a) an instance map wins over the input label, even where (b) would take a neighbour's voxels.
+    (syn1, syn2), real = _touching_case(tmp_path / "a", second=True, instances=True)
+    crops = crops_from_synthetic_dir(tmp_path / "a", "liver", spacing=1.0)
+    assert [(c.index, c.meta["mask"], c.meta["voxels"]) for c in crops] == [
+        (1, "instances", int(syn1.sum())), (2, "instances", int(syn2.sum()))]
+    # The same folder without the instance map: lesion 1's box also holds part of lesion 2.
+    rec = json.loads((tmp_path / "a" / "c.json").read_text())
+    del rec["outputs"]["lesions"]
+    (tmp_path / "a" / "c.json").write_text(json.dumps(rec))
+    by_index = {c.index: c.meta for c in crops_from_synthetic_dir(tmp_path / "a", "liver", spacing=1.0)}
+    assert by_index[1]["mask"] == "new_voxels" and by_index[1]["voxels"] == int(syn1.sum()) + 24
+    assert by_index[2]["voxels"] == int(syn2.sum())
+
+
+def test_instance_map_must_match_the_label(tmp_path):
+    from freetumor.io import save_volume
+
+    _touching_case(tmp_path / "a", instances=True)
+    save_volume(Volume(np.zeros((4, 4, 4), np.uint8), np.eye(4)), tmp_path / "a" / "c_lesions.nii.gz")
+    with pytest.raises(InputError, match="lesion instance map shape") as exc:
+        crops_from_synthetic_dir(tmp_path / "a", "liver")
+    assert "c_lesions.nii.gz" in str(exc.value)
+
+
 def test_run_realism_end_to_end(phantom_setup, tmp_path):
     root, real = phantom_setup
     out = tmp_path / "out"
     res = run_realism(real, root / "synthetic", out, "liver", folds=5, seed=0)
-    assert sorted(p.name for p in out.iterdir()) == ["features.csv", "realism.json", "realism.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["features.csv", "lesions.png", "realism.json", "realism.png"]
     data = json.loads((out / "realism.json").read_text())
     assert data == json.loads(json.dumps(res))
     assert 0.0 <= data["machine_vtt"]["auc"] <= 1.0

@@ -421,21 +421,29 @@ def compare(
 @domain_errors
 def realism(
     real: Path = typer.Option(..., "--real", help="Datalist of real CT with tumour labels."),
-    synthetic: Path = typer.Option(..., "--synthetic", help="Folder written by `freetumor synthesize`."),
-    out: Path = typer.Option(..., "--out", help="Output folder (realism.json, features.csv, realism.png)."),
+    synthetic: Path = typer.Option(..., "--synthetic", help="Folder written by `freetumor synthesize`, or a "
+                                   "datalist (.json) whose labelled lesions are the set to score."),
+    out: Path = typer.Option(..., "--out", help="Output folder (realism.json, features.csv, realism.png, "
+                             "lesions.png)."),
     organ: Organ = typer.Option(Organ.liver, "--organ", help="Tumour type."),
     label_map: Optional[str] = typer.Option(None, "--label-map", help=LABEL_MAP_HELP),
+    control: Optional[Path] = typer.Option(None, "--control", help="A second datalist of real lesions: also "
+                                           "score --real against it, the real-vs-real floor of the AUC."),
     folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds of the classifier."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
 ) -> None:
     """Machine Visual Turing Test: real-vs-synthetic classifier AUC (0.5 = indistinguishable), feature distances."""
-    from .evaluation.realism import run_realism
+    from .evaluation.realism import run_realism  # deferred: scikit-learn, scipy and matplotlib load only for this command
 
-    r = run_realism(real, synthetic, out, organ.value, label_map=label_map, folds=folds, seed=seed)
+    r = run_realism(real, synthetic, out, organ.value, label_map=label_map, folds=folds, seed=seed, control=control)
     sm = r["summary"]
     lo, hi = sm["auc_ci95"]
-    typer.echo(f"real-vs-synthetic classifier AUC {sm['auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}; 0.5 = indistinguishable), "
-               f"mean |d| over features {sm['mean_abs_d']:.3f}; report: {out / 'realism.json'}")
+    floor = ""
+    if "control_auc" in sm:
+        c_lo, c_hi = sm["control_auc_ci95"]
+        floor = f"; real-vs-control (real-vs-real floor) AUC {sm['control_auc']:.3f} (95% CI {c_lo:.3f}-{c_hi:.3f})"
+    typer.echo(f"real-vs-synthetic classifier AUC {sm['auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}; 0.5 = indistinguishable)"
+               f"{floor}, mean |d| over features {sm['mean_abs_d']:.3f}; report: {out / 'realism.json'}")
 
 
 @turing_app.command("build")

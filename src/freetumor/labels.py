@@ -20,6 +20,15 @@ A user map is a JSON file::
 ``labels`` (optional) lists every value a label file may hold; without it the
 known values are 0 plus all ids named under ``organs``.
 
+``"organ"`` may be left out (or ``[]``) for lesion-only data such as nodule crops,
+whose labels hold the tumour and nothing else::
+
+    {"name": "nodules", "organs": {"lung": {"tumor": 1}}, "labels": [0, 1]}
+
+Such a map answers tumour lookups (:meth:`LabelMap.tumour_id`, realism scores,
+reader studies); whatever needs the organ itself (synthesis into it, organ Dice)
+stops with a one-line :class:`~freetumor.errors.ConfigError` naming the map.
+
 Example:
     >>> import numpy as np
     >>> lm = get_label_map("totalseg")
@@ -64,8 +73,19 @@ class LabelMap:
             have = ", ".join(self.organs) or "none"
             raise ConfigError(f"label map {self.name!r} has no {name!r} (it defines: {have})") from None
 
+    def has_organ_ids(self, organ: str) -> bool:
+        """Whether the map names the organ's own label ids (not only its tumour id)."""
+        return bool(self._entry(organ)[0])
+
     def organ_ids(self, organ: str) -> tuple[int, ...]:
-        return self._entry(organ)[0]
+        """The organ's label ids. Raises :class:`ConfigError` for a tumour-only map."""
+        ids = self._entry(organ)[0]
+        if not ids:
+            name = get_organ(organ).name
+            where = f" ({self.source})" if self.source else ""
+            raise ConfigError(f"label map {self.name!r}{where} has no organ ids for {name!r}, only its tumour id "
+                              f"{self.tumour_id(name)}; add \"organ\": [ids] to it to use the organ")
+        return ids
 
     def tumour_id(self, organ: str) -> int:
         return self._entry(organ)[1]
@@ -171,11 +191,11 @@ def load_label_map(path: str | os.PathLike) -> LabelMap:
     for name, entry in data["organs"].items():
         if name not in ORGAN_NAMES:
             raise InputError(p, f"unknown organ {name!r} in label map; known: {', '.join(ORGAN_NAMES)}")
-        if not isinstance(entry, dict) or "organ" not in entry or "tumor" not in entry:
-            raise InputError(p, f'organ {name!r} needs "organ" (list of ids) and "tumor" (one id)')
-        ids = entry["organ"] if isinstance(entry["organ"], list) else [entry["organ"]]
-        if not ids:
-            raise InputError(p, f"organ {name!r} has an empty id list")
+        if not isinstance(entry, dict) or "tumor" not in entry:
+            raise InputError(p, f'organ {name!r} needs "tumor" (one id) and, to synthesise into it, '
+                                f'"organ" (list of ids)')
+        raw = entry.get("organ")
+        ids = [] if raw is None else raw if isinstance(raw, list) else [raw]
         organ_ids = tuple(_as_id(p, i, f"{name} organ id") for i in ids)
         tumour = _as_id(p, entry["tumor"], f"{name} tumor id")
         if tumour in organ_ids or tumour == 0 or 0 in organ_ids:

@@ -7,7 +7,8 @@ already have::
      "training": [{"image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz"}, ...],
      "validation": [...], "test": [{"image": "imagesTs/b.nii.gz"}, ...]}
 
-Relative paths are relative to the datalist's folder. Every list of objects
+Relative paths are relative to the datalist's folder, a ``label_map`` JSON file's
+too (a preset name such as ``abdomen7`` is kept as written). Every list of objects
 with an ``image`` key is read; ``label`` is optional (a test case).
 
 Example:
@@ -22,14 +23,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
-from ..errors import FreeTumorError, InputError
-from ..io import check_ct_intensity, check_same_grid, load_volume
-from ..labels import LabelMap, get_label_map, label_values
+from ..errors import ConfigError, FreeTumorError, InputError
+from ..io import case_name, check_ct_intensity, check_same_grid, load_volume, write_bytes_atomic
+from ..labels import PRESETS, LabelMap, get_label_map, label_values
 
 
 def load_datalist(path: str | os.PathLike, keys: tuple[str, ...] | None = None) -> list[dict]:
@@ -82,13 +85,98 @@ def datalist_entries(datalist: str | os.PathLike, what: str = "labelled cases",
 
 
 def datalist_label_map(path: str | os.PathLike) -> str | None:
-    """The ``label_map`` a datalist declares, if any."""
+    """The ``label_map`` a datalist declares, if any.
+
+    A preset name comes back as written; a relative path to a JSON label map is resolved
+    against the datalist's folder, like its image and label paths, so the datalist works
+    from any working directory.
+    """
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
     value = data.get("label_map") if isinstance(data, dict) else None
-    return value if isinstance(value, str) else None
+    if not isinstance(value, str) or not value:
+        return None
+    is_file = value.lower().endswith(".json") or "/" in value or os.sep in value
+    if value in PRESETS or not is_file or os.path.isabs(value):
+        return value
+    return os.path.normpath(Path(path).resolve().parent / value)
+
+
+_LIDC_PATIENT = re.compile(r"^(LIDC-IDRI-\d+)")
+
+
+def patient_id(entry: dict) -> str:
+    """The patient an entry belongs to: its ``patient`` field, else the ``LIDC-IDRI-XXXX`` prefix of
+    its image file name, else its case name (one patient per case).
+
+    Example:
+        >>> patient_id({"image": "/d/images/LIDC-IDRI-0003_R_2.nii.gz"}), patient_id({"image": "a.nii.gz"})
+        ('LIDC-IDRI-0003', 'a')
+    """
+    if entry.get("patient") not in (None, ""):
+        return str(entry["patient"])
+    name = Path(str(entry["image"])).name
+    match = _LIDC_PATIENT.match(name)
+    return match.group(1) if match else case_name(name)
+
+
+def patient_split(entries: Iterable[dict], fraction: float = 0.5, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Split entries into two patient-disjoint lists (see :func:`patient_id`).
+
+    Patients are taken in a seeded random order into the first list until it holds at least
+    ``fraction`` of the entries; the rest form the second. Each list keeps the input order.
+    Use it for real-vs-real controls (``freetumor realism --control``) and any train / test
+    split where one patient's lesions must not sit on both sides.
+
+    Raises:
+        ConfigError: ``fraction`` outside (0, 1), or fewer than 2 patients.
+    """
+    entries = list(entries)
+    if not (isinstance(fraction, (int, float)) and 0.0 < float(fraction) < 1.0):
+        raise ConfigError(f"fraction must be a number in (0, 1), got {fraction!r}")
+    groups: dict[str, list[int]] = {}
+    for i, e in enumerate(entries):
+        groups.setdefault(patient_id(e), []).append(i)
+    if len(groups) < 2:
+        raise ConfigError(f"a patient-wise split needs at least 2 patients, got {len(groups)}")
+    order = np.random.default_rng(seed).permutation(sorted(groups))
+    target = float(fraction) * len(entries)
+    first: set[int] = set()
+    for pid in order[:-1]:  # the last patient always goes to the second list
+        if len(first) >= target:
+            break
+        first.update(groups[str(pid)])
+    return [e for i, e in enumerate(entries) if i in first], [e for i, e in enumerate(entries) if i not in first]
+
+
+def write_datalist(path: str | os.PathLike, entries: Iterable[dict], label_map: str | os.PathLike | None = None,
+                   key: str = "training") -> Path:
+    """Write entries as a datalist under ``key`` (image / label paths absolute, other fields kept).
+
+    ``label_map`` is stored as given for a preset; a label map file is stored relative to the
+    datalist's folder (see :func:`datalist_label_map`). The ``split`` and ``id`` that
+    :func:`load_datalist` adds are dropped. Written atomically; returns the path.
+    """
+    out = Path(path)
+    rows = []
+    for e in entries:
+        row = {k: v for k, v in e.items() if k not in ("split", "id")}
+        for k in ("image", "label"):
+            if isinstance(row.get(k), str):
+                row[k] = str(Path(row[k]).resolve())
+        rows.append(row)
+    if not rows:
+        raise ConfigError(f"no entries to write to {out}")
+    data: dict = {}
+    if label_map is not None:
+        lm = str(label_map)
+        data["label_map"] = os.path.relpath(Path(lm).resolve(), out.resolve().parent) if Path(lm).is_file() else lm
+    data[key] = rows
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(out, (json.dumps(data, indent=2) + "\n").encode())
+    return out
 
 
 @dataclass

@@ -12,12 +12,14 @@ radiomic features of each lesion (pyradiomics is not needed):
    between Gaussians fitted to the standardised feature vectors.
 
 :func:`run_realism` runs both for a real datalist against a folder written by
-``freetumor synthesize`` and writes ``realism.json``, ``features.csv`` and
-``realism.png``.
+``freetumor synthesize`` (each synthetic lesion scored on its own voxels) or a second
+datalist, optionally also against a control datalist of more real lesions (the real-vs-real
+floor), and writes ``realism.json``, ``features.csv``, ``realism.png`` and ``lesions.png``.
 
 Modules: :mod:`.features` (lesion crops and their radiomic features), :mod:`.classifier`
-(the classifier, cross-validation and feature distances) and :mod:`.run` (the end-to-end run
-and its output files). Their public names are re-exported here.
+(the classifier, cross-validation and feature distances), :mod:`.gallery` (``lesions.png``:
+lesions side by side at one physical scale) and :mod:`.run` (the end-to-end run and its
+output files). Their public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from .features import (
     extract_crops,
     lesion_features,
 )
+from .gallery import lesion_gallery_png
 from .run import run_realism
 
 __all__ = [
@@ -68,6 +71,7 @@ __all__ = [
     "feature_distance",
     "feature_matrix",
     "lesion_features",
+    "lesion_gallery_png",
     "machine_vtt",
     "run_realism",
 ]

@@ -67,7 +67,7 @@ import numpy as np
 from scipy import ndimage
 
 from ...data import datalist_label_map, load_datalist
-from ...errors import ConfigError, InputError
+from ...errors import ConfigError, FreeTumorError, InputError
 from ...io import Volume, case_name, load_volume
 from ...labels import get_label_map
 from ...organs import get_organ
@@ -133,7 +133,7 @@ class LesionCrop:
     """One lesion resampled to an isotropic grid.
 
     Attributes:
-        source: ``"real"`` or ``"synthetic"``.
+        source: ``"real"``, ``"synthetic"`` or ``"control"`` (a second real set).
         case: case id the lesion comes from.
         index: lesion number within the case (1-based).
         image: float32 HU crop on the isotropic grid.
@@ -200,6 +200,8 @@ def extract_crops(
     margin_mm: float = 5.0,
     min_voxels: int = 20,
     boxes: Iterable | None = None,
+    instances: np.ndarray | None = None,
+    own: np.ndarray | None = None,
 ) -> list[LesionCrop]:
     """Crop every lesion of ``label == tumour_id`` and resample it to ``spacing`` mm.
 
@@ -207,7 +209,16 @@ def extract_crops(
     voxels is a lesion, numbered 1, 2, ... in scan order of the components. With
     ``boxes`` (a list of ``[[x0, x1], [y0, y1], [z0, z1]]`` voxel boxes, stop
     exclusive, or synthesis lesion records with ``bbox_voxel`` and ``index``),
-    the lesion of each box is the tumour component overlapping it most.
+    the lesion of each box is, in this order of preference:
+
+    * with ``instances`` (an integer map on the image grid, 0 = none, k = the lesion
+      whose ``index`` is k): the voxels ``instances == index`` (no box needed);
+    * with ``own`` (a bool mask on the image grid of the voxels that belong to the
+      boxed lesions, e.g. tumour after synthesis and not before): the ``own`` voxels
+      inside the box, so a tumour the lesion touches is not merged into it;
+    * else the tumour component overlapping the box most.
+
+    The other tumour voxels of a crop (``crop.other``) are kept out of its rim.
 
     Raises:
         InputError: image and label grids differ.
@@ -237,20 +248,39 @@ def extract_crops(
                 crop_sl = _expand(sl, margin, shape)
                 items.append((k, crop_sl, comps[crop_sl] == k))
     else:
+        for shaped in (instances, own):
+            if shaped is not None and np.shape(shaped) != shape:
+                raise InputError(label.name, f"lesion map shape {np.shape(shaped)} differs from label shape {shape}")
+        inst_boxes = ndimage.find_objects(instances) if instances is not None else []
         for pos, box in enumerate(boxes, start=1):
             index = pos
             if isinstance(box, dict):
                 index = int(box.get("index", pos))
                 box = box.get("bbox_voxel")
+            if instances is not None:
+                core = inst_boxes[index - 1] if 0 < index <= len(inst_boxes) else None
+                if core is None:
+                    continue
+                crop_sl = _expand(core, margin, shape)
+                m = instances[crop_sl] == index
+                if int(m.sum()) >= min_voxels:
+                    items.append((index, crop_sl, m))
+                continue
             core = _box_slices(box, shape)
             if core is None:
                 continue
             crop_sl = _expand(core, margin, shape)
+            inner = tuple(slice(c.start - o.start, c.stop - o.start) for c, o in zip(core, crop_sl))
+            if own is not None:
+                m = np.zeros(tuple(s.stop - s.start for s in crop_sl), bool)
+                m[inner] = own[core]
+                if int(m.sum()) >= min_voxels:
+                    items.append((index, crop_sl, m))
+                continue
             sub = tumour[crop_sl]
             comps, n = ndimage.label(sub, structure=struct)
             if not n:
                 continue
-            inner = tuple(slice(c.start - o.start, c.stop - o.start) for c, o in zip(core, crop_sl))
             overlap = np.bincount(comps[inner].ravel(), minlength=n + 1)
             overlap[0] = 0
             best = int(np.argmax(overlap))
@@ -286,8 +316,8 @@ def extract_crops(
     return crops
 
 
-def crops_from_datalist(datalist, organ: str, label_map=None, **kw) -> list[LesionCrop]:
-    """Real lesions of ``organ`` in every labelled case of a datalist (source ``"real"``).
+def crops_from_datalist(datalist, organ: str, label_map=None, source: str = "real", **kw) -> list[LesionCrop]:
+    """Labelled lesions of ``organ`` in every labelled case of a datalist (source ``source``).
 
     ``datalist`` is a datalist JSON path (all lists of entries are read; cases
     without a ``label`` are skipped) or a list of entries with ``image`` and
@@ -314,7 +344,7 @@ def crops_from_datalist(datalist, organ: str, label_map=None, **kw) -> list[Lesi
         seen.add(key)
         image = load_volume(entry["image"])
         label = load_volume(entry["label"])
-        for crop in extract_crops(image, label, tid, "real", case_name(entry["image"]), **kw):
+        for crop in extract_crops(image, label, tid, source, case_name(entry["image"]), **kw):
             crop.meta["hu_window"] = [float(v) for v in org.hu_window]
             crops.append(crop)
     return crops
@@ -330,16 +360,55 @@ def _read_record(path: Path) -> dict | None:
     return rec
 
 
+def _input_label(rec: dict, root: Path, shape) -> Volume | None:
+    """The label a synthesis record was made from (its ``"label"``), if it is still there on the same grid.
+
+    A relative path is tried from the working directory, then from the record's folder.
+    """
+    given = rec.get("label")
+    if not isinstance(given, str) or not given:
+        return None
+    path = Path(given)
+    candidates = [path] if path.is_absolute() else [path, root / path]
+    for cand in candidates:
+        if cand.is_file():
+            try:
+                before = load_volume(cand)
+            except FreeTumorError:
+                return None
+            return before if before.shape == tuple(shape) else None
+    return None
+
+
+def _instance_map(path: Path, shape) -> np.ndarray:
+    inst = load_volume(path)
+    arr = np.asarray(inst.array)
+    if inst.shape != tuple(shape):
+        raise InputError(path, f"lesion instance map shape {inst.shape} differs from the label's {tuple(shape)}")
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.rint(arr)):
+            raise InputError(path, "lesion instance map holds non-integer values")
+    if arr.size and arr.min() < 0:
+        raise InputError(path, "lesion instance map holds negative values")
+    return arr.astype(np.int32, copy=False)
+
+
 def crops_from_synthetic_dir(folder, organ: str | None = None, **kw) -> list[LesionCrop]:
     """Synthetic lesions of a ``freetumor synthesize`` output folder (source ``"synthetic"``).
 
     Reads every ``<case>.json`` record (with ``lesions`` and ``tumour_id``) and its
-    ``<case>_image.nii.gz`` / ``<case>_label.nii.gz``; each lesion is found from
-    its record's ``bbox_voxel``. With ``organ``, records of other organs are skipped.
+    ``<case>_image.nii.gz`` / ``<case>_label.nii.gz``. Each lesion is scored on its own
+    new voxels, found (in this order) from the lesion instance map the record's
+    ``outputs["lesions"]`` names (voxels == the lesion's ``index``); else from the
+    input label the record's ``"label"`` names (tumour now and not before synthesis,
+    inside the lesion's ``bbox_voxel``); else as the tumour component overlapping
+    ``bbox_voxel`` most (which merges a lesion with any tumour it touches).
+    ``crop.meta["mask"]`` says which: ``"instances"``, ``"new_voxels"`` or
+    ``"component"``. With ``organ``, records of other organs are skipped.
 
     Raises:
         InputError: the folder is missing, holds no synthesis records (of ``organ``),
-            or a record's image / label is missing or unreadable.
+            or a record's image / label / instance map is missing or unreadable.
     """
     root = Path(folder)
     if not root.is_dir():
@@ -361,16 +430,27 @@ def crops_from_synthetic_dir(folder, organ: str | None = None, **kw) -> list[Les
         label = load_volume(root / outputs.get("label", f"{case}_label.nii.gz"))
         if not rec["lesions"]:
             continue
-        # Records without boxes (other writers) fall back to the label's connected components.
-        boxes = [les for les in rec["lesions"] if isinstance(les, dict) and "bbox_voxel" in les]
+        tid = int(rec["tumour_id"])
+        lesions = [les for les in rec["lesions"] if isinstance(les, dict)]
+        boxes = [les for les in lesions if "bbox_voxel" in les]
+        how, masks = "component", {}
+        if isinstance(outputs.get("lesions"), str) and lesions:
+            how, boxes = "instances", lesions
+            masks["instances"] = _instance_map(root / outputs["lesions"], label.shape)
+        elif boxes:
+            before = _input_label(rec, root, label.shape)
+            if before is not None:
+                how = "new_voxels"
+                masks["own"] = (label.array == tid) & (before.array != tid)
         window = None
         try:
             window = [float(v) for v in get_organ(rec_organ).hu_window]
         except Exception:  # noqa: BLE001 - an unknown organ only loses the window
             pass
-        for crop in extract_crops(image, label, int(rec["tumour_id"]), "synthetic", case,
-                                  boxes=boxes or None, **kw):
+        # Records without boxes (other writers) fall back to the label's connected components.
+        for crop in extract_crops(image, label, tid, "synthetic", case, boxes=boxes or None, **masks, **kw):
             crop.meta["record"] = str(path)
+            crop.meta["mask"] = how if boxes else "component"
             if window is not None:
                 crop.meta["hu_window"] = window
             crops.append(crop)

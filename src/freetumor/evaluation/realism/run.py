@@ -1,9 +1,11 @@
-"""``freetumor realism``: score a folder of synthetic tumours against real ones, write the report.
+"""``freetumor realism``: score a set of synthetic tumours against real ones, write the report.
 
 :func:`run_realism` crops the real lesions of a datalist and the synthetic lesions of a folder
-written by ``freetumor synthesize``, computes their features, runs :func:`.classifier.machine_vtt`
-and :func:`.classifier.feature_distance` and writes ``realism.json``, ``features.csv`` and
-``realism.png``.
+written by ``freetumor synthesize`` (or the labelled lesions of a second datalist), computes
+their features, runs :func:`.classifier.machine_vtt` and :func:`.classifier.feature_distance`
+and writes ``realism.json``, ``features.csv``, ``realism.png`` and ``lesions.png``. With a
+control datalist (more real lesions), the same classifier scores real against control too: the
+floor that real-vs-synthetic should be read against.
 """
 
 from __future__ import annotations
@@ -11,16 +13,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from ... import __version__
-from ...data import datalist_label_map
+from ...data import datalist_label_map, load_datalist
 from ...errors import InputError
 from ...io import staged_output, write_bytes_atomic
-from ...labels import get_label_map
-from ...organs import get_organ
+from ...labels import LabelMap, get_label_map
+from ...organs import Organ, get_organ
 from .classifier import BOOTSTRAP, cross_validate, feature_distance
 from .features import (
     FEATURE_DEFINITIONS,
@@ -28,10 +31,12 @@ from .features import (
     GLCM_LEVELS,
     HIST_BIN_HU,
     RIM_MM,
+    LesionCrop,
     crops_from_datalist,
     crops_from_synthetic_dir,
     lesion_features,
 )
+from .gallery import lesion_gallery_png
 
 __all__ = ["run_realism"]
 
@@ -47,7 +52,7 @@ def _roc_points(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return fpr, tpr
 
 
-def _figure_png(y, oof, vtt, names, X, path: Path, title: str) -> None:
+def _figure_png(y, oof, vtt, names, X, path: Path, title: str, control=None) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # deferred: heavy optional dependency
     from matplotlib.figure import Figure  # deferred: heavy optional dependency
 
@@ -64,6 +69,10 @@ def _figure_png(y, oof, vtt, names, X, path: Path, title: str) -> None:
     ax = fig.add_subplot(gs[:, 0])
     fpr, tpr = _roc_points(y, oof)
     ax.plot(fpr, tpr, color="C3", lw=2, label=f"out-of-fold AUC {vtt['auc']:.3f}")
+    if control is not None:
+        y_c, oof_c, vtt_c = control
+        fpr_c, tpr_c = _roc_points(y_c, oof_c)
+        ax.plot(fpr_c, tpr_c, color="C0", lw=1.5, label=f"real vs control (floor) AUC {vtt_c['auc']:.3f}")
     ax.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1, label="indistinguishable")
     ax.set_xlabel("false positive rate (real called synthetic)")
     ax.set_ylabel("true positive rate (synthetic found)")
@@ -89,41 +98,96 @@ def _figure_png(y, oof, vtt, names, X, path: Path, title: str) -> None:
     fig.savefig(str(path))
 
 
-def run_realism(real_datalist, synthetic_dir, out_dir, organ: str, label_map=None, folds: int = 5,
-                seed: int = 0) -> dict:
-    """Score the realism of a folder of synthetic tumours against the real tumours of a datalist.
+def _datalist_crops(path: Path, org: Organ, label_map, source: str, crop_kw: dict,
+                    option: str) -> tuple[list[LesionCrop], LabelMap]:
+    """The labelled lesions of one datalist; its label map is ``label_map``, else its own, else the organ's."""
+    lm = get_label_map(label_map if label_map is not None else datalist_label_map(path), org.name)
+    try:
+        entries = load_datalist(path)
+    except InputError as exc:
+        if option != "--synthetic" or Path(exc.path) != path:
+            raise
+        raise InputError(path, f"{exc.problem}; --synthetic takes a datalist or a folder written by "
+                               "`freetumor synthesize`") from None
+    crops = crops_from_datalist(entries, org.name, label_map=lm, source=source, **crop_kw)
+    if not crops:
+        raise InputError(path, f"no {source} {org.name} tumours (label {lm.tumour_id(org.name)}, at least "
+                               f"{crop_kw['min_voxels']} voxels) in the labelled cases")
+    return crops, lm
+
+
+def _datalist_path(path, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, f"{what} not found")
+    if not p.is_file():
+        raise InputError(p, f"not a {what} file")
+    return p
+
+
+def _synthetic_kind(path) -> tuple[Path, str]:
+    """``(path, "folder" | "datalist")`` for ``--synthetic``; one-line errors for anything else."""
+    p = Path(path)
+    if p.is_dir():
+        return p, "folder"
+    if p.suffix.lower() == ".json":
+        if not p.exists():
+            raise InputError(p, "synthetic datalist not found")
+        return p, "datalist"
+    if not p.exists():
+        raise InputError(p, "synthetic folder not found")
+    raise InputError(p, "not a folder written by `freetumor synthesize` or a .json datalist")
+
+
+def _rows(crops: list[LesionCrop], X: np.ndarray) -> list[list[str]]:
+    return [[crop.source, crop.case, crop.index, f"{crop.meta['volume_ml']:.6g}", *(f"{v:.8g}" for v in row)]
+            for crop, row in zip(crops, X)]
+
+
+def run_realism(real_datalist, synthetic, out_dir, organ: str, label_map=None, folds: int = 5,
+                seed: int = 0, control=None) -> dict:
+    """Score the realism of a set of synthetic tumours against the real tumours of a datalist.
+
+    ``synthetic`` is a folder written by ``freetumor synthesize`` (each lesion scored on its own
+    voxels, see :func:`.features.crops_from_synthetic_dir`) or a datalist (.json) whose labelled
+    lesions are the "synthetic" set (a third-party synthetic set, or real lesions for a control).
+    ``control`` (optional) is a second datalist of real lesions: the same features and classifier
+    score ``real`` against it, the floor of the AUC for sets that differ only by sampling.
+    ``label_map`` applies to every datalist; without it each uses its own ``label_map``, else
+    the organ's default.
 
     Writes (all or nothing) into ``out_dir``: ``realism.json`` (the returned dict:
     ``machine_vtt`` and ``distance`` blocks, ``summary``, ``counts``, ``features``
-    with their definitions, ``settings``), ``features.csv`` (one row per lesion:
-    source, case, index, volume_ml, features) and ``realism.png`` (ROC curve of the
-    out-of-fold predictions and histograms of a few features, real vs synthetic).
+    with their definitions, ``settings``, ``lesion_figure`` and, with a control, ``control``),
+    ``features.csv`` (one row per lesion: source, case, index, volume_ml, features),
+    ``realism.png`` (ROC curves of the out-of-fold predictions and histograms of a few
+    features, real vs synthetic) and ``lesions.png`` (real, synthetic and control lesions side
+    by side at one scale, see :mod:`.gallery`).
 
     Raises:
-        InputError: missing datalist / folder / image, no lesions found.
+        InputError: missing / unreadable datalist, folder or image; a JSON file that is not a
+            datalist; no lesions in a set.
         ConfigError: bad organ / label map, fewer than 3 lesions in a class.
     """
     org = get_organ(organ)
-    syn_dir = Path(synthetic_dir)
-    if not syn_dir.is_dir():
-        raise InputError(syn_dir, "synthetic folder not found" if not syn_dir.exists() else "not a folder")
-    dl_path = Path(real_datalist)
-    if not dl_path.is_file():
-        raise InputError(dl_path, "datalist not found")
-    if label_map is None:
-        label_map = datalist_label_map(dl_path)
-    lm = get_label_map(label_map, org.name)
-    tid = lm.tumour_id(org.name)
+    syn_path, syn_kind = _synthetic_kind(synthetic)
+    dl_path = _datalist_path(real_datalist, "datalist")
+    control_path = None if control is None else _datalist_path(control, "control datalist")
     crop_kw = {"spacing": (1.0, 1.0, 1.0), "margin_mm": 5.0, "min_voxels": 20}
 
-    real_crops = crops_from_datalist(dl_path, org.name, label_map=lm, **crop_kw)
-    if not real_crops:
-        raise InputError(dl_path, f"no real {org.name} tumours (label {tid}, at least "
-                                  f"{crop_kw['min_voxels']} voxels) in the labelled cases")
-    syn_crops = crops_from_synthetic_dir(syn_dir, org.name, **crop_kw)
-    if not syn_crops:
-        raise InputError(syn_dir, f"no synthetic {org.name} lesions of at least "
-                                  f"{crop_kw['min_voxels']} voxels in the folder")
+    real_crops, lm = _datalist_crops(dl_path, org, label_map, "real", crop_kw, "--real")
+    tid = lm.tumour_id(org.name)
+    syn_lm = None
+    if syn_kind == "folder":
+        syn_crops = crops_from_synthetic_dir(syn_path, org.name, **crop_kw)
+        if not syn_crops:
+            raise InputError(syn_path, f"no synthetic {org.name} lesions of at least "
+                                       f"{crop_kw['min_voxels']} voxels in the folder")
+    else:
+        syn_crops, syn_lm = _datalist_crops(syn_path, org, label_map, "synthetic", crop_kw, "--synthetic")
+    control_crops, control_lm = [], None
+    if control_path is not None:
+        control_crops, control_lm = _datalist_crops(control_path, org, label_map, "control", crop_kw, "--control")
     window = [float(v) for v in org.hu_window]
     real_f = [lesion_features(c, window) for c in real_crops]
     syn_f = [lesion_features(c, window) for c in syn_crops]
@@ -135,7 +199,8 @@ def run_realism(real_datalist, synthetic_dir, out_dir, organ: str, label_map=Non
         "label_map": lm.name,
         "tumour_id": int(tid),
         "real_datalist": str(dl_path),
-        "synthetic_dir": str(syn_dir),
+        "synthetic_dir": str(syn_path) if syn_kind == "folder" else None,
+        "synthetic_datalist": str(syn_path) if syn_kind == "datalist" else None,
         "summary": {"auc": vtt["auc"], "auc_ci95": vtt["auc_ci95"], "mean_abs_d": dist["mean_abs_d"],
                     "frechet": dist["frechet"]},
         "counts": {
@@ -143,6 +208,7 @@ def run_realism(real_datalist, synthetic_dir, out_dir, organ: str, label_map=Non
             "synthetic_lesions": len(syn_crops),
             "real_cases": len({c.case for c in real_crops}),
             "synthetic_cases": len({c.case for c in syn_crops}),
+            "synthetic_masks": dict(sorted(Counter(c.meta.get("mask", "component") for c in syn_crops).items())),
         },
         "machine_vtt": vtt,
         "distance": dist,
@@ -162,16 +228,42 @@ def run_realism(real_datalist, synthetic_dir, out_dir, organ: str, label_map=Non
         },
         "freetumor_version": __version__,
     }
+    if syn_lm is not None:
+        result["synthetic_label_map"] = syn_lm.name
+    rows = _rows(real_crops + syn_crops, X)
+    roc_control = None
+    if control_path is not None:
+        control_f = [lesion_features(c, window) for c in control_crops]
+        vtt_c, y_c, oof_c, names_c, X_c = cross_validate(real_f, control_f, folds, seed)
+        dist_c = feature_distance(real_f, control_f)
+        roc_control = (y_c, oof_c, vtt_c)
+        result["summary"].update(control_auc=vtt_c["auc"], control_auc_ci95=vtt_c["auc_ci95"])
+        result["control"] = {
+            "datalist": str(control_path),
+            "label_map": control_lm.name,
+            "what": "real (--real, class 0) against control (--control, class 1) with the same features, "
+                    "classifier, folds and seed: the AUC of two real sets, the floor for real-vs-synthetic",
+            "auc": vtt_c["auc"],
+            "auc_ci95": vtt_c["auc_ci95"],
+            "mean_abs_d": dist_c["mean_abs_d"],
+            "frechet": dist_c["frechet"],
+            "counts": {"real_lesions": len(real_crops), "control_lesions": len(control_crops),
+                       "control_cases": len({c.case for c in control_crops})},
+            "machine_vtt": vtt_c,
+            "distance": dist_c,
+        }
+        rows += _rows(control_crops, X_c[len(real_crops):])
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["source", "case", "index", "volume_ml", *names])
-    for crop, row in zip(real_crops + syn_crops, X):
-        writer.writerow([crop.source, crop.case, crop.index, f"{crop.meta['volume_ml']:.6g}",
-                         *(f"{v:.8g}" for v in row)])
+    writer.writerows(rows)
+    sets = [("real", real_crops), ("synthetic", syn_crops)] + ([("control", control_crops)] if control_crops else [])
     with staged_output(out_dir) as stage:
         write_bytes_atomic(stage / "features.csv", buf.getvalue().encode())
         _figure_png(y, oof, vtt, names, X, stage / "realism.png",
-                    f"{org.name}: {len(real_crops)} real vs {len(syn_crops)} synthetic lesions")
+                    f"{org.name}: {len(real_crops)} real vs {len(syn_crops)} synthetic lesions", control=roc_control)
+        result["lesion_figure"] = lesion_gallery_png(sets, window, stage / "lesions.png",
+                                                     title=f"{org.name}: real and synthetic lesions")
         write_bytes_atomic(stage / "realism.json", (json.dumps(result, indent=2) + "\n").encode())
     return result
