@@ -27,7 +27,7 @@ from freetumor.organs import get_organ  # noqa: E402
 from freetumor.phantom import make_case, write_cohort  # noqa: E402
 from freetumor.quality import QualityControl, cheap_scores, decide  # noqa: E402
 from freetumor.synthesis import QCRejectedError, Synthesizer  # noqa: E402
-from freetumor.training.synthesis import Stage1, train_synthesis  # noqa: E402
+from freetumor.training.stage1 import Stage1, train_synthesis  # noqa: E402
 from freetumor.transforms import PrepareFakeTumourd  # noqa: E402
 
 SCRIPT = Path(sys.executable).parent / "freetumor"

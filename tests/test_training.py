@@ -19,7 +19,8 @@ torch = pytest.importorskip("torch")
 from freetumor.config import load_config  # noqa: E402
 from freetumor.errors import InputError  # noqa: E402
 from freetumor.phantom import write_cohort  # noqa: E402
-from freetumor.training.segmentation import kfold_split, train_segmentation, warmup_cosine  # noqa: E402
+from freetumor.training.data import kfold_split  # noqa: E402
+from freetumor.training.stage0 import train_segmentation, warmup_cosine  # noqa: E402
 
 from conftest import need  # noqa: E402
 
