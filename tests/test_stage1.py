@@ -347,6 +347,8 @@ def test_train_synth_run_resume_and_refusals(pools, tmp_path):
         assert (tmp_path / "ref" / name).exists(), name
     epochs = _rows(tmp_path / "ref" / "epochs.jsonl")
     assert [e["step"] for e in epochs] == [0, 2, 4] and epochs[0]["probe_recall"] is not None
+    assert (ref["probe_recall_start"], ref["probe_accepted_end"]) == (epochs[0]["probe_recall"],
+                                                                    epochs[-1]["probe_accepted"])
     assert len(list((tmp_path / "ref" / "samples").glob("epoch_*.png"))) == 3
     load_network(tmp_path / "ref" / "generator.pt", "generator")
     # two steps, then resume to four: the same losses as the uninterrupted run

@@ -186,6 +186,16 @@ def synthesis_transform(cfg: Config, synthesis: str, generator, qc_segmentor) ->
                                prob=cfg.synth.online_prob, max_tries=cfg.synth.online_max_tries)
 
 
+def training_pool(cfg: Config, datalist, unlabelled) -> tuple[list[dict], list[dict]]:
+    """(training entries, validation entries): the fold's labelled training cases, repeated
+    ``data.labelled_repeat`` times, plus the ``unlabelled`` cases (Stage 2) when given."""
+    train, val = kfold_split(datalist_entries(datalist), int(cfg.train.folds), int(cfg.train.fold))
+    train = train * max(1, cfg.data.labelled_repeat)
+    if unlabelled is not None:
+        train = train + datalist_entries(unlabelled, "unlabelled cases with organ masks")
+    return train, val
+
+
 def split_writer(train: list[dict], val: list[dict], cfg: Config, resume: bool) -> Callable[[Path], None]:
     """Writes ``split.json``; a resumed run must validate on the same cases."""
     split = {"fold": cfg.train.fold, "folds": cfg.train.folds, "split_seed": SPLIT_SEED,
@@ -237,18 +247,13 @@ def train_segmentation(
 ) -> dict:
     """Train a segmentor; returns the final summary (also written to ``final.json``).
 
-    Stage 0 is ``synthesis="none"`` on labelled data. Stage 2 adds ``unlabelled`` cases (CT
-    with organ masks only) to the training pool and synthesises tumours online on eligible
-    patches (:class:`~freetumor.transforms.RandTumorSynthesisd`): ``procedural`` (rule-based
-    difference) or ``generator`` (a Stage-1 ``generator``), with quality control by
-    ``qc_segmentor`` when given. Everything else (data, CutMix, loss, schedule) is identical.
+    Stage 0 is ``synthesis="none"`` on labelled data. Stage 2 adds ``unlabelled`` cases (CT with
+    organ masks only) and synthesises tumours online on eligible patches: ``procedural`` or
+    ``generator`` (a Stage-1 ``generator``), with quality control by ``qc_segmentor`` when given.
     """
     check_synthesis(synthesis, generator, qc_segmentor)
     tr = cfg.train
-    train_entries, val_entries = kfold_split(datalist_entries(datalist), int(tr.folds), int(tr.fold))
-    train_entries = train_entries * max(1, cfg.data.labelled_repeat)
-    if unlabelled is not None:
-        train_entries = train_entries + datalist_entries(unlabelled, "unlabelled cases with organ masks")
+    train_entries, val_entries = training_pool(cfg, datalist, unlabelled)
     run = Run(out, cfg, resume=resume, log=log)
     run.create(split_writer(train_entries, val_entries, cfg, resume))
 

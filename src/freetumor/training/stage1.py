@@ -369,7 +369,7 @@ def train_synthesis(
     unl_entries = datalist_entries(unlabelled, "unlabelled cases with organ masks") if unlabelled else []
     run = Run(out, cfg, resume=resume, log=log)
     seg = _load_segmentor(segmentor, cfg, run.device)
-    run.create()
+    run.create(lambda folder: (folder / "samples").mkdir(exist_ok=True))
 
     torch.manual_seed(cfg.train.seed)
     stage = Stage1(cfg, seg, run.device)
@@ -384,8 +384,6 @@ def train_synthesis(
     transform = train_transforms(cfg.replace(**{"data.pos": 1.0, "data.neg": 0.0}), synthesis=PrepareFakeTumourd(cfg))
     probe = probe_batch(cfg, lab_entries, unl_entries, transform) if run.main else None
     metrics_path, epochs_path = run.open_logs("metrics.jsonl", "epochs.jsonl")
-    if run.main:
-        (run.out / "samples").mkdir(exist_ok=True)
     if run.main and run.start == 0:
         first = log_epoch(run, stage, probe, epochs_path, {})
         log(f"step 0: probe recall {first.get('probe_recall')}, accepted {first.get('probe_accepted')}")
