@@ -6,7 +6,7 @@ measured in a fresh subprocess so that its memory figures are its own:
 
 * ``step_s`` - median wall time of one training step exactly as
   ``train_segmentation`` runs it: the next batch from the trainer's own
-  ``DataLoader(StepDataset(cache=True), StepBatches, _collate)`` over a small
+  ``DataLoader(StepDataset(cache=True), StepBatches, collate)`` over a small
   phantom cohort (preprocessing cached in a one-off warm-up, as after the first
   epoch), ``.to(device)``, zero_grad, forward, DiceCE, backward, AdamW step
   (through the grad scaler), scheduler step, ``float(loss)`` and the
@@ -149,17 +149,11 @@ def windows_for(shape, roi, overlap: float) -> int:
 
 def train_figures(cfg: dict, entries: list[dict], tmp: Path, repeats: int, workers_check: bool) -> tuple:
     import torch
-    from monai.losses import DiceCELoss
 
     from freetumor.models import build_model
-    from freetumor.training.segmentation import (
-        StepBatches,
-        StepDataset,
-        _autocast,
-        _collate,
-        train_step,
-        warmup_cosine,
-    )
+    from freetumor.training.data import StepBatches, StepDataset, collate
+    from freetumor.training.run import autocast
+    from freetumor.training.stage0 import optimiser, segmentation_loss, train_step
     from freetumor.transforms import train_transforms
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -167,25 +161,20 @@ def train_figures(cfg: dict, entries: list[dict], tmp: Path, repeats: int, worke
     # --- set-up, as train_segmentation does it (not timed)
     torch.manual_seed(int(tr.seed))
     model = build_model(cfg).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(tr.lr), weight_decay=float(tr.weight_decay),
-                                  amsgrad=bool(tr.amsgrad))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(int(tr.warmup_steps), int(tr.max_steps)))
-    use_amp = device.type == "cuda" and bool(tr.amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    optimizer, scheduler, scaler = optimiser(model, cfg, device)
     ds = StepDataset(entries, train_transforms(cfg), int(tr.seed), cache=bool(cfg.data.cache))
     t = time.perf_counter()
     for k in range(len(entries)):  # one-off: fill the preprocessing cache (the trainer's first epoch)
-        ds._case(k)
+        ds.prepared(k)
     cache_warm_s = time.perf_counter() - t
-    loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)
+    loss_fn = segmentation_loss()
     metrics_path = tmp / "metrics.jsonl"
     model.train()
 
     def make_loader(workers: int, steps: int):
         return iter(torch.utils.data.DataLoader(
             ds, batch_sampler=StepBatches(0, steps, int(tr.batch_size), 1, 0),
-            num_workers=workers, collate_fn=_collate))
+            num_workers=workers, collate_fn=collate))
 
     state = {"step": 0}
 
@@ -211,7 +200,7 @@ def train_figures(cfg: dict, entries: list[dict], tmp: Path, repeats: int, worke
     cuda_first = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
     # the bare reference: a pre-made random batch of the pipeline's shape
-    sample = _collate([ds[0]])
+    sample = collate([ds[0]])
     shape, y_dtype = tuple(sample["image"].shape), sample["label"].dtype
     ncls = cfg.num_classes
     gen = torch.Generator().manual_seed(0)
@@ -222,7 +211,7 @@ def train_figures(cfg: dict, entries: list[dict], tmp: Path, repeats: int, worke
         _sync(device)
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(cfg, device):
+        with autocast(cfg, device):
             loss = loss_fn(model(xb), yb)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -411,13 +400,13 @@ def child(args) -> None:
 def synthesis_step_figures(cohort: Path, repeats: int) -> dict:
     """Training step with online synthesis + QC vs without, cpu-tiny preset, same data and recipe."""
     import torch
-    from monai.losses import DiceCELoss
 
     from freetumor.config import load_config
     from freetumor.data import load_datalist
     from freetumor.models import build_generator
     from freetumor.models import build_model
-    from freetumor.training.segmentation import StepBatches, StepDataset, _collate, train_step, warmup_cosine
+    from freetumor.training.data import StepBatches, StepDataset, collate
+    from freetumor.training.stage0 import segmentation_loss, train_step, warmup_cosine
     from freetumor.transforms import RandTumorSynthesisd, train_transforms
 
     cfg = load_config("liver-cpu-tiny", ["data.cache=true"])
@@ -433,15 +422,15 @@ def synthesis_step_figures(cohort: Path, repeats: int) -> dict:
                                                                      qc_segmentor=(seg, cfg))
             ds = StepDataset(entries, train_transforms(cfg, synthesis=synth), 0, cache=True)
             for k in range(len(entries)):
-                ds._case(k)  # the preprocessing cache, as after the first epoch
+                ds.prepared(k)  # the preprocessing cache, as after the first epoch
             torch.manual_seed(0)
             model = build_model(cfg)
             opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
             sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(1, 1000))
             scaler = torch.amp.GradScaler("cuda", enabled=False)
-            loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)
+            loss_fn = segmentation_loss()
             it = iter(torch.utils.data.DataLoader(ds, batch_sampler=StepBatches(0, repeats + 2, 1, 1, 0),
-                                                  num_workers=workers, collate_fn=_collate))
+                                                  num_workers=workers, collate_fn=collate))
             ts = []
             for step in range(repeats + 2):
                 t = time.perf_counter()

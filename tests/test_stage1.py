@@ -27,7 +27,7 @@ from freetumor.organs import get_organ  # noqa: E402
 from freetumor.phantom import make_case, write_cohort  # noqa: E402
 from freetumor.quality import QualityControl, cheap_scores, decide  # noqa: E402
 from freetumor.synthesis import QCRejectedError, Synthesizer  # noqa: E402
-from freetumor.training.synthesis import Stage1, train_synthesis  # noqa: E402
+from freetumor.training.stage1 import Stage1, train_synthesis  # noqa: E402
 from freetumor.transforms import PrepareFakeTumourd  # noqa: E402
 
 SCRIPT = Path(sys.executable).parent / "freetumor"
@@ -347,6 +347,8 @@ def test_train_synth_run_resume_and_refusals(pools, tmp_path):
         assert (tmp_path / "ref" / name).exists(), name
     epochs = _rows(tmp_path / "ref" / "epochs.jsonl")
     assert [e["step"] for e in epochs] == [0, 2, 4] and epochs[0]["probe_recall"] is not None
+    assert (ref["probe_recall_start"], ref["probe_accepted_end"]) == (epochs[0]["probe_recall"],
+                                                                    epochs[-1]["probe_accepted"])
     assert len(list((tmp_path / "ref" / "samples").glob("epoch_*.png"))) == 3
     load_network(tmp_path / "ref" / "generator.pt", "generator")
     # two steps, then resume to four: the same losses as the uninterrupted run

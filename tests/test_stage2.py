@@ -20,7 +20,7 @@ from freetumor.models import build_generator  # noqa: E402
 from freetumor.io import save_volume  # noqa: E402
 from freetumor.models import build_model  # noqa: E402
 from freetumor.phantom import make_case, write_cohort  # noqa: E402
-from freetumor.training.segmentation import spatial_cutmix  # noqa: E402
+from freetumor.training.stage0 import spatial_cutmix  # noqa: E402
 from freetumor.transforms import RandTumorSynthesisd, train_transforms  # noqa: E402
 
 SCRIPT = Path(sys.executable).parent / "freetumor"

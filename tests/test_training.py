@@ -16,10 +16,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from freetumor.checkpoints import save_checkpoint  # noqa: E402
 from freetumor.config import load_config  # noqa: E402
 from freetumor.errors import InputError  # noqa: E402
+from freetumor.models import build_generator  # noqa: E402
 from freetumor.phantom import write_cohort  # noqa: E402
-from freetumor.training.segmentation import kfold_split, train_segmentation, warmup_cosine  # noqa: E402
+from freetumor.training.data import kfold_split  # noqa: E402
+from freetumor.training.stage0 import train_segmentation, warmup_cosine  # noqa: E402
 
 from conftest import need  # noqa: E402
 
@@ -190,3 +193,7 @@ def test_resume_refusals(tmp_path, cohort):
     train_segmentation(cfg, cohort, tmp_path / "r2", progress=False, log=lambda *a: None)
     with pytest.raises(InputError, match="already has a checkpoint"):
         train_segmentation(cfg, cohort, tmp_path / "r2", progress=False, log=lambda *a: None)
+    # last.pt must hold a segmentor run: a generator checkpoint there is refused in one line
+    save_checkpoint(tmp_path / "r2" / "last.pt", model=build_generator(cfg), cfg=cfg, step=1, kind="generator")
+    with pytest.raises(InputError, match="is a generator checkpoint, not a segmentor"):
+        train_segmentation(cfg, cohort, tmp_path / "r2", resume=True, progress=False, log=lambda *a: None)

@@ -267,7 +267,7 @@ def train_seg(
 ) -> None:
     """Train a segmentation model: the Stage-0 baseline, or Stage 2 with online synthesis; torchrun for several GPUs."""
     from .config import load_config
-    from .training.segmentation import train_segmentation
+    from .training.stage0 import train_segmentation
 
     extra = list(overrides)
     if fold is not None:
@@ -332,7 +332,7 @@ def train_synth(
 ) -> None:
     """Stage 1: train the difference-map generator against a discriminator and the frozen segmentor."""
     from .config import load_config
-    from .training.synthesis import train_synthesis
+    from .training.stage1 import train_synthesis
 
     extra = list(overrides)
     if max_steps is not None:

@@ -158,7 +158,7 @@ def _baseline_section(out: Path, steps: int, seed: int, log: Callable[[str], Non
     from .inference import predict_files
     from .io import load_volume
     from .phantom import write_cohort
-    from .training.segmentation import train_segmentation
+    from .training.stage0 import train_segmentation
 
     cohort = write_cohort(out / "phantom-train", 5, seed=seed + 100, tumour_fraction=0.8)
     entries = json.loads(cohort.read_text())["training"]
@@ -199,7 +199,7 @@ def _baseline_section(out: Path, steps: int, seed: int, log: Callable[[str], Non
 def _stage1_section(out: Path, steps: int, seed: int, healthy: list[dict], log: Callable[[str], None]) -> dict:
     """Stage 1 on the phantoms with the demo's baseline as the frozen segmentor; rule-based vs learned."""
     # deferred: the training stack (torch, MONAI) loads only when the demo trains
-    from .training.synthesis import train_synthesis
+    from .training.stage1 import train_synthesis
 
     cohort = out / "phantom-train" / "datalist-demo.json"
     entries = json.loads(cohort.read_text())["training"]
@@ -270,7 +270,7 @@ def _stage2_section(out: Path, steps: int, seed: int, log: Callable[[str], None]
     from .evaluation.evaluate import evaluate_predictions
     from .inference import predict_files
     from .phantom import write_cohort
-    from .training.segmentation import train_segmentation
+    from .training.stage0 import train_segmentation
 
     test = write_cohort(out / "phantom-test", 4, seed=seed + 300, tumour_fraction=1.0)
     cfg = _demo_seg_cfg(steps, seed)

@@ -42,48 +42,21 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..checkpoints import check_kind, load_checkpoint, load_model, rng_state, save_checkpoint, set_rng_state
-from ..config import Config, QCConfig, save_config
+from ..checkpoints import load_model
+from ..config import Config, QCConfig
+from ..data import datalist_entries
 from ..errors import InputError
 from ..generator import apply_difference, difference_map
+from ..io import write_bytes_atomic
 from ..models import FAKE, REAL, build_discriminator, build_generator
 from ..organs import get_organ
 from ..quality import judge_patch, predicted_tumour
-from ..transforms import PrepareFakeTumourd
-from .segmentation import (
-    StepBatches,
-    StepDataset,
-    _autocast,
-    _collate,
-    _dist_setup,
-    batch_tensors,
-    check_run_folder,
-    datalist_entries,
-    finish_run,
-    gather_digests,
-    reset_logs,
-)
+from ..transforms import PrepareFakeTumourd, train_transforms
+from .data import MixedStepDataset, batch_tensors, collate
+from .run import Run, autocast, nan_to_none
 
 PROBE_SEED_OFFSET = 1_000_003  # probe patches come from their own random stream
-
-
-class MixedStepDataset(StepDataset):
-    """Step-indexed samples drawn from labelled and unlabelled entries.
-
-    Sample ``i`` comes from the labelled pool with probability ``fraction``
-    (seeded by ``(seed, i)``), then a case of that pool is drawn uniformly.
-    """
-
-    def __init__(self, labelled: list[dict], unlabelled: list[dict], transform, seed: int,
-                 fraction: float, cache: bool = False):
-        super().__init__(list(labelled) + list(unlabelled), transform, seed, cache)
-        self.n_lab, self.n_unl = len(labelled), len(unlabelled)
-        self.fraction = float(fraction)
-
-    def case_index(self, i: int) -> int:
-        rng = np.random.default_rng([self.seed, int(i), 7])
-        use_lab = self.n_unl == 0 or (self.n_lab > 0 and rng.random() < self.fraction)
-        return int(rng.integers(self.n_lab)) if use_lab else self.n_lab + int(rng.integers(self.n_unl))
+LOSSES = ("loss_g", "loss_adv", "loss_seg", "loss_d")
 
 
 # ----------------------------------------------------------------------------- losses
@@ -160,7 +133,7 @@ class Stage1:
         """One generator step: D and the segmentor frozen. Returns losses, x', D~ and the segmentor's call."""
         x, weight, fake, channel = batch["image"], batch["weight"], batch["fake"], batch["channel"]
         self.opt_g.zero_grad(set_to_none=True)
-        with frozen(self.discriminator), _autocast(self.cfg, self.device):
+        with frozen(self.discriminator), autocast(self.cfg, self.device):
             xf, dmap = self.synthesise(x, weight, channel)
             p_d = torch.softmax(self.discriminator(xf).float(), dim=1)
             loss_adv = 1.0 - masked_mean(p_d[:, REAL:REAL + 1], fake)
@@ -180,7 +153,7 @@ class Stage1:
         x, weight, fake = batch["image"], batch["weight"], batch["fake"]
         real = self.real_mask(batch["label"])
         self.opt_d.zero_grad(set_to_none=True)
-        with _autocast(self.cfg, self.device):
+        with autocast(self.cfg, self.device):
             xd = apply_difference(x, weight, dmap.detach(), self.sign)
             q = torch.softmax(self.d_train(xd).float(), dim=1)
             loss_d = 0.5 * ((1.0 - masked_mean(q[:, FAKE:FAKE + 1], fake))
@@ -246,13 +219,13 @@ def patch_decisions(out: dict, batch: dict, cfg: Config, settings: QCConfig) -> 
 
 def sample_grid_png(x: np.ndarray, xf: np.ndarray, fake: np.ndarray, rows: list[dict | None], title: str) -> bytes:
     """PNG: one row per patch, columns original / synthetic / accepted (axial slice through the tumour)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # deferred: matplotlib is heavy (grids only)
+    from matplotlib.figure import Figure  # deferred: as above
 
     n = max(1, len(rows))
-    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
+    fig = Figure(figsize=(7.5, 2.5 * n))
+    FigureCanvasAgg(fig)  # a canvas of this figure's own: no pyplot, no process-wide backend
+    axes = fig.subplots(n, 3, squeeze=False)
     for b in range(n):
         if b >= len(rows):
             break
@@ -273,7 +246,6 @@ def sample_grid_png(x: np.ndarray, xf: np.ndarray, fake: np.ndarray, rows: list[
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (2.5 * n)))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
     return buf.getvalue()
 
 
@@ -307,7 +279,7 @@ def probe_batch(cfg: Config, labelled, unlabelled, transform) -> dict | None:
     while len(patches) < n and i < 4 * n:
         patches.extend(p for p in ds[i] if float(p["fake"].sum()) > 0)
         i += 1
-    return _collate([patches[:n]]) if patches else None
+    return collate([patches[:n]]) if patches else None
 
 
 @torch.no_grad()
@@ -330,6 +302,56 @@ def evaluate_probe(stage: Stage1, probe: dict | None, cfg: Config, settings: QCC
     return res, (out, b, rows)
 
 
+def step_values(res: dict, scored: list[dict]) -> dict[str, float]:
+    """The per-step numbers of ``metrics.jsonl``: losses, mean recall and acceptance (NaN: no fake)."""
+    vals = {k: res[k] for k in LOSSES}
+    vals["recall"] = float(np.mean([r["recall"] for r in scored])) if scored else float("nan")
+    vals["accepted"] = float(np.mean([r["accepted"] for r in scored])) if scored else float("nan")
+    return vals
+
+
+def accumulate(acc: dict, vals: dict[str, float], scored: list[dict]) -> None:
+    """Add one step to the epoch's running sums (kept in ``last.pt`` for an exact resume)."""
+    for k in LOSSES:
+        acc[k] = acc.get(k, 0.0) + vals[k]
+    acc["n"] = acc.get("n", 0) + 1
+    if scored:
+        acc["recall"] = acc.get("recall", 0.0) + sum(r["recall"] for r in scored)
+        acc["accepted"] = acc.get("accepted", 0.0) + sum(r["accepted"] for r in scored)
+        acc["scored"] = acc.get("scored", 0) + len(scored)
+
+
+def log_epoch(run: Run, stage: Stage1, probe: dict | None, path: Path, acc: dict) -> dict:
+    """The ``epochs.jsonl`` line at the current step (epoch means of ``acc``, the probe's recall and
+    acceptance), its TensorBoard scalars and the probe's sample grid; returns the line."""
+    res, shown = evaluate_probe(stage, probe, run.cfg, run.cfg.qc)
+    step, n = run.step, max(1, acc.get("n", 0))
+    rec = {"epoch": step // run.cfg.synth.epoch_steps, "step": step}
+    for k in LOSSES:
+        rec[k] = acc[k] / n if acc.get("n") else None
+    rec["train_recall"] = acc["recall"] / acc["scored"] if acc.get("scored") else None
+    rec["train_accepted"] = acc["accepted"] / acc["scored"] if acc.get("scored") else None
+    rec.update(res)
+    run.append(path, rec)
+    run.scalars("epoch", {k: v for k, v in rec.items() if k not in ("epoch", "step")}, step)
+    if shown is not None:
+        o, b, rows = shown
+        png = sample_grid_png(o["x"].cpu().numpy()[:, 0], o["xf"].cpu().numpy()[:, 0],
+                              b["fake"].cpu().numpy()[:, 0] > 0.5, rows,
+                              f"epoch {rec['epoch']} (step {step}): original / synthetic / accepted")
+        write_bytes_atomic(run.out / "samples" / f"epoch_{rec['epoch']:04d}.png", png)
+    return rec
+
+
+def probe_summary(epochs_path: Path) -> dict:
+    """The probe's recall and acceptance at the first and the last logged epoch."""
+    rows = [json.loads(ln) for ln in epochs_path.read_text().splitlines() if ln]
+    if not rows:
+        return {}
+    return {f"probe_{k}_{end}": rows[i].get(f"probe_{k}")
+            for end, i in (("start", 0), ("end", -1)) for k in ("recall", "accepted")}
+
+
 def train_synthesis(
     cfg: Config,
     labelled: str | os.PathLike,
@@ -342,156 +364,60 @@ def train_synthesis(
     progress: bool = True,
 ) -> dict:
     """Stage-1 training; returns the summary written to ``final.json``."""
-    from ..io import write_bytes_atomic
-    from ..transforms import train_transforms
-
-    out = Path(out)
-    world, rank, local_rank = _dist_setup()
-    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     s = cfg.synth
-    max_steps = s.max_steps
     lab_entries = datalist_entries(labelled) * cfg.data.labelled_repeat
     unl_entries = datalist_entries(unlabelled, "unlabelled cases with organ masks") if unlabelled else []
-    settings = cfg.qc
-
-    last = out / "last.pt"
-    if rank == 0:
-        check_run_folder(out, resume)
-    seg = _load_segmentor(segmentor, cfg, device)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-    if world > 1:
-        torch.distributed.barrier()
+    run = Run(out, cfg, resume=resume, log=log)
+    seg = _load_segmentor(segmentor, cfg, run.device)
+    run.create(lambda folder: (folder / "samples").mkdir(exist_ok=True))
 
     torch.manual_seed(cfg.train.seed)
-    stage = Stage1(cfg, seg, device)
+    stage = Stage1(cfg, seg, run.device)
     pair = _Pair(stage.generator, stage.discriminator)
-    start = 0
-    epoch_acc: dict = {}
-    if resume:
-        ck = load_checkpoint(last, map_location=device)
-        check_kind(ck, last, "synthesis-run")
-        pair.load_state_dict(ck["model"])
-        extra = ck.get("extra") or {}
+    extra = run.restore(pair, "synthesis-run")
+    if run.resume:
         stage.load_state(extra["stage"])
-        set_rng_state(extra.get("rng", {}))
-        start = int(ck["step"])
-        epoch_acc = dict(extra.get("epoch_acc") or {})
-        log(f"resuming after step {start}")
-    if world > 1:
-        ids = [local_rank] if device.type == "cuda" else None
-        stage.g_train = torch.nn.parallel.DistributedDataParallel(stage.generator, device_ids=ids)
-        stage.d_train = torch.nn.parallel.DistributedDataParallel(stage.discriminator, device_ids=ids)
+    epoch_acc = dict(extra.get("epoch_acc") or {})
+    stage.g_train, stage.d_train = run.parallel(stage.generator), run.parallel(stage.discriminator)
 
     # Stage-1 patches are centred on organ or tumour voxels (no background-centred crops).
-    tcfg = cfg.replace(**{"data.pos": 1.0, "data.neg": 0.0})
-    transform = train_transforms(tcfg, synthesis=PrepareFakeTumourd(cfg))
-    probe = probe_batch(cfg, lab_entries, unl_entries, transform) if rank == 0 else None
-
-    metrics_path, epochs_path = out / "metrics.jsonl", out / "epochs.jsonl"
-    writer = None
-    if rank == 0:
-        reset_logs([metrics_path, epochs_path], start, resume)
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out / "tb"), purge_step=start + 1 if resume else None)
-        (out / "samples").mkdir(exist_ok=True)
-
-    def end_epoch(step: int, acc: dict) -> dict:
-        res, shown = evaluate_probe(stage, probe, cfg, settings)
-        n = max(1, acc.get("n", 0))
-        rec = {"epoch": step // s.epoch_steps, "step": step}
-        for k in ("loss_g", "loss_adv", "loss_seg", "loss_d"):
-            rec[k] = acc[k] / n if acc.get("n") else None
-        rec["train_recall"] = acc["recall"] / acc["scored"] if acc.get("scored") else None
-        rec["train_accepted"] = acc["accepted"] / acc["scored"] if acc.get("scored") else None
-        rec.update(res)
-        with open(epochs_path, "a") as fh:
-            fh.write(json.dumps(rec) + "\n")
-        for k, v in rec.items():
-            if k not in ("epoch", "step") and v is not None:
-                writer.add_scalar(f"epoch/{k}", v, step)
-        if shown is not None:
-            o, b, rows = shown
-            png = sample_grid_png(o["x"].cpu().numpy()[:, 0], o["xf"].cpu().numpy()[:, 0],
-                                  b["fake"].cpu().numpy()[:, 0] > 0.5, rows,
-                                  f"epoch {rec['epoch']} (step {step}): original / synthetic / accepted")
-            write_bytes_atomic(out / "samples" / f"epoch_{rec['epoch']:04d}.png", png)
-        return rec
-
-    first = None
-    if rank == 0 and start == 0:
-        first = end_epoch(0, {})
+    transform = train_transforms(cfg.replace(**{"data.pos": 1.0, "data.neg": 0.0}), synthesis=PrepareFakeTumourd(cfg))
+    probe = probe_batch(cfg, lab_entries, unl_entries, transform) if run.main else None
+    metrics_path, epochs_path = run.open_logs("metrics.jsonl", "epochs.jsonl")
+    if run.main and run.start == 0:
+        first = log_epoch(run, stage, probe, epochs_path, {})
         log(f"step 0: probe recall {first.get('probe_recall')}, accepted {first.get('probe_accepted')}")
+    ds = MixedStepDataset(lab_entries, unl_entries, transform, cfg.train.seed, s.labelled_fraction,
+                          cache=cfg.data.cache)
+    loader = run.loader(ds, s.max_steps)
+    if progress:
+        run.progress("train-synth")
 
-    ds = MixedStepDataset(lab_entries, unl_entries, transform, cfg.train.seed,
-                          s.labelled_fraction, cache=cfg.data.cache)
-    loader = torch.utils.data.DataLoader(
-        ds, batch_sampler=StepBatches(start, max_steps, cfg.train.batch_size, world, rank),
-        num_workers=cfg.data.num_workers, collate_fn=_collate)
-    bar = None
-    if progress and rank == 0:
-        from tqdm import tqdm
+    def checkpoint() -> None:
+        run.save(run.last, pair, {"stage": stage.state(), "epoch_acc": epoch_acc}, kind="synthesis-run")
+        run.save(run.out / "generator.pt", stage.generator, kind="generator")
 
-        bar = tqdm(total=max_steps, initial=start, desc="train-synth", unit="step", dynamic_ncols=True)
-
-    def checkpoint(step: int) -> None:
-        save_checkpoint(last, model=pair, cfg=cfg, step=step, kind="synthesis-run",
-                        extra={"stage": stage.state(), "rng": rng_state(), "epoch_acc": epoch_acc})
-        save_checkpoint(out / "generator.pt", model=stage.generator, cfg=cfg, step=step, kind="generator")
-
-    step = start
-    for raw in loader:
-        step += 1
-        batch = _batch_to(raw, device)
+    for step, raw in run.steps(loader):
+        batch = _batch_to(raw, run.device)
         res = stage.step(batch)
-        rows = patch_decisions(res, batch, cfg, settings)
-        scored = [r for r in rows if r]
-        vals = {k: res[k] for k in ("loss_g", "loss_adv", "loss_seg", "loss_d")}
-        vals["recall"] = float(np.mean([r["recall"] for r in scored])) if scored else float("nan")
-        vals["accepted"] = float(np.mean([r["accepted"] for r in scored])) if scored else float("nan")
-        if world > 1:
-            t = torch.tensor([vals[k] for k in vals], device=device, dtype=torch.float64)
-            torch.distributed.all_reduce(t)
-            vals = {k: float(v) / world for k, v in zip(vals, t.tolist())}
-        if rank == 0:
-            with open(metrics_path, "a") as fh:
-                fh.write(json.dumps({"step": step, **{k: (None if v != v else v) for k, v in vals.items()},
-                                     "fakes": len(scored)}) + "\n")
-            for k in ("loss_g", "loss_adv", "loss_seg", "loss_d"):
-                epoch_acc[k] = epoch_acc.get(k, 0.0) + vals[k]
-            epoch_acc["n"] = epoch_acc.get("n", 0) + 1
-            if scored:
-                epoch_acc["recall"] = epoch_acc.get("recall", 0.0) + sum(r["recall"] for r in scored)
-                epoch_acc["accepted"] = epoch_acc.get("accepted", 0.0) + sum(r["accepted"] for r in scored)
-                epoch_acc["scored"] = epoch_acc.get("scored", 0) + len(scored)
-            if step % s.log_every == 0 or step == max_steps:
-                for k, v in vals.items():
-                    if v == v:
-                        writer.add_scalar(f"train/{k}", v, step)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(g=f"{vals['loss_g']:.3f}", d=f"{vals['loss_d']:.3f}")
-            if step % s.epoch_steps == 0 or step == max_steps:
-                end_epoch(step, epoch_acc)
-                epoch_acc = {}
-            if step % s.checkpoint_every == 0 or step == max_steps:
-                checkpoint(step)
-        if world > 1:
-            torch.distributed.barrier()
-    if bar is not None:
-        bar.close()
+        scored = [r for r in patch_decisions(res, batch, cfg, cfg.qc) if r]
+        vals = run.mean(step_values(res, scored))
+        if run.main:
+            run.append(metrics_path, {"step": step, **nan_to_none(vals), "fakes": len(scored)})
+            accumulate(epoch_acc, vals, scored)
+            if run.due(s.log_every):
+                run.scalars("train", nan_to_none(vals), step)
+            run.tick(g=f"{vals['loss_g']:.3f}", d=f"{vals['loss_d']:.3f}")
+            if run.due(s.epoch_steps):
+                log_epoch(run, stage, probe, epochs_path, epoch_acc)
+                epoch_acc.clear()
+            if run.due(s.checkpoint_every):
+                checkpoint()
 
-    digests = gather_digests(stage.generator, world)
-    summary = {"steps": step, "world_size": world, "device": str(device), "generator_sha256": digests}
-    if rank == 0:
-        rows = [json.loads(ln) for ln in epochs_path.read_text().splitlines() if ln]
-        if rows:
-            summary["probe_recall_start"] = rows[0].get("probe_recall")
-            summary["probe_accepted_start"] = rows[0].get("probe_accepted")
-            summary["probe_recall_end"] = rows[-1].get("probe_recall")
-            summary["probe_accepted_end"] = rows[-1].get("probe_accepted")
-        if not (out / "generator.pt").exists():
-            checkpoint(step)
-    return finish_run(out, summary, writer, rank, world)
+    summary = {"steps": run.step, "world_size": run.world, "device": str(run.device),
+               "generator_sha256": run.digests(stage.generator)}
+    if run.main:
+        summary.update(probe_summary(epochs_path))
+        if not (run.out / "generator.pt").exists():
+            checkpoint()
+    return run.finish(summary)

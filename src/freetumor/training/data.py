@@ -1,0 +1,138 @@
+"""Step-indexed training data shared by the trainers: folds, datasets, batches.
+
+Sample ``i`` of a run is drawn deterministically from ``(seed, i)``: the case it reads and
+the seed of its random transforms depend only on ``i``. What a step sees therefore depends
+only on the step number, so a resumed run, or a run with more data-loader workers, sees
+exactly the same patches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from monai.data import list_data_collate
+from monai.transforms import Compose, Randomizable
+
+from ..errors import ConfigError
+
+SPLIT_SEED = 0  # the k-fold split is the same for every method and seed, so comparisons are paired
+
+
+def kfold_split(entries: list[dict], folds: int, fold: int) -> tuple[list[dict], list[dict]]:
+    """Train/validation entries of one fold: the datalist's ``fold`` field if every entry has
+    one, else a deterministic shuffle of the sorted image paths dealt into ``folds`` folds.
+
+    Example:
+        >>> entries = [{"image": f"{i}.nii.gz"} for i in range(5)]
+        >>> train, val = kfold_split(entries, 5, 0)
+        >>> len(train), len(val)
+        (4, 1)
+    """
+    if not 0 <= fold < folds:
+        raise ConfigError(f"fold {fold} is outside 0..{folds - 1}")
+    if entries and all("fold" in e for e in entries):
+        val = [e for e in entries if int(e["fold"]) == fold]
+        train = [e for e in entries if int(e["fold"]) != fold]
+    else:
+        order = sorted(entries, key=lambda e: e["image"])
+        perm = np.random.default_rng(SPLIT_SEED).permutation(len(order))
+        assign = {int(p): k % folds for k, p in enumerate(perm)}
+        val = [e for i, e in enumerate(order) if assign[i] == fold]
+        train = [e for i, e in enumerate(order) if assign[i] != fold]
+    if not train:
+        raise ConfigError(f"fold {fold} leaves no training cases ({len(entries)} labelled cases in all)")
+    return train, val
+
+
+class StepDataset(torch.utils.data.Dataset):
+    """Index ``i`` -> the patches of global sample ``i`` (deterministic in ``i``).
+
+    The transform is split at its first random step: the deterministic head (loading,
+    resampling, windowing) runs once per case and is kept when ``cache`` is on.
+    """
+
+    def __init__(self, entries: list[dict], transform, seed: int, cache: bool = False):
+        self.entries = entries
+        steps = list(transform.transforms)
+        first = next((k for k, t in enumerate(steps) if isinstance(t, Randomizable)), len(steps))
+        self.pre = Compose(steps[:first])
+        self.rand = Compose(steps[first:])
+        self.seed = int(seed)
+        self.cache: dict[int, dict] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return 1 << 40
+
+    def prepared(self, k: int) -> dict:
+        """Entry ``k`` after the deterministic transforms (from the cache when it is on)."""
+        if self.cache is not None and k in self.cache:
+            return self.cache[k]
+        d = self.pre({key: v for key, v in self.entries[k].items() if key in ("image", "label")})
+        if self.cache is not None:
+            self.cache[k] = d
+        return d
+
+    def case_index(self, i: int) -> int:
+        """The entry global sample ``i`` reads: each epoch is a seeded permutation of the entries."""
+        n = len(self.entries)
+        epoch, pos = divmod(int(i), n)
+        return int(np.random.default_rng([self.seed, epoch]).permutation(n)[pos])
+
+    def __getitem__(self, i: int):
+        case = self.prepared(self.case_index(i))
+        self.rand.set_random_state(seed=int(np.random.SeedSequence([self.seed, int(i)]).generate_state(1)[0]))
+        out = self.rand(dict(case))
+        return out if isinstance(out, list) else [out]
+
+
+class MixedStepDataset(StepDataset):
+    """Step-indexed samples drawn from labelled and unlabelled entries.
+
+    Sample ``i`` comes from the labelled pool with probability ``fraction``
+    (seeded by ``(seed, i)``), then a case of that pool is drawn uniformly.
+    """
+
+    def __init__(self, labelled: list[dict], unlabelled: list[dict], transform, seed: int,
+                 fraction: float, cache: bool = False):
+        super().__init__(list(labelled) + list(unlabelled), transform, seed, cache)
+        self.n_lab, self.n_unl = len(labelled), len(unlabelled)
+        self.fraction = float(fraction)
+
+    def case_index(self, i: int) -> int:
+        rng = np.random.default_rng([self.seed, int(i), 7])
+        use_lab = self.n_unl == 0 or (self.n_lab > 0 and rng.random() < self.fraction)
+        return int(rng.integers(self.n_lab)) if use_lab else self.n_lab + int(rng.integers(self.n_unl))
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Batches of global sample indices for steps ``start..stop-1`` of one rank.
+
+    Example:
+        >>> list(StepBatches(1, 3, batch=2, world=2, rank=1))
+        [[6, 7], [10, 11]]
+    """
+
+    def __init__(self, start: int, stop: int, batch: int, world: int, rank: int):
+        self.start, self.stop, self.batch, self.world, self.rank = start, stop, batch, world, rank
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            base = (step * self.world + self.rank) * self.batch
+            yield list(range(base, base + self.batch))
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+def collate(batch: list[list[dict]]) -> dict:
+    """One batch from a list of samples, each a list of patches (every patch is a batch item)."""
+    return list_data_collate([patch for sample in batch for patch in sample])
+
+
+def batch_tensors(batch: dict, device, keys=("image", "label")) -> list[torch.Tensor]:
+    """Plain tensors (not MetaTensors) of a collated batch, on ``device``."""
+    out = []
+    for k in keys:
+        v = batch[k].to(device)
+        out.append(v.as_tensor() if hasattr(v, "as_tensor") else v)
+    return out
