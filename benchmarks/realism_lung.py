@@ -87,7 +87,7 @@ def crop_features(image, lesion_mask: np.ndarray, case: str, window) -> dict | N
 
 
 def host_setup(h: dict):
-    from freetumor.shapes import Grid
+    from freetumor.grids import Grid
     from freetumor.io import load_volume
     from freetumor.lung_threshold import threshold_lung_mask
 

@@ -123,6 +123,8 @@ def _bad_cases(src: Path, tmp: Path):
         ("unknown labels", img, save("unknown.nii.gz", unknown), [], "unknown.nii.gz: label values 42"),
         ("not CT", save("mr.nii.gz", (a.astype(np.int32) + 1024).clip(0)), lab, [], "mr.nii.gz: no value below 0"),
         ("normalised", save("norm.nii.gz", ((a + 1024) / 4096.0).astype(np.float32)), lab, [], "norm.nii.gz:"),
+        # the QC threshold is validated once, by the qc config section, whichever way it arrives
+        ("qc threshold", img, lab, ["--qc-threshold", "1.5"], "'qc.threshold' in option --qc-threshold must be in [0, 1)"),
     ]
 
 

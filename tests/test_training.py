@@ -197,3 +197,18 @@ def test_resume_refusals(tmp_path, cohort):
     save_checkpoint(tmp_path / "r2" / "last.pt", model=build_generator(cfg), cfg=cfg, step=1, kind="generator")
     with pytest.raises(InputError, match="is a generator checkpoint, not a segmentor"):
         train_segmentation(cfg, cohort, tmp_path / "r2", resume=True, progress=False, log=lambda *a: None)
+
+
+def test_resume_trims_validation_log(tmp_path, cohort):
+    """A validation logged after the last checkpoint (then a kill) is not left twice after --resume."""
+    quiet = dict(progress=False, log=lambda *a: None)
+    base = ["data.roi_size=[48,48,48]", "data.num_samples=2", "train.log_every=1", "train.val_every=2",
+            "train.checkpoint_every=2"]
+    train_segmentation(load_config("liver-cpu-tiny", ["train.max_steps=2", *base]), cohort, tmp_path / "r", **quiet)
+    val = tmp_path / "r" / "val.jsonl"
+    with open(val, "a") as fh:  # as if step 3 had validated, then the process died before its checkpoint
+        fh.write(json.dumps({"step": 3, "score": 0.5}) + "\n")
+    train_segmentation(load_config("liver-cpu-tiny", ["train.max_steps=4", *base]), cohort, tmp_path / "r",
+                       resume=True, **quiet)
+    steps = [json.loads(x)["step"] for x in val.read_text().splitlines()]
+    assert steps == [2, 4]

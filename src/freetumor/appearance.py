@@ -26,7 +26,7 @@ the lesion's box and leaves the input untouched.
 
 Example:
     >>> import numpy as np
-    >>> from freetumor.shapes import Grid
+    >>> from freetumor.grids import Grid
     >>> rng = np.random.default_rng(0)
     >>> img = (-850 + 15 * rng.standard_normal((48, 48, 40))).astype(np.float32)
     >>> lung = np.ones(img.shape, bool)
@@ -49,7 +49,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .shapes import Grid
+from .grids import Grid
+from .lesion_measures import edge_sharpness, relative_solidity
 
 SUBSAMPLE_MM = 0.4      # supersampling step of the occupancy
 STRUCTURE_MM = 1.5      # the host's structure: the host smoothed with this Gaussian sigma
@@ -141,8 +142,6 @@ def _gaussian_mm(arr: np.ndarray, sigma_mm: float, spacing) -> np.ndarray:
 def _edge_table() -> tuple[np.ndarray, np.ndarray]:
     """Normalised edge sharpness (1/mm) of a blurred 16 mm ball measured as the realism score does,
     for a range of blur sigmas (mm): the table :func:`edge_sigma_for` inverts."""
-    from .evaluation.realism import LesionCrop, lesion_features  # deferred: evaluation sits above this layer
-
     sigmas = np.array([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0])
     surf = Surface((8.0, 8.0, 8.0), np.eye(3), 0.0, np.random.default_rng(0))
     shape = (33, 33, 33)
@@ -150,10 +149,7 @@ def _edge_table() -> tuple[np.ndarray, np.ndarray]:
     vals = []
     for s in sigmas:
         f = _gaussian_mm(occ, float(s), (1.0, 1.0, 1.0))
-        img = (f * 1000.0).astype(np.float32)
-        mask = f >= 0.5
-        feats = lesion_features(LesionCrop("synthetic", "edge", 1, img, mask, (1.0, 1.0, 1.0)), window=(0, 1000))
-        vals.append(feats["edge_sharpness"] / 1000.0)
+        vals.append(edge_sharpness(f * 1000.0, f >= 0.5, None, (1.0, 1.0, 1.0)) / 1000.0)
     return sigmas, np.asarray(vals)
 
 
@@ -166,10 +162,8 @@ def edge_sigma_for(edge_norm: float) -> float:
 
 @functools.lru_cache(maxsize=None)
 def _lobulation_table() -> tuple[np.ndarray, np.ndarray]:
-    """Relative solidity (as :func:`freetumor.lesion_fit.relative_solidity` measures it on 1 mm
+    """Relative solidity (as :func:`freetumor.lesion_measures.relative_solidity` measures it on 1 mm
     grids) of 12 mm lesions for a range of lobulation amplitudes, averaged over random shapes."""
-    from .lesion_fit import relative_solidity  # deferred: measurement sits above this layer
-
     amps = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.65, 0.8])
     vals = []
     for a in amps:

@@ -80,7 +80,7 @@ def synthesize(
                                              "learned difference maps instead of the rule-based scalar."),
     qc_segmentor: Optional[Path] = typer.Option(None, "--qc-segmentor", help="Segmentation checkpoint for "
                                                 "quality control (keep a tumour the segmentor finds)."),
-    qc_threshold: Optional[float] = typer.Option(None, "--qc-threshold", min=0.0, max=0.999,
+    qc_threshold: Optional[float] = typer.Option(None, "--qc-threshold",
                                                  help="QC: minimum segmentor recall of the tumour (default 0.7)."),
     max_tries: int = typer.Option(10, "--max-tries", min=1, help="QC: tumours drawn per lesion before giving up."),
     context: Optional[Context] = typer.Option(None, "--context", help="Generator input: the lesion box plus a "
@@ -129,7 +129,7 @@ def phantom(
         None, "--tumour-radius-mm", help="MIN MAX tumour radius in mm (e.g. 3 9 for early tumours)."),
 ) -> None:
     """Write a procedural CT phantom cohort (NIfTI + datalist.json, labelled.json, unlabelled.json)."""
-    from .phantom import write_cohort
+    from .phantom import write_cohort  # deferred: loaded when the command runs, so that --help and light commands start fast
 
     datalist = write_cohort(out, cases, seed=seed, region=region.value, tumour_fraction=tumour_fraction,
                             tumour_radius_mm=tumour_radius_mm)
@@ -144,10 +144,10 @@ def data_check(
     label_map: Optional[str] = typer.Option(None, "--label-map", help=LABEL_MAP_HELP),
 ) -> None:
     """Validate every case of a datalist; exit 1 if any case fails."""
-    from rich.console import Console
-    from rich.table import Table
+    from rich.console import Console  # deferred: loaded when the command runs
+    from rich.table import Table  # deferred: loaded when the command runs
 
-    from .data import check_datalist
+    from .data import check_datalist  # deferred: loaded when the command runs, so that --help and light commands start fast
 
     results = check_datalist(datalist, label_map)
     table = Table(title=f"{datalist}", show_lines=False)
@@ -181,7 +181,7 @@ def data_index(
     workers: int = typer.Option(1, "--workers", min=1, help="Cases processed in parallel."),
 ) -> None:
     """Index a public dataset by its catalogued layout: labels converted to abdomen7/chest3, cases checked."""
-    from .data.catalog import index_source
+    from .data.catalog import index_source  # deferred: loaded when the command runs, so that --help and light commands start fast
 
     dl = index_source(root, source, out, workers=workers,
                       log=lambda line: typer.echo(f"problem: {line}", err=True))
@@ -201,10 +201,10 @@ def data_merge(
     unlabelled: Path = typer.Option(..., "--unlabelled", help="Output: healthy cases with organ masks."),
 ) -> None:
     """Pool datalists into the labelled and unlabelled pools of train-synth (one label convention)."""
-    from rich.console import Console
-    from rich.table import Table
+    from rich.console import Console  # deferred: loaded when the command runs
+    from rich.table import Table  # deferred: loaded when the command runs
 
-    from .data.catalog import merge_datalists
+    from .data.catalog import merge_datalists  # deferred: loaded when the command runs, so that --help and light commands start fast
 
     r = merge_datalists(datalists, labelled, unlabelled)
     c = r["counts"]
@@ -240,7 +240,7 @@ def demo(
                                                "(default: --train-steps; 0: skip Stage 2 and the comparison)."),
 ) -> None:
     """Phantoms -> synthetic tumours -> reader study -> baseline -> Stage 1 -> Stage 2 vs baseline -> an HTML page."""
-    from .demo import run_demo
+    from .demo import run_demo  # deferred: loaded when the command runs, so that --help and light commands start fast
 
     page = run_demo(out, seed=seed, train_steps=train_steps, synth_steps=synth_steps, stage2_steps=stage2_steps,
                     log=typer.echo)
@@ -266,8 +266,8 @@ def train_seg(
                                              "added to the training pool."),
 ) -> None:
     """Train a segmentation model: the Stage-0 baseline, or Stage 2 with online synthesis; torchrun for several GPUs."""
-    from .config import load_config
-    from .training.stage0 import train_segmentation
+    from .config import load_config  # deferred: loaded when the command runs, so that --help and light commands start fast
+    from .training.stage0 import train_segmentation  # deferred: loaded when the command runs, so that --help and light commands start fast
 
     extra = list(overrides)
     if fold is not None:
@@ -292,7 +292,7 @@ def synthesize_batch_cmd(
     seed: int = typer.Option(0, "--seed", help="Random seed (each case's seed derives from it)."),
     generator: Optional[Path] = typer.Option(None, "--generator", help="Stage-1 generator.pt."),
     qc_segmentor: Optional[Path] = typer.Option(None, "--qc-segmentor", help="Segmentor for quality control."),
-    qc_threshold: Optional[float] = typer.Option(None, "--qc-threshold", min=0.0, max=0.999, help="QC recall."),
+    qc_threshold: Optional[float] = typer.Option(None, "--qc-threshold", help="QC recall."),
     label_map: Optional[str] = typer.Option(None, "--label-map", help=LABEL_MAP_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Ray actors (default: all CPUs, or "
                                           "one per GPU); 0 runs serially without Ray."),
@@ -331,8 +331,8 @@ def train_synth(
     overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set synth.lr=2e-4."),
 ) -> None:
     """Stage 1: train the difference-map generator against a discriminator and the frozen segmentor."""
-    from .config import load_config
-    from .training.stage1 import train_synthesis
+    from .config import load_config  # deferred: loaded when the command runs, so that --help and light commands start fast
+    from .training.stage1 import train_synthesis  # deferred: loaded when the command runs, so that --help and light commands start fast
 
     extra = list(overrides)
     if max_steps is not None:
@@ -354,7 +354,7 @@ def predict(
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
 ) -> None:
     """Sliding-window segmentation, written back on each input's native grid."""
-    from .inference import predict_files
+    from .inference import predict_files  # deferred: loaded when the command runs, so that --help and light commands start fast
 
     written = predict_files(model, image, out, device=device)
     typer.echo(f"wrote {len(written)} prediction(s) to {out}")
@@ -373,7 +373,7 @@ def evaluate(
     nsd_tolerance_mm: float = typer.Option(2.0, "--nsd-tolerance-mm", min=0.0, help="NSD tolerance in mm."),
 ) -> None:
     """Dice, NSD and lesion-wise detection (early tumours < 20 mm, patient level) of predictions."""
-    from .evaluation.evaluate import evaluate_predictions
+    from .evaluation.evaluate import evaluate_predictions  # deferred: loaded when the command runs, so that --help and light commands start fast
 
     s = evaluate_predictions(pred, gt, organ.value, out, label_map=label_map, pred_label_map=pred_label_map,
                              tolerance_mm=nsd_tolerance_mm)
@@ -399,7 +399,7 @@ def compare(
     out: Path = typer.Option(..., "--out", help="Output folder (compare.json, compare.csv, boxplot.png, index.html)."),
 ) -> None:
     """Paired t / Wilcoxon tests, bootstrap CIs and box plots of B vs A on their common cases."""
-    from .evaluation.compare import compare_reports
+    from .evaluation.compare import compare_reports  # deferred: loaded when the command runs, so that --help and light commands start fast
 
     r = compare_reports(report_a, report_b, out)
     for k, v in r["metrics"].items():
@@ -458,7 +458,7 @@ def turing_build(
     label_map: Optional[str] = typer.Option(None, "--label-map", help=LABEL_MAP_HELP),
 ) -> None:
     """Build a balanced, shuffled, blinded study; the answer key goes to STUDYDIR/key.json."""
-    from .turing.build import build_study
+    from .turing.build import build_study  # deferred: loaded when the command runs, so that --help and light commands start fast
 
     s = build_study(real, synthetic, out, per_type=per_type, seed=seed, label_map=label_map, log=typer.echo)
     per = ", ".join(f"{k}: {v} real + {v} synthetic" for k, v in s["per_type"].items())
@@ -475,8 +475,8 @@ def turing_readers_add(
     port: int = typer.Option(8000, "--port", help="Port of the server, for the printed link."),
 ) -> None:
     """Create a reader and print their personal link (the token is shown only once)."""
-    from .turing import db
-    from .turing.score import load_key
+    from .turing import db  # deferred: loaded when the command runs, so that --help and light commands start fast
+    from .turing.score import load_key  # deferred: loaded when the command runs, so that --help and light commands start fast
 
     load_key(study)  # a study folder
     token = db.add_reader(study, name)
@@ -491,7 +491,7 @@ def turing_serve(
     port: int = typer.Option(8000, "--port", help="Port."),
 ) -> None:
     """Serve the reader web app (answers are stored in STUDYDIR/readers.sqlite)."""
-    from .turing.server import serve
+    from .turing.server import serve  # deferred: loaded when the command runs, so that --help and light commands start fast
 
     serve(study, host=host, port=port, log=typer.echo)
 
@@ -503,7 +503,7 @@ def turing_score(
     out: Path = typer.Option(..., "--out", help="Output folder (score.json, score.csv, passed.csv, score.png)."),
 ) -> None:
     """Sensitivity, specificity and accuracy per reader and pooled (95% CIs); synthetic cases that passed."""
-    from .turing.score import score_study
+    from .turing.score import score_study  # deferred: loaded when the command runs, so that --help and light commands start fast
 
     r = score_study(study, out)
 
@@ -532,7 +532,7 @@ def export_nnunet_cmd(
     copy: bool = typer.Option(True, "--copy/--symlink", help="Copy .nii.gz images, or symlink them."),
 ) -> None:
     """Write an nnU-Net v2 raw dataset: imagesTr/<case>_0000.nii.gz, labelsTr/<case>.nii.gz, dataset.json."""
-    from .export import export_nnunet
+    from .export import export_nnunet  # deferred: loaded when the command runs, so that --help and light commands start fast
 
     r = export_nnunet(datalist, out, task=task.value if task else None, organ=organ.value if organ else None,
                       label_map=label_map, copy=copy)
@@ -554,7 +554,7 @@ def organs_cmd(
 ) -> None:
     """Organ masks (no tumour labels) of unlabelled CT, with a datalist for --unlabeled; tumour predictions
     are merged into their organ."""
-    from .organ_masks import segment_organs
+    from .organ_masks import segment_organs  # deferred: loaded when the command runs, so that --help and light commands start fast
 
     written = segment_organs(image, out, engine=engine.value, model=model, device=device, progress=False)
     typer.echo(f"wrote {len(written)} organ mask(s) and {Path(out) / 'datalist.json'}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -22,10 +23,17 @@ import numpy as np
 
 from .config import load_config
 from .data import load_datalist
+from .evaluation.compare import compare_reports
+from .evaluation.evaluate import evaluate_predictions
+from .htmlpage import lesion_table, write_html_page
+from .inference import predict_files
 from .io import load_volume, write_bytes_atomic
 from .phantom import write_cohort
-from .htmlpage import lesion_table, write_html_page
 from .synthesis import QCRejectedError, SynthesisOptions, Synthesizer, build_synthesizer, synthesize_case
+from .training.stage0 import train_segmentation
+from .training.stage1 import train_synthesis
+from .turing import db
+from .turing.build import build_study
 
 # (region, organ, size, count) synthesised on each healthy phantom case of that region.
 DEMO_PLAN = (
@@ -110,11 +118,6 @@ def run_demo(
 
 def _turing_section(out: Path, seed: int, log: Callable[[str], None]) -> dict:
     """A small Visual Turing Test study from the abdominal phantoms: real vs synthetic tumours."""
-    import shutil
-
-    from .turing import db
-    from .turing.build import build_study
-
     study = out / "turing-study"
     if study.exists():  # a study from an earlier demo run in the same folder: rebuild it
         shutil.rmtree(study)
@@ -140,8 +143,6 @@ def _demo_cfg_overrides(seed: int) -> list[str]:
 
 def _demo_seg_cfg(steps: int, seed: int) -> dict:
     """The segmentation recipe of the demo's baseline and of its Stage-2 run (identical but for synthesis)."""
-    from .config import load_config
-
     return load_config("liver-cpu-tiny", [
         f"train.max_steps={steps}", "train.lr=5e-3", "train.warmup_steps=5", f"train.val_every={steps}",
         "data.pos=3.0", "data.neg=1.0", "data.flip_prob=0.0", "data.rot90_prob=0.0",
@@ -151,15 +152,6 @@ def _demo_seg_cfg(steps: int, seed: int) -> dict:
 
 def _baseline_section(out: Path, steps: int, seed: int, log: Callable[[str], None]) -> dict:
     """Train the cpu-tiny liver baseline on phantoms, predict a held-aside case, draw it."""
-    import json
-
-    import numpy as np
-
-    from .inference import predict_files
-    from .io import load_volume
-    from .phantom import write_cohort
-    from .training.stage0 import train_segmentation
-
     cohort = write_cohort(out / "phantom-train", 5, seed=seed + 100, tumour_fraction=0.8)
     entries = json.loads(cohort.read_text())["training"]
     held = next(e for e in reversed(entries) if e["tumour"])
@@ -198,9 +190,6 @@ def _baseline_section(out: Path, steps: int, seed: int, log: Callable[[str], Non
 
 def _stage1_section(out: Path, steps: int, seed: int, healthy: list[dict], log: Callable[[str], None]) -> dict:
     """Stage 1 on the phantoms with the demo's baseline as the frozen segmentor; rule-based vs learned."""
-    # deferred: the training stack (torch, MONAI) loads only when the demo trains
-    from .training.stage1 import train_synthesis
-
     cohort = out / "phantom-train" / "datalist-demo.json"
     entries = json.loads(cohort.read_text())["training"]
     labelled = {"label_map": "abdomen7", "training": [
@@ -264,14 +253,6 @@ def _stage1_section(out: Path, steps: int, seed: int, healthy: list[dict], log: 
 
 def _stage2_section(out: Path, steps: int, seed: int, log: Callable[[str], None]) -> dict:
     """Stage 2 (labelled + unlabelled with generator synthesis and QC) vs the baseline, on held-aside cases."""
-    import json
-
-    from .evaluation.compare import compare_reports
-    from .evaluation.evaluate import evaluate_predictions
-    from .inference import predict_files
-    from .phantom import write_cohort
-    from .training.stage0 import train_segmentation
-
     test = write_cohort(out / "phantom-test", 4, seed=seed + 300, tumour_fraction=1.0)
     cfg = _demo_seg_cfg(steps, seed)
     run = out / "stage2-run"
@@ -350,13 +331,9 @@ def _side_by_side(image, rule, learned) -> bytes:
 
 def _draw_prediction(image, gt_tumour, pred_tumour, gt_organ, pred_organ, path: Path) -> None:
     """Axial slice through the ground-truth tumour: image, truth and prediction contours."""
-    import io as _io
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # deferred: matplotlib (about 1 s to import) only for the figure
+    from matplotlib.figure import Figure  # deferred: matplotlib (about 1 s to import) only for the figure
 
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from .io import write_bytes_atomic
 
     z = int(np.argmax(gt_tumour.sum(axis=(0, 1)))) if gt_tumour.any() else image.shape[2] // 2
     fig = Figure(figsize=(8, 4), dpi=100, facecolor="#111111")
@@ -374,6 +351,6 @@ def _draw_prediction(image, gt_tumour, pred_tumour, gt_organ, pred_organ, path: 
             ax.contour(sl(gt_tumour), levels=[0.5], colors="#ef233c", linewidths=1.2)
         ax.set_title(title, color="#e8e8e8", fontsize=10)
         ax.axis("off")
-    buf = _io.BytesIO()
+    buf = io.BytesIO()
     fig.savefig(buf, format="png", facecolor=fig.get_facecolor(), bbox_inches="tight")
     write_bytes_atomic(path, buf.getvalue())

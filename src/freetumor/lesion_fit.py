@@ -33,7 +33,6 @@ from datetime import datetime, timezone
 
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import ConvexHull, QhullError
 
 from . import __version__
 from .data import datalist_label_map, load_datalist
@@ -42,6 +41,7 @@ from .evaluation.realism import LesionCrop, extract_crops, lesion_features
 from .io import case_name, load_volume
 from .labels import get_label_map
 from .organs import get_organ
+from .lesion_measures import relative_solidity
 from .profiles import FEATURE_ORDER, LesionProfile
 
 CORE_MM = 1.5          # core: voxels at least this far inside the lesion mask
@@ -58,36 +58,6 @@ def _principal_ratios(mask: np.ndarray, spacing) -> tuple[float, float]:
     ev = np.sort(np.linalg.eigvalsh(np.cov(pts.T)))[::-1]
     ev = np.maximum(ev, 1e-6)
     return float(math.sqrt(ev[1] / ev[0])), float(math.sqrt(ev[2] / ev[0]))
-
-
-def sphere_mask(diameter_mm: float, spacing) -> np.ndarray:
-    """A ball of ``diameter_mm`` rasterised (voxel centres) on a grid of ``spacing``."""
-    r = diameter_mm / 2.0
-    half = [int(math.ceil(r / s)) + 1 for s in spacing]
-    g = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
-    return sum((gi * s) ** 2 for gi, s in zip(g, spacing)) <= r * r
-
-
-def solidity(mask: np.ndarray, spacing) -> float:
-    """Voxel volume over the volume of the convex hull of the voxels' corners."""
-    idx = np.argwhere(mask).astype(np.float64)
-    if len(idx) < 2:
-        return 1.0
-    corners = (idx[:, None, :] + np.array([[a, b, c] for a in (-.5, .5) for b in (-.5, .5) for c in (-.5, .5)]))
-    pts = corners.reshape(-1, 3) * np.asarray(spacing, np.float64)
-    try:
-        hull = ConvexHull(np.unique(pts, axis=0))
-    except QhullError:
-        return 1.0
-    vol = float(mask.sum()) * float(np.prod(spacing))
-    return float(min(1.0, vol / hull.volume)) if hull.volume > 0 else 1.0
-
-
-def relative_solidity(mask: np.ndarray, spacing, volume_mm3: float) -> float:
-    """Solidity over that of a ball of the same volume on the same grid (1 = as convex as a ball),
-    so that voxelisation does not make small lesions look lobulated."""
-    ref = solidity(sphere_mask((6.0 * volume_mm3 / math.pi) ** (1.0 / 3.0), spacing), spacing)
-    return float(min(1.0, solidity(mask, spacing) / ref)) if ref > 0 else 1.0
 
 
 def _corr_length(values: np.ndarray, region: np.ndarray, spacing, max_lag: int = 8) -> float:

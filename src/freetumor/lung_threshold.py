@@ -35,7 +35,7 @@ from scipy import ndimage as ndi
 
 from .errors import InputError
 from .grids import from_ras, ras_spacing, to_ras
-from .shapes import Grid
+from .grids import Grid
 from .io import Volume
 
 BODY_HU = -500.0

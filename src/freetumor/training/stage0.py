@@ -263,7 +263,7 @@ def train_segmentation(
     extra = run.restore(model, "segmentor", optimizer=optimizer, scheduler=scheduler, scaler=scaler)
     best = float(extra.get("best", -1.0))
     train_model = run.parallel(model)
-    [metrics_path], val_log = run.open_logs("metrics.jsonl"), run.out / "val.jsonl"
+    metrics_path, val_log = run.open_logs("metrics.jsonl", "val.jsonl")
     synth_tf = synthesis_transform(cfg, synthesis, generator, qc_segmentor)
     ds = StepDataset(train_entries, train_transforms(cfg, synthesis=synth_tf), int(tr.seed), cache=cfg.data.cache)
     loader = run.loader(ds, int(tr.max_steps))

@@ -70,6 +70,7 @@ from ...data import datalist_label_map, load_datalist
 from ...errors import ConfigError, FreeTumorError, InputError
 from ...io import Volume, case_name, load_volume
 from ...labels import get_label_map
+from ...lesion_measures import edge_sharpness
 from ...organs import get_organ
 
 __all__ = [
@@ -517,28 +518,6 @@ def _glcm_features(q: np.ndarray, mask: np.ndarray, levels: int) -> dict[str, fl
     return {k: float(np.mean(v)) for k, v in per_dir.items()}
 
 
-def _edge_sharpness(img: np.ndarray, mask: np.ndarray, other: np.ndarray | None, spacing) -> float:
-    band = ndimage.binary_dilation(mask) & ~ndimage.binary_erosion(mask, border_value=1)
-    if other is not None:
-        band &= ~other
-    idx = np.nonzero(band)
-    if not idx[0].size:
-        return 0.0
-    g2 = np.zeros(idx[0].size)
-    for ax in range(3):
-        n = img.shape[ax]
-        if n < 2:
-            continue
-        lo = np.maximum(idx[ax] - 1, 0)
-        hi = np.minimum(idx[ax] + 1, n - 1)
-        lo_idx = list(idx)
-        hi_idx = list(idx)
-        lo_idx[ax], hi_idx[ax] = lo, hi
-        g = (img[tuple(hi_idx)] - img[tuple(lo_idx)]) / ((hi - lo) * float(spacing[ax]))
-        g2 += g * g
-    return float(np.mean(np.sqrt(g2)))
-
-
 def lesion_features(crop: LesionCrop, window=None) -> dict[str, float]:
     """The features of :data:`FEATURE_NAMES` for one lesion crop (all finite floats).
 
@@ -595,7 +574,7 @@ def lesion_features(crop: LesionCrop, window=None) -> dict[str, float]:
     if not shell.any():
         shell = outside
     feats["rim_contrast"] = float(img[shell].mean() - mean) if shell.any() else 0.0
-    feats["edge_sharpness"] = _edge_sharpness(img, mask, crop.other, crop.spacing)
+    feats["edge_sharpness"] = edge_sharpness(img, mask, crop.other, crop.spacing)
 
     q = np.floor((np.clip(img, lo, hi) - lo) / (hi - lo) * GLCM_LEVELS).astype(np.int64)
     np.clip(q, 0, GLCM_LEVELS - 1, out=q)
