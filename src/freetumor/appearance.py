@@ -213,16 +213,29 @@ def render_lesion(image: np.ndarray, allowed: np.ndarray, grid: Grid, centre, pa
     axes = _semi_axes(params["diameter_mm"], params["axis_ratio_mid"], params["axis_ratio_min"])
     lob = lobulation_for(params["solidity"])
     sigma_edge = edge_sigma_for(params["edge_norm"])
-    surface = Surface(axes, random_rotation(rng), lob, rng)
-    reach_mm = axes.max() * (1.0 + 2.0 * lob) + 3.0 * sigma_edge + 2.0 * STRUCTURE_MM + 2.0
-    half = np.ceil(reach_mm / spacing).astype(int)
+    rotation = random_rotation(rng)
+    surface_rng = np.random.default_rng(rng.integers(2**63))
     c = np.asarray(centre, int)
-    box = tuple(slice(max(0, int(ci - h)), min(int(n), int(ci + h + 1))) for ci, h, n in zip(c, half, grid.shape))
-    shape = tuple(b.stop - b.start for b in box)
-    origin = np.array([(b.start - ci) * s for b, ci, s in zip(box, c, spacing)])
-    occ = _occupancy(surface, shape, spacing, origin)
-    f = _gaussian_mm(occ, sigma_edge, spacing)
-    allow = np.asarray(allowed[box], bool)
+    target_mm3 = math.pi / 6.0 * params["diameter_mm"] ** 3
+    scale = 1.0
+    allowed = np.asarray(allowed, bool)
+    for _ in range(3):
+        # The drawn diameter is the *label's*: the surface is rescaled until the label (a partial-volume
+        # threshold of the blurred occupancy, on this grid) has that volume.
+        surface = Surface(axes * scale, rotation, lob, np.random.default_rng(surface_rng.bit_generator.seed_seq))
+        reach_mm = axes.max() * scale * (1.0 + 2.0 * lob) + 3.0 * sigma_edge + 2.0 * STRUCTURE_MM + 2.0
+        half = np.ceil(reach_mm / spacing).astype(int)
+        box = tuple(slice(max(0, int(ci - h)), min(int(n), int(ci + h + 1))) for ci, h, n in zip(c, half, grid.shape))
+        shape = tuple(b.stop - b.start for b in box)
+        origin = np.array([(b.start - ci) * s for b, ci, s in zip(box, c, spacing)])
+        occ = _occupancy(surface, shape, spacing, origin)
+        f = _gaussian_mm(occ, sigma_edge, spacing)
+        t = _label_threshold(f, params["occupancy_outer"])
+        got_mm3 = float(np.count_nonzero(f >= t)) * float(np.prod(spacing))
+        if got_mm3 <= 0 or abs(got_mm3 / target_mm3 - 1.0) < 0.1:
+            break
+        scale *= float(np.clip((target_mm3 / got_mm3) ** (1.0 / 3.0), 0.5, 1.5))
+    allow = allowed[box]
     if protect is not None:
         allow = allow & ~np.asarray(protect[box], bool)
     f = np.where(allow, f, 0.0).astype(np.float32)
@@ -248,10 +261,9 @@ def render_lesion(image: np.ndarray, allowed: np.ndarray, grid: Grid, centre, pa
         texture += np.float32(fine_sd) * rng.standard_normal(shape).astype(np.float32)
     values = x + f * (np.float32(core_hu) + texture - smooth)
 
-    t = _label_threshold(f, params["occupancy_outer"])
     label = (f >= t) & allow
     record = {
-        "semi_axes_mm": [round(float(v), 2) for v in axes],
+        "semi_axes_mm": [round(float(v), 2) for v in axes * scale],
         "lobulation": round(lob, 4),
         "edge_sigma_mm": round(sigma_edge, 3),
         "host_hu": round(host_hu, 1),

@@ -34,6 +34,9 @@ turing_app = typer.Typer(help="Visual Turing Test: a blinded reader study of rea
 readers_app = typer.Typer(help="Reader tokens of a study.", no_args_is_help=True)
 turing_app.add_typer(readers_app, name="readers")
 app.add_typer(turing_app, name="turing")
+lesions_app = typer.Typer(help="Real lesions: measure them into a lesion profile that synthesis draws from.",
+                          no_args_is_help=True)
+app.add_typer(lesions_app, name="lesions")
 
 # Choices as Enums: Typer shows them in --help and rejects others with a usage error (exit 2).
 Organ = Enum("Organ", {n: n for n in ORGAN_NAMES}, type=str)
@@ -88,6 +91,9 @@ def synthesize(
     qc_context: Context = typer.Option(Context.patch, "--qc-context", help="QC segmentor input: the training "
                                        "patch around the lesion (patch, as the paper) or the lesion box plus a margin."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda for the generator and QC segmentor."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="Lesion profile (profile.json of `freetumor lesions "
+                                          "fit`, or builtin:lung): each lesion's size, shape, contrast, edge and texture "
+                                          "are drawn from real lesions and rendered in mm and HU."),
 ) -> None:
     """Put synthetic tumours into one organ of a CT.
 
@@ -101,6 +107,7 @@ def synthesize(
         organ.value, label_map=label_map, size=size.value, count=count, generator=generator,
         qc_segmentor=qc_segmentor, qc_threshold=qc_threshold, qc_max_tries=max_tries,
         context=context.value if context else None, qc_context=qc_context.value, device=device, png=png,
+        profile=profile,
     )
     record = synthesize_case(build_synthesizer(options), image, label, out, seed=seed, count=options.count,
                              png=options.png)
@@ -298,6 +305,9 @@ def synthesize_batch_cmd(
                                           "one per GPU); 0 runs serially without Ray."),
     ray_address: str = typer.Option("local", "--ray-address", help="local (a Ray instance on this machine), "
                                     "auto or a cluster address."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="Lesion profile (profile.json of `freetumor lesions "
+                                          "fit`, or builtin:lung): each lesion's size, shape, contrast, edge and texture "
+                                          "are drawn from real lesions and rendered in mm and HU."),
 ) -> None:
     """Synthesise tumours for a whole cohort on Ray; resumable, one error line per failed case."""
     # deferred: the batch and synthesis stack loads only for this command
@@ -305,7 +315,7 @@ def synthesize_batch_cmd(
     from .synthesis import SynthesisOptions  # deferred: as above
 
     options = SynthesisOptions(organ.value, label_map=label_map, size=size.value, count=count, generator=generator,
-                               qc_segmentor=qc_segmentor, qc_threshold=qc_threshold, png=False)
+                               qc_segmentor=qc_segmentor, qc_threshold=qc_threshold, png=False, profile=profile)
     s = synthesize_batch(datalist, options, out, per_case=per_case, seed=seed, workers=workers,
                          ray_address=ray_address, log=typer.echo)
     rate = "" if s["cases_per_s"] is None else f", {s['cases_per_s']:.2f} cases/s"
@@ -315,6 +325,27 @@ def synthesize_batch_cmd(
         typer.echo(f"error: {s['errors']} case(s) failed; see {Path(out) / 'errors.log'} (rerun to retry them)",
                    err=True)
         raise typer.Exit(code=1)
+
+
+@lesions_app.command("fit")
+@domain_errors
+def lesions_fit(
+    datalist: Path = typer.Option(..., "--datalist", help="Labelled datalist of real lesions (image + label)."),
+    organ: Organ = typer.Option(..., "--organ", help="Tumour type the lesions are."),
+    out: Path = typer.Option(..., "--out", help="The profile JSON to write (e.g. profile.json)."),
+    label_map: Optional[str] = typer.Option(None, "--label-map", help=LABEL_MAP_HELP + " A map may name the tumour "
+                                            "id alone (lesion-only data such as nodule crops)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name recorded in the profile."),
+) -> None:
+    """Measure every real lesion of a datalist and write its lesion profile (for synthesize --profile)."""
+    from .lesion_fit import fit_datalist  # deferred: loaded when the command runs
+
+    p = fit_datalist(datalist, organ.value, out, label_map=label_map, name=name)
+    s = p.summary
+    typer.echo(f"{len(p.rows)} {p.organ} lesions from {p.source['cases']} case(s): diameter median "
+               f"{s['diameter_mm']['median']:.1f} mm (5-95%: {s['diameter_mm']['p5']:.1f}-{s['diameter_mm']['p95']:.1f}), "
+               f"contrast median {s['contrast_hu']['median']:+.0f} HU, edge {s['edge_norm']['median']:.3f}/mm x contrast; "
+               f"wrote {out}")
 
 
 @app.command("train-synth")

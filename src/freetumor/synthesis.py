@@ -38,9 +38,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import distance_transform_edt, gaussian_filter
 
 from . import __version__
+from .appearance import choose_centre, render_lesion
 from .config import Config
 from .errors import ConfigError, FreeTumorError, InputError
 from .grids import Grid, inner_slices
@@ -49,6 +50,7 @@ from .io import (Volume, case_name, check_ct_intensity, check_same_grid, load_vo
 from .labels import LabelMap, get_label_map, label_values
 from .organs import SIZE_CHOICES, Organ, get_organ
 from .shapes import LesionMask, OrganTooSmallError, nominal_volume_ml, sample_shape
+from .profiles import LesionProfile, load_profile
 from .texture import SIGMA_A, SIGMA_B, procedural_texture
 
 BLUR_SIGMA_RANGE = (1.0, 2.0)
@@ -206,6 +208,10 @@ class Synthesizer:
             undone and drawn again (new shape, place and texture).
         qc_max_tries: tumours drawn per lesion under QC before giving up
             (:class:`QCRejectedError`).
+        profile: a lesion profile (:mod:`freetumor.profiles`: a JSON path, ``builtin:<name>`` or a
+            :class:`~freetumor.profiles.LesionProfile`): each lesion's size, shape, contrast,
+            edge and texture are drawn from it and rendered in mm and HU
+            (:mod:`freetumor.appearance`) instead of the rule-based shape and difference map.
 
     Example:
         >>> from freetumor.phantom import make_case
@@ -226,6 +232,7 @@ class Synthesizer:
         max_tries: int = 30,
         qc=None,
         qc_max_tries: int = 10,
+        profile: str | os.PathLike | LesionProfile | None = None,
     ):
         self.organ = get_organ(organ)
         self.label_map = get_label_map(label_map, self.organ.name)
@@ -246,6 +253,10 @@ class Synthesizer:
         self.qc_max_tries = int(qc_max_tries)
         if hasattr(difference, "check_organ"):
             difference.check_organ(self.organ)
+        self.profile = None if profile is None else load_profile(profile, self.organ.name)
+        if self.profile is not None and difference is not None:
+            raise ConfigError("a lesion profile renders the whole lesion; it does not combine with a difference map "
+                              "(--generator)")
 
     def provenance(self) -> dict:
         """Where the difference map and quality control come from, as a case record stores them."""
@@ -254,6 +265,8 @@ class Synthesizer:
             "generator": self.difference.path if learned else None,
             "generator_context": self.difference.context if learned else None,
             "quality_control": None if self.qc is None else self.qc.describe(),
+            **({"profile": self.profile.name or "profile", "profile_source": self.profile.source}
+               if self.profile is not None else {}),
         }
 
     # ------------------------------------------------------------------ checks
@@ -335,6 +348,8 @@ class Synthesizer:
 
     def _one_lesion(self, img: np.ndarray, free: np.ndarray, grid: Grid, seed: int, label_name: str, organ_ml: float):
         rng = np.random.default_rng(seed)
+        if self.profile is not None:
+            return self._profile_lesion(img, free, grid, rng, seed, label_name, organ_ml)
         params, lm, tries = place_lesion(free, grid, self.organ, self.size, rng, self.min_inside, self.max_tries,
                                          label_name=label_name, organ_ml=organ_ml)
         box, inner, m, soft, blur = lesion_soft_mask(lm, grid, self.organ, rng)
@@ -378,6 +393,52 @@ class Synthesizer:
         return rec, lm, box, before_box, m > 0
 
 
+    def _profile_lesion(self, img: np.ndarray, free: np.ndarray, grid: Grid, rng: np.random.Generator, seed: int,
+                        label_name: str, organ_ml: float):
+        """One lesion drawn from the profile and rendered (:func:`freetumor.appearance.render_lesion`)."""
+        depth = distance_transform_edt(free, sampling=grid.spacing)
+        for tries in range(1, self.max_tries + 1):
+            params = self.profile.sample(rng)
+            centre = choose_centre(depth, params, rng)
+            if centre is not None:
+                break
+        else:
+            raise OrganTooSmallError(
+                f"{label_name}: {self.organ.name} ({organ_ml:.1f} mL) has no room for a lesion of the profile "
+                f"in {self.max_tries} draws (last: {params['diameter_mm']:.1f} mm)")
+        r = render_lesion(img, free, grid, centre, params, rng)
+        box = r.box
+        before_box = np.asarray(img[box]).copy()
+        label = r.label
+        if not label.any():  # a lesion thinner than the label threshold: keep its densest voxel
+            label = np.zeros_like(label)
+            label[np.unravel_index(int(np.argmax(r.occupancy)), label.shape)] = True
+        before = float(before_box[label].mean())
+        img[box] = _to_dtype(r.values, img.dtype)
+        after = float(np.asarray(img[box], np.float64)[label].mean())
+        lm = LesionMask(box, label, int(label.sum()))
+        rec = {
+            "organ": self.organ.name,
+            "size_class": "profile",
+            "centre_voxel": [int(v) for v in centre],
+            "semi_axes_mm": r.record["semi_axes_mm"],
+            "diameter_mm": round(float(params["diameter_mm"]), 2),
+            "volume_ml": round(lm.voxels * grid.voxel_volume_ml, 4),
+            "voxels": lm.voxels,
+            "inside_fraction": 1.0,
+            "difference_source": "profile",
+            "profile": self.profile.name or "profile",
+            "rendering": {k: v for k, v in r.record.items() if k != "semi_axes_mm"},
+            "mean_hu_before": round(before, 2),
+            "mean_hu_after": round(after, 2),
+            "bbox_voxel": [[s.start, s.stop] for s in box],
+            "seed": seed,
+            "tries": tries,
+            "version": __version__,
+        }
+        return rec, lm, box, before_box, label
+
+
 def synthesize(
     image: Volume,
     label: Volume,
@@ -412,6 +473,8 @@ class SynthesisOptions:
         qc_context: what the QC segmentor sees (``patch``, as the paper, or ``bbox``).
         device: torch device for the networks (default CPU).
         png: write the before/after figure.
+        profile: a lesion profile (JSON path or ``builtin:<name>``): lesions drawn from it and
+            rendered in mm and HU (see :class:`Synthesizer`); not with ``generator``.
     """
 
     organ: str
@@ -426,6 +489,7 @@ class SynthesisOptions:
     qc_context: str = "patch"
     device: str | None = None
     png: bool = True
+    profile: object = None
 
 
 # Networks loaded by build_synthesizer in this process, by kind (see networks_loaded()).
@@ -472,7 +536,7 @@ def build_synthesizer(options: SynthesisOptions) -> Synthesizer:
         if options.qc_segmentor is not None:
             _NETWORK_LOADS["segmentor"] += 1
     return Synthesizer(options.organ, label_map=options.label_map, size=options.size, difference=difference, qc=qc,
-                       qc_max_tries=options.qc_max_tries)
+                       qc_max_tries=options.qc_max_tries, profile=options.profile)
 
 
 def synthesize_case(
