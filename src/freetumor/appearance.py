@@ -10,13 +10,14 @@ centre and the CT's own voxel grid, :func:`render_lesion`:
    0.4 mm), so a thick-slice host blurs a small lesion as a real one would be;
 3. **edge**: a Gaussian blur in mm whose width reproduces the drawn edge sharpness relative to the
    contrast (:func:`edge_sigma_for`);
-4. **intensity**: inside the lesion the host's local structure (vessels, the lung's own texture:
-   the host smoothed at 1.5 mm) is replaced by the lesion's core HU — the local host HU plus the
-   drawn contrast — plus a spatially coherent texture (Gaussian random field with the drawn SD and
-   correlation length), while the host's fine-scale noise is kept; extra fine noise brings the
+4. **intensity**: inside the lesion the host is replaced by the lesion's core HU — the local host
+   HU plus the drawn contrast — plus a spatially coherent texture T (Gaussian random field with
+   the drawn SD and correlation length), plus the host's own fine-scale noise N (the host minus
+   its 1.5 mm smoothing, where that residual looks like noise; noise of the same SD where it does
+   not, so vessels and fissures never show through a solid lesion); extra fine noise brings the
    lesion's fine-scale SD up to the drawn one:
 
-       x' = x + f * (host + contrast + T - smooth(x))
+       x' = x + f * (host + contrast + T + N - x)
 
 5. **label**: the voxels whose occupancy reaches the threshold that gives the label's outer layer
    the drawn mean occupancy (real masks are generous: their outer layer is partly host).
@@ -36,7 +37,7 @@ Example:
     ...          attached_fraction=0.0)
     >>> r = render_lesion(img, lung, grid, (24, 24, 20), p, rng)
     >>> core = r.values[r.label & (r.occupancy > 0.95)]
-    >>> bool(-250 < core.mean() < 0), bool(300 < r.label.sum() * 0.49 < 900)
+    >>> bool(-150 < core.mean() < 150), bool(300 < r.label.sum() * 0.49 < 900)  # solid tissue HU; about 520 mm3
     (True, True)
 """
 
@@ -54,6 +55,7 @@ from .lesion_measures import edge_sharpness, relative_solidity
 
 SUBSAMPLE_MM = 0.4      # supersampling step of the occupancy
 STRUCTURE_MM = 1.5      # the host's structure: the host smoothed with this Gaussian sigma
+CORE_MM = 1.5           # a lesion's core: voxels at least this far inside its label (as lesion_fit measures)
 MAX_SUB = 6
 _N_LOBES = 7
 
@@ -149,8 +151,20 @@ def _edge_table() -> tuple[np.ndarray, np.ndarray]:
     vals = []
     for s in sigmas:
         f = _gaussian_mm(occ, float(s), (1.0, 1.0, 1.0))
-        vals.append(edge_sharpness(f * 1000.0, f >= 0.5, None, (1.0, 1.0, 1.0)) / 1000.0)
+        mask = f >= 0.5
+        # normalised by the contrast as it is measured (the core's mean), like edge_norm of real lesions
+        vals.append(edge_sharpness(f, mask, None, (1.0, 1.0, 1.0)) / core_level(f, mask, (1.0, 1.0, 1.0)))
     return sigmas, np.asarray(vals)
+
+
+def core_level(f: np.ndarray, label: np.ndarray, spacing) -> float:
+    """Mean of ``f`` over the lesion core (voxels at least ``CORE_MM`` inside ``label``), the level a
+    measured contrast sees (:func:`freetumor.lesion_fit.measure_crop` uses the same core)."""
+    inside = ndimage.distance_transform_edt(label, sampling=spacing)
+    core = label & (inside >= CORE_MM)
+    if core.sum() < 4:
+        core = label & (f >= np.percentile(f[label], 75)) if label.any() else label
+    return float(f[core].mean()) if core.any() else 1.0
 
 
 def edge_sigma_for(edge_norm: float) -> float:
@@ -247,8 +261,19 @@ def render_lesion(image: np.ndarray, allowed: np.ndarray, grid: Grid, centre, pa
     if shell.sum() < 8:
         shell = allow & (occ < 0.05)
     host_hu = float(np.median(x[shell])) if shell.any() else float(np.median(x[allow])) if allow.any() else 0.0
-    host_noise = float((x - smooth)[shell].std()) if shell.any() else 0.0
-    core_hu = host_hu + params["contrast_hu"]
+    # The drawn contrast is a measured one (the core's mean): the peak is set so the core reaches it.
+    level = core_level(f, (f >= t) & allow, spacing)
+    core_hu = host_hu + params["contrast_hu"] / max(level, 0.5)
+
+    # Host noise: the fine residual of the host where it looks like noise; where it does not (a vessel's
+    # edge, a fissure), noise of the same SD instead, so host structure never shows through the lesion.
+    residual = x - smooth
+    fine = residual[shell] if shell.any() else residual.ravel()
+    host_noise = float(1.4826 * np.median(np.abs(fine - np.median(fine)))) if fine.size else 0.0
+    noise_like = np.abs(residual) <= 2.5 * max(host_noise, 1.0)
+    stand_in = _gaussian_mm(rng.standard_normal(shape).astype(np.float32), 0.35, spacing)
+    stand_in *= np.float32(host_noise / max(float(stand_in.std()), 1e-6))
+    kept_noise = np.where(noise_like, residual, stand_in)
 
     coh_sd = math.sqrt(max(0.0, params["interior_sd"] ** 2 - params["noise_sd"] ** 2))
     fine_sd = math.sqrt(max(0.0, params["noise_sd"] ** 2 - host_noise ** 2))
@@ -259,7 +284,7 @@ def render_lesion(image: np.ndarray, allowed: np.ndarray, grid: Grid, centre, pa
         texture += np.float32(coh_sd) * g
     if fine_sd > 0:
         texture += np.float32(fine_sd) * rng.standard_normal(shape).astype(np.float32)
-    values = x + f * (np.float32(core_hu) + texture - smooth)
+    values = x + f * (np.float32(core_hu) + texture + kept_noise - x)
 
     label = (f >= t) & allow
     record = {

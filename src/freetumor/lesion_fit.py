@@ -41,10 +41,10 @@ from .evaluation.realism import LesionCrop, extract_crops, lesion_features
 from .io import case_name, load_volume
 from .labels import get_label_map
 from .organs import get_organ
+from .appearance import CORE_MM
 from .lesion_measures import relative_solidity
 from .profiles import FEATURE_ORDER, LesionProfile
 
-CORE_MM = 1.5          # core: voxels at least this far inside the lesion mask
 SHELL_MM = (3.0, 8.0)  # host: the shell between these distances outside the mask
 ATTACH_MM = 3.0        # attachment: the shell within this distance
 FIT_MARGIN_MM = 10.0
