@@ -60,7 +60,7 @@ def test_chest_lesions_are_hyperdense(chest_case, organ):
     _check_locality(image, label, res, organ, None)
     for rec in res.lesions:
         assert rec["mean_hu_after"] > rec["mean_hu_before"] + 20
-        assert rec["size_class"] in get_organ(organ).size_probs
+        assert rec["size_class"] in get_organ(organ).size_classes and rec["shape_convention"] == "physical"
 
 
 def test_real_tumour_voxels_never_change(abdomen_tumour_case):

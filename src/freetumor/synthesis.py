@@ -1,7 +1,7 @@
 """Tumour synthesis: the blend equation (METHOD §4.3) and the :class:`Synthesizer`.
 
 For a tumour mask M (from :mod:`freetumor.shapes`), a soft mask
-B = Gaussian(M, sigma ~ U(1, 2) target voxels), the organ indicator O (organ
+B = Gaussian(M, sigma ~ U(1, 2) shape voxels, :meth:`~freetumor.organs.Organ.voxel_mm`), the organ indicator O (organ
 voxels only: real tumour voxels are excluded, so they never change), the
 texture T (:mod:`freetumor.texture`) and a difference map D, the new image is
 
@@ -47,7 +47,7 @@ from .grids import Grid, inner_slices
 from .io import (Volume, case_name, check_ct_intensity, check_same_grid, load_volume, save_volume, staged_output,
                  write_bytes_atomic)
 from .labels import LabelMap, get_label_map, label_values
-from .organs import SIZE_CHOICES, Organ, get_organ
+from .organs import DEFAULT_SHAPE_CONVENTION, SIZE_CHOICES, Organ, check_shape_convention, get_organ
 from .shapes import LesionMask, OrganTooSmallError, nominal_volume_ml, sample_shape
 from .texture import SIGMA_A, SIGMA_B, procedural_texture
 
@@ -111,6 +111,7 @@ def place_lesion(
     *,
     label_name: str = "label",
     organ_ml: float | None = None,
+    convention: str = DEFAULT_SHAPE_CONVENTION,
 ):
     """Draw a tumour shape in ``free`` (organ voxels that may become tumour).
 
@@ -125,7 +126,7 @@ def place_lesion(
     """
     best = 0.0
     for tries in range(1, max_tries + 1):
-        params = sample_shape(free, grid, organ, size, rng)
+        params = sample_shape(free, grid, organ, size, rng, convention)
         if params is None:
             continue
         lm = params.mask(grid, free)
@@ -141,17 +142,18 @@ def place_lesion(
     )
 
 
-def lesion_soft_mask(lm: LesionMask, grid: Grid, organ: Organ, rng: np.random.Generator):
+def lesion_soft_mask(lm: LesionMask, grid: Grid, organ: Organ, rng: np.random.Generator,
+                     convention: str = DEFAULT_SHAPE_CONVENTION):
     """The blurred mask B of one lesion on its box grown by the blur's reach.
 
-    The blur sigma is drawn from U(1, 2) voxels at the organ's target spacing.
+    The blur sigma is drawn from U(1, 2) shape voxels (``organ.voxel_mm(convention)``).
 
     Returns:
         (box, inner, mask_in_box, soft, blur_sigma): ``box`` the slices of the
         grown box in the volume, ``inner`` the lesion box inside it, the float32
         binary mask and its blurred version on the grown box.
     """
-    native = grid.voxels_per(organ.target_spacing)
+    native = grid.voxels_per(organ.voxel_mm(convention))
     blur = float(rng.uniform(*BLUR_SIGMA_RANGE))
     sig = blur * native
     grow = np.ceil(_BLUR_TRUNCATE * sig).astype(int)
@@ -165,10 +167,11 @@ def lesion_soft_mask(lm: LesionMask, grid: Grid, organ: Organ, rng: np.random.Ge
     return box, inner, m, soft, blur
 
 
-def lesion_texture(shape, grid: Grid, organ: Organ, rng: np.random.Generator) -> np.ndarray:
+def lesion_texture(shape, grid: Grid, organ: Organ, rng: np.random.Generator,
+                   convention: str = DEFAULT_SHAPE_CONVENTION) -> np.ndarray:
     """The texture T on a lesion's box: :func:`~freetumor.texture.procedural_texture` with its
-    smoothing scales at the organ's target spacing."""
-    native = grid.voxels_per(organ.target_spacing)
+    smoothing scales in shape voxels (``organ.voxel_mm(convention)``)."""
+    native = grid.voxels_per(organ.voxel_mm(convention))
     return procedural_texture(shape, rng, SIGMA_A * native, SIGMA_B * native)
 
 
@@ -206,6 +209,8 @@ class Synthesizer:
             undone and drawn again (new shape, place and texture).
         qc_max_tries: tumours drawn per lesion under QC before giving up
             (:class:`QCRejectedError`).
+        shape_convention: ``physical`` (default: sizes, deformation and blur isotropic in mm) or
+            ``released`` (the released code's target voxels per axis, for replication only).
 
     Example:
         >>> from freetumor.phantom import make_case
@@ -226,8 +231,10 @@ class Synthesizer:
         max_tries: int = 30,
         qc=None,
         qc_max_tries: int = 10,
+        shape_convention: str = DEFAULT_SHAPE_CONVENTION,
     ):
         self.organ = get_organ(organ)
+        self.shape_convention = check_shape_convention(shape_convention)
         self.label_map = get_label_map(label_map, self.organ.name)
         self.label_map.organ_ids(self.organ.name)  # raises if the map lacks this organ
         if size not in SIZE_CHOICES:
@@ -291,7 +298,8 @@ class Synthesizer:
         organ_mask = self.validate(image, label)
         grid = Grid.of(image)
         organ_ml = float(organ_mask.sum()) * grid.voxel_volume_ml
-        if self.size != "mix" and organ_ml * 1.0 < self.min_inside * nominal_volume_ml(self.organ, self.size):
+        smallest_ml = 0.0 if self.size == "mix" else nominal_volume_ml(self.organ, self.size, self.shape_convention)
+        if organ_ml < self.min_inside * smallest_ml:
             raise OrganTooSmallError(
                 f"{label.name}: {self.organ.name} ({organ_ml:.1f} mL) is too small for a {self.size} tumour"
             )
@@ -335,9 +343,10 @@ class Synthesizer:
 
     def _one_lesion(self, img: np.ndarray, free: np.ndarray, grid: Grid, seed: int, label_name: str, organ_ml: float):
         rng = np.random.default_rng(seed)
+        conv = self.shape_convention
         params, lm, tries = place_lesion(free, grid, self.organ, self.size, rng, self.min_inside, self.max_tries,
-                                         label_name=label_name, organ_ml=organ_ml)
-        box, inner, m, soft, blur = lesion_soft_mask(lm, grid, self.organ, rng)
+                                         label_name=label_name, organ_ml=organ_ml, convention=conv)
+        box, inner, m, soft, blur = lesion_soft_mask(lm, grid, self.organ, rng, conv)
         crop = img[box]
         organ_crop = free[box]
         if self.difference is None:
@@ -349,7 +358,7 @@ class Synthesizer:
             diff = np.asarray(self.difference(crop.astype(np.float32), m > 0, self.organ), np.float32)
         else:
             diff = float(self.difference)
-        texture = lesion_texture(m.shape, grid, self.organ, rng)
+        texture = lesion_texture(m.shape, grid, self.organ, rng, conv)
         new = blend(crop, organ_crop, soft, diff, texture, self.organ)
         before_box = crop.copy()
         before = float(crop[inner][lm.mask].mean())
@@ -358,6 +367,7 @@ class Synthesizer:
         rec = {
             "organ": self.organ.name,
             "size_class": params.size_class,
+            "shape_convention": conv,
             "centre_voxel": [int(v) for v in params.centre],
             "semi_axes_mm": [round(v, 2) for v in params.semi_axes_mm],
             "volume_ml": round(lm.voxels * grid.voxel_volume_ml, 4),
@@ -412,6 +422,7 @@ class SynthesisOptions:
         qc_context: what the QC segmentor sees (``patch``, as the paper, or ``bbox``).
         device: torch device for the networks (default CPU).
         png: write the before/after figure.
+        shape_convention: ``physical`` (default) or ``released`` (see :class:`Synthesizer`).
     """
 
     organ: str
@@ -426,6 +437,7 @@ class SynthesisOptions:
     qc_context: str = "patch"
     device: str | None = None
     png: bool = True
+    shape_convention: str = DEFAULT_SHAPE_CONVENTION
 
 
 # Networks loaded by build_synthesizer in this process, by kind (see networks_loaded()).
@@ -472,7 +484,7 @@ def build_synthesizer(options: SynthesisOptions) -> Synthesizer:
         if options.qc_segmentor is not None:
             _NETWORK_LOADS["segmentor"] += 1
     return Synthesizer(options.organ, label_map=options.label_map, size=options.size, difference=difference, qc=qc,
-                       qc_max_tries=options.qc_max_tries)
+                       qc_max_tries=options.qc_max_tries, shape_convention=options.shape_convention)
 
 
 def synthesize_case(
@@ -510,6 +522,7 @@ def synthesize_case(
         "label_map": synthesizer.label_map.name,
         "tumour_id": synthesizer.label_map.tumour_id(organ.name),
         "size": synthesizer.size,
+        "shape_convention": synthesizer.shape_convention,
         "count": count,
         "seed": seed,
         "shape": list(image.shape),
