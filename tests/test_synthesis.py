@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import binary_dilation
 
-from freetumor.errors import InputError
+from freetumor.errors import ConfigError, InputError
 from freetumor.io import Volume, load_volume
 from freetumor.labels import get_label_map
 from freetumor.organs import get_organ
@@ -13,8 +13,8 @@ from freetumor.synthesis import BLUR_SIGMA_RANGE, Synthesizer, _BLUR_TRUNCATE
 
 
 def _reach(image: Volume, organ: str) -> np.ndarray:
-    """Largest blur reach (voxels per axis) of the soft mask."""
-    t = np.asarray(get_organ(organ).target_spacing)
+    """Largest blur reach (voxels per axis) of the soft mask (default physical convention, axes in RAS order)."""
+    t = np.asarray(get_organ(organ).voxel_mm())
     return np.ceil(_BLUR_TRUNCATE * BLUR_SIGMA_RANGE[1] * t / np.asarray(image.spacing)).astype(int)
 
 
@@ -178,3 +178,85 @@ def test_real_ct_native_slab_lps(totalseg):
     r = res.lesions[0]
     # Physical size: semi-axes are 9-15 mm whatever the 0.98 x 0.98 x 2 mm grid.
     assert all(9 - 1e-6 <= a <= 15 + 1e-6 for a in r["semi_axes_mm"])
+
+
+# ------------------------------------------------------------ physical shapes
+def _lung_block(spacing, *, lps: bool = False):
+    """A chest3 (image, label) pair: a 70 mm lung cube (-850 HU) in soft tissue, 84 mm across, centred at 0 mm.
+
+    ``lps`` stores the same volume flipped along x and y with an LPS affine (the same organ in mm).
+    """
+    n = [int(round(84 / s)) for s in spacing]
+    coords = [(np.arange(k) - (k - 1) / 2) * s for k, s in zip(n, spacing)]
+    inside = np.ones(n, bool)
+    for ax, c in enumerate(coords):
+        inside &= (np.abs(c) < 35).reshape([-1 if k == ax else 1 for k in range(3)])
+    image = np.where(inside, -850, 40).astype(np.int16)
+    label = inside.astype(np.uint8)
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = [-c[-1] for c in coords]
+    if lps:
+        image, label = image[::-1, ::-1].copy(), label[::-1, ::-1].copy()
+        affine[:2] *= -1
+    return Volume(image, affine, None, "img.nii.gz"), Volume(label, affine.copy(), None, "lab.nii.gz")
+
+
+def _extent_mm(mask_slices, image: Volume) -> np.ndarray:
+    """Physical extent (mm) of a box along R-L, A-P, S-I (the test volumes are axis-aligned)."""
+    return np.array([(s.stop - s.start) * sp for s, sp in zip(mask_slices, image.spacing)])
+
+
+def _margins_mm(image: Volume, result) -> np.ndarray:
+    """How far (mm) the changed intensities reach beyond the lesion box, per axis (the blur's reach)."""
+    changed = np.argwhere(result.image.array != image.array)
+    lo, hi = changed.min(axis=0), changed.max(axis=0) + 1
+    box = result.masks[0].slices
+    return np.array([(b.start - a + c - b.stop) / 2 * sp for a, c, b, sp in zip(lo, hi, box, image.spacing)])
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_lesion_same_in_mm_at_0p7_and_5mm_slices_and_in_an_lps_copy(size):
+    volumes = {name: _lung_block(sp, lps=lps) for name, sp, lps in
+               [("0.7 mm", (0.7, 0.7, 0.7), False), ("5 mm slices", (0.7, 0.7, 5.0), False),
+                ("LPS 5 mm slices", (0.7, 0.7, 5.0), True)]}
+    compared = 0
+    for seed in range(8):
+        out = {name: Synthesizer("lung", size=size)(img, lab, count=1, seed=seed) for name, (img, lab) in volumes.items()}
+        recs = {name: r.lesions[0] for name, r in out.items()}
+        # The same lesion is drawn whatever the grid (only the centre voxel depends on it).
+        assert len({tuple(r["semi_axes_mm"]) for r in recs.values()}) == 1
+        semi = recs["0.7 mm"]["semi_axes_mm"]
+        assert max(semi) / min(semi) <= 1.25 / 0.75 + 1e-3, semi  # one class radius in mm on every axis
+        if any(r["inside_fraction"] < 1.0 for r in recs.values()):
+            continue  # clipped by the organ differently at different centres
+        compared += 1
+        img0 = volumes["0.7 mm"][0]
+        ref_ext, ref_ml = _extent_mm(out["0.7 mm"].masks[0].slices, img0), recs["0.7 mm"]["volume_ml"]
+        assert 0.5 < ref_ext[2] / ref_ext[:2].mean() < 2.0, ref_ext  # round in mm
+        margins = _margins_mm(img0, out["0.7 mm"])
+        assert margins[2] < 1.5 * margins[:2].mean() + 0.7, margins  # the blur reaches as far head-foot as across
+        for name in ("5 mm slices", "LPS 5 mm slices"):
+            img = volumes[name][0]
+            ext = _extent_mm(out[name].masks[0].slices, img)
+            assert np.all(np.abs(ext - ref_ext) <= np.asarray(img.spacing) + 0.7 + 1e-6), (name, ext, ref_ext)
+            if np.all(ref_ext >= 4 * np.asarray(img.spacing)):
+                assert recs[name]["volume_ml"] == pytest.approx(ref_ml, rel=0.1), name
+        # The LPS copy is the same volume: the lesion is the mirror image, voxel for voxel.
+        assert recs["LPS 5 mm slices"]["voxels"] == recs["5 mm slices"]["voxels"]
+        assert all(r.get("shape_convention") == "physical" for r in recs.values())
+    assert compared >= 2
+
+
+def test_released_shape_convention_stretches_chest_lesions_head_foot():
+    image, label = _lung_block((0.7, 0.7, 0.7))
+    rel = Synthesizer("lung", size="tiny", shape_convention="released")(image, label, count=1, seed=1)
+    phys = Synthesizer("lung", size="tiny")(image, label, count=1, seed=1)
+    assert rel.lesions[0]["shape_convention"] == "released" and phys.lesions[0]["shape_convention"] == "physical"
+    ext_rel, ext_phys = (_extent_mm(r.masks[0].slices, image) for r in (rel, phys))
+    assert ext_rel[2] / ext_rel[:2].mean() > 2.5 and ext_phys[2] / ext_phys[:2].mean() < 2.0
+    # Released: tiny is 4 voxels at 1.25 x 1.25 x 5 mm; physical: 2.2 voxels of 1.25 mm on every axis.
+    assert 15.0 <= rel.lesions[0]["semi_axes_mm"][2] <= 25.0 and max(phys.lesions[0]["semi_axes_mm"]) <= 3.5
+    margins = _margins_mm(image, rel)
+    assert margins[2] > 2 * margins[:2].mean()  # the released blur is 4x longer head-foot
+    with pytest.raises(ConfigError, match="unknown shape convention 'voxel'; choose one of physical, released"):
+        Synthesizer("lung", shape_convention="voxel")
