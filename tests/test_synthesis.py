@@ -1,15 +1,21 @@
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 from scipy.ndimage import binary_dilation
 
+from conftest import run_cli
 from freetumor.errors import ConfigError, InputError
-from freetumor.io import Volume, load_volume
+from freetumor.io import Volume, load_volume, save_volume
 from freetumor.labels import get_label_map
 from freetumor.organs import get_organ
+from freetumor.phantom import make_case
 from freetumor.shapes import OrganTooSmallError
-from freetumor.synthesis import BLUR_SIGMA_RANGE, Synthesizer, _BLUR_TRUNCATE
+from freetumor.synthesis import (BLUR_SIGMA_RANGE, SynthesisOptions, Synthesizer, _BLUR_TRUNCATE, build_synthesizer,
+                                 synthesize_case)
 
 
 def _reach(image: Volume, organ: str) -> np.ndarray:
@@ -260,3 +266,71 @@ def test_released_shape_convention_stretches_chest_lesions_head_foot():
     assert margins[2] > 2 * margins[:2].mean()  # the released blur is 4x longer head-foot
     with pytest.raises(ConfigError, match="unknown shape convention 'voxel'; choose one of physical, released"):
         Synthesizer("lung", shape_convention="voxel")
+
+
+# ------------------------------------------------------------ reruns into one --out
+@pytest.fixture()
+def small_case(tmp_path):
+    """A small abdominal phantom saved as src/ct.nii.gz and src/ct_seg.nii.gz (case ``ct``)."""
+    image, label = make_case("abdomen", seed=21, shape=(96, 80, 48))
+    src = tmp_path / "src"
+    src.mkdir()
+    save_volume(image, src / "ct.nii.gz")
+    save_volume(label, src / "ct_seg.nii.gz")
+    return src / "ct.nii.gz", src / "ct_seg.nii.gz"
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_synthesize_refuses_an_earlier_run_unless_overwrite(small_case, tmp_path):
+    image, label = small_case
+    out = tmp_path / "out"
+    args = ["synthesize", "--image", image, "--label", label, "--organ", "liver", "--out", out, "--size", "small"]
+    first = run_cli(*args, "--seed", 1)
+    assert first.returncode == 0, first.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["ct.json", "ct.png", "ct_image.nii.gz", "ct_label.nii.gz"]
+    before = _snapshot(out)
+    again = run_cli(*args, "--seed", 2, "--no-png")
+    assert again.returncode == 1
+    lines = again.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in again.stderr, again.stderr
+    assert "already holds case 'ct'" in lines[0] and "--overwrite" in lines[0]
+    assert _snapshot(out) == before  # nothing written
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    # --overwrite replaces the case and leaves no stale file of it (the old figure, with --no-png).
+    other = out / "other.json"
+    other.write_text("{}")
+    replaced = run_cli(*args, "--seed", 2, "--no-png", "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["ct.json", "ct_image.nii.gz", "ct_label.nii.gz", "other.json"]
+    rec = json.loads((out / "ct.json").read_text())
+    assert rec["seed"] == 2 and "figure" not in rec["outputs"] and rec["shape_convention"] == "physical"
+    assert (out / "ct_image.nii.gz").read_bytes() != before["ct_image.nii.gz"]
+    assert other.read_text() == "{}"  # another case's file is not touched
+
+
+def test_synthesize_never_writes_over_its_inputs(small_case, tmp_path):
+    image, label = small_case
+    src = image.parent
+    shutil.move(label, src / "ct_label.nii.gz")  # the name the output label would have, in the same folder
+    label = src / "ct_label.nii.gz"
+    before = _snapshot(src)
+    r = run_cli("synthesize", "--image", image, "--label", label, "--organ", "liver", "--out", src, "--overwrite")
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ct_label.nii.gz: is also the output ct_label.nii.gz of case 'ct'" in lines[0]
+    assert _snapshot(src) == before
+
+
+def test_synthesize_case_overwrite_flag(small_case, tmp_path):
+    image, label = small_case
+    synthesizer = build_synthesizer(SynthesisOptions("liver", size="tiny"))
+    out = tmp_path / "lib"
+    rec = synthesize_case(synthesizer, image, label, out, seed=0, png=False)
+    assert rec["outputs"] == {"image": "ct_image.nii.gz", "label": "ct_label.nii.gz", "record": "ct.json"}
+    with pytest.raises(InputError, match=r"lib: already holds case 'ct' \(ct_image.nii.gz, ct_label.nii.gz, ct.json\)"):
+        synthesize_case(synthesizer, image, label, out, seed=1, png=False, overwrite=False)
+    # The library default replaces (synthesize-batch and the demo rerun into their folders).
+    assert synthesize_case(synthesizer, image, label, out, seed=1, png=False)["seed"] == 1

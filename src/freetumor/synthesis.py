@@ -35,6 +35,7 @@ import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -487,6 +488,30 @@ def build_synthesizer(options: SynthesisOptions) -> Synthesizer:
                        qc_max_tries=options.qc_max_tries, shape_convention=options.shape_convention)
 
 
+def case_outputs(case: str, png: bool = True) -> dict[str, str]:
+    """The file names :func:`synthesize_case` writes for ``case``, by kind.
+
+    Example:
+        >>> case_outputs("ct1", png=False)
+        {'image': 'ct1_image.nii.gz', 'label': 'ct1_label.nii.gz', 'record': 'ct1.json'}
+    """
+    names = {"image": f"{case}_image.nii.gz", "label": f"{case}_label.nii.gz", "record": f"{case}.json"}
+    return {**names, "figure": f"{case}.png"} if png else names
+
+
+def _check_outputs(out_dir: Path, case: str, inputs, overwrite: bool) -> None:
+    """Refuse (one line) outputs that would replace an input, or, without ``overwrite``, an earlier run's."""
+    targets = [out_dir / name for name in case_outputs(case).values()]
+    for given in inputs:
+        for target in targets:
+            if target.exists() and Path(given).exists() and os.path.samefile(target, given):
+                raise InputError(given, f"is also the output {target.name} of case {case!r}; choose another --out")
+    existing = [t.name for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise InputError(out_dir, f"already holds case {case!r} ({', '.join(existing)}); "
+                                  f"use --overwrite to replace it, or another --out")
+
+
 def synthesize_case(
     synthesizer: Synthesizer,
     image_path: str | os.PathLike,
@@ -497,20 +522,25 @@ def synthesize_case(
     count: int = 1,
     case: str | None = None,
     png: bool = True,
+    overwrite: bool = True,
 ) -> dict:
     """Load one case, synthesise ``count`` tumours and write ``<case>_image.nii.gz``,
     ``<case>_label.nii.gz``, ``<case>.json`` and ``<case>.png`` (with ``png``) into ``out_dir``,
     all or nothing. Returns the case record written as JSON.
 
-    ``case`` defaults to the image's file name without its extension.
+    ``case`` defaults to the image's file name without its extension. Outputs that would replace
+    the input image or label are refused. An earlier run's outputs of the case are replaced, and
+    any of them this run does not write (its figure, with ``png=False``) removed; with
+    ``overwrite=False`` they are refused instead (one-line :class:`InputError`, nothing written).
     """
+    case = case or case_name(image_path)
+    _check_outputs(Path(out_dir), case, (image_path, label_path), overwrite)
     # Reading and gzip-compressing release the GIL: image and label travel in parallel.
     with ThreadPoolExecutor(1) as pool:
         pending_label = pool.submit(load_volume, label_path)
         image = load_volume(image_path)
         label = pending_label.result()
     result = synthesizer(image, label, count=count, seed=seed)
-    case = case or case_name(image_path)
     for rec in result.lesions:
         rec["case"] = case
     organ = synthesizer.organ
@@ -531,24 +561,22 @@ def synthesize_case(
         "freetumor_version": __version__,
         **synthesizer.provenance(),
         "lesions": result.lesions,
-        "outputs": {
-            "image": f"{case}_image.nii.gz",
-            "label": f"{case}_label.nii.gz",
-            "record": f"{case}.json",
-            **({"figure": f"{case}.png"} if png else {}),
-        },
+        "outputs": case_outputs(case, png),
     }
+    names = record["outputs"]
     with staged_output(out_dir) as stage, ThreadPoolExecutor(1) as pool:
-        saving_image = pool.submit(save_volume, result.image, stage / f"{case}_image.nii.gz")
-        save_volume(result.label, stage / f"{case}_label.nii.gz")
+        saving_image = pool.submit(save_volume, result.image, stage / names["image"])
+        save_volume(result.label, stage / names["label"])
         if png:
             from .render import render_lesions_png  # deferred: matplotlib loads only when a figure is drawn
 
             masks = [m.full(image.shape) for m in result.masks]
             render_lesions_png(
-                image, result.image, masks, result.lesions, organ.hu_window, stage / f"{case}.png",
+                image, result.image, masks, result.lesions, organ.hu_window, stage / names["figure"],
                 title=f"{case} · {organ.name} · seed {seed}",
             )
-        write_bytes_atomic(stage / f"{case}.json", (json.dumps(record, indent=2) + "\n").encode())
+        write_bytes_atomic(stage / names["record"], (json.dumps(record, indent=2) + "\n").encode())
         saving_image.result()
+    for stale in set(case_outputs(case).values()) - set(names.values()):
+        (Path(out_dir) / stale).unlink(missing_ok=True)  # an earlier run's figure must not sit beside this record
     return record
