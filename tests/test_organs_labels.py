@@ -24,7 +24,8 @@ def test_registry_values_follow_method():
     assert dict(get_organ("lung").size_probs) == {"tiny": 0.5, "small": 0.5}
     assert [get_organ(n).generator_channel for n in ("liver", "pancreas", "kidney")] == [0, 1, 2]
     assert get_organ("liver").base_radius_mm("large") == (48.0, 48.0, 48.0)
-    assert get_organ("covid").base_radius_mm("tiny") == (5.0, 5.0, 20.0)
+    assert get_organ("covid").base_radius_mm("tiny", "released") == (5.0, 5.0, 20.0)  # the released stretch
+    assert get_organ("covid").base_radius_mm("tiny") == (2.75, 2.75, 2.75)  # physical (default): round, in mm
 
 
 def test_unknown_organ_and_size():

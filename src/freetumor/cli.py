@@ -17,7 +17,7 @@ import typer
 
 from .errors import FreeTumorError
 from .labels import PRESET_NAMES
-from .organs import ORGAN_NAMES, SIZE_CHOICES
+from .organs import ORGAN_NAMES, SHAPE_CONVENTIONS, SIZE_CHOICES
 from .tasks import TASKS
 
 app = typer.Typer(
@@ -41,6 +41,10 @@ app.add_typer(lesions_app, name="lesions")
 # Choices as Enums: Typer shows them in --help and rejects others with a usage error (exit 2).
 Organ = Enum("Organ", {n: n for n in ORGAN_NAMES}, type=str)
 Size = Enum("Size", {n: n for n in SIZE_CHOICES}, type=str)
+ShapeConvention = Enum("ShapeConvention", {n: n for n in SHAPE_CONVENTIONS}, type=str)
+SHAPE_CONVENTION_HELP = ("physical: sizes, deformation and blur isotropic in mm (chest classes fitted to real "
+                         "nodules); released: the released code's target voxels per axis (chest lesions 4x longer "
+                         "head-foot), for replication only.")
 Region = Enum("Region", {n: n for n in ("abdomen", "chest")}, type=str)
 Context = Enum("Context", {n: n for n in ("bbox", "patch")}, type=str)
 SynthesisMode = Enum("SynthesisMode", {n: n for n in ("none", "procedural", "generator")}, type=str)
@@ -94,11 +98,16 @@ def synthesize(
     profile: Optional[str] = typer.Option(None, "--profile", help="Lesion profile (profile.json of `freetumor lesions "
                                           "fit`, or builtin:lung): each lesion's size, shape, contrast, edge and texture "
                                           "are drawn from real lesions and rendered in mm and HU."),
+    shape_convention: ShapeConvention = typer.Option(ShapeConvention.physical, "--shape-convention",
+                                                     help=SHAPE_CONVENTION_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace this case's outputs from an earlier run "
+                                   "in --out (and remove its old figure with --no-png)."),
 ) -> None:
     """Put synthetic tumours into one organ of a CT.
 
     Writes DIR/<case>_image.nii.gz, DIR/<case>_label.nii.gz, DIR/<case>.json
-    (one record per lesion, with QC scores and tries) and DIR/<case>.png.
+    (one record per lesion, with QC scores and tries) and DIR/<case>.png, where <case> is the
+    image's file name; refuses if DIR already holds them, unless --overwrite is given.
     """
     # deferred: the synthesis stack (NumPy, SciPy, nibabel) loads only for this command
     from .synthesis import SynthesisOptions, build_synthesizer, synthesize_case
@@ -108,9 +117,10 @@ def synthesize(
         qc_segmentor=qc_segmentor, qc_threshold=qc_threshold, qc_max_tries=max_tries,
         context=context.value if context else None, qc_context=qc_context.value, device=device, png=png,
         profile=profile,
+        shape_convention=shape_convention.value,
     )
     record = synthesize_case(build_synthesizer(options), image, label, out, seed=seed, count=options.count,
-                             png=options.png)
+                             png=options.png, overwrite=overwrite)
     for r in record["lesions"]:
         qc = r.get("qc")
         tail = "" if qc is None else (f"  QC recall {qc['recall']:.2f}" if qc.get("recall") is not None else "  QC") + \
@@ -308,6 +318,8 @@ def synthesize_batch_cmd(
     profile: Optional[str] = typer.Option(None, "--profile", help="Lesion profile (profile.json of `freetumor lesions "
                                           "fit`, or builtin:lung): each lesion's size, shape, contrast, edge and texture "
                                           "are drawn from real lesions and rendered in mm and HU."),
+    shape_convention: ShapeConvention = typer.Option(ShapeConvention.physical, "--shape-convention",
+                                                     help=SHAPE_CONVENTION_HELP),
 ) -> None:
     """Synthesise tumours for a whole cohort on Ray; resumable, one error line per failed case."""
     # deferred: the batch and synthesis stack loads only for this command
@@ -315,7 +327,8 @@ def synthesize_batch_cmd(
     from .synthesis import SynthesisOptions  # deferred: as above
 
     options = SynthesisOptions(organ.value, label_map=label_map, size=size.value, count=count, generator=generator,
-                               qc_segmentor=qc_segmentor, qc_threshold=qc_threshold, png=False, profile=profile)
+                               qc_segmentor=qc_segmentor, qc_threshold=qc_threshold, png=False, profile=profile,
+                               shape_convention=shape_convention.value)
     s = synthesize_batch(datalist, options, out, per_case=per_case, seed=seed, workers=workers,
                          ray_address=ray_address, log=typer.echo)
     rate = "" if s["cases_per_s"] is None else f", {s['cases_per_s']:.2f} cases/s"

@@ -1,17 +1,22 @@
 """Rule-based tumour masks: position, size class, deformed ellipsoid (METHOD §3).
 
 The recipe is SynTumor's, as FreeTumor uses it, re-implemented so that it is
-independent of the input's voxel size:
+independent of the input's voxel size. Lengths are in *shape voxels*
+(:meth:`freetumor.organs.Organ.voxel_mm`): in the default ``physical`` convention one
+physical length on every axis (the organ's in-plane target spacing), so tumours are
+isotropic in millimetres; in the ``released`` convention the organ's target spacing
+per axis, as the released code (chest lesions 4x longer head-foot than across).
 
 * **Position.** The centre lies in the middle 40% of the organ's axial (S-I)
   extent, on that axial slice of the organ eroded by a 5x5 square of
-  target-spacing voxels (so the centre avoids organ edges).
+  in-plane target-spacing voxels (so the centre avoids organ edges).
 * **Size.** Each semi-axis is drawn from [0.75 r, 1.25 r] where r is the size
-  class's base radius in voxels *at the organ's target spacing* (tiny 4,
-  small 8, medium 16, large 32); it is stored in millimetres, so the same
+  class's base radius in shape voxels (:meth:`~freetumor.organs.Organ.size_table`:
+  tiny 4, small 8, medium 16, large 32 for the SynTumor classes; the chest's physical
+  classes are fitted to real nodules); it is stored in millimetres, so the same
   physical tumour comes out whatever the input spacing.
 * **Shape.** An ellipsoid deformed by a smooth random displacement field: a
-  3x3x3 grid of control displacements (std sigma of the class, in target
+  3x3x3 grid of control displacements (std sigma of the class, in shape
   voxels) spanning the 4x-radius box, interpolated with quadratic Lagrange
   polynomials. This replaces the released code's three 2D ``elasticdeform``
   passes (broken under NumPy 2); the per-axis std is sigma * sqrt(2) because each
@@ -43,7 +48,7 @@ from scipy.ndimage import binary_erosion
 
 from .errors import FreeTumorError
 from .grids import Grid
-from .organs import SIZE_CLASSES, Organ
+from .organs import DEFAULT_SHAPE_CONVENTION, Organ
 
 # The paper's erosion kernel: a 5x5 square at target spacing (2 voxels either side).
 _EROSION_HALF_WIDTH_VOX = 2
@@ -65,16 +70,16 @@ class ShapeParams:
         size_class: tiny / small / medium / large.
         centre: centre voxel index (file voxel order).
         semi_axes_mm: ellipsoid semi-axes along R-L, A-P, S-I in mm.
-        target_spacing: the organ's spacing (mm) that the deformation is defined on.
-        sigma: deformation std drawn for the class (target voxels).
-        control: control-point displacements, shape (3 components, 3, 3, 3), target voxels,
+        voxel_mm: mm per shape voxel along R-L, A-P, S-I, the unit of ``sigma`` and ``control``.
+        sigma: deformation std drawn for the class (shape voxels).
+        control: control-point displacements, shape (3 components, 3, 3, 3), shape voxels,
             components and grid in physical (x, y, z) order.
     """
 
     size_class: str
     centre: tuple[int, int, int]
     semi_axes_mm: tuple[float, float, float]
-    target_spacing: tuple[float, float, float]
+    voxel_mm: tuple[float, float, float]
     sigma: float
     control: np.ndarray
 
@@ -120,10 +125,10 @@ def _lagrange3(s: np.ndarray) -> np.ndarray:
 
 def evaluate_shape(params: ShapeParams, grid: Grid, organ_mask: np.ndarray | None = None) -> LesionMask:
     """Rasterise a deformed ellipsoid on a native grid (bounding box only)."""
-    t_phys = np.asarray(params.target_spacing, np.float64)
-    a_phys = np.asarray(params.semi_axes_mm, np.float64) / t_phys  # semi-axes in target voxels
+    t_phys = np.asarray(params.voxel_mm, np.float64)
+    a_phys = np.asarray(params.semi_axes_mm, np.float64) / t_phys  # semi-axes in shape voxels
     ctrl = np.asarray(params.control, np.float64)
-    # Half extent in target voxels: ellipsoid + the largest displacement, inside the 4x box.
+    # Half extent in shape voxels: ellipsoid + the largest displacement, inside the 4x box.
     max_disp = np.abs(ctrl).reshape(3, -1).max(axis=1) * _INTERP_BOUND
     half_phys = np.minimum(a_phys + max_disp, 2.0 * a_phys)
 
@@ -135,7 +140,7 @@ def evaluate_shape(params: ShapeParams, grid: Grid, organ_mask: np.ndarray | Non
 
     centre = np.asarray(params.centre, int)
     lo, hi = centre - h, centre + h + 1
-    # Coordinates of the (unclipped) box in target voxels, relative to the centre, per voxel axis.
+    # Coordinates of the (unclipped) box in shape voxels, relative to the centre, per voxel axis.
     coords = [sign[i] * np.arange(-h[i], h[i] + 1) * spacing[i] / t_vox[i] for i in range(3)]
     # Control grid into voxel-axis order: components and spatial dims permuted.
     # Coordinates are physical, so no flip is needed: voxel order only lists the sample points.
@@ -167,19 +172,22 @@ def evaluate_shape(params: ShapeParams, grid: Grid, organ_mask: np.ndarray | Non
     return LesionMask(slices, np.ascontiguousarray(mask), full_voxels)  # type: ignore[arg-type]
 
 
-def draw_size_class(organ: Organ, size: str, rng: np.random.Generator) -> str:
-    """A fixed class, or (``mix``) one drawn with the organ's class probabilities."""
+def draw_size_class(organ: Organ, size: str, rng: np.random.Generator,
+                    convention: str = DEFAULT_SHAPE_CONVENTION) -> str:
+    """A fixed class, or (``mix``) one drawn with the organ's class probabilities in ``convention``."""
     if size != "mix":
-        if size not in SIZE_CLASSES:
-            raise FreeTumorError(f"unknown size class {size!r}; choose tiny, small, medium, large or mix")
-        return size
-    names = list(organ.size_probs)
-    probs = np.asarray([organ.size_probs[n] for n in names], np.float64)
+        return organ.size_class(size, convention).name
+    mix = organ.mix_probs(convention)
+    names = list(mix)
+    probs = np.asarray([mix[n] for n in names], np.float64)
     return names[int(rng.choice(len(names), p=probs / probs.sum()))]
 
 
 def sample_centre(organ_mask: np.ndarray, grid: Grid, organ: Organ, rng: np.random.Generator):
-    """A centre voxel on the eroded axial slice in the middle 40% of the organ, or ``None``."""
+    """A centre voxel on the eroded axial slice in the middle 40% of the organ, or ``None``.
+
+    The erosion is in-plane, in voxels of the in-plane target spacing (the same in both conventions).
+    """
     ax = grid.axial_axis
     present = np.flatnonzero(organ_mask.any(axis=tuple(k for k in range(3) if k != ax)))
     if present.size == 0:
@@ -201,15 +209,16 @@ def sample_centre(organ_mask: np.ndarray, grid: Grid, organ: Organ, rng: np.rand
 
 
 def sample_shape(
-    organ_mask: np.ndarray, grid: Grid, organ: Organ, size: str, rng: np.random.Generator
+    organ_mask: np.ndarray, grid: Grid, organ: Organ, size: str, rng: np.random.Generator,
+    convention: str = DEFAULT_SHAPE_CONVENTION,
 ) -> ShapeParams | None:
     """Draw centre, semi-axes and deformation for one tumour (``None`` if no centre exists)."""
-    size_class = draw_size_class(organ, size, rng)
-    sc = SIZE_CLASSES[size_class]
+    size_class = draw_size_class(organ, size, rng, convention)
+    sc = organ.size_class(size_class, convention)
     centre = sample_centre(organ_mask, grid, organ, rng)
     if centre is None:
         return None
-    t = np.asarray(organ.target_spacing, np.float64)
+    t = np.asarray(organ.voxel_mm(convention), np.float64)
     semi_vox = rng.uniform(0.75 * sc.radius_vox, 1.25 * sc.radius_vox, size=3)
     if sc.sigma_integer:
         sigma = float(rng.integers(int(sc.sigma[0]), int(sc.sigma[1]) + 1))
@@ -220,13 +229,13 @@ def sample_shape(
         size_class=size_class,
         centre=centre,
         semi_axes_mm=tuple(float(v) for v in semi_vox * t),  # type: ignore[arg-type]
-        target_spacing=tuple(float(v) for v in t),  # type: ignore[arg-type]
+        voxel_mm=tuple(float(v) for v in t),  # type: ignore[arg-type]
         sigma=sigma,
         control=control,
     )
 
 
-def nominal_volume_ml(organ: Organ, size_class: str) -> float:
+def nominal_volume_ml(organ: Organ, size_class: str, convention: str = DEFAULT_SHAPE_CONVENTION) -> float:
     """Volume (mL) of the smallest ellipsoid a size class can draw."""
-    r = np.asarray(organ.base_radius_mm(size_class)) * 0.75
+    r = np.asarray(organ.base_radius_mm(size_class, convention)) * 0.75
     return float(4.0 / 3.0 * math.pi * np.prod(r) / 1000.0)

@@ -1,7 +1,7 @@
 """Tumour synthesis: the blend equation (METHOD §4.3) and the :class:`Synthesizer`.
 
 For a tumour mask M (from :mod:`freetumor.shapes`), a soft mask
-B = Gaussian(M, sigma ~ U(1, 2) target voxels), the organ indicator O (organ
+B = Gaussian(M, sigma ~ U(1, 2) shape voxels, :meth:`~freetumor.organs.Organ.voxel_mm`), the organ indicator O (organ
 voxels only: real tumour voxels are excluded, so they never change), the
 texture T (:mod:`freetumor.texture`) and a difference map D, the new image is
 
@@ -35,6 +35,7 @@ import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -48,7 +49,7 @@ from .grids import Grid, inner_slices
 from .io import (Volume, case_name, check_ct_intensity, check_same_grid, load_volume, save_volume, staged_output,
                  write_bytes_atomic)
 from .labels import LabelMap, get_label_map, label_values
-from .organs import SIZE_CHOICES, Organ, get_organ
+from .organs import DEFAULT_SHAPE_CONVENTION, SIZE_CHOICES, Organ, check_shape_convention, get_organ
 from .shapes import LesionMask, OrganTooSmallError, nominal_volume_ml, sample_shape
 from .profiles import LesionProfile, load_profile
 from .texture import SIGMA_A, SIGMA_B, procedural_texture
@@ -113,6 +114,7 @@ def place_lesion(
     *,
     label_name: str = "label",
     organ_ml: float | None = None,
+    convention: str = DEFAULT_SHAPE_CONVENTION,
 ):
     """Draw a tumour shape in ``free`` (organ voxels that may become tumour).
 
@@ -127,7 +129,7 @@ def place_lesion(
     """
     best = 0.0
     for tries in range(1, max_tries + 1):
-        params = sample_shape(free, grid, organ, size, rng)
+        params = sample_shape(free, grid, organ, size, rng, convention)
         if params is None:
             continue
         lm = params.mask(grid, free)
@@ -143,17 +145,18 @@ def place_lesion(
     )
 
 
-def lesion_soft_mask(lm: LesionMask, grid: Grid, organ: Organ, rng: np.random.Generator):
+def lesion_soft_mask(lm: LesionMask, grid: Grid, organ: Organ, rng: np.random.Generator,
+                     convention: str = DEFAULT_SHAPE_CONVENTION):
     """The blurred mask B of one lesion on its box grown by the blur's reach.
 
-    The blur sigma is drawn from U(1, 2) voxels at the organ's target spacing.
+    The blur sigma is drawn from U(1, 2) shape voxels (``organ.voxel_mm(convention)``).
 
     Returns:
         (box, inner, mask_in_box, soft, blur_sigma): ``box`` the slices of the
         grown box in the volume, ``inner`` the lesion box inside it, the float32
         binary mask and its blurred version on the grown box.
     """
-    native = grid.voxels_per(organ.target_spacing)
+    native = grid.voxels_per(organ.voxel_mm(convention))
     blur = float(rng.uniform(*BLUR_SIGMA_RANGE))
     sig = blur * native
     grow = np.ceil(_BLUR_TRUNCATE * sig).astype(int)
@@ -167,10 +170,11 @@ def lesion_soft_mask(lm: LesionMask, grid: Grid, organ: Organ, rng: np.random.Ge
     return box, inner, m, soft, blur
 
 
-def lesion_texture(shape, grid: Grid, organ: Organ, rng: np.random.Generator) -> np.ndarray:
+def lesion_texture(shape, grid: Grid, organ: Organ, rng: np.random.Generator,
+                   convention: str = DEFAULT_SHAPE_CONVENTION) -> np.ndarray:
     """The texture T on a lesion's box: :func:`~freetumor.texture.procedural_texture` with its
-    smoothing scales at the organ's target spacing."""
-    native = grid.voxels_per(organ.target_spacing)
+    smoothing scales in shape voxels (``organ.voxel_mm(convention)``)."""
+    native = grid.voxels_per(organ.voxel_mm(convention))
     return procedural_texture(shape, rng, SIGMA_A * native, SIGMA_B * native)
 
 
@@ -212,6 +216,8 @@ class Synthesizer:
             :class:`~freetumor.profiles.LesionProfile`): each lesion's size, shape, contrast,
             edge and texture are drawn from it and rendered in mm and HU
             (:mod:`freetumor.appearance`) instead of the rule-based shape and difference map.
+        shape_convention: ``physical`` (default: sizes, deformation and blur isotropic in mm) or
+            ``released`` (the released code's target voxels per axis, for replication only).
 
     Example:
         >>> from freetumor.phantom import make_case
@@ -233,8 +239,10 @@ class Synthesizer:
         qc=None,
         qc_max_tries: int = 10,
         profile: str | os.PathLike | LesionProfile | None = None,
+        shape_convention: str = DEFAULT_SHAPE_CONVENTION,
     ):
         self.organ = get_organ(organ)
+        self.shape_convention = check_shape_convention(shape_convention)
         self.label_map = get_label_map(label_map, self.organ.name)
         self.label_map.organ_ids(self.organ.name)  # raises if the map lacks this organ
         if size not in SIZE_CHOICES:
@@ -304,7 +312,8 @@ class Synthesizer:
         organ_mask = self.validate(image, label)
         grid = Grid.of(image)
         organ_ml = float(organ_mask.sum()) * grid.voxel_volume_ml
-        if self.size != "mix" and organ_ml * 1.0 < self.min_inside * nominal_volume_ml(self.organ, self.size):
+        smallest_ml = 0.0 if self.size == "mix" else nominal_volume_ml(self.organ, self.size, self.shape_convention)
+        if organ_ml < self.min_inside * smallest_ml:
             raise OrganTooSmallError(
                 f"{label.name}: {self.organ.name} ({organ_ml:.1f} mL) is too small for a {self.size} tumour"
             )
@@ -350,9 +359,10 @@ class Synthesizer:
         rng = np.random.default_rng(seed)
         if self.profile is not None:
             return self._profile_lesion(img, free, grid, rng, seed, label_name, organ_ml)
+        conv = self.shape_convention
         params, lm, tries = place_lesion(free, grid, self.organ, self.size, rng, self.min_inside, self.max_tries,
-                                         label_name=label_name, organ_ml=organ_ml)
-        box, inner, m, soft, blur = lesion_soft_mask(lm, grid, self.organ, rng)
+                                         label_name=label_name, organ_ml=organ_ml, convention=conv)
+        box, inner, m, soft, blur = lesion_soft_mask(lm, grid, self.organ, rng, conv)
         crop = img[box]
         organ_crop = free[box]
         if self.difference is None:
@@ -364,7 +374,7 @@ class Synthesizer:
             diff = np.asarray(self.difference(crop.astype(np.float32), m > 0, self.organ), np.float32)
         else:
             diff = float(self.difference)
-        texture = lesion_texture(m.shape, grid, self.organ, rng)
+        texture = lesion_texture(m.shape, grid, self.organ, rng, conv)
         new = blend(crop, organ_crop, soft, diff, texture, self.organ)
         before_box = crop.copy()
         before = float(crop[inner][lm.mask].mean())
@@ -373,6 +383,7 @@ class Synthesizer:
         rec = {
             "organ": self.organ.name,
             "size_class": params.size_class,
+            "shape_convention": conv,
             "centre_voxel": [int(v) for v in params.centre],
             "semi_axes_mm": [round(v, 2) for v in params.semi_axes_mm],
             "volume_ml": round(lm.voxels * grid.voxel_volume_ml, 4),
@@ -475,6 +486,7 @@ class SynthesisOptions:
         png: write the before/after figure.
         profile: a lesion profile (JSON path or ``builtin:<name>``): lesions drawn from it and
             rendered in mm and HU (see :class:`Synthesizer`); not with ``generator``.
+        shape_convention: ``physical`` (default) or ``released`` (see :class:`Synthesizer`).
     """
 
     organ: str
@@ -490,6 +502,7 @@ class SynthesisOptions:
     device: str | None = None
     png: bool = True
     profile: object = None
+    shape_convention: str = DEFAULT_SHAPE_CONVENTION
 
 
 # Networks loaded by build_synthesizer in this process, by kind (see networks_loaded()).
@@ -536,7 +549,32 @@ def build_synthesizer(options: SynthesisOptions) -> Synthesizer:
         if options.qc_segmentor is not None:
             _NETWORK_LOADS["segmentor"] += 1
     return Synthesizer(options.organ, label_map=options.label_map, size=options.size, difference=difference, qc=qc,
-                       qc_max_tries=options.qc_max_tries, profile=options.profile)
+                       qc_max_tries=options.qc_max_tries, profile=options.profile,
+                       shape_convention=options.shape_convention)
+
+
+def case_outputs(case: str, png: bool = True) -> dict[str, str]:
+    """The file names :func:`synthesize_case` writes for ``case``, by kind.
+
+    Example:
+        >>> case_outputs("ct1", png=False)
+        {'image': 'ct1_image.nii.gz', 'label': 'ct1_label.nii.gz', 'record': 'ct1.json'}
+    """
+    names = {"image": f"{case}_image.nii.gz", "label": f"{case}_label.nii.gz", "record": f"{case}.json"}
+    return {**names, "figure": f"{case}.png"} if png else names
+
+
+def _check_outputs(out_dir: Path, case: str, inputs, overwrite: bool) -> None:
+    """Refuse (one line) outputs that would replace an input, or, without ``overwrite``, an earlier run's."""
+    targets = [out_dir / name for name in case_outputs(case).values()]
+    for given in inputs:
+        for target in targets:
+            if target.exists() and Path(given).exists() and os.path.samefile(target, given):
+                raise InputError(given, f"is also the output {target.name} of case {case!r}; choose another --out")
+    existing = [t.name for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise InputError(out_dir, f"already holds case {case!r} ({', '.join(existing)}); "
+                                  f"use --overwrite to replace it, or another --out")
 
 
 def synthesize_case(
@@ -549,20 +587,25 @@ def synthesize_case(
     count: int = 1,
     case: str | None = None,
     png: bool = True,
+    overwrite: bool = True,
 ) -> dict:
     """Load one case, synthesise ``count`` tumours and write ``<case>_image.nii.gz``,
     ``<case>_label.nii.gz``, ``<case>.json`` and ``<case>.png`` (with ``png``) into ``out_dir``,
     all or nothing. Returns the case record written as JSON.
 
-    ``case`` defaults to the image's file name without its extension.
+    ``case`` defaults to the image's file name without its extension. Outputs that would replace
+    the input image or label are refused. An earlier run's outputs of the case are replaced, and
+    any of them this run does not write (its figure, with ``png=False``) removed; with
+    ``overwrite=False`` they are refused instead (one-line :class:`InputError`, nothing written).
     """
+    case = case or case_name(image_path)
+    _check_outputs(Path(out_dir), case, (image_path, label_path), overwrite)
     # Reading and gzip-compressing release the GIL: image and label travel in parallel.
     with ThreadPoolExecutor(1) as pool:
         pending_label = pool.submit(load_volume, label_path)
         image = load_volume(image_path)
         label = pending_label.result()
     result = synthesizer(image, label, count=count, seed=seed)
-    case = case or case_name(image_path)
     for rec in result.lesions:
         rec["case"] = case
     organ = synthesizer.organ
@@ -574,6 +617,7 @@ def synthesize_case(
         "label_map": synthesizer.label_map.name,
         "tumour_id": synthesizer.label_map.tumour_id(organ.name),
         "size": synthesizer.size,
+        "shape_convention": synthesizer.shape_convention,
         "count": count,
         "seed": seed,
         "shape": list(image.shape),
@@ -582,24 +626,22 @@ def synthesize_case(
         "freetumor_version": __version__,
         **synthesizer.provenance(),
         "lesions": result.lesions,
-        "outputs": {
-            "image": f"{case}_image.nii.gz",
-            "label": f"{case}_label.nii.gz",
-            "record": f"{case}.json",
-            **({"figure": f"{case}.png"} if png else {}),
-        },
+        "outputs": case_outputs(case, png),
     }
+    names = record["outputs"]
     with staged_output(out_dir) as stage, ThreadPoolExecutor(1) as pool:
-        saving_image = pool.submit(save_volume, result.image, stage / f"{case}_image.nii.gz")
-        save_volume(result.label, stage / f"{case}_label.nii.gz")
+        saving_image = pool.submit(save_volume, result.image, stage / names["image"])
+        save_volume(result.label, stage / names["label"])
         if png:
             from .render import render_lesions_png  # deferred: matplotlib loads only when a figure is drawn
 
             masks = [m.full(image.shape) for m in result.masks]
             render_lesions_png(
-                image, result.image, masks, result.lesions, organ.hu_window, stage / f"{case}.png",
+                image, result.image, masks, result.lesions, organ.hu_window, stage / names["figure"],
                 title=f"{case} · {organ.name} · seed {seed}",
             )
-        write_bytes_atomic(stage / f"{case}.json", (json.dumps(record, indent=2) + "\n").encode())
+        write_bytes_atomic(stage / names["record"], (json.dumps(record, indent=2) + "\n").encode())
         saving_image.result()
+    for stale in set(case_outputs(case).values()) - set(names.values()):
+        (Path(out_dir) / stale).unlink(missing_ok=True)  # an earlier run's figure must not sit beside this record
     return record
