@@ -208,3 +208,45 @@ def test_train_seg_with_online_synthesis_cli(cohort, tmp_path):
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 1 and "needs --generator" in r.stderr and r.stderr.strip().count("\n") == 0
     assert not (tmp_path / "bad").exists()
+    # Stage 2 with lesions drawn from a profile
+    from freetumor.profiles import LesionProfile
+
+    row = [10.0, 0.85, 0.75, 0.95, -45.0, 0.3, 0.5, 12.0, 8.0, 2.0, 0.0]
+    LesionProfile.from_rows("liver", [row, [14.0, *row[1:]]], {"test": True}).save(tmp_path / "liver.json")
+    r = subprocess.run([*base, "--out", str(tmp_path / "prof"), "--synthesis", "profile", "--profile",
+                        str(tmp_path / "liver.json")], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(ln) for ln in (tmp_path / "prof" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(row["synth"].get("accepted", 0) for row in rows) >= 1
+    for args, message in ((["--synthesis", "profile"], "needs --profile"),
+                          (["--profile", str(tmp_path / "liver.json")], "--profile needs --synthesis profile")):
+        r = subprocess.run([*base, "--out", str(tmp_path / "bad2"), *args], capture_output=True, text=True, env=env,
+                           timeout=300)
+        assert r.returncode == 1 and message in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+        assert not (tmp_path / "bad2").exists()
+
+
+def test_profile_mode_draws_real_lesions_inside_the_organ(patches):
+    """mode="profile": a lesion of the profile rendered in HU on the patch; only organ voxels change."""
+    from freetumor.profiles import LesionProfile
+
+    cfg, data = patches
+    row = [10.0, 0.85, 0.75, 0.95, -45.0, 0.3, 0.5, 12.0, 8.0, 2.0, 0.0]  # a hypodense liver lesion
+    prof = LesionProfile.from_rows("liver", [row, [12.0, *row[1:]]], {"test": True})
+    tf = RandTumorSynthesisd(cfg, "profile", profile=prof, cheap_checks=False)
+    tf.set_random_state(seed=2)
+    accepted = 0
+    lo, hi = cfg.data.hu_window
+    for p in data["healthy"]:
+        out = _run(tf, p)
+        before, after = np.asarray(p["label"])[0], np.asarray(out["label"])[0]
+        changed = (np.asarray(out["image"]) != np.asarray(p["image"]))[0]
+        if out["synth_status"] == "accepted":
+            accepted += 1
+            new = (after == 2) & (before != 2)
+            assert new.any() and (before[new] == 1).all() and (before[changed] == 1).all()
+            delta_hu = (np.asarray(out["image"])[0] - np.asarray(p["image"])[0])[new].mean() * (hi - lo)
+            assert delta_hu < -15  # darker than the liver, as the profile says
+    assert accepted >= 1
+    with pytest.raises(ConfigError, match="needs a lesion profile"):
+        RandTumorSynthesisd(cfg, "profile")

@@ -47,7 +47,7 @@ SHAPE_CONVENTION_HELP = ("physical: sizes, deformation and blur isotropic in mm 
                          "head-foot), for replication only.")
 Region = Enum("Region", {n: n for n in ("abdomen", "chest")}, type=str)
 Context = Enum("Context", {n: n for n in ("bbox", "patch")}, type=str)
-SynthesisMode = Enum("SynthesisMode", {n: n for n in ("none", "procedural", "generator")}, type=str)
+SynthesisMode = Enum("SynthesisMode", {n: n for n in ("none", "procedural", "generator", "profile")}, type=str)
 LABEL_MAP_HELP = f"Label convention: {', '.join(PRESET_NAMES)} or a JSON file (default: abdomen7 / chest3 by organ)."
 
 
@@ -281,6 +281,8 @@ def train_seg(
                                                 "of the synthetic tumours."),
     unlabeled: Optional[Path] = typer.Option(None, "--unlabeled", help="Unlabelled datalist (CT + organ masks) "
                                              "added to the training pool."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="Lesion profile (--synthesis profile): lesions "
+                                          "drawn from real ones and rendered in HU on each patch."),
 ) -> None:
     """Train a segmentation model: the Stage-0 baseline, or Stage 2 with online synthesis; torchrun for several GPUs."""
     from .config import load_config  # deferred: loaded when the command runs, so that --help and light commands start fast
@@ -293,7 +295,8 @@ def train_seg(
         extra.append(f"train.max_steps={max_steps}")
     cfg = load_config(config, extra)
     summary = train_segmentation(cfg, datalist, out, resume=resume, log=typer.echo, unlabelled=unlabeled,
-                                 synthesis=synthesis.value, generator=generator, qc_segmentor=qc_segmentor)
+                                 synthesis=synthesis.value, generator=generator, qc_segmentor=qc_segmentor,
+                                 profile=profile)
     typer.echo(f"done: {summary['steps']} steps, best score {summary['best_score']:.4f}; checkpoints in {out}")
 
 

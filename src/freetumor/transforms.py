@@ -37,6 +37,7 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
+from scipy.ndimage import distance_transform_edt
 from monai.data import ImageReader, MetaTensor
 from monai.transforms import (
     Compose,
@@ -59,6 +60,7 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_dst_type
 
+from .appearance import choose_centre, render_lesion
 from .config import Config, DataConfig
 from .errors import ConfigError, InputError
 from .generator import LearnedDifference, apply_difference
@@ -66,6 +68,7 @@ from .grids import Grid
 from .io import is_nifti, load_volume
 from .labels import get_label_map
 from .organs import get_organ
+from .profiles import LesionProfile, load_profile
 from .quality import QualityControl, judge_patch
 from .shapes import OrganTooSmallError
 from .synthesis import lesion_soft_mask, lesion_texture, place_lesion, rule_based_difference
@@ -383,7 +386,7 @@ class PrepareFakeTumourd(Randomizable, MapTransform):
         return d
 
 
-SYNTHESIS_MODES = ("none", "procedural", "generator")
+SYNTHESIS_MODES = ("none", "procedural", "generator", "profile")
 
 
 class RandTumorSynthesisd(Randomizable, MapTransform):
@@ -394,7 +397,9 @@ class RandTumorSynthesisd(Randomizable, MapTransform):
     abdomen: some organ and no tumour; the chest: lung, even with real
     lesions — it draws one rule-based tumour mask (:class:`PrepareFakeTumourd`),
     fills it with the difference map of a trained generator (``mode="generator"``)
-    or the rule-based scalar 0.2 + 0.5 U(0, 1) (``mode="procedural"``), and
+    or the rule-based scalar 0.2 + 0.5 U(0, 1) (``mode="procedural"``) — or, with
+    ``mode="profile"``, draws a whole lesion from a lesion profile and renders it in
+    HU on the patch's own grid (:mod:`freetumor.appearance`), and
     runs quality control (segmentor recall on the patch plus the cheap checks)
     when a segmentor is given. An accepted tumour writes the new image and the
     organ's tumour class into the label; a rejected one is re-drawn up to
@@ -415,7 +420,9 @@ class RandTumorSynthesisd(Randomizable, MapTransform):
 
     Args:
         cfg: the resolved training config (organ, task, data, synth, qc).
-        mode: ``procedural`` or ``generator``.
+        mode: ``procedural``, ``generator`` or ``profile``.
+        profile: a lesion profile (JSON path, ``builtin:<name>`` or a
+            :class:`~freetumor.profiles.LesionProfile`) of the config's organ (``mode="profile"``).
         generator: ``generator.pt`` path, ``(model, cfg)`` or a
             :class:`~freetumor.generator.LearnedDifference` (``mode="generator"``).
         qc_segmentor: segmentation checkpoint path or ``(model, cfg)`` (judged with the thresholds
@@ -427,10 +434,11 @@ class RandTumorSynthesisd(Randomizable, MapTransform):
     """
 
     def __init__(self, cfg: Config, mode: str = "procedural", generator=None, qc_segmentor=None,
-                 prob: float = 1.0, max_tries: int = 1, cheap_checks: bool = True, device: str | None = None):
+                 prob: float = 1.0, max_tries: int = 1, cheap_checks: bool = True, device: str | None = None,
+                 profile=None):
         MapTransform.__init__(self, keys=("image", "label"))
-        if mode not in ("procedural", "generator"):
-            raise ConfigError(f"synthesis mode must be procedural or generator, got {mode!r}")
+        if mode not in SYNTHESIS_MODES[1:]:
+            raise ConfigError(f"synthesis mode must be procedural, generator or profile, got {mode!r}")
         if not 0.0 <= float(prob) <= 1.0:
             raise ConfigError(f"synthesis probability must be in [0, 1], got {prob}")
         if int(max_tries) < 1:
@@ -461,6 +469,11 @@ class RandTumorSynthesisd(Randomizable, MapTransform):
             self.qc: QualityControl | None = qc_segmentor
         else:
             self.qc = None if qc_segmentor is None else QualityControl(qc_segmentor, cfg.qc, device=str(self.device))
+        self.profile: LesionProfile | None = None
+        if mode == "profile":
+            if profile is None:
+                raise ConfigError("synthesis mode 'profile' needs a lesion profile (--profile)")
+            self.profile = load_profile(profile, cfg.organ)
         # The thresholds: the given QualityControl's, else the training config's qc section.
         self.settings = cfg.qc if self.qc is None else self.qc.settings
         self.cheap_checks = bool(cheap_checks)
@@ -498,18 +511,24 @@ class RandTumorSynthesisd(Randomizable, MapTransform):
         lo, hi = self.cfg.data.hu_window
         spacing = tuple(self.cfg.data.spacing)
         for attempt in range(1, self.max_tries + 1):
-            self.prep.set_random_state(seed=int(rng.integers(0, 2**31 - 1)))
-            p = self.prep({"image": img, "label": d["label"]})
-            if float(p["fake"].sum()) == 0:
-                return self._status(d, "no-room", attempt)
-            weight = p["weight"][None]
-            if self.generator is not None:
-                dmap = self.generator.run(x.to(self.generator.device), int(p["channel"])).cpu()
+            if self.profile is not None:
+                drawn = self._profile_tumour(img, lab, rng)
+                if drawn is None:
+                    return self._status(d, "no-room", attempt)
+                xf, fake, ocls = drawn
             else:
-                dmap = torch.tensor(rule_based_difference(rng))
-            xf = apply_difference(x, weight, dmap, self.sign)
-            fake = p["fake"][0].numpy() > 0
-            ocls = int(p["organ_class"])
+                self.prep.set_random_state(seed=int(rng.integers(0, 2**31 - 1)))
+                p = self.prep({"image": img, "label": d["label"]})
+                if float(p["fake"].sum()) == 0:
+                    return self._status(d, "no-room", attempt)
+                weight = p["weight"][None]
+                if self.generator is not None:
+                    dmap = self.generator.run(x.to(self.generator.device), int(p["channel"])).cpu()
+                else:
+                    dmap = torch.tensor(rule_based_difference(rng))
+                xf = apply_difference(x, weight, dmap, self.sign)
+                fake = p["fake"][0].numpy() > 0
+                ocls = int(p["organ_class"])
             accepted = True
             if self.qc is not None or self.cheap_checks:
                 host = (lab == ocls) | (lab == self.tumour_of[ocls])
@@ -526,3 +545,28 @@ class RandTumorSynthesisd(Randomizable, MapTransform):
                 d["image"], d["label"] = new_img, new_lab
                 return self._status(d, "accepted", attempt)
         return self._status(d, "rejected", self.max_tries)
+
+    def _profile_tumour(self, img, lab: np.ndarray, rng: np.random.Generator):
+        """(x' as a (1, 1, X, Y, Z) tensor in [0, 1], the lesion's label, its organ class) for one lesion
+        drawn from the profile and rendered in HU on the patch's grid; ``None`` without room."""
+        ocls = self.classes[self.profile.organ][0]
+        allowed = lab == ocls
+        if not allowed.any():
+            return None
+        affine = np.asarray(getattr(img, "affine", np.eye(4)), np.float64)
+        grid = Grid.from_affine(affine, lab.shape)
+        params = self.profile.sample(rng)
+        centre = choose_centre(distance_transform_edt(allowed, sampling=grid.spacing), params, rng)
+        if centre is None:
+            return None
+        lo, hi = self.cfg.data.hu_window
+        hu = np.asarray(img, np.float32)[0] * np.float32(hi - lo) + np.float32(lo)
+        r = render_lesion(hu, allowed, grid, centre, params, rng)
+        if not r.label.any():
+            return None
+        fake = np.zeros(lab.shape, bool)
+        fake[r.box] = r.label
+        x01 = np.asarray(img, np.float32)[0].copy()  # voxels the lesion does not reach keep their exact values
+        reach = r.occupancy > 0
+        x01[r.box][reach] = np.clip((r.values[reach] - lo) / (hi - lo), 0.0, 1.0)
+        return torch.from_numpy(x01)[None, None], fake, ocls

@@ -168,22 +168,27 @@ def cutmix_generator(seed: int, step: int, rank: int) -> torch.Generator:
 
 
 # ----------------------------------------------------------------------------- run pieces
-def check_synthesis(synthesis: str, generator, qc_segmentor) -> None:
+def check_synthesis(synthesis: str, generator, qc_segmentor, profile=None) -> None:
     """Refuse an unknown ``synthesis`` mode or options that do not go with it."""
     if synthesis not in SYNTHESIS_MODES:
         raise ConfigError(f"unknown synthesis {synthesis!r}; choose one of {', '.join(SYNTHESIS_MODES)}")
     if synthesis == "generator" and generator is None:
         raise ConfigError("--synthesis generator needs --generator RUNDIR/generator.pt")
+    if synthesis == "profile" and profile is None:
+        raise ConfigError("--synthesis profile needs --profile PROFILE.json (or builtin:lung)")
+    if profile is not None and synthesis != "profile":
+        raise ConfigError("--profile needs --synthesis profile")
     if synthesis == "none" and (generator is not None or qc_segmentor is not None):
         raise ConfigError("--generator and --qc-segmentor need --synthesis procedural or generator")
 
 
-def synthesis_transform(cfg: Config, synthesis: str, generator, qc_segmentor) -> RandTumorSynthesisd | None:
+def synthesis_transform(cfg: Config, synthesis: str, generator, qc_segmentor,
+                        profile=None) -> RandTumorSynthesisd | None:
     """The Stage-2 online synthesis transform; ``None`` for Stage 0 (``synthesis="none"``)."""
     if synthesis == "none":
         return None
     return RandTumorSynthesisd(cfg, synthesis, generator=generator, qc_segmentor=qc_segmentor,
-                               prob=cfg.synth.online_prob, max_tries=cfg.synth.online_max_tries)
+                               prob=cfg.synth.online_prob, max_tries=cfg.synth.online_max_tries, profile=profile)
 
 
 def training_pool(cfg: Config, datalist, unlabelled) -> tuple[list[dict], list[dict]]:
@@ -244,6 +249,7 @@ def train_segmentation(
     synthesis: str = "none",
     generator: str | os.PathLike | None = None,
     qc_segmentor: str | os.PathLike | None = None,
+    profile: str | os.PathLike | None = None,
 ) -> dict:
     """Train a segmentor; returns the final summary (also written to ``final.json``).
 
@@ -251,7 +257,7 @@ def train_segmentation(
     organ masks only) and synthesises tumours online on eligible patches: ``procedural`` or
     ``generator`` (a Stage-1 ``generator``), with quality control by ``qc_segmentor`` when given.
     """
-    check_synthesis(synthesis, generator, qc_segmentor)
+    check_synthesis(synthesis, generator, qc_segmentor, profile)
     tr = cfg.train
     train_entries, val_entries = training_pool(cfg, datalist, unlabelled)
     run = Run(out, cfg, resume=resume, log=log)
@@ -264,7 +270,7 @@ def train_segmentation(
     best = float(extra.get("best", -1.0))
     train_model = run.parallel(model)
     metrics_path, val_log = run.open_logs("metrics.jsonl", "val.jsonl")
-    synth_tf = synthesis_transform(cfg, synthesis, generator, qc_segmentor)
+    synth_tf = synthesis_transform(cfg, synthesis, generator, qc_segmentor, profile)
     ds = StepDataset(train_entries, train_transforms(cfg, synthesis=synth_tf), int(tr.seed), cache=cfg.data.cache)
     loader = run.loader(ds, int(tr.max_steps))
     loss_fn = segmentation_loss()
