@@ -110,7 +110,11 @@ def synthesize(
     image's file name; refuses if DIR already holds them, unless --overwrite is given.
     """
     # deferred: the synthesis stack (NumPy, SciPy, nibabel) loads only for this command
-    from .synthesis import SynthesisOptions, build_synthesizer, synthesize_case
+    from .io import case_name  # deferred: as above
+    from .synthesis import SynthesisOptions, build_synthesizer, check_case_outputs, synthesize_case  # deferred: as above
+
+    # refuse an earlier run's outputs before any network is loaded
+    check_case_outputs(out, case_name(image), (image, label), overwrite)
 
     options = SynthesisOptions(
         organ.value, label_map=label_map, size=size.value, count=count, generator=generator,

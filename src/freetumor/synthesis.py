@@ -564,8 +564,9 @@ def case_outputs(case: str, png: bool = True) -> dict[str, str]:
     return {**names, "figure": f"{case}.png"} if png else names
 
 
-def _check_outputs(out_dir: Path, case: str, inputs, overwrite: bool) -> None:
+def check_case_outputs(out_dir: str | os.PathLike, case: str, inputs, overwrite: bool) -> None:
     """Refuse (one line) outputs that would replace an input, or, without ``overwrite``, an earlier run's."""
+    out_dir = Path(out_dir)
     targets = [out_dir / name for name in case_outputs(case).values()]
     for given in inputs:
         for target in targets:
@@ -599,7 +600,7 @@ def synthesize_case(
     ``overwrite=False`` they are refused instead (one-line :class:`InputError`, nothing written).
     """
     case = case or case_name(image_path)
-    _check_outputs(Path(out_dir), case, (image_path, label_path), overwrite)
+    check_case_outputs(out_dir, case, (image_path, label_path), overwrite)
     # Reading and gzip-compressing release the GIL: image and label travel in parallel.
     with ThreadPoolExecutor(1) as pool:
         pending_label = pool.submit(load_volume, label_path)

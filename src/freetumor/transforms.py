@@ -331,8 +331,8 @@ class PrepareFakeTumourd(Randomizable, MapTransform):
 
     Picks an organ present in the patch (uniformly among those with enough
     voxels), places a tumour mask F in its voxels that are not tumour (the
-    shape rules of :mod:`freetumor.shapes`, sizes in mm at the organ's target
-    spacing) and adds:
+    shape rules of :mod:`freetumor.shapes` with the default physical convention:
+    sizes, deformation and blur isotropic in mm) and adds:
 
     * ``fake``: F as a ``(1, X, Y, Z)`` float tensor (0/1);
     * ``weight``: O * B * T, the organ indicator times the blurred mask times
