@@ -1,12 +1,12 @@
 """``freetumor lesions fit``: measure every real lesion of a labelled datalist and write its profile.
 
 Each lesion is cropped and resampled to 1 mm isotropic voxels exactly as the realism scores do
-(:func:`freetumor.evaluation.realism.extract_crops`, 10 mm margin), then measured
+(:func:`freetumor.evaluation.realism.crops_from_datalist`, 10 mm margin), then measured
 (:func:`measure_crop`; definitions in :data:`freetumor.profiles.PROFILE_FEATURES`):
 
 * size and shape: equivalent diameter from the native voxel count; principal semi-axis ratios;
   solidity (volume over convex-hull volume);
-* intensity: the core (voxels at least ``CORE_MM`` inside the mask; the quarter farthest from the
+* intensity: the core (:func:`freetumor.lesion_measures.lesion_core`: voxels at least 1.5 mm inside the mask; the quarter farthest from the
   host's HU when the lesion is thinner than that), the host (median of the shell 3-8 mm outside),
   their contrast;
 * edge: the realism edge sharpness (HU/mm) divided by the contrast;
@@ -35,14 +35,10 @@ import numpy as np
 from scipy import ndimage
 
 from . import __version__
-from .data import datalist_label_map, load_datalist
 from .errors import InputError
-from .evaluation.realism import LesionCrop, extract_crops, lesion_features
-from .io import case_name, load_volume
-from .labels import get_label_map
+from .evaluation.realism import LesionCrop, crops_from_datalist, lesion_features
+from .lesion_measures import lesion_core, relative_solidity
 from .organs import get_organ
-from .appearance import CORE_MM
-from .lesion_measures import relative_solidity
 from .profiles import FEATURE_ORDER, LesionProfile
 
 SHELL_MM = (3.0, 8.0)  # host: the shell between these distances outside the mask
@@ -93,19 +89,12 @@ def measure_crop(crop: LesionCrop) -> dict[str, float]:
     sp = tuple(float(s) for s in crop.spacing)
     other = np.zeros_like(mask) if crop.other is None else np.asarray(crop.other, bool)
     volume_mm3 = float(crop.meta.get("volume_ml", mask.sum() * np.prod(sp) / 1000.0)) * 1000.0
-    inside = ndimage.distance_transform_edt(mask, sampling=sp)
     outside = ndimage.distance_transform_edt(~mask, sampling=sp)
     shell = ~mask & ~other & (outside > SHELL_MM[0]) & (outside <= SHELL_MM[1])
     if shell.sum() < 8:
         shell = ~mask & ~other
     host = float(np.median(img[shell])) if shell.any() else float(np.median(img[~mask])) if (~mask).any() else 0.0
-    lesion_vals = img[mask]
-    core = mask & (inside >= CORE_MM)
-    if core.sum() < 4:  # thin lesion: the quarter of its voxels farthest from the host's HU
-        far = np.abs(lesion_vals - host)
-        cut = np.percentile(far, 75)
-        core = mask.copy()
-        core[mask] = far >= cut
+    core = lesion_core(mask, sp, np.abs(img - host))  # thin lesion: the quarter farthest from the host's HU
     core_hu = float(img[core].mean())
     contrast = core_hu - host
     feats = lesion_features(crop, window=crop.meta.get("hu_window"))
@@ -129,25 +118,6 @@ def measure_crop(crop: LesionCrop) -> dict[str, float]:
     }
 
 
-def lesion_crops(datalist, organ: str, label_map=None, spacing=(1.0, 1.0, 1.0)) -> list[LesionCrop]:
-    """Every lesion of ``organ``'s tumour id in the labelled cases of a datalist, as 1 mm crops."""
-    org = get_organ(organ)
-    if label_map is None:
-        label_map = datalist_label_map(datalist)
-    lm = get_label_map(label_map, org.name)
-    tid = lm.tumour_id(org.name)
-    crops: list[LesionCrop] = []
-    for entry in load_datalist(datalist):
-        if not entry.get("label"):
-            continue
-        image, label = load_volume(entry["image"]), load_volume(entry["label"])
-        for crop in extract_crops(image, label, tid, "real", case_name(entry["image"]), spacing=spacing,
-                                  margin_mm=FIT_MARGIN_MM, min_voxels=MIN_VOXELS):
-            crop.meta["hu_window"] = [float(v) for v in org.hu_window]
-            crops.append(crop)
-    return crops
-
-
 def fit_profile(crops: list[LesionCrop], organ: str, source: dict | None = None, name: str = "") -> LesionProfile:
     """The fitted profile of measured lesion crops (one row per lesion)."""
     rows = []
@@ -165,7 +135,7 @@ def fit_datalist(datalist: str | os.PathLike, organ: str, out: str | os.PathLike
         InputError: the datalist has no lesion of the organ's tumour id.
     """
     org = get_organ(organ)
-    crops = lesion_crops(datalist, org.name, label_map)
+    crops = crops_from_datalist(datalist, org.name, label_map, margin_mm=FIT_MARGIN_MM, min_voxels=MIN_VOXELS)
     if not crops:
         raise InputError(datalist, f"no {org.name} lesions (tumour label of at least {MIN_VOXELS} voxels) "
                                    "in its labelled cases")

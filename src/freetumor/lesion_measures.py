@@ -1,6 +1,7 @@
 """Measurements of one lesion mask that synthesis, fitting and the realism scores share.
 
 * :func:`edge_sharpness`: mean gradient magnitude (HU/mm) on the lesion's boundary band;
+* :func:`lesion_core`: the voxels a lesion's contrast is measured on;
 * :func:`solidity` and :func:`relative_solidity`: volume over convex-hull volume, and the same
   relative to a ball of equal volume on the same grid (so voxelisation does not make small
   lesions look lobulated).
@@ -22,6 +23,19 @@ import math
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
+
+CORE_MM = 1.5  # a lesion's core: voxels at least this far inside its label
+
+
+def lesion_core(mask: np.ndarray, spacing, salience: np.ndarray) -> np.ndarray:
+    """The lesion's core: voxels at least :data:`CORE_MM` inside ``mask``; for a lesion thinner than
+    that (fewer than 4 such voxels), the quarter of its voxels highest in ``salience`` (e.g. the
+    distance of their HU from the host's, or a rendered occupancy)."""
+    inside = ndimage.distance_transform_edt(mask, sampling=spacing)
+    core = mask & (inside >= CORE_MM)
+    if core.sum() < 4 and mask.any():
+        core = mask & (salience >= np.percentile(salience[mask], 75))
+    return core
 
 
 def edge_sharpness(img: np.ndarray, mask: np.ndarray, other: np.ndarray | None, spacing) -> float:
