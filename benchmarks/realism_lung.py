@@ -123,17 +123,14 @@ def rule_lesions(image, lungs, lesions, n: int, seed: int, name: str, window, co
 
 
 def profile_lesions(image, grid, allowed, lesions, profile, n: int, seed: int, name: str, window) -> list[dict]:
-    from freetumor.appearance import choose_centre, render_lesion
+    from freetumor.appearance import draw_lesion
 
     rng = np.random.default_rng(seed)
-    depth = ndimage.distance_transform_edt(allowed, sampling=grid.spacing)
     feats = []
     for k in range(n):
-        params = profile.sample(rng)
-        centre = choose_centre(depth, params, rng)
-        if centre is None:
+        r, _params, _draws = draw_lesion(profile, image.array, allowed, grid, rng, protect=lesions)
+        if r is None:
             continue
-        r = render_lesion(image.array, allowed, grid, centre, params, rng, protect=lesions)
         out = np.asarray(image.array, np.float32).copy()
         out[r.box] = r.values
         mask = np.zeros(image.shape, bool)

@@ -51,11 +51,10 @@ import numpy as np
 from scipy import ndimage
 
 from .grids import Grid
-from .lesion_measures import edge_sharpness, relative_solidity
+from .lesion_measures import edge_sharpness, lesion_core, relative_solidity
 
 SUBSAMPLE_MM = 0.4      # supersampling step of the occupancy
 STRUCTURE_MM = 1.5      # the host's structure: the host smoothed with this Gaussian sigma
-CORE_MM = 1.5           # a lesion's core: voxels at least this far inside its label (as lesion_fit measures)
 MAX_SUB = 6
 _N_LOBES = 7
 
@@ -66,6 +65,7 @@ class RenderedLesion:
 
     Attributes:
         box: slices of the box in the volume.
+        centre: the lesion's centre voxel in the volume.
         values: new HU of the box (float32); voxels outside the lesion's reach are unchanged.
         label: the lesion's label on the box (bool).
         occupancy: the blurred occupancy f on the box.
@@ -73,6 +73,7 @@ class RenderedLesion:
     """
 
     box: tuple[slice, slice, slice]
+    centre: tuple[int, int, int]
     values: np.ndarray
     label: np.ndarray
     occupancy: np.ndarray
@@ -158,12 +159,9 @@ def _edge_table() -> tuple[np.ndarray, np.ndarray]:
 
 
 def core_level(f: np.ndarray, label: np.ndarray, spacing) -> float:
-    """Mean of ``f`` over the lesion core (voxels at least ``CORE_MM`` inside ``label``), the level a
-    measured contrast sees (:func:`freetumor.lesion_fit.measure_crop` uses the same core)."""
-    inside = ndimage.distance_transform_edt(label, sampling=spacing)
-    core = label & (inside >= CORE_MM)
-    if core.sum() < 4:
-        core = label & (f >= np.percentile(f[label], 75)) if label.any() else label
+    """Mean of ``f`` over the lesion core (:func:`freetumor.lesion_measures.lesion_core`, the core
+    :func:`freetumor.lesion_fit.measure_crop` measures contrast on): the level a measured contrast sees."""
+    core = lesion_core(label, spacing, f)
     return float(f[core].mean()) if core.any() else 1.0
 
 
@@ -262,7 +260,8 @@ def render_lesion(image: np.ndarray, allowed: np.ndarray, grid: Grid, centre, pa
         shell = allow & (occ < 0.05)
     host_hu = float(np.median(x[shell])) if shell.any() else float(np.median(x[allow])) if allow.any() else 0.0
     # The drawn contrast is a measured one (the core's mean): the peak is set so the core reaches it.
-    level = core_level(f, (f >= t) & allow, spacing)
+    label = (f >= t) & allow
+    level = core_level(f, label, spacing)
     core_hu = host_hu + params["contrast_hu"] / max(level, 0.5)
 
     # Host noise: the fine residual of the host where it looks like noise; where it does not (a vessel's
@@ -286,7 +285,6 @@ def render_lesion(image: np.ndarray, allowed: np.ndarray, grid: Grid, centre, pa
         texture += np.float32(fine_sd) * rng.standard_normal(shape).astype(np.float32)
     values = x + f * (np.float32(core_hu) + texture + kept_noise - x)
 
-    label = (f >= t) & allow
     record = {
         "semi_axes_mm": [round(float(v), 2) for v in axes * scale],
         "lobulation": round(lob, 4),
@@ -297,7 +295,7 @@ def render_lesion(image: np.ndarray, allowed: np.ndarray, grid: Grid, centre, pa
         "label_threshold": round(t, 3),
         "drawn": {k: round(float(v), 4) for k, v in params.items()},
     }
-    return RenderedLesion(box, values.astype(np.float32), label, f, record)
+    return RenderedLesion(box, tuple(int(v) for v in c), values.astype(np.float32), label, f, record)
 
 
 ATTACHED_ABOVE = 0.15   # a drawn attached_fraction above this places the lesion against the organ's wall
@@ -320,3 +318,20 @@ def choose_centre(depth_mm: np.ndarray, params: dict, rng: np.random.Generator):
         if cand.size:
             return tuple(int(v) for v in np.unravel_index(int(cand[rng.integers(cand.size)]), depth_mm.shape))
     return None
+
+
+def draw_lesion(profile, image: np.ndarray, allowed: np.ndarray, grid: Grid, rng: np.random.Generator,
+                tries: int = 1, protect: np.ndarray | None = None):
+    """Draw a lesion from ``profile`` (:class:`freetumor.profiles.LesionProfile`), place it in
+    ``allowed`` (:func:`choose_centre`, up to ``tries`` draws) and render it (:func:`render_lesion`).
+
+    Returns ``(rendered, params, draws)``: ``rendered`` is ``None`` when no draw found room
+    (``params`` is then the last draw).
+    """
+    depth = ndimage.distance_transform_edt(allowed, sampling=grid.spacing)
+    for draws in range(1, tries + 1):
+        params = profile.sample(rng)
+        centre = choose_centre(depth, params, rng)
+        if centre is not None:
+            return render_lesion(image, allowed, grid, centre, params, rng, protect=protect), params, draws
+    return None, params, tries

@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from scipy.ndimage import distance_transform_edt, gaussian_filter
+from scipy.ndimage import gaussian_filter
 
 from . import __version__
-from .appearance import choose_centre, render_lesion
+from .appearance import draw_lesion
 from .config import Config
 from .errors import ConfigError, FreeTumorError, InputError
 from .grids import Grid, inner_slices
@@ -406,18 +406,12 @@ class Synthesizer:
 
     def _profile_lesion(self, img: np.ndarray, free: np.ndarray, grid: Grid, rng: np.random.Generator, seed: int,
                         label_name: str, organ_ml: float):
-        """One lesion drawn from the profile and rendered (:func:`freetumor.appearance.render_lesion`)."""
-        depth = distance_transform_edt(free, sampling=grid.spacing)
-        for tries in range(1, self.max_tries + 1):
-            params = self.profile.sample(rng)
-            centre = choose_centre(depth, params, rng)
-            if centre is not None:
-                break
-        else:
+        """One lesion drawn from the profile and rendered (:func:`freetumor.appearance.draw_lesion`)."""
+        r, params, tries = draw_lesion(self.profile, img, free, grid, rng, tries=self.max_tries)
+        if r is None:
             raise OrganTooSmallError(
                 f"{label_name}: {self.organ.name} ({organ_ml:.1f} mL) has no room for a lesion of the profile "
                 f"in {self.max_tries} draws (last: {params['diameter_mm']:.1f} mm)")
-        r = render_lesion(img, free, grid, centre, params, rng)
         box = r.box
         before_box = np.asarray(img[box]).copy()
         label = r.label
@@ -431,7 +425,7 @@ class Synthesizer:
         rec = {
             "organ": self.organ.name,
             "size_class": "profile",
-            "centre_voxel": [int(v) for v in centre],
+            "centre_voxel": list(r.centre),
             "semi_axes_mm": r.record["semi_axes_mm"],
             "diameter_mm": round(float(params["diameter_mm"]), 2),
             "volume_ml": round(lm.voxels * grid.voxel_volume_ml, 4),

@@ -37,7 +37,6 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
-from scipy.ndimage import distance_transform_edt
 from monai.data import ImageReader, MetaTensor
 from monai.transforms import (
     Compose,
@@ -60,7 +59,7 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_dst_type
 
-from .appearance import choose_centre, render_lesion
+from .appearance import draw_lesion
 from .config import Config, DataConfig
 from .errors import ConfigError, InputError
 from .generator import LearnedDifference, apply_difference
@@ -555,14 +554,10 @@ class RandTumorSynthesisd(Randomizable, MapTransform):
             return None
         affine = np.asarray(getattr(img, "affine", np.eye(4)), np.float64)
         grid = Grid.from_affine(affine, lab.shape)
-        params = self.profile.sample(rng)
-        centre = choose_centre(distance_transform_edt(allowed, sampling=grid.spacing), params, rng)
-        if centre is None:
-            return None
         lo, hi = self.cfg.data.hu_window
         hu = np.asarray(img, np.float32)[0] * np.float32(hi - lo) + np.float32(lo)
-        r = render_lesion(hu, allowed, grid, centre, params, rng)
-        if not r.label.any():
+        r, _params, _draws = draw_lesion(self.profile, hu, allowed, grid, rng)
+        if r is None or not r.label.any():
             return None
         fake = np.zeros(lab.shape, bool)
         fake[r.box] = r.label
