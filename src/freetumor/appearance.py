@@ -51,6 +51,9 @@ import numpy as np
 from scipy import ndimage
 
 from .grids import Grid
+from .evaluation.realism import extract_crops
+from .io import Volume
+from .lesion_fit import FIT_MARGIN_MM, MIN_VOXELS, measure_crop
 from .lesion_measures import edge_sharpness, lesion_core, relative_solidity
 
 SUBSAMPLE_MM = 0.4      # supersampling step of the occupancy
@@ -213,7 +216,7 @@ def _label_threshold(f: np.ndarray, target: float) -> float:
 
 def render_lesion(image: np.ndarray, allowed: np.ndarray, grid: Grid, centre, params: dict,
                   rng: np.random.Generator, protect: np.ndarray | None = None,
-                  hide_wide_structure: bool = False) -> RenderedLesion:
+                  hide_wide_structure: bool = False, calibrate: bool = False) -> RenderedLesion:
     """Render one lesion (``params`` as drawn from a profile) centred at voxel ``centre``.
 
     Args:
@@ -225,12 +228,90 @@ def render_lesion(image: np.ndarray, allowed: np.ndarray, grid: Grid, centre, pa
             1.5 mm-smoothed host differs from the host's median by more than 2.5 noise SDs. A vessel only a
             few noise SDs brighter than its host (abdominal organs: about +50-100 HU over 10-15 HU noise)
             otherwise leaves its low-amplitude residual inside the lesion, a faint trace of the vessel.
-            Off for lung (:func:`draw_lesion`), whose output stays that of the measured realism figures.
+            Off for lung (:func:`draw_lesion`).
+        calibrate: render twice: measure the first render as ``freetumor lesions fit`` measures a real
+            lesion (:func:`measure_rendered`: cropped, resampled to 1 mm) and correct the renderer's
+            settings by what the host's grid did to them (:func:`calibrated_settings`), so the *measured*
+            contrast, edge, texture and solidity of the output are the drawn ones on any slice thickness.
+            Both renders use the same shape and random fields. :func:`draw_lesion` calibrates lesions of a
+            *fitted* profile, whose numbers are such measurements (noise included in the edge, 1 mm
+            resampling included in the texture); a literature profile's numbers are rendered as given.
     """
+    seed = int(rng.integers(2**63))
+    first = _render_once(image, allowed, grid, centre, params, {}, seed, protect, hide_wide_structure)
+    if not calibrate:
+        return first
+    measured = measure_rendered(image, grid, first)
+    if measured is None:
+        return first
+    settings = calibrated_settings(params, measured, first.record)
+    out = _render_once(image, allowed, grid, centre, params, settings, seed, protect, hide_wide_structure)
+    out.record["pilot_measured"] = {k: round(float(measured[k]), 4) for k in CALIBRATED}
+    out.record["settings"] = {k: round(float(v), 4) for k, v in settings.items()}
+    return out
+
+
+# Features whose measured value the calibration pass brings to the drawn one.
+CALIBRATED = ("contrast_hu", "edge_norm", "solidity", "occupancy_outer", "interior_sd", "noise_sd")
+MAX_CORRECTION = 2.0   # no setting is moved by more than this factor (a grid cannot show every draw)
+
+
+def measure_rendered(image: np.ndarray, grid: Grid, rendered: RenderedLesion) -> dict | None:
+    """The profile features of a rendered lesion, measured exactly as ``freetumor lesions fit`` measures
+    a real one (:func:`freetumor.lesion_fit.measure_crop` on its 1 mm crop); ``None`` if too small."""
+    spacing = tuple(float(s) for s in grid.spacing)
+    pad = [int(math.ceil(FIT_MARGIN_MM / s)) + 1 for s in spacing]
+    big = tuple(slice(max(0, b.start - p), min(int(n), b.stop + p)) for b, p, n in zip(rendered.box, pad, image.shape))
+    inner = tuple(slice(b.start - g.start, b.stop - g.start) for b, g in zip(rendered.box, big))
+    vals = np.array(image[big], np.float32)
+    vals[inner] = rendered.values
+    lab = np.zeros(vals.shape, np.uint8)
+    lab[inner] = rendered.label
+    affine = np.diag([*spacing, 1.0])
+    crops = extract_crops(Volume(vals, affine), Volume(lab, affine), 1, "rendered", "calibration",
+                          margin_mm=FIT_MARGIN_MM, min_voxels=MIN_VOXELS)
+    if not crops:
+        return None
+    return measure_crop(max(crops, key=lambda c: c.meta["voxels"]))
+
+
+def calibrated_settings(params: dict, measured: dict, record: dict) -> dict:
+    """Renderer settings that bring a first render's measured features (``measured``) to the drawn
+    ``params``: first-order corrections of contrast, edge sharpness, solidity, the label's outer occupancy and the two texture
+    amplitudes (fine noise and coherent texture), each bounded by :data:`MAX_CORRECTION`."""
+    def ratio(want: float, got: float) -> float:
+        if want == 0 or got == 0 or (want > 0) != (got > 0):
+            return 1.0
+        return float(np.clip(want / got, 1.0 / MAX_CORRECTION, MAX_CORRECTION))
+
+    out = {
+        "contrast_hu": params["contrast_hu"] * ratio(params["contrast_hu"], measured["contrast_hu"]),
+        "edge_norm": params["edge_norm"] * ratio(params["edge_norm"], measured["edge_norm"]),
+        "solidity": float(np.clip(2.0 * params["solidity"] - measured["solidity"], 0.3, 1.0)),
+        "occupancy_outer": float(np.clip(2.0 * params["occupancy_outer"] - measured["occupancy_outer"], 0.05, 0.9)),
+    }
+    host_sd, fine_sd, coh_sd = record["host_noise_sd"], record["fine_sd"], record["coherent_sd"]
+    # fine noise: the grid and the 1 mm resampling keep a share a of the native fine variance
+    native = host_sd ** 2 + fine_sd ** 2
+    kept = measured["noise_sd"] ** 2 / native if native > 0 else 1.0
+    want = params["noise_sd"] ** 2 / max(kept, 1.0 / MAX_CORRECTION ** 2)
+    out["fine_sd"] = math.sqrt(float(np.clip(want - host_sd ** 2, 0.0, (MAX_CORRECTION * max(fine_sd, host_sd)) ** 2)))
+    # coherent texture: what the core's variance lacks beyond the fine noise's correction
+    extra = (params["interior_sd"] ** 2 - measured["interior_sd"] ** 2) - (params["noise_sd"] ** 2 - measured["noise_sd"] ** 2)
+    out["coherent_sd"] = math.sqrt(float(np.clip(coh_sd ** 2 + extra, 0.0, (MAX_CORRECTION * max(coh_sd, 1.0)) ** 2)))
+    return out
+
+
+def _render_once(image, allowed, grid: Grid, centre, params: dict, settings: dict, seed: int,
+                 protect, hide_wide_structure: bool) -> RenderedLesion:
+    """One render of :func:`render_lesion`; ``settings`` override the renderer settings derived from
+    ``params`` (contrast_hu, edge_norm, solidity, occupancy_outer, fine_sd, coherent_sd); ``seed`` fixes shape and fields."""
+    rng = np.random.default_rng(seed)
+    knob = {**params, **settings}
     spacing = np.asarray(grid.spacing, np.float64)
     axes = _semi_axes(params["diameter_mm"], params["axis_ratio_mid"], params["axis_ratio_min"])
-    lob = lobulation_for(params["solidity"])
-    sigma_edge = edge_sigma_for(params["edge_norm"])
+    lob = lobulation_for(knob["solidity"])
+    sigma_edge = edge_sigma_for(knob["edge_norm"])
     rotation = random_rotation(rng)
     surface_rng = np.random.default_rng(rng.integers(2**63))
     c = np.asarray(centre, int)
@@ -248,7 +329,7 @@ def render_lesion(image: np.ndarray, allowed: np.ndarray, grid: Grid, centre, pa
         origin = np.array([(b.start - ci) * s for b, ci, s in zip(box, c, spacing)])
         occ = _occupancy(surface, shape, spacing, origin)
         f = _gaussian_mm(occ, sigma_edge, spacing)
-        t = _label_threshold(f, params["occupancy_outer"])
+        t = _label_threshold(f, knob["occupancy_outer"])
         got_mm3 = float(np.count_nonzero(f >= t)) * float(np.prod(spacing))
         if got_mm3 <= 0 or abs(got_mm3 / target_mm3 - 1.0) < 0.1:
             break
@@ -268,7 +349,7 @@ def render_lesion(image: np.ndarray, allowed: np.ndarray, grid: Grid, centre, pa
     # The drawn contrast is a measured one (the core's mean): the peak is set so the core reaches it.
     label = (f >= t) & allow
     level = core_level(f, label, spacing)
-    core_hu = host_hu + params["contrast_hu"] / max(level, 0.5)
+    core_hu = host_hu + knob["contrast_hu"] / max(level, 0.5)
 
     # Host noise: the fine residual of the host where it looks like noise; where it does not (a vessel's
     # edge, a fissure), noise of the same SD instead, so host structure never shows through the lesion.
@@ -282,15 +363,13 @@ def render_lesion(image: np.ndarray, allowed: np.ndarray, grid: Grid, centre, pa
     stand_in *= np.float32(host_noise / max(float(stand_in.std()), 1e-6))
     kept_noise = np.where(noise_like, residual, stand_in)
 
-    coh_sd = math.sqrt(max(0.0, params["interior_sd"] ** 2 - params["noise_sd"] ** 2))
-    fine_sd = math.sqrt(max(0.0, params["noise_sd"] ** 2 - host_noise ** 2))
-    texture = np.zeros(shape, np.float32)
-    if coh_sd > 0:
-        g = _gaussian_mm(rng.standard_normal(shape).astype(np.float32), params["corr_length_mm"] / 2.0, spacing)
-        g /= max(float(g.std()), 1e-6)
-        texture += np.float32(coh_sd) * g
-    if fine_sd > 0:
-        texture += np.float32(fine_sd) * rng.standard_normal(shape).astype(np.float32)
+    coh_sd = knob.get("coherent_sd", math.sqrt(max(0.0, params["interior_sd"] ** 2 - params["noise_sd"] ** 2)))
+    fine_sd = knob.get("fine_sd", math.sqrt(max(0.0, params["noise_sd"] ** 2 - host_noise ** 2)))
+    # both fields are always drawn, so a second render (other amplitudes) has the same fields
+    g = _gaussian_mm(rng.standard_normal(shape).astype(np.float32), params["corr_length_mm"] / 2.0, spacing)
+    g /= max(float(g.std()), 1e-6)
+    white = rng.standard_normal(shape).astype(np.float32)
+    texture = np.float32(coh_sd) * g + np.float32(fine_sd) * white
     values = x + f * (np.float32(core_hu) + texture + kept_noise - x)
 
     record = {
@@ -300,6 +379,8 @@ def render_lesion(image: np.ndarray, allowed: np.ndarray, grid: Grid, centre, pa
         "host_hu": round(host_hu, 1),
         "host_noise_sd": round(host_noise, 1),
         "core_hu": round(core_hu, 1),
+        "fine_sd": round(float(fine_sd), 2),
+        "coherent_sd": round(float(coh_sd), 2),
         "label_threshold": round(t, 3),
         "drawn": {k: round(float(v), 4) for k, v in params.items()},
     }
@@ -331,7 +412,8 @@ def choose_centre(depth_mm: np.ndarray, params: dict, rng: np.random.Generator):
 def draw_lesion(profile, image: np.ndarray, allowed: np.ndarray, grid: Grid, rng: np.random.Generator,
                 tries: int = 1, protect: np.ndarray | None = None):
     """Draw a lesion from ``profile`` (:class:`freetumor.profiles.LesionProfile`), place it in
-    ``allowed`` (:func:`choose_centre`, up to ``tries`` draws) and render it (:func:`render_lesion`).
+    ``allowed`` (:func:`choose_centre`, up to ``tries`` draws) and render it (:func:`render_lesion`;
+    calibrated to the host's grid for a fitted profile).
 
     Returns ``(rendered, params, draws)``: ``rendered`` is ``None`` when no draw found room
     (``params`` is then the last draw).
@@ -343,5 +425,6 @@ def draw_lesion(profile, image: np.ndarray, allowed: np.ndarray, grid: Grid, rng
         if centre is not None:
             # abdominal hosts: vessels only a few noise SDs bright must not leave a trace (see render_lesion)
             return (render_lesion(image, allowed, grid, centre, params, rng, protect=protect,
-                                  hide_wide_structure=profile.organ != "lung"), params, draws)
+                                  hide_wide_structure=profile.organ != "lung",
+                                  calibrate=profile.kind == "fitted"), params, draws)
     return None, params, tries
