@@ -98,19 +98,31 @@ def crop_features(image, lesion_mask: np.ndarray, case: str, window) -> dict | N
     return f
 
 
-def host_setup(h: dict):
+def host_setup(h: dict, lungs_file: Path | None = None):
+    """The host's image, grid, threshold lungs, own lesions and allowed lung (lungs minus the lesions
+    grown by 5 mm). ``lungs_file``: the threshold lung mask cached there (read if present, else written)."""
     from freetumor.grids import Grid
-    from freetumor.io import load_volume
+    from freetumor.io import load_volume, save_volume
     from freetumor.lung_threshold import threshold_lung_mask
 
     image = load_volume(h["image"])
-    lungs = threshold_lung_mask(image)
+    if lungs_file is not None and Path(lungs_file).exists():
+        lungs = load_volume(lungs_file).array > 0
+    else:
+        lungs = threshold_lung_mask(image)
+        if lungs_file is not None:
+            Path(lungs_file).parent.mkdir(parents=True, exist_ok=True)
+            save_volume(image.with_array(lungs.astype(np.uint8)), lungs_file)
     lesions = np.isin(load_volume(h["lesions"]).array, h["ids"])
     grid = Grid.of(image)
     reach = [max(1, int(np.ceil(5.0 / s))) for s in grid.spacing]
     near = ndimage.binary_dilation(lesions, structure=np.ones([2 * r + 1 for r in reach], bool))
     allowed = lungs & ~near
     return image, grid, lungs, lesions, allowed
+
+
+def lungs_cache(work: Path | None, h: dict) -> Path | None:
+    return None if work is None else work / "labels" / f"lungs_{h['name']}.nii.gz"
 
 
 def rule_lesions(image, lungs, lesions, n: int, seed: int, name: str, window, convention: str) -> list[dict]:
@@ -179,7 +191,7 @@ def write_generator_data(work: Path, fit_e: list[dict], b_e: list[dict], profile
             continue
         dst = work / "labels" / f"host_{h['name']}.nii.gz"
         if not dst.exists():
-            image, _grid, _lungs, _lesions, allowed = host_setup(h)
+            image, _grid, _lungs, _lesions, allowed = host_setup(h, lungs_cache(work, h))
             save_volume(image.with_array(allowed.astype(np.uint8)), dst)
         unl.append({"image": str(h["image"]), "label": str(dst)})
     paths = {"labelled": work / "fit_crops.json", "realism": work / "quarter_b.json",
@@ -314,7 +326,7 @@ def main() -> int:
     for i, h in enumerate(hosts()):
         if not Path(h["image"]).exists():
             continue
-        image, grid, lungs, lesions, allowed = host_setup(h)
+        image, grid, lungs, lesions, allowed = host_setup(h, lungs_cache(args.train_generator, h))
         make = {
             "released": lambda: rule_lesions(image, lungs, lesions, args.per_host, args.seed + i, h["name"], window,
                                              "released"),

@@ -123,3 +123,25 @@ def test_train_synth_cli_wrong_organ_profile(pools, tmp_path):
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0, r.stderr
     assert "lesion profile is for liver, not lung" in r.stderr
     assert not out.exists()
+
+
+def test_synthesizer_with_residual_generator_needs_profile_and_starts_at_it():
+    from freetumor.generator import LearnedDifference
+    from freetumor.phantom import make_case
+    from freetumor.synthesis import Synthesizer
+
+    cfg = tiny_cfg(["synth.lesions=profile"])
+    torch.manual_seed(0)
+    gen = LearnedDifference((build_generator(cfg), cfg))
+    assert gen.residual
+    with pytest.raises(ConfigError, match="--profile"):
+        Synthesizer("lung", difference=gen)
+    image, label = make_case("chest", seed=5)
+    plain = Synthesizer("lung", profile=PROFILE)(image, label, seed=2)
+    learned = Synthesizer("lung", profile=PROFILE, difference=gen)(image, label, seed=2)
+    assert gen.calls == 1 and learned.lesions[0]["difference_source"] == "profile+generator"
+    assert np.array_equal(plain.image.array, learned.image.array)  # an untrained residual changes nothing
+    # a generator that was not trained on a profile does not combine with one
+    rules = tiny_cfg()
+    with pytest.raises(ConfigError, match="train-synth --profile"):
+        Synthesizer("lung", profile=PROFILE, difference=LearnedDifference((build_generator(rules), rules)))
