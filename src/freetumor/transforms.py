@@ -466,6 +466,9 @@ class RandTumorSynthesisd(Randomizable, MapTransform):
                 if getattr(gdata, key) != getattr(cfg.data, key):
                     raise ConfigError(f"generator was trained with data.{key} {getattr(gdata, key)}, "
                                       f"the training config has {getattr(cfg.data, key)}")
+            if self.generator.residual:
+                raise ConfigError("this generator learned a residual on a lesion profile's renders (train-synth "
+                                  "--profile); Stage 2 with it is not supported yet: use --synthesis profile")
         if isinstance(qc_segmentor, QualityControl):
             self.qc: QualityControl | None = qc_segmentor
         else:

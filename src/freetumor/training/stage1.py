@@ -11,6 +11,13 @@ training classes) that each carry one rule-based tumour mask F in one organ
 * **D step** — the same x' with D~ detached; L_D = ½[(1 - <P_D[fake]>_F) +
   (1 - <P_D[real]>_R)], R the real-tumour voxels of labelled patches.
 
+With a lesion profile (``train-synth --profile``, ``synth.lesions: profile``) the fake lesion is
+the profile's render x_profile (:class:`PrepareProfileTumourd`) and the generator a bounded residual
+on it (:class:`~freetumor.models.generator.ResidualGenerator`, zero at step 0):
+x' = x_profile + f * G(x_profile), f the render's occupancy; the two steps are otherwise the same.
+With held-aside real lesions (``--realism-real``) every epoch line also has ``realism_auc``
+(:class:`Realism`) and ``best_realism.pt`` keeps the generator with the lowest one.
+
 Corrections of the released code (METHOD §10.4), all applied here:
 
 1. labels are the training classes in both steps (organ / tumour / a separate
@@ -27,7 +34,8 @@ Run folder: ``config.yaml``, ``metrics.jsonl`` (per step), ``epochs.jsonl``
 (per epoch, including epoch 0 before training: losses, the segmentor's recall of
 fake tumours on fixed probe patches, QC acceptance), ``samples/epoch_NNNN.png``
 (original / synthetic / accepted), ``last.pt`` (resume state),
-``generator.pt`` (for ``synthesize --generator`` and Stage 2), ``final.json``, ``tb/``.
+``generator.pt`` (for ``synthesize --generator`` and Stage 2), ``best_realism.pt`` (with
+``--realism-real``), ``final.json``, ``tb/``.
 """
 
 from __future__ import annotations
