@@ -145,3 +145,11 @@ def test_synthesizer_with_residual_generator_needs_profile_and_starts_at_it():
     rules = tiny_cfg()
     with pytest.raises(ConfigError, match="train-synth --profile"):
         Synthesizer("lung", profile=PROFILE, difference=LearnedDifference((build_generator(rules), rules)))
+
+
+@pytest.mark.parametrize("override, match", [("synth.lesions=shapes", "synth.lesions"),
+                                             ("synth.residual_hu=0", "synth.residual_hu"),
+                                             ("synth.realism_samples=2", "synth.realism_samples")])
+def test_profile_stage1_config_is_checked(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("lung-cpu-tiny", [override])
