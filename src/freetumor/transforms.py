@@ -619,7 +619,8 @@ class PrepareProfileTumourd(Randomizable, MapTransform):
         drawn = profile_patch(self.profile, img, allowed, self.window, rng) \
             if np.count_nonzero(allowed) >= self.min_voxels else None
         if drawn is None:
-            x01, fake, weight = np.asarray(img, np.float32)[0], np.zeros(lab.shape, bool), np.zeros(lab.shape, np.float32)
+            x01, fake = np.asarray(img, np.float32)[0], np.zeros(lab.shape, bool)
+            weight = np.zeros(lab.shape, np.float32)
             channel, organ_class = -1, -1
         else:
             x01, fake, weight = drawn

@@ -384,7 +384,8 @@ class Realism:
         if len(syn) < 5:
             return {"realism_auc": None, "realism_lesions": len(syn)}
         vtt = machine_vtt(self.real, syn, folds=5, seed=self.seed)
-        return {"realism_auc": round(float(vtt["auc"]), 4), "realism_auc_ci95": [round(float(v), 4) for v in vtt["auc_ci95"]],
+        return {"realism_auc": round(float(vtt["auc"]), 4),
+                "realism_auc_ci95": [round(float(v), 4) for v in vtt["auc_ci95"]],
                 "realism_lesions": len(syn)}
 
 
