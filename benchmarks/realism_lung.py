@@ -20,13 +20,23 @@ with bootstrap CI; 0.5 = indistinguishable):
   fitted to real nodules);
 * ``profile``: lesions drawn from the profile fitted on the fit half
   (:mod:`freetumor.lesion_fit`) and rendered by :mod:`freetumor.appearance`;
+* ``generator``: the same profile draws (same seeds as ``profile``, so the lesions are paired) plus the
+  learned residual of a Stage-1 generator trained on real data (``train-synth --profile``): labelled =
+  the fit half's nodule crops, unlabelled healthy lung = the hosts' threshold lungs (own lesions
+  excluded), frozen segmentor trained by ``train-seg`` on the fit crops, realism-AUC checkpoint
+  selection against held-out quarter **B** (never A, the scored set); ``best_realism.pt`` is used.
+  ``--train-generator DIR`` trains it here (budget ``--gen-steps``, ``--seg-steps``; the commands are
+  recorded in the JSON), ``--generator PATH`` takes a trained one;
 * ``control``: real quarter B against real quarter A (the floor).
+
+``--rows generator`` runs only that row and merges it into an existing results JSON (other rows kept).
 
 For every row: AUC and CI (pooled over hosts, and per host), per-feature Cohen's d, and the
 lesion size distribution (median equivalent diameter). Writes
 ``benchmarks/results/realism_lung.json`` (``--out`` for another place).
 
     python benchmarks/realism_lung.py [--per-host 24] [--seed 0]
+    python benchmarks/realism_lung.py --rows generator --train-generator /tmp/lunggen --gen-steps 300
 """
 
 from __future__ import annotations
@@ -88,19 +98,31 @@ def crop_features(image, lesion_mask: np.ndarray, case: str, window) -> dict | N
     return f
 
 
-def host_setup(h: dict):
+def host_setup(h: dict, lungs_file: Path | None = None):
+    """The host's image, grid, threshold lungs, own lesions and allowed lung (lungs minus the lesions
+    grown by 5 mm). ``lungs_file``: the threshold lung mask cached there (read if present, else written)."""
     from freetumor.grids import Grid
-    from freetumor.io import load_volume
+    from freetumor.io import load_volume, save_volume
     from freetumor.lung_threshold import threshold_lung_mask
 
     image = load_volume(h["image"])
-    lungs = threshold_lung_mask(image)
+    if lungs_file is not None and Path(lungs_file).exists():
+        lungs = load_volume(lungs_file).array > 0
+    else:
+        lungs = threshold_lung_mask(image)
+        if lungs_file is not None:
+            Path(lungs_file).parent.mkdir(parents=True, exist_ok=True)
+            save_volume(image.with_array(lungs.astype(np.uint8)), lungs_file)
     lesions = np.isin(load_volume(h["lesions"]).array, h["ids"])
     grid = Grid.of(image)
     reach = [max(1, int(np.ceil(5.0 / s))) for s in grid.spacing]
     near = ndimage.binary_dilation(lesions, structure=np.ones([2 * r + 1 for r in reach], bool))
     allowed = lungs & ~near
     return image, grid, lungs, lesions, allowed
+
+
+def lungs_cache(work: Path | None, h: dict) -> Path | None:
+    return None if work is None else work / "labels" / f"lungs_{h['name']}.nii.gz"
 
 
 def rule_lesions(image, lungs, lesions, n: int, seed: int, name: str, window, convention: str) -> list[dict]:
@@ -141,6 +163,88 @@ def profile_lesions(image, grid, allowed, lesions, profile, n: int, seed: int, n
     return feats
 
 
+GEN_CONFIG = ["data.spacing=[1.0,1.0,1.25]", "data.roi_size=[32,32,16]", "data.num_samples=2", "data.cache=true",
+              "synth.epoch_steps=50", "synth.checkpoint_every=50", "synth.realism_samples=32", "synth.probe_samples=4"]
+
+
+def write_generator_data(work: Path, fit_e: list[dict], b_e: list[dict], profile) -> dict:
+    """Datalists (chest3 labels) for Stage 0 / Stage 1 on real data, written under ``work``:
+    fit crops with their nodules as lesion (2), quarter-B crops likewise (the realism set), and the
+    hosts with their allowed lung (threshold lungs minus their own lesions grown by 5 mm) as lung (1)."""
+    from freetumor.io import load_volume, save_volume
+
+    (work / "labels").mkdir(parents=True, exist_ok=True)
+
+    def relabel(es, tag):
+        out = []
+        for e in es:
+            lab = load_volume(e["label"])
+            dst = work / "labels" / f"{tag}_{Path(e['label']).name}"
+            if not dst.exists():
+                save_volume(lab.with_array(np.where(lab.array > 0, 2, 0).astype(np.uint8)), dst)
+            out.append({"image": e["image"], "label": str(dst)})
+        return out
+
+    unl = []
+    for h in hosts():
+        if not Path(h["image"]).exists():
+            continue
+        dst = work / "labels" / f"host_{h['name']}.nii.gz"
+        if not dst.exists():
+            image, _grid, _lungs, _lesions, allowed = host_setup(h, lungs_cache(work, h))
+            save_volume(image.with_array(allowed.astype(np.uint8)), dst)
+        unl.append({"image": str(h["image"]), "label": str(dst)})
+    paths = {"labelled": work / "fit_crops.json", "realism": work / "quarter_b.json",
+             "unlabelled": work / "hosts.json", "profile": work / "profile.json"}
+    paths["labelled"].write_text(json.dumps({"label_map": "chest3", "training": relabel(fit_e, "fit")}))
+    paths["realism"].write_text(json.dumps({"label_map": "chest3", "training": relabel(b_e, "b")}))
+    paths["unlabelled"].write_text(json.dumps({"label_map": "chest3", "training": unl}))
+    profile.save(paths["profile"])
+    return paths
+
+
+def train_generator(work: Path, paths: dict, seg_steps: int, gen_steps: int, seed: int) -> tuple[Path, list[str]]:
+    """Stage 0 (train-seg on the fit crops) then Stage 1 (train-synth --profile, realism against quarter B)
+    through the CLI; returns ``best_realism.pt`` and the commands run."""
+    import subprocess
+
+    sets = sum((["--set", o] for o in [*GEN_CONFIG, f"train.seed={seed}"]), [])
+    cli = [sys.executable, "-m", "freetumor.cli"]
+    seg = [*cli, "train-seg", "--config", "lung-cpu-tiny", "--datalist", str(paths["labelled"]), "--out",
+           str(work / "seg"), "--max-steps", str(seg_steps), "--set", "train.val_every=100000", *sets]
+    gen = [*cli, "train-synth", "--config", "lung-cpu-tiny", "--datalist", str(paths["labelled"]), "--unlabeled",
+           str(paths["unlabelled"]), "--segmentor", str(work / "seg" / "last.pt"), "--out", str(work / "gen"),
+           "--max-steps", str(gen_steps), "--profile", str(paths["profile"]), "--realism-real", str(paths["realism"]),
+           *sets]
+    for cmd in (seg, gen):
+        print(" ".join(cmd[2:]), flush=True)
+        subprocess.run(cmd, check=True)
+    return work / "gen" / "best_realism.pt", [" ".join(["freetumor", *c[3:]]) for c in (seg, gen)]
+
+
+def generator_lesions(image, grid, allowed, lesions, profile, gen, n: int, seed: int, name: str, window) -> list[dict]:
+    """As :func:`profile_lesions` (the same draws) plus the generator's residual on each render."""
+    from freetumor.appearance import draw_lesion
+    from freetumor.organs import get_organ
+
+    lung = get_organ("lung")
+    rng = np.random.default_rng(seed)
+    feats = []
+    for k in range(n):
+        r, _params, _draws = draw_lesion(profile, image.array, allowed, grid, rng, protect=lesions)
+        if r is None:
+            continue
+        out = np.asarray(image.array, np.float32).copy()
+        out[r.box] = r.values
+        out[r.box] = r.values + r.occupancy * gen.for_volume(out, r.box, grid, lung)
+        mask = np.zeros(image.shape, bool)
+        mask[r.box] = r.label
+        f = crop_features(image.with_array(out), mask, f"{name}-gen{k}", window)
+        if f:
+            feats.append(f)
+    return feats
+
+
 def score(real: list[dict], synthetic: list[dict], seed: int) -> dict:
     from freetumor.evaluation.realism import feature_distance, machine_vtt
 
@@ -163,7 +267,14 @@ def main() -> int:
     ap.add_argument("--per-host", type=int, default=24, help="synthetic lesions per host and method")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "realism_lung.json")
+    ap.add_argument("--rows", default="released,rules_physical,profile,generator",
+                    help="synthetic rows to run (control always); only 'generator' merges into an existing --out")
+    ap.add_argument("--generator", type=Path, help="a trained generator (train-synth --profile) for the generator row")
+    ap.add_argument("--train-generator", type=Path, help="train the generator row's generator in this folder")
+    ap.add_argument("--seg-steps", type=int, default=150)
+    ap.add_argument("--gen-steps", type=int, default=300)
     args = ap.parse_args()
+    rows = [r for r in args.rows.split(",") if r]
     vois = DATASETS / "lidc_nodule_vois"
     if not vois.is_dir():
         print(f"real CT not available: {vois}", file=sys.stderr)
@@ -197,19 +308,36 @@ def main() -> int:
         return out
 
     real_a, real_b = feats_of(crops_of(a_e)), feats_of(crops_of(b_e))
+    gen, gen_commands = None, None
+    if "generator" in rows:
+        from freetumor.generator import LearnedDifference
+
+        path = args.generator
+        if path is None and args.train_generator is not None:
+            paths = write_generator_data(args.train_generator, fit_e, b_e, profile)
+            path, gen_commands = train_generator(args.train_generator, paths, args.seg_steps, args.gen_steps,
+                                                 args.seed)
+        if path is None:
+            rows.remove("generator")
+        else:
+            gen = LearnedDifference(path)
     per_host: dict = {}
-    pooled = {"released": [], "rules_physical": [], "profile": []}
+    pooled = {k: [] for k in ("released", "rules_physical", "profile", "generator") if k in rows}
     for i, h in enumerate(hosts()):
         if not Path(h["image"]).exists():
             continue
-        image, grid, lungs, lesions, allowed = host_setup(h)
-        sets = {
-            "released": rule_lesions(image, lungs, lesions, args.per_host, args.seed + i, h["name"], window, "released"),
-            "rules_physical": rule_lesions(image, lungs, lesions, args.per_host, args.seed + i, h["name"], window,
-                                           "physical"),
-            "profile": profile_lesions(image, grid, allowed, lesions, profile, args.per_host, args.seed + i, h["name"],
-                                       window),
+        image, grid, lungs, lesions, allowed = host_setup(h, lungs_cache(args.train_generator, h))
+        make = {
+            "released": lambda: rule_lesions(image, lungs, lesions, args.per_host, args.seed + i, h["name"], window,
+                                             "released"),
+            "rules_physical": lambda: rule_lesions(image, lungs, lesions, args.per_host, args.seed + i, h["name"],
+                                                   window, "physical"),
+            "profile": lambda: profile_lesions(image, grid, allowed, lesions, profile, args.per_host, args.seed + i,
+                                               h["name"], window),
+            "generator": lambda: generator_lesions(image, grid, allowed, lesions, profile, gen, args.per_host,
+                                                   args.seed + i, h["name"], window),
         }
+        sets = {k: make[k]() for k in pooled}
         per_host[h["name"]] = {"spacing_mm": [round(float(s), 3) for s in image.spacing]}
         for k, fs in sets.items():
             pooled[k] += fs
@@ -227,11 +355,30 @@ def main() -> int:
                      "held_out_b": len({patient_of(e['image']) for e in b_e})},
         "rows": {**{k: score(real_a, v, args.seed) for k, v in pooled.items()},
                  "control": score(real_a, real_b, args.seed)},
-        "not_measured": {"generator": "the generator trained on real data (issue 12 item 4) is not built yet"},
         "per_host": per_host,
         "profile_summary": {k: v.get("median") for k, v in profile.summary.items()},
         "seconds": round(time.time() - t0, 1),
     }
+    if gen is not None:
+        final = json.loads((Path(gen.path).parent / "final.json").read_text()) if gen.path else {}
+        result["generator"] = {
+            "checkpoint": gen.path, "train_commands": gen_commands, "best_realism": final.get("best_realism"),
+            "steps": final.get("steps"),
+            "data": "labelled: fit-half LIDC crops (nodule = lesion); unlabelled: the 5 hosts' threshold lungs "
+                    "(own lesions + 5 mm excluded); realism checkpoint selection: held-out quarter B crops; "
+                    "scored against quarter A like every row",
+            "config": "lung-cpu-tiny " + " ".join(GEN_CONFIG)}
+    else:
+        result["not_measured"] = {"generator": "no generator given (--generator or --train-generator)"}
+    if set(rows) == {"generator"} and args.out.exists():  # merge the one row into the earlier results
+        old = json.loads(args.out.read_text())
+        old["rows"]["generator"] = result["rows"]["generator"]
+        for h, v in per_host.items():
+            old["per_host"].setdefault(h, {})["generator"] = v.get("generator")
+        old["generator"] = result["generator"]
+        old.pop("not_measured", None)
+        old["generator_command"] = result["command"]
+        result = old
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     for k, r in result["rows"].items():

@@ -380,6 +380,12 @@ def train_synth(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N iterations (G + D step)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set synth.lr=2e-4."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="Lesion profile (profile.json of `freetumor lesions "
+                                          "fit` or builtin:<name>): fake lesions are its renders and the generator "
+                                          "learns a bounded residual on them (zero at step 0)."),
+    realism_real: Optional[Path] = typer.Option(None, "--realism-real", help="Datalist of held-aside real lesions: "
+                                                "each epoch logs the realism AUC of the probe lesions against them "
+                                                "and best_realism.pt keeps the most realistic generator."),
 ) -> None:
     """Stage 1: train the difference-map generator against a discriminator and the frozen segmentor."""
     from .config import load_config  # deferred: loaded when the command runs, so that --help and light commands start fast
@@ -389,10 +395,15 @@ def train_synth(
     if max_steps is not None:
         extra.append(f"synth.max_steps={max_steps}")
     cfg = load_config(config, extra)
-    summary = train_synthesis(cfg, datalist, unlabeled, segmentor, out, resume=resume, log=typer.echo)
+    summary = train_synthesis(cfg, datalist, unlabeled, segmentor, out, resume=resume, log=typer.echo,
+                              profile=profile, realism_real=realism_real)
     r0, r1 = summary.get("probe_recall_start"), summary.get("probe_recall_end")
     if r0 is not None and r1 is not None:
         typer.echo(f"segmentor recall of fake tumours (probe patches): {r0:.3f} at step 0 -> {r1:.3f}")
+    best = summary.get("best_realism")
+    if best:
+        typer.echo(f"most realistic: epoch {best['epoch']} (step {best['step']}), realism AUC {best['realism_auc']:.3f}: "
+                   f"{Path(out) / 'best_realism.pt'}")
     typer.echo(f"done: {summary['steps']} steps; generator: {Path(out) / 'generator.pt'}")
 
 

@@ -269,6 +269,9 @@ class NetSpec:
         return dataclasses.replace(self, channels=ch, strides=st)
 
 
+SYNTH_LESIONS = ("rules", "profile")
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """Section ``synth``: Stage 1 (``train-synth``), learned synthesis and Stage 2's online synthesis."""
@@ -291,6 +294,10 @@ class SynthConfig:
     context_margin: int = 16         # target voxels of context either side of the lesion box
     online_prob: float = 1.0         # Stage 2: probability of synthesising on an eligible patch (paper: 1)
     online_max_tries: int = 1        # Stage 2: tumours drawn per patch when QC rejects (paper: 1)
+    lesions: str = "rules"           # Stage 1's fake lesions: rules (masks + learned map) or profile (profile
+                                     # render + learned residual; train-synth --profile)
+    residual_hu: float = 300.0       # profile lesions: the learned residual's bound |r| (HU)
+    realism_samples: int = 24        # fixed probe lesions whose realism AUC is logged each epoch (--realism-real)
 
     def checked(self, source: str, roi: list[int]) -> "SynthConfig":
         gen = self.generator.checked(source, "synth.generator", roi)
@@ -315,6 +322,10 @@ class SynthConfig:
         _require(self.context_margin >= 0, "synth.context_margin", source, "zero or more", self.context_margin)
         _require(0.0 <= self.online_prob <= 1.0, "synth.online_prob", source, "in [0, 1]", self.online_prob)
         _require(self.online_max_tries >= 1, "synth.online_max_tries", source, "at least 1", self.online_max_tries)
+        _require(self.lesions in SYNTH_LESIONS, "synth.lesions", source, "rules or profile", self.lesions)
+        _require(isinstance(self.residual_hu, (int, float)) and not isinstance(self.residual_hu, bool)
+                 and self.residual_hu > 0, "synth.residual_hu", source, "a positive number (HU)", self.residual_hu)
+        _require(self.realism_samples >= 5, "synth.realism_samples", source, "at least 5", self.realism_samples)
         return dataclasses.replace(self, generator=gen, discriminator=disc, adv_weight=adv, betas=betas)
 
 

@@ -7,7 +7,9 @@
   W = O * B * T prepared per patch (organ, soft mask, texture).
 * :class:`LearnedDifference`: runs a trained generator on a native-grid CT
   around one lesion (its box plus a context margin, or the whole training
-  patch) and hands the map to :class:`freetumor.synthesis.Synthesizer`.
+  patch) and hands the map to :class:`freetumor.synthesis.Synthesizer`; for a generator trained
+  on a lesion profile's renders (``train-synth --profile``) the map is the residual in HU that the
+  Synthesizer adds, weighted by the occupancy, to the profile's lesion.
 
 The networks themselves live in :mod:`freetumor.models.generator`.
 
@@ -107,6 +109,8 @@ class LearnedDifference:
         self.roi = tuple(self.cfg.data.roi_size)
         self.multiple = int(np.prod(s.generator.strides))
         self.region = self.model.region
+        # a ResidualGenerator (train-synth --profile): an unblurred residual in HU on a profile's render
+        self.residual = s.lesions == "profile"
         self.calls = 0
 
     def check_organ(self, organ: Organ) -> None:
@@ -122,11 +126,14 @@ class LearnedDifference:
         pads = [(-s) % m for s in shape]
         x = F.pad(ct01, (0, pads[2], 0, pads[1], 0, pads[0])) if any(pads) else ct01
         s = self.cfg.synth
-        d = difference_map(self.model, x, torch.tensor([channel]), s.blur_sigma, s.blur_kernel)
+        if self.residual:
+            d = self.model(x)
+        else:
+            d = difference_map(self.model, x, torch.tensor([channel]), s.blur_sigma, s.blur_kernel)
         return d[:, :, : shape[0], : shape[1], : shape[2]]
 
     def for_volume(self, image: np.ndarray, box, grid, organ: Organ) -> np.ndarray:
-        """D for ``image[box]`` (native grid, HU)."""
+        """D for ``image[box]`` (native grid, HU); for a residual generator, the residual in HU."""
         self.check_organ(organ)
         region = context_region(box, grid, self.spacing, image.shape, self.context, self.margin, self.roi)
         t, _, ras_shape = network_input(image, region, grid, self.spacing, self.window, self.device)
@@ -136,7 +143,7 @@ class LearnedDifference:
         inner = inner_slices(box, region)
         self.calls += 1
         lo, hi = self.window
-        scale = (hi - lo) / organ.window_width
+        scale = (hi - lo) if self.residual else (hi - lo) / organ.window_width
         return np.ascontiguousarray(d[inner], dtype=np.float32) * np.float32(scale)
 
     def __call__(self, crop, mask, organ):  # pragma: no cover - Synthesizer uses for_volume

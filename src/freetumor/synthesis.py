@@ -262,9 +262,14 @@ class Synthesizer:
         if hasattr(difference, "check_organ"):
             difference.check_organ(self.organ)
         self.profile = None if profile is None else load_profile(profile, self.organ.name)
-        if self.profile is not None and difference is not None:
+        residual = bool(getattr(difference, "residual", False))
+        if self.profile is not None and difference is not None and not residual:
             raise ConfigError("a lesion profile renders the whole lesion; it does not combine with a difference map "
-                              "(--generator)")
+                              "(--generator) unless the generator was trained on the profile's lesions "
+                              "(train-synth --profile)")
+        if residual and self.profile is None:
+            raise ConfigError("this generator learned a residual on a lesion profile's renders (train-synth "
+                              "--profile): give the lesion profile too (--profile)")
 
     def provenance(self) -> dict:
         """Where the difference map and quality control come from, as a case record stores them."""
@@ -414,12 +419,17 @@ class Synthesizer:
                 f"in {self.max_tries} draws (last: {params['diameter_mm']:.1f} mm)")
         box = r.box
         before_box = np.asarray(img[box]).copy()
+        values = r.values
+        if self.difference is not None:  # a residual generator (train-synth --profile): x' = x_profile + f * G
+            work = np.asarray(img, np.float32).copy()
+            work[box] = values
+            values = values + r.occupancy * self.difference.for_volume(work, box, grid, self.organ)
         label = r.label
         if not label.any():  # a lesion thinner than the label threshold: keep its densest voxel
             label = np.zeros_like(label)
             label[np.unravel_index(int(np.argmax(r.occupancy)), label.shape)] = True
         before = float(before_box[label].mean())
-        img[box] = _to_dtype(r.values, img.dtype)
+        img[box] = _to_dtype(values, img.dtype)
         after = float(np.asarray(img[box], np.float64)[label].mean())
         lm = LesionMask(box, label, int(label.sum()))
         rec = {
@@ -431,7 +441,7 @@ class Synthesizer:
             "volume_ml": round(lm.voxels * grid.voxel_volume_ml, 4),
             "voxels": lm.voxels,
             "inside_fraction": 1.0,
-            "difference_source": "profile",
+            "difference_source": "profile" if self.difference is None else "profile+generator",
             "profile": self.profile.name or "profile",
             "rendering": {k: v for k, v in r.record.items() if k != "semi_axes_mm"},
             "mean_hu_before": round(before, 2),
@@ -479,7 +489,8 @@ class SynthesisOptions:
         device: torch device for the networks (default CPU).
         png: write the before/after figure.
         profile: a lesion profile (JSON path or ``builtin:<name>``): lesions drawn from it and
-            rendered in mm and HU (see :class:`Synthesizer`); not with ``generator``.
+            rendered in mm and HU (see :class:`Synthesizer`); with ``generator`` only one trained on
+            the profile's renders (``train-synth --profile``), whose residual is added to each lesion.
         shape_convention: ``physical`` (default) or ``released`` (see :class:`Synthesizer`).
     """
 

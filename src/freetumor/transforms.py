@@ -81,7 +81,9 @@ __all__ = [
     "val_transforms",
     "infer_transforms",
     "PrepareFakeTumourd",
+    "PrepareProfileTumourd",
     "RandTumorSynthesisd",
+    "profile_patch",
 ]
 
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # the affines here are RAS+ (nibabel's convention)
@@ -464,6 +466,9 @@ class RandTumorSynthesisd(Randomizable, MapTransform):
                 if getattr(gdata, key) != getattr(cfg.data, key):
                     raise ConfigError(f"generator was trained with data.{key} {getattr(gdata, key)}, "
                                       f"the training config has {getattr(cfg.data, key)}")
+            if self.generator.residual:
+                raise ConfigError("this generator learned a residual on a lesion profile's renders (train-synth "
+                                  "--profile); Stage 2 with it is not supported yet: use --synthesis profile")
         if isinstance(qc_segmentor, QualityControl):
             self.qc: QualityControl | None = qc_segmentor
         else:
@@ -549,19 +554,80 @@ class RandTumorSynthesisd(Randomizable, MapTransform):
         """(x' as a (1, 1, X, Y, Z) tensor in [0, 1], the lesion's label, its organ class) for one lesion
         drawn from the profile and rendered in HU on the patch's grid; ``None`` without room."""
         ocls = self.classes[self.profile.organ][0]
-        allowed = lab == ocls
-        if not allowed.any():
+        drawn = profile_patch(self.profile, img, lab == ocls, self.cfg.data.hu_window, rng)
+        if drawn is None:
             return None
-        affine = np.asarray(getattr(img, "affine", np.eye(4)), np.float64)
-        grid = Grid.from_affine(affine, lab.shape)
-        lo, hi = self.cfg.data.hu_window
-        hu = np.asarray(img, np.float32)[0] * np.float32(hi - lo) + np.float32(lo)
-        r, _params, _draws = draw_lesion(self.profile, hu, allowed, grid, rng)
-        if r is None or not r.label.any():
-            return None
-        fake = np.zeros(lab.shape, bool)
-        fake[r.box] = r.label
-        x01 = np.asarray(img, np.float32)[0].copy()  # voxels the lesion does not reach keep their exact values
-        reach = r.occupancy > 0
-        x01[r.box][reach] = np.clip((r.values[reach] - lo) / (hi - lo), 0.0, 1.0)
+        x01, fake, _weight = drawn
         return torch.from_numpy(x01)[None, None], fake, ocls
+
+
+def profile_patch(profile: LesionProfile, img, allowed: np.ndarray, window, rng: np.random.Generator):
+    """One lesion drawn from ``profile`` and rendered in HU on a windowed patch ``img`` ``(1, X, Y, Z)``
+    (its ``.affine`` gives the grid) inside ``allowed``.
+
+    Returns ``(x01, label, occupancy)``: the patch with the lesion in [0, 1] (voxels the lesion does
+    not reach keep their exact values), the lesion's label (bool) and its blurred occupancy f (zero
+    outside ``allowed``); ``None`` without room.
+    """
+    if not allowed.any():
+        return None
+    affine = np.asarray(getattr(img, "affine", np.eye(4)), np.float64)
+    grid = Grid.from_affine(affine, allowed.shape)
+    lo, hi = window
+    hu = np.asarray(img, np.float32)[0] * np.float32(hi - lo) + np.float32(lo)
+    r, _params, _draws = draw_lesion(profile, hu, allowed, grid, rng)
+    if r is None or not r.label.any():
+        return None
+    fake = np.zeros(allowed.shape, bool)
+    fake[r.box] = r.label
+    occupancy = np.zeros(allowed.shape, np.float32)
+    occupancy[r.box] = r.occupancy
+    x01 = np.asarray(img, np.float32)[0].copy()
+    reach = r.occupancy > 0
+    x01[r.box][reach] = np.clip((r.values[reach] - lo) / (hi - lo), 0.0, 1.0)
+    return x01, fake, occupancy
+
+
+class PrepareProfileTumourd(Randomizable, MapTransform):
+    """Draw one lesion from a lesion profile in a training patch, for Stage 1 with ``synth.lesions: profile``.
+
+    Like :class:`PrepareFakeTumourd`, but the lesion is the profile's whole render
+    (:func:`profile_patch`, in the patch's organ voxels) and the learned map is a residual on it:
+    x' = x_profile + W * G(x_profile). Adds ``profile`` (x_profile, ``(1, X, Y, Z)``; the image
+    itself without a lesion), ``fake`` (the lesion's label), ``weight`` (W: the occupancy f),
+    ``channel`` (0, or -1 without a lesion) and ``organ_class``.
+    """
+
+    def __init__(self, cfg: Config, profile, min_voxels: int = 64):
+        MapTransform.__init__(self, keys=("image", "label"))
+        self.profile = load_profile(profile, cfg.organ)
+        self.organ_class = cfg.organ_classes[self.profile.organ][0]
+        self.window = tuple(cfg.data.hu_window)
+        self.min_voxels = int(min_voxels)
+        self._seed = 0
+
+    def randomize(self, data=None) -> None:
+        self._seed = int(self.R.randint(0, 2**31 - 1))
+
+    def __call__(self, data):
+        d = dict(data)
+        self.randomize()
+        rng = np.random.default_rng(self._seed)
+        img = d["image"]
+        lab = np.asarray(d["label"])[0]
+        allowed = lab == self.organ_class
+        drawn = profile_patch(self.profile, img, allowed, self.window, rng) \
+            if np.count_nonzero(allowed) >= self.min_voxels else None
+        if drawn is None:
+            x01, fake = np.asarray(img, np.float32)[0], np.zeros(lab.shape, bool)
+            weight = np.zeros(lab.shape, np.float32)
+            channel, organ_class = -1, -1
+        else:
+            x01, fake, weight = drawn
+            channel, organ_class = 0, self.organ_class
+        d["profile"] = torch.from_numpy(np.ascontiguousarray(x01, np.float32))[None]
+        d["fake"] = torch.from_numpy(fake.astype(np.float32))[None]
+        d["weight"] = torch.from_numpy(weight)[None]
+        d["channel"] = torch.tensor(channel)
+        d["organ_class"] = torch.tensor(organ_class)
+        return d

@@ -29,10 +29,11 @@ from monai.networks.nets import DynUNet, SwinUNETR
 from ..config import MODEL_NAMES, Config, dynunet_plan
 from ..errors import ConfigError
 from .generator import (DISCRIMINATOR_CLASSES, FAKE, GENERATOR_CHANNELS, REAL, DifferenceGenerator,
-                        build_discriminator, build_generator)
+                        ResidualGenerator, build_discriminator, build_generator)
 from .unet import residual_unet
 
-__all__ = ["MODEL_NAMES", "build_model", "dynunet_plan", "build_network", "DifferenceGenerator", "build_generator",
+__all__ = ["MODEL_NAMES", "build_model", "dynunet_plan", "build_network", "DifferenceGenerator", "ResidualGenerator",
+           "build_generator",
            "build_discriminator", "GENERATOR_CHANNELS", "DISCRIMINATOR_CLASSES", "REAL", "FAKE"]
 
 

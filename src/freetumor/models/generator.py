@@ -4,6 +4,8 @@
   patch ([0, 1]) with one output channel per abdominal organ (liver 0,
   pancreas 1, kidney 2) through ``tanh``, or one chest channel through
   ``sigmoid``.
+* :class:`ResidualGenerator` (``synth.lesions: profile``): a bounded residual added to a lesion
+  rendered from a lesion profile, zero at initialisation (the profile's lesion unchanged).
 * :func:`build_discriminator`: a 3D U-Net with 3 classes (background, real
   tumour, fake tumour).
 
@@ -57,8 +59,38 @@ class DifferenceGenerator(torch.nn.Module):
         return torch.tanh(y) if self.region == "abdomen" else torch.sigmoid(y)
 
 
-def build_generator(cfg: Config) -> DifferenceGenerator:
-    """The generator ``cfg.synth.generator`` describes, for the config's organ region."""
+class ResidualGenerator(torch.nn.Module):
+    """G for profile lesions: the windowed patch with a rendered profile lesion -> a bounded residual.
+
+    ``bound * tanh(head(U-Net(x)))`` with one output channel, in the units of the windowed patch
+    (``bound`` = ``synth.residual_hu`` over the window's width). The 1x1x1 head starts at zero, so
+    an untrained generator returns exactly 0: x' = x_profile + W * G(x_profile) is then the
+    profile's render itself, and training only learns how to move away from it.
+    """
+
+    out_channels = 1
+
+    def __init__(self, region: str, spec: NetSpec, bound: float):
+        super().__init__()
+        if region not in GENERATOR_CHANNELS:
+            raise ConfigError(f"unknown region {region!r}")
+        self.region = region
+        self.bound = float(bound)
+        self.net = _unet(spec, spec.channels[0])
+        self.head = torch.nn.Conv3d(spec.channels[0], 1, kernel_size=1)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bound * torch.tanh(self.head(self.net(x)))
+
+
+def build_generator(cfg: Config) -> torch.nn.Module:
+    """The generator ``cfg.synth.generator`` describes, for the config's organ region: a
+    :class:`DifferenceGenerator`, or a :class:`ResidualGenerator` when ``synth.lesions`` is ``profile``."""
+    if cfg.synth.lesions == "profile":
+        lo, hi = cfg.data.hu_window
+        return ResidualGenerator(cfg.organ_info.region, cfg.synth.generator, cfg.synth.residual_hu / (hi - lo))
     return DifferenceGenerator(cfg.organ_info.region, cfg.synth.generator)
 
 

@@ -11,6 +11,13 @@ training classes) that each carry one rule-based tumour mask F in one organ
 * **D step** — the same x' with D~ detached; L_D = ½[(1 - <P_D[fake]>_F) +
   (1 - <P_D[real]>_R)], R the real-tumour voxels of labelled patches.
 
+With a lesion profile (``train-synth --profile``, ``synth.lesions: profile``) the fake lesion is
+the profile's render x_profile (:class:`PrepareProfileTumourd`) and the generator a bounded residual
+on it (:class:`~freetumor.models.generator.ResidualGenerator`, zero at step 0):
+x' = x_profile + f * G(x_profile), f the render's occupancy; the two steps are otherwise the same.
+With held-aside real lesions (``--realism-real``) every epoch line also has ``realism_auc``
+(:class:`Realism`) and ``best_realism.pt`` keeps the generator with the lowest one.
+
 Corrections of the released code (METHOD §10.4), all applied here:
 
 1. labels are the training classes in both steps (organ / tumour / a separate
@@ -27,7 +34,8 @@ Run folder: ``config.yaml``, ``metrics.jsonl`` (per step), ``epochs.jsonl``
 (per epoch, including epoch 0 before training: losses, the segmentor's recall of
 fake tumours on fixed probe patches, QC acceptance), ``samples/epoch_NNNN.png``
 (original / synthetic / accepted), ``last.pt`` (resume state),
-``generator.pt`` (for ``synthesize --generator`` and Stage 2), ``final.json``, ``tb/``.
+``generator.pt`` (for ``synthesize --generator`` and Stage 2), ``best_realism.pt`` (with
+``--realism-real``), ``final.json``, ``tb/``.
 """
 
 from __future__ import annotations
@@ -45,17 +53,19 @@ import torch
 from ..checkpoints import load_model
 from ..config import Config, QCConfig
 from ..data import datalist_entries
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..generator import apply_difference, difference_map
 from ..io import write_bytes_atomic
 from ..models import FAKE, REAL, build_discriminator, build_generator
 from ..organs import get_organ
 from ..quality import judge_patch, predicted_tumour
-from ..transforms import PrepareFakeTumourd, train_transforms
+from ..profiles import load_profile
+from ..transforms import PrepareFakeTumourd, PrepareProfileTumourd, train_transforms
 from .data import MixedStepDataset, batch_tensors, collate
 from .run import Run, autocast, nan_to_none
 
 PROBE_SEED_OFFSET = 1_000_003  # probe patches come from their own random stream
+REALISM_SEED_OFFSET = 2_000_029  # and so do the realism probe's
 LOSSES = ("loss_g", "loss_adv", "loss_seg", "loss_d")
 
 
@@ -92,7 +102,9 @@ class Stage1:
         self.device = device
         s = cfg.synth
         region = cfg.organ_info.region
-        self.sign = cfg.organ_info.sign
+        self.profile_mode = s.lesions == "profile"
+        # profile lesions: x' = x_profile + W * G(x_profile), a residual on the profile's render
+        self.sign = 1 if self.profile_mode else cfg.organ_info.sign
         self.adv_weight = s.adv_weight if s.adv_weight is not None else (0.1 if region == "abdomen" else 0.5)
         self.blur = (s.blur_sigma, s.blur_kernel)
         self.generator = build_generator(cfg).to(device)
@@ -112,10 +124,22 @@ class Stage1:
         self.g_train: torch.nn.Module = self.generator
         self.d_train: torch.nn.Module = self.discriminator
 
+    def source(self, batch: dict) -> torch.Tensor:
+        """The patch the generator sees and the map is added to: the image, or with profile lesions
+        the image with the profile's lesion rendered in it (``profile``)."""
+        return batch["profile"] if self.profile_mode else batch["image"]
+
     def synthesise(self, x, weight, channel, generator=None):
-        """(x', D~) for a batch; ``generator`` defaults to the training wrapper."""
+        """(x', D~) for a batch (``x`` = :meth:`source`); ``generator`` defaults to the training wrapper.
+
+        Rules: D~ = blur(G(x)[organ channel]). Profile lesions: D~ = G(x_profile), the residual
+        (unblurred: it may add texture), zero for an untrained generator.
+        """
         g = generator if generator is not None else self.g_train
-        dmap = difference_map(g, x, channel.clamp(min=0), *self.blur)
+        if self.profile_mode:
+            dmap = g(x)
+        else:
+            dmap = difference_map(g, x, channel.clamp(min=0), *self.blur)
         return apply_difference(x, weight, dmap, self.sign), dmap
 
     def seg_tumour_prob(self, x):
@@ -131,7 +155,7 @@ class Stage1:
 
     def g_step(self, batch: dict) -> dict:
         """One generator step: D and the segmentor frozen. Returns losses, x', D~ and the segmentor's call."""
-        x, weight, fake, channel = batch["image"], batch["weight"], batch["fake"], batch["channel"]
+        x, weight, fake, channel = self.source(batch), batch["weight"], batch["fake"], batch["channel"]
         self.opt_g.zero_grad(set_to_none=True)
         with frozen(self.discriminator), autocast(self.cfg, self.device):
             xf, dmap = self.synthesise(x, weight, channel)
@@ -150,7 +174,7 @@ class Stage1:
 
     def d_step(self, batch: dict, dmap: torch.Tensor) -> dict:
         """One discriminator step on x' made with the (detached) map of the G step."""
-        x, weight, fake = batch["image"], batch["weight"], batch["fake"]
+        x, weight, fake = self.source(batch), batch["weight"], batch["fake"]
         real = self.real_mask(batch["label"])
         self.opt_d.zero_grad(set_to_none=True)
         with autocast(self.cfg, self.device):
@@ -263,16 +287,18 @@ def _load_segmentor(path, cfg: Config, device):
 
 
 def _batch_to(batch: dict, device) -> dict:
-    keys = ("image", "label", "fake", "weight", "channel", "organ_class")
+    keys = ("image", "label", "fake", "weight", "channel", "organ_class") + (("profile",) if "profile" in batch else ())
     return dict(zip(keys, batch_tensors(batch, device, keys)))
 
 
-def probe_batch(cfg: Config, labelled, unlabelled, transform) -> dict | None:
-    """The fixed probe patches (their own seed stream; identical for a resumed run)."""
-    n = cfg.synth.probe_samples
+def probe_batch(cfg: Config, labelled, unlabelled, transform, n: int | None = None,
+                offset: int = PROBE_SEED_OFFSET) -> dict | None:
+    """The fixed probe patches (their own seed stream; identical for a resumed run): ``n`` patches
+    with a fake tumour (default ``synth.probe_samples``)."""
+    n = cfg.synth.probe_samples if n is None else n
     if n == 0:
         return None
-    ds = MixedStepDataset(labelled, unlabelled, transform, cfg.train.seed + PROBE_SEED_OFFSET,
+    ds = MixedStepDataset(labelled, unlabelled, transform, cfg.train.seed + offset,
                           cfg.synth.labelled_fraction)
     patches = []
     i = 0
@@ -289,7 +315,7 @@ def evaluate_probe(stage: Stage1, probe: dict | None, cfg: Config, settings: QCC
         return {}, None
     b = _batch_to(probe, stage.device)
     stage.generator.eval()
-    xf, _ = stage.synthesise(b["image"], b["weight"], b["channel"], generator=stage.generator)
+    xf, _ = stage.synthesise(stage.source(b), b["weight"], b["channel"], generator=stage.generator)
     stage.generator.train()
     _p, p_seg = stage.seg_tumour_prob(xf)
     pred = predicted_tumour(p_seg, stage.tumour, keepdim=True)
@@ -300,6 +326,67 @@ def evaluate_probe(stage: Stage1, probe: dict | None, cfg: Config, settings: QCC
            "probe_recall": float(np.mean([r["recall"] for r in scored])) if scored else None,
            "probe_accepted": float(np.mean([r["accepted"] for r in scored])) if scored else None}
     return res, (out, b, rows)
+
+
+class Realism:
+    """The realism AUC of the current generator each epoch (``train-synth --realism-real``).
+
+    The real side: radiomic features (:func:`freetumor.evaluation.realism.lesion_features`, the
+    organ's HU window) of every lesion of a held-aside datalist of real lesions, computed once. The
+    synthetic side: the lesions the current generator makes on ``synth.realism_samples`` fixed
+    probe patches (their own seed stream). The score is the machine Visual Turing Test's 5-fold
+    cross-validated AUC (0.5: indistinguishable).
+    """
+
+    def __init__(self, real_datalist, cfg: Config, probe: dict | None):
+        from ..evaluation.realism import crops_from_datalist, lesion_features  # deferred: realism loads scikit-learn
+
+        self.window = tuple(float(v) for v in cfg.data.hu_window)
+        crops = crops_from_datalist(real_datalist, cfg.organ)
+        if len(crops) < 5:
+            raise InputError(str(real_datalist), f"{len(crops)} real {cfg.organ} lesion(s); the realism AUC "
+                                                 "needs at least 5")
+        self.real = [lesion_features(c, window=self.window) for c in crops]
+        self.probe = probe
+        self.spacing = tuple(float(v) for v in cfg.data.spacing)
+        self.seed = cfg.train.seed
+
+    def features(self, xf: np.ndarray, fake: np.ndarray) -> list[dict]:
+        """Features of the lesion of each patch: ``xf`` (B, X, Y, Z) windowed, ``fake`` its labels."""
+        from ..evaluation.realism import extract_crops, lesion_features  # deferred: as above
+        from ..io import Volume  # deferred: only with a realism set
+
+        lo, hi = self.window
+        affine = np.diag([*self.spacing, 1.0])
+        out = []
+        for b in range(xf.shape[0]):
+            if not fake[b].any():
+                continue
+            img = Volume(xf[b].astype(np.float32) * np.float32(hi - lo) + np.float32(lo), affine)
+            lab = Volume(fake[b].astype(np.uint8), affine)
+            crops = extract_crops(img, lab, 1, "synthetic", f"probe{b}", min_voxels=8)
+            if crops:
+                out.append(lesion_features(max(crops, key=lambda c: c.meta["voxels"]), window=self.window))
+        return out
+
+    @torch.no_grad()
+    def score(self, stage: Stage1) -> dict:
+        """``realism_auc`` (and its CI and lesion count) of the current generator; ``{}`` without probe lesions."""
+        from ..evaluation.realism import machine_vtt  # deferred: as above
+
+        if self.probe is None:
+            return {}
+        b = _batch_to(self.probe, stage.device)
+        stage.generator.eval()
+        xf, _ = stage.synthesise(stage.source(b), b["weight"], b["channel"], generator=stage.generator)
+        stage.generator.train()
+        syn = self.features(xf.float().cpu().numpy()[:, 0], b["fake"].cpu().numpy()[:, 0] > 0.5)
+        if len(syn) < 5:
+            return {"realism_auc": None, "realism_lesions": len(syn)}
+        vtt = machine_vtt(self.real, syn, folds=5, seed=self.seed)
+        return {"realism_auc": round(float(vtt["auc"]), 4),
+                "realism_auc_ci95": [round(float(v), 4) for v in vtt["auc_ci95"]],
+                "realism_lesions": len(syn)}
 
 
 def step_values(res: dict, scored: list[dict]) -> dict[str, float]:
@@ -321,10 +408,14 @@ def accumulate(acc: dict, vals: dict[str, float], scored: list[dict]) -> None:
         acc["scored"] = acc.get("scored", 0) + len(scored)
 
 
-def log_epoch(run: Run, stage: Stage1, probe: dict | None, path: Path, acc: dict) -> dict:
+def log_epoch(run: Run, stage: Stage1, probe: dict | None, path: Path, acc: dict,
+              realism: Realism | None = None) -> dict:
     """The ``epochs.jsonl`` line at the current step (epoch means of ``acc``, the probe's recall and
-    acceptance), its TensorBoard scalars and the probe's sample grid; returns the line."""
+    acceptance, with ``realism`` the realism AUC), its TensorBoard scalars and the probe's sample
+    grid; returns the line."""
     res, shown = evaluate_probe(stage, probe, run.cfg, run.cfg.qc)
+    if realism is not None:
+        res.update(realism.score(stage))
     step, n = run.step, max(1, acc.get("n", 0))
     rec = {"epoch": step // run.cfg.synth.epoch_steps, "step": step}
     for k in LOSSES:
@@ -333,7 +424,8 @@ def log_epoch(run: Run, stage: Stage1, probe: dict | None, path: Path, acc: dict
     rec["train_accepted"] = acc["accepted"] / acc["scored"] if acc.get("scored") else None
     rec.update(res)
     run.append(path, rec)
-    run.scalars("epoch", {k: v for k, v in rec.items() if k not in ("epoch", "step")}, step)
+    run.scalars("epoch", {k: v for k, v in rec.items() if k not in ("epoch", "step") and not isinstance(v, list)},
+                step)
     if shown is not None:
         o, b, rows = shown
         png = sample_grid_png(o["x"].cpu().numpy()[:, 0], o["xf"].cpu().numpy()[:, 0],
@@ -362,8 +454,24 @@ def train_synthesis(
     resume: bool = False,
     log: Callable[[str], None] = print,
     progress: bool = True,
+    profile=None,
+    realism_real: str | os.PathLike | None = None,
 ) -> dict:
-    """Stage-1 training; returns the summary written to ``final.json``."""
+    """Stage-1 training; returns the summary written to ``final.json``.
+
+    With ``profile`` (a lesion profile of the config's organ: JSON path, ``builtin:<name>`` or a
+    :class:`~freetumor.profiles.LesionProfile`) the fake lesions are the profile's renders and the
+    generator learns a residual on them (``synth.lesions`` is set to ``profile``). With
+    ``realism_real`` (a datalist of held-aside real lesions) each epoch line also has the realism
+    AUC of the probe lesions, and ``best_realism.pt`` keeps the generator with the lowest one.
+    """
+    if profile is not None:
+        prof = load_profile(profile, cfg.organ)  # one-line errors (wrong organ, bad file) before any output
+        cfg = cfg.replace(**{"synth.lesions": "profile"})
+    elif cfg.synth.lesions == "profile":
+        raise ConfigError("synth.lesions is profile: give the lesion profile (--profile)")
+    if realism_real is not None:
+        datalist_entries(realism_real, "held-aside real lesions")
     s = cfg.synth
     lab_entries = datalist_entries(labelled) * cfg.data.labelled_repeat
     unl_entries = datalist_entries(unlabelled, "unlabelled cases with organ masks") if unlabelled else []
@@ -381,12 +489,28 @@ def train_synthesis(
     stage.g_train, stage.d_train = run.parallel(stage.generator), run.parallel(stage.discriminator)
 
     # Stage-1 patches are centred on organ or tumour voxels (no background-centred crops).
-    transform = train_transforms(cfg.replace(**{"data.pos": 1.0, "data.neg": 0.0}), synthesis=PrepareFakeTumourd(cfg))
+    prepare = PrepareProfileTumourd(cfg, prof) if profile is not None else PrepareFakeTumourd(cfg)
+    transform = train_transforms(cfg.replace(**{"data.pos": 1.0, "data.neg": 0.0}), synthesis=prepare)
     probe = probe_batch(cfg, lab_entries, unl_entries, transform) if run.main else None
+    realism = None
+    if realism_real is not None and run.main:
+        realism = Realism(realism_real, cfg, probe_batch(cfg, lab_entries, unl_entries, transform, s.realism_samples,
+                                                         REALISM_SEED_OFFSET))
+    best = dict(extra.get("best_realism") or {})
     metrics_path, epochs_path = run.open_logs("metrics.jsonl", "epochs.jsonl")
+
+    def keep_best(rec: dict) -> None:
+        """``best_realism.pt``: the generator of the lowest realism AUC so far (ties: the earlier)."""
+        auc = rec.get("realism_auc")
+        if auc is not None and (not best or auc < best["realism_auc"]):
+            best.update(epoch=rec["epoch"], step=rec["step"], realism_auc=auc)
+            run.save(run.out / "best_realism.pt", stage.generator, kind="generator")
+
     if run.main and run.start == 0:
-        first = log_epoch(run, stage, probe, epochs_path, {})
-        log(f"step 0: probe recall {first.get('probe_recall')}, accepted {first.get('probe_accepted')}")
+        first = log_epoch(run, stage, probe, epochs_path, {}, realism)
+        keep_best(first)
+        log(f"step 0: probe recall {first.get('probe_recall')}, accepted {first.get('probe_accepted')}"
+            + (f", realism AUC {first.get('realism_auc')}" if realism is not None else ""))
     ds = MixedStepDataset(lab_entries, unl_entries, transform, cfg.train.seed, s.labelled_fraction,
                           cache=cfg.data.cache)
     loader = run.loader(ds, s.max_steps)
@@ -394,7 +518,8 @@ def train_synthesis(
         run.progress("train-synth")
 
     def checkpoint() -> None:
-        run.save(run.last, pair, {"stage": stage.state(), "epoch_acc": epoch_acc}, kind="synthesis-run")
+        run.save(run.last, pair, {"stage": stage.state(), "epoch_acc": epoch_acc, "best_realism": best},
+                 kind="synthesis-run")
         run.save(run.out / "generator.pt", stage.generator, kind="generator")
 
     for step, raw in run.steps(loader):
@@ -409,7 +534,8 @@ def train_synthesis(
                 run.scalars("train", nan_to_none(vals), step)
             run.tick(g=f"{vals['loss_g']:.3f}", d=f"{vals['loss_d']:.3f}")
             if run.due(s.epoch_steps):
-                log_epoch(run, stage, probe, epochs_path, epoch_acc)
+                rec = log_epoch(run, stage, probe, epochs_path, epoch_acc, realism)
+                keep_best(rec)
                 epoch_acc.clear()
             if run.due(s.checkpoint_every):
                 checkpoint()
@@ -418,6 +544,11 @@ def train_synthesis(
                "generator_sha256": run.digests(stage.generator)}
     if run.main:
         summary.update(probe_summary(epochs_path))
+        if profile is not None:
+            summary["profile"] = prof.name or str(profile)
+        if realism is not None:
+            summary["best_realism"] = dict(best) or None
+            summary["realism_real"] = str(realism_real)
         if not (run.out / "generator.pt").exists():
             checkpoint()
     return run.finish(summary)
