@@ -144,8 +144,12 @@ def rule_lesions(image, lungs, lesions, n: int, seed: int, name: str, window, co
     return feats
 
 
-def profile_lesions(image, grid, allowed, lesions, profile, n: int, seed: int, name: str, window) -> list[dict]:
+def profile_lesions(image, grid, allowed, lesions, profile, n: int, seed: int, name: str, window,
+                    gen=None) -> list[dict]:
+    """Features of ``n`` lesions drawn from ``profile`` into the host; with ``gen`` (a residual generator
+    trained with ``train-synth --profile``) the same draws plus the generator's residual on each render."""
     from freetumor.appearance import draw_lesion
+    from freetumor.organs import get_organ
 
     rng = np.random.default_rng(seed)
     feats = []
@@ -155,9 +159,11 @@ def profile_lesions(image, grid, allowed, lesions, profile, n: int, seed: int, n
             continue
         out = np.asarray(image.array, np.float32).copy()
         out[r.box] = r.values
+        if gen is not None:
+            out[r.box] = r.values + r.occupancy * gen.for_volume(out, r.box, grid, get_organ("lung"))
         mask = np.zeros(image.shape, bool)
         mask[r.box] = r.label
-        f = crop_features(image.with_array(out), mask, f"{name}-prof{k}", window)
+        f = crop_features(image.with_array(out), mask, f"{name}-{'gen' if gen is not None else 'prof'}{k}", window)
         if f:
             feats.append(f)
     return feats
@@ -220,29 +226,6 @@ def train_generator(work: Path, paths: dict, seg_steps: int, gen_steps: int, see
         print(" ".join(cmd[2:]), flush=True)
         subprocess.run(cmd, check=True)
     return work / "gen" / "best_realism.pt", [" ".join(["freetumor", *c[3:]]) for c in (seg, gen)]
-
-
-def generator_lesions(image, grid, allowed, lesions, profile, gen, n: int, seed: int, name: str, window) -> list[dict]:
-    """As :func:`profile_lesions` (the same draws) plus the generator's residual on each render."""
-    from freetumor.appearance import draw_lesion
-    from freetumor.organs import get_organ
-
-    lung = get_organ("lung")
-    rng = np.random.default_rng(seed)
-    feats = []
-    for k in range(n):
-        r, _params, _draws = draw_lesion(profile, image.array, allowed, grid, rng, protect=lesions)
-        if r is None:
-            continue
-        out = np.asarray(image.array, np.float32).copy()
-        out[r.box] = r.values
-        out[r.box] = r.values + r.occupancy * gen.for_volume(out, r.box, grid, lung)
-        mask = np.zeros(image.shape, bool)
-        mask[r.box] = r.label
-        f = crop_features(image.with_array(out), mask, f"{name}-gen{k}", window)
-        if f:
-            feats.append(f)
-    return feats
 
 
 def score(real: list[dict], synthetic: list[dict], seed: int) -> dict:
@@ -334,8 +317,8 @@ def main() -> int:
                                                    window, "physical"),
             "profile": lambda: profile_lesions(image, grid, allowed, lesions, profile, args.per_host, args.seed + i,
                                                h["name"], window),
-            "generator": lambda: generator_lesions(image, grid, allowed, lesions, profile, gen, args.per_host,
-                                                   args.seed + i, h["name"], window),
+            "generator": lambda: profile_lesions(image, grid, allowed, lesions, profile, args.per_host,
+                                                 args.seed + i, h["name"], window, gen=gen),
         }
         sets = {k: make[k]() for k in pooled}
         per_host[h["name"]] = {"spacing_mm": [round(float(s), 3) for s in image.spacing]}

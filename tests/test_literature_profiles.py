@@ -6,11 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from freetumor.appearance import draw_lesion, render_lesion
-from freetumor.evaluation.realism import extract_crops
+from freetumor.appearance import draw_lesion, measure_rendered, render_lesion
 from freetumor.grids import Grid
-from freetumor.io import Volume
-from freetumor.lesion_fit import FIT_MARGIN_MM, measure_crop
 from freetumor.profiles import _BOUNDS, FEATURE_ORDER, builtin_names, load_profile
 
 ABDOMINAL = ("liver", "pancreas", "kidney")
@@ -94,13 +91,7 @@ def test_rendered_liver_lesion_has_the_drawn_contrast_and_hides_the_vessel():
         # the core's SD is the drawn interior SD, not the vessel's contrast
         assert r.values[core].std() < 1.4 * p["interior_sd"], r.values[core].std()
     assert abs(np.mean(traces)) < 3.0, traces  # without hide_wide_structure: about +5 HU; a shifted host: +100
-    out = img.copy()
-    out[r.box] = r.values
-    lab = np.zeros(img.shape, np.uint8)
-    lab[r.box] = r.label
-    aff = np.diag([*grid.spacing, 1.0])
-    m = measure_crop(extract_crops(Volume(out, aff, None, "h"), Volume(lab, aff, None, "l"), 1, "synthetic", "h",
-                                   margin_mm=FIT_MARGIN_MM)[0])
+    m = measure_rendered(img, grid, r)
     assert abs(m["contrast_hu"] - p["contrast_hu"]) < 0.15 * abs(p["contrast_hu"]), m["contrast_hu"]
 
 
@@ -113,13 +104,7 @@ def test_rendered_edge_matches_the_drawn_edge_on_a_quiet_host():
         p = liver_params(edge_norm=edge, interior_sd=0.0, noise_sd=0.0)
         r = render_lesion(img, np.ones(img.shape, bool), grid, tuple(s // 2 for s in img.shape), p,
                           np.random.default_rng(2), hide_wide_structure=True)
-        out = img.copy()
-        out[r.box] = r.values
-        lab = np.zeros(img.shape, np.uint8)
-        lab[r.box] = r.label
-        aff = np.diag([*grid.spacing, 1.0])
-        m = measure_crop(extract_crops(Volume(out, aff, None, "h"), Volume(lab, aff, None, "l"), 1, "synthetic", "h",
-                                       margin_mm=FIT_MARGIN_MM)[0])
+        m = measure_rendered(img, grid, r)
         assert abs(m["edge_norm"] - edge) < 0.25 * edge, (edge, m["edge_norm"])
         got.append(m["edge_norm"])
     assert got[1] > got[0]  # a sharper drawn edge measures sharper

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from freetumor.appearance import choose_centre, render_lesion
+from freetumor.appearance import choose_centre, measure_rendered, render_lesion
 from freetumor.errors import InputError
 from freetumor.evaluation.realism import LesionCrop, extract_crops
 from freetumor.grids import Grid
-from freetumor.io import Volume, load_volume, save_volume
+from freetumor.io import load_volume, save_volume
 from freetumor.lesion_fit import fit_profile, measure_crop
 from freetumor.profiles import FEATURE_ORDER, LesionProfile, builtin_names, load_profile
 
@@ -108,22 +108,13 @@ def test_builtin_lung_profile_is_fitted_from_real_nodules():
 def test_rendered_lesions_have_the_drawn_contrast_and_edge(contrast, edge):
     """Measured on the output exactly as real lesions are measured, a rendered lesion has the profile's
     contrast and edge sharpness (median over a few lesions, on a thin-slice lung-like host)."""
-    from freetumor.lesion_fit import FIT_MARGIN_MM
-
     img, lung, grid = lung_host(shape=(72, 72, 56), spacing=(0.7, 0.7, 0.7))
     rng = np.random.default_rng(1)
     got_c, got_e = [], []
     for k in range(5):
         p = lesion_params(diameter_mm=12.0, contrast_hu=contrast, edge_norm=edge, interior_sd=40.0, noise_sd=25.0)
         r = render_lesion(img, lung, grid, (36, 36, 28), p, rng)
-        out = img.copy()
-        out[r.box] = r.values
-        mask = np.zeros(img.shape, np.uint8)
-        mask[r.box] = r.label
-        aff = np.diag([*grid.spacing, 1.0])
-        crop = extract_crops(Volume(out, aff, None, "host"), Volume(mask, aff, None, "lab"), 1, "synthetic", "h",
-                             margin_mm=FIT_MARGIN_MM)[0]
-        m = measure_crop(crop)
+        m = measure_rendered(img, grid, r)  # the 1 mm crop lesions fit measures
         got_c.append(m["contrast_hu"])
         got_e.append(m["edge_norm"])
     assert abs(np.median(got_c) - contrast) < 0.12 * contrast, got_c
@@ -133,8 +124,6 @@ def test_rendered_lesions_have_the_drawn_contrast_and_edge(contrast, edge):
 def test_calibration_brings_the_measured_texture_of_a_thick_slice_render_to_the_drawn_one():
     """On a 2.5 mm host the grid and the 1 mm resampling of the measurement damp the rendered fine noise;
     the calibration pass (measure, correct, render again) brings the measured values back to the draw."""
-    from freetumor.lesion_fit import FIT_MARGIN_MM
-
     img, lung, grid = lung_host(shape=(72, 72, 24), spacing=(0.7, 0.7, 2.5))
     p = lesion_params(diameter_mm=12.0, contrast_hu=700.0, edge_norm=0.3, interior_sd=110.0, noise_sd=60.0)
     keys = ("noise_sd", "interior_sd", "contrast_hu")
@@ -144,13 +133,7 @@ def test_calibration_brings_the_measured_texture_of_a_thick_slice_render_to_the_
         e = []
         for k in range(3):
             r = render_lesion(img, lung, grid, (36, 36, 12), p, rng, calibrate=calibrate)
-            out = img.copy()
-            out[r.box] = r.values
-            mask = np.zeros(img.shape, np.uint8)
-            mask[r.box] = r.label
-            aff = np.diag([*grid.spacing, 1.0])
-            m = measure_crop(extract_crops(Volume(out, aff, None, "host"), Volume(mask, aff, None, "lab"), 1,
-                                           "synthetic", "h", margin_mm=FIT_MARGIN_MM)[0])
+            m = measure_rendered(img, grid, r)
             e.append([abs(np.log(m[f] / p[f])) for f in keys])
             if calibrate:
                 assert set(r.record["settings"]) >= {"fine_sd", "coherent_sd", "edge_norm"}

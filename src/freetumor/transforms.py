@@ -327,7 +327,22 @@ def infer_transforms(cfg: Config):
 
 
 # ----------------------------------------------------------------------------- synthetic tumours on patches
-class PrepareFakeTumourd(Randomizable, MapTransform):
+class SeededTransform(Randomizable, MapTransform):
+    """A random dictionary transform whose every call draws one numpy generator from MONAI's seeded
+    random state (``set_random_state`` / ``Compose`` seeding make a run reproducible)."""
+
+    _seed = 0
+
+    def randomize(self, data=None) -> None:
+        self._seed = int(self.R.randint(0, 2**31 - 1))
+
+    def next_rng(self) -> np.random.Generator:
+        """Randomise and return this call's generator."""
+        self.randomize()
+        return np.random.default_rng(self._seed)
+
+
+class PrepareFakeTumourd(SeededTransform):
     """Draw one rule-based tumour in a training patch, for Stage 1 (and Stage 2's synthesis).
 
     Picks an organ present in the patch (uniformly among those with enough
@@ -350,15 +365,10 @@ class PrepareFakeTumourd(Randomizable, MapTransform):
         self.size = size or cfg.synth.size
         self.min_voxels = int(min_voxels)
         self.max_tries = int(max_tries)
-        self._seed = 0
-
-    def randomize(self, data=None) -> None:
-        self._seed = int(self.R.randint(0, 2**31 - 1))
 
     def __call__(self, data):
         d = dict(data)
-        self.randomize()
-        rng = np.random.default_rng(self._seed)
+        rng = self.next_rng()
         img = d["image"]
         lab = np.asarray(d["label"])[0]
         affine = np.asarray(getattr(img, "affine", np.eye(4)), np.float64)
@@ -390,7 +400,7 @@ class PrepareFakeTumourd(Randomizable, MapTransform):
 SYNTHESIS_MODES = ("none", "procedural", "generator", "profile")
 
 
-class RandTumorSynthesisd(Randomizable, MapTransform):
+class RandTumorSynthesisd(SeededTransform):
     """Online tumour synthesis for segmentation training (Stage 2), a MONAI dictionary transform.
 
     On a training patch (``image`` windowed to [0, 1], ``label`` in training
@@ -482,10 +492,6 @@ class RandTumorSynthesisd(Randomizable, MapTransform):
         self.settings = cfg.qc if self.qc is None else self.qc.settings
         self.cheap_checks = bool(cheap_checks)
         self.counts: dict[str, int] = {}
-        self._seed = 0
-
-    def randomize(self, data=None) -> None:
-        self._seed = int(self.R.randint(0, 2**31 - 1))
 
     def eligible(self, lab: np.ndarray) -> bool:
         organs = [c for c in self.classes.values()]
@@ -503,8 +509,7 @@ class RandTumorSynthesisd(Randomizable, MapTransform):
     @torch.no_grad()
     def __call__(self, data):
         d = dict(data)
-        self.randomize()
-        rng = np.random.default_rng(self._seed)
+        rng = self.next_rng()
         lab = np.asarray(d["label"])[0]
         if not self.eligible(lab):
             return self._status(d, "ineligible", 0)
@@ -588,7 +593,7 @@ def profile_patch(profile: LesionProfile, img, allowed: np.ndarray, window, rng:
     return x01, fake, occupancy
 
 
-class PrepareProfileTumourd(Randomizable, MapTransform):
+class PrepareProfileTumourd(SeededTransform):
     """Draw one lesion from a lesion profile in a training patch, for Stage 1 with ``synth.lesions: profile``.
 
     Like :class:`PrepareFakeTumourd`, but the lesion is the profile's whole render
@@ -604,15 +609,10 @@ class PrepareProfileTumourd(Randomizable, MapTransform):
         self.organ_class = cfg.organ_classes[self.profile.organ][0]
         self.window = tuple(cfg.data.hu_window)
         self.min_voxels = int(min_voxels)
-        self._seed = 0
-
-    def randomize(self, data=None) -> None:
-        self._seed = int(self.R.randint(0, 2**31 - 1))
 
     def __call__(self, data):
         d = dict(data)
-        self.randomize()
-        rng = np.random.default_rng(self._seed)
+        rng = self.next_rng()
         img = d["image"]
         lab = np.asarray(d["label"])[0]
         allowed = lab == self.organ_class
