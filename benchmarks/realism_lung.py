@@ -245,13 +245,16 @@ def score(real: list[dict], synthetic: list[dict], seed: int) -> dict:
             "top_features": vtt.get("top_features", [])[:5]}
 
 
+ALL_ROWS = ("released", "rules_physical", "profile", "generator")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--per-host", type=int, default=24, help="synthetic lesions per host and method")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "realism_lung.json")
-    ap.add_argument("--rows", default="released,rules_physical,profile,generator",
-                    help="synthetic rows to run (control always); only 'generator' merges into an existing --out")
+    ap.add_argument("--rows", default=",".join(ALL_ROWS),
+                    help="synthetic rows to run (control always); a subset is merged into an existing --out")
     ap.add_argument("--generator", type=Path, help="a trained generator (train-synth --profile) for the generator row")
     ap.add_argument("--train-generator", type=Path, help="train the generator row's generator in this folder")
     ap.add_argument("--seg-steps", type=int, default=150)
@@ -353,14 +356,18 @@ def main() -> int:
             "config": "lung-cpu-tiny " + " ".join(GEN_CONFIG)}
     else:
         result["not_measured"] = {"generator": "no generator given (--generator or --train-generator)"}
-    if set(rows) == {"generator"} and args.out.exists():  # merge the one row into the earlier results
+    if set(rows) != set(ALL_ROWS) and args.out.exists():  # merge the rows run into the earlier results
         old = json.loads(args.out.read_text())
-        old["rows"]["generator"] = result["rows"]["generator"]
-        for h, v in per_host.items():
-            old["per_host"].setdefault(h, {})["generator"] = v.get("generator")
-        old["generator"] = result["generator"]
-        old.pop("not_measured", None)
-        old["generator_command"] = result["command"]
+        for k in rows:
+            old["rows"][k] = result["rows"][k]
+            for h, v in per_host.items():
+                old["per_host"].setdefault(h, {})[k] = v.get(k)
+        old["rows"]["control"] = result["rows"]["control"]
+        if "generator" in rows:
+            old["generator"] = result["generator"]
+            old.pop("not_measured", None)
+        old.setdefault("row_commands", {}).update({k: result["command"] for k in rows})
+        old["seconds_" + "+".join(rows)] = result["seconds"]
         result = old
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
