@@ -96,8 +96,9 @@ def synthesize(
                                        "patch around the lesion (patch, as the paper) or the lesion box plus a margin."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda for the generator and QC segmentor."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Lesion profile (profile.json of `freetumor lesions "
-                                          "fit`, or builtin:lung): each lesion's size, shape, contrast, edge and texture "
-                                          "are drawn from real lesions and rendered in mm and HU."),
+                                          "fit`, or builtin:lung, fitted to LIDC nodules; builtin:liver|pancreas|kidney, "
+                                          "literature-based): each lesion's size, shape, contrast, edge and texture "
+                                          "are drawn from it and rendered in mm and HU."),
     shape_convention: ShapeConvention = typer.Option(ShapeConvention.physical, "--shape-convention",
                                                      help=SHAPE_CONVENTION_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace this case's outputs from an earlier run "
@@ -323,8 +324,9 @@ def synthesize_batch_cmd(
     ray_address: str = typer.Option("local", "--ray-address", help="local (a Ray instance on this machine), "
                                     "auto or a cluster address."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Lesion profile (profile.json of `freetumor lesions "
-                                          "fit`, or builtin:lung): each lesion's size, shape, contrast, edge and texture "
-                                          "are drawn from real lesions and rendered in mm and HU."),
+                                          "fit`, or builtin:lung, fitted to LIDC nodules; builtin:liver|pancreas|kidney, "
+                                          "literature-based): each lesion's size, shape, contrast, edge and texture "
+                                          "are drawn from it and rendered in mm and HU."),
     shape_convention: ShapeConvention = typer.Option(ShapeConvention.physical, "--shape-convention",
                                                      help=SHAPE_CONVENTION_HELP),
 ) -> None:
