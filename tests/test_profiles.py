@@ -142,6 +142,31 @@ def test_calibration_brings_the_measured_texture_of_a_thick_slice_render_to_the_
     assert err[True][0] < 0.2, err  # measured fine noise within about 20 % of the drawn
 
 
+def test_a_soft_edged_small_lesion_keeps_its_drawn_volume():
+    """The profile's softest edge on an 8 mm lesion on a 2.5 mm grid once left a 1-voxel label."""
+    img, lung, grid = lung_host(shape=(64, 64, 24), spacing=(0.7, 0.7, 2.5))
+    p = lesion_params(diameter_mm=8.0, edge_norm=0.158, occupancy_outer=0.39)
+    for calibrate in (False, True):
+        r = render_lesion(img, lung, grid, (32, 32, 12), p, np.random.default_rng(4), calibrate=calibrate)
+        vol = r.label.sum() * np.prod(grid.spacing)
+        assert 0.5 < vol / (np.pi / 6 * 8.0 ** 3) < 1.5, (calibrate, vol)
+
+
+def test_calibration_is_skipped_when_the_pilot_does_not_measure_as_drawn():
+    """A faint lesion in a narrow strip of lung between soft-tissue walls: its measured host shell is mostly
+    wall, so the pilot measures a negative contrast; its correction would be nonsense, so the first render
+    is kept."""
+    img, lung, grid = lung_host(shape=(64, 64, 48), spacing=(0.7, 0.7, 1.0))
+    img[:, :28, :] = 40.0  # lung only in a 6 mm strip around the lesion's centre
+    img[:, 37:, :] = 40.0
+    lung[:, :28, :] = False
+    lung[:, 37:, :] = False
+    p = lesion_params(diameter_mm=7.0, contrast_hu=170.0, attached_fraction=0.3)
+    r = render_lesion(img, lung, grid, (32, 32, 24), p, np.random.default_rng(5), calibrate=True)
+    assert r.record["calibration"].startswith("skipped"), r.record
+    assert r.label.sum() > 0
+
+
 def test_rendering_keeps_host_noise_hides_host_structure_and_leaves_input():
     img, lung, grid = lung_host()
     img[:, 30:34, :] = 40.0  # a vessel running through where the lesion goes

@@ -200,8 +200,10 @@ def lobulation_for(solidity: float) -> float:
 
 
 def _label_threshold(f: np.ndarray, target: float) -> float:
-    """The occupancy threshold t whose label (f >= t) has outer-layer mean occupancy ``target``."""
-    lo, hi = 0.02, 0.9
+    """The occupancy threshold t whose label (f >= t) has outer-layer mean occupancy ``target``; at most
+    0.9 of the peak, so that a faint (soft-edged, small) lesion still has a label."""
+    hi = min(0.9, 0.9 * float(f.max())) if f.size else 0.9
+    lo = min(0.02, 0.5 * hi)
     for _ in range(12):
         t = 0.5 * (lo + hi)
         lab = f >= t
@@ -242,10 +244,19 @@ def render_lesion(image: np.ndarray, allowed: np.ndarray, grid: Grid, centre, pa
     if not calibrate:
         return first
     measured = measure_rendered(image, grid, first)
-    if measured is None:
+    want, got = params["contrast_hu"], (measured or {}).get("contrast_hu", 0.0)
+    if measured is None or want * got <= 0 or abs(got) < 0.5 * abs(want):
+        # the pilot cannot be measured as drawn (e.g. its host shell reaches another tissue): keep it
+        first.record["calibration"] = "skipped: the first render does not measure with the drawn contrast"
         return first
     settings = calibrated_settings(params, measured, first.record)
     out = _render_once(image, allowed, grid, centre, params, settings, seed, protect, hide_wide_structure)
+    target = math.pi / 6.0 * params["diameter_mm"] ** 3
+    size_error = [abs(float(r.label.sum()) * float(np.prod(grid.spacing)) / target - 1.0) for r in (first, out)]
+    if size_error[1] > max(0.3, size_error[0]):  # the corrected settings lost the drawn size: keep the first
+        first.record["calibration"] = "skipped: the corrected render misses the drawn volume"
+        return first
+    out.record["calibration"] = "applied"
     out.record["pilot_measured"] = {k: round(float(measured[k]), 4) for k in CALIBRATED}
     out.record["settings"] = {k: round(float(v), 4) for k, v in settings.items()}
     return out
@@ -318,7 +329,8 @@ def _render_once(image, allowed, grid: Grid, centre, params: dict, settings: dic
     target_mm3 = math.pi / 6.0 * params["diameter_mm"] ** 3
     scale = 1.0
     allowed = np.asarray(allowed, bool)
-    for _ in range(3):
+    below = above = None
+    for _ in range(6):
         # The drawn diameter is the *label's*: the surface is rescaled until the label (a partial-volume
         # threshold of the blurred occupancy, on this grid) has that volume.
         surface = Surface(axes * scale, rotation, lob, np.random.default_rng(surface_rng.bit_generator.seed_seq))
@@ -331,9 +343,17 @@ def _render_once(image, allowed, grid: Grid, centre, params: dict, settings: dic
         f = _gaussian_mm(occ, sigma_edge, spacing)
         t = _label_threshold(f, knob["occupancy_outer"])
         got_mm3 = float(np.count_nonzero(f >= t)) * float(np.prod(spacing))
-        if got_mm3 <= 0 or abs(got_mm3 / target_mm3 - 1.0) < 0.1:
+        if abs(got_mm3 / target_mm3 - 1.0) < 0.1:
             break
-        scale *= float(np.clip((target_mm3 / got_mm3) ** (1.0 / 3.0), 0.5, 1.5))
+        # the label's volume jumps with the scale for soft edges: bracket the scale, then bisect
+        if got_mm3 < target_mm3:
+            below = scale
+        else:
+            above = scale
+        if below is not None and above is not None:
+            scale = math.sqrt(below * above)
+        else:
+            scale *= float(np.clip((target_mm3 / max(got_mm3, 1e-9)) ** (1.0 / 3.0), 0.5, 1.5))
     allow = allowed[box]
     if protect is not None:
         allow = allow & ~np.asarray(protect[box], bool)
