@@ -251,7 +251,7 @@ def render_lesion(image: np.ndarray, allowed: np.ndarray, grid: Grid, centre, pa
         return first
     settings = calibrated_settings(params, measured, first.record)
     out = _render_once(image, allowed, grid, centre, params, settings, seed, protect, hide_wide_structure)
-    target = math.pi / 6.0 * params["diameter_mm"] ** 3
+    target = drawn_volume_mm3(params)
     size_error = [abs(float(r.label.sum()) * float(np.prod(grid.spacing)) / target - 1.0) for r in (first, out)]
     if size_error[1] > max(0.3, size_error[0]):  # the corrected settings lost the drawn size: keep the first
         first.record["calibration"] = "skipped: the corrected render misses the drawn volume"
@@ -260,6 +260,11 @@ def render_lesion(image: np.ndarray, allowed: np.ndarray, grid: Grid, centre, pa
     out.record["pilot_measured"] = {k: round(float(measured[k]), 4) for k in CALIBRATED}
     out.record["settings"] = {k: round(float(v), 4) for k, v in settings.items()}
     return out
+
+
+def drawn_volume_mm3(params: dict) -> float:
+    """The label volume a drawn lesion is rendered to: the ball of its equivalent diameter."""
+    return math.pi / 6.0 * params["diameter_mm"] ** 3
 
 
 # Features whose measured value the calibration pass brings to the drawn one.
@@ -326,7 +331,7 @@ def _render_once(image, allowed, grid: Grid, centre, params: dict, settings: dic
     rotation = random_rotation(rng)
     surface_rng = np.random.default_rng(rng.integers(2**63))
     c = np.asarray(centre, int)
-    target_mm3 = math.pi / 6.0 * params["diameter_mm"] ** 3
+    target_mm3 = drawn_volume_mm3(params)
     scale = 1.0
     allowed = np.asarray(allowed, bool)
     below = above = None
