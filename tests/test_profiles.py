@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from freetumor.appearance import choose_centre, measure_rendered, render_lesion
+from freetumor.appearance import choose_centre, local_depth, measure_rendered, render_lesion, sample_centre
 from freetumor.errors import InputError
 from freetumor.evaluation.realism import LesionCrop, extract_crops
 from freetumor.grids import Grid
@@ -213,6 +213,31 @@ def test_choose_centre_attached_and_free():
     attached = choose_centre(depth, lesion_params(diameter_mm=8.0, attached_fraction=0.5), rng)
     assert depth[free] > 5.0 and 1.0 <= depth[attached] <= 3.6
     assert choose_centre(depth, lesion_params(diameter_mm=100.0), rng) is None
+
+
+def test_sample_centre_places_like_the_whole_depth_map_without_computing_it():
+    from scipy import ndimage
+
+    allowed = np.zeros((60, 50, 30), bool)
+    allowed[5:55, 5:45, 3:27] = True
+    allowed[20:40, 15:35, 10:20] = False  # a hole: its walls are boundary too
+    spacing = (0.7, 0.8, 2.5)
+    depth = ndimage.distance_transform_edt(allowed, sampling=spacing)
+    rng = np.random.default_rng(3)
+    for c in [tuple(int(v) for v in np.argwhere(allowed)[i]) for i in rng.choice(allowed.sum(), 40)]:
+        d = local_depth(allowed, spacing, c, 6.0)
+        assert (abs(d - depth[c]) < 1e-6) if depth[c] < 6.0 else d >= 6.0
+    for params in (lesion_params(diameter_mm=6.0), lesion_params(diameter_mm=6.0, attached_fraction=0.5)):
+        r = params["diameter_mm"] / 2
+        lo, hi = (0.3 * r, 0.9 * r) if params["attached_fraction"] > 0.15 else (r + 1.5, np.inf)
+        got = [depth[sample_centre(allowed, spacing, params, rng)] for _ in range(25)]
+        assert all(lo < g <= hi for g in got), got
+    # no voxel deep enough in the first range: the exact fallback finds the looser one, or None
+    small = np.zeros((30, 30, 10), bool)
+    small[10:20, 10:20, 1:9] = True  # at most 4.5 mm deep: no room for an 8 mm lesion wholly inside
+    c = sample_centre(small, (1.0, 1.0, 1.0), lesion_params(diameter_mm=8.0), rng, attempts=5)
+    assert c is not None and small[c]
+    assert sample_centre(small, (1.0, 1.0, 1.0), lesion_params(diameter_mm=100.0), rng, attempts=5) is None
 
 
 # ----------------------------------------------------------------------------- CLI

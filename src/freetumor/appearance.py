@@ -415,38 +415,75 @@ def _render_once(image, allowed, grid: Grid, centre, params: dict, settings: dic
 ATTACHED_ABOVE = 0.15   # a drawn attached_fraction above this places the lesion against the organ's wall
 
 
-def choose_centre(depth_mm: np.ndarray, params: dict, rng: np.random.Generator):
-    """A centre voxel for a lesion, from the allowed region's depth map (mm to its boundary).
-
-    A lesion drawn as attached (``attached_fraction`` above :data:`ATTACHED_ABOVE`) sits against
-    the wall (its centre 0.3-0.9 radii deep); any other lies wholly inside (a radius plus 1.5 mm
-    deep). ``None`` when the region has no such voxel even at half that depth.
-    """
+def _depth_ranges(params: dict) -> list[tuple[float, float]]:
+    """The depth ranges (mm to the allowed region's boundary) a lesion's centre may lie in, in order
+    of preference: against the wall (0.3-0.9 radii deep) for a lesion drawn as attached
+    (``attached_fraction`` above :data:`ATTACHED_ABOVE`), else wholly inside (a radius plus 1.5 mm);
+    then a looser range of each kind."""
     r = params["diameter_mm"] / 2.0
     if params.get("attached_fraction", 0.0) > ATTACHED_ABOVE:
-        ranges = [(0.3 * r, 0.9 * r), (0.0, 1.5 * r)]
-    else:
-        ranges = [(r + 1.5, np.inf), (0.5 * r, np.inf)]
-    for lo, hi in ranges:
+        return [(0.3 * r, 0.9 * r), (0.0, 1.5 * r)]
+    return [(r + 1.5, np.inf), (0.5 * r, np.inf)]
+
+
+def choose_centre(depth_mm: np.ndarray, params: dict, rng: np.random.Generator):
+    """A centre voxel for a lesion, from the allowed region's depth map (mm to its boundary),
+    uniform over the voxels of the first range of :func:`_depth_ranges` that has any.
+    ``None`` when no range has a voxel."""
+    for lo, hi in _depth_ranges(params):
         cand = np.flatnonzero((depth_mm.ravel() > max(lo, 0.0)) & (depth_mm.ravel() <= hi))
         if cand.size:
             return tuple(int(v) for v in np.unravel_index(int(cand[rng.integers(cand.size)]), depth_mm.shape))
     return None
 
 
+def local_depth(allowed: np.ndarray, spacing, centre, reach_mm: float) -> float:
+    """The depth (mm to the nearest voxel outside ``allowed``) of ``centre``, exact when it is below
+    ``reach_mm``, else a value of at least ``reach_mm``: a distance transform of the box of half-size
+    ``reach_mm`` around the centre only (a whole chest's transform takes about 20 s)."""
+    spacing = np.asarray(spacing, np.float64)
+    half = np.ceil(reach_mm / spacing).astype(int) + 1
+    box = tuple(slice(max(0, int(c - h)), min(int(n), int(c + h + 1))) for c, h, n in zip(centre, half, allowed.shape))
+    sub = np.asarray(allowed[box], bool)
+    if sub.all():
+        return float(reach_mm)
+    d = ndimage.distance_transform_edt(sub, sampling=spacing)
+    return float(min(d[tuple(int(c) - b.start for c, b in zip(centre, box))], reach_mm))
+
+
+def sample_centre(allowed: np.ndarray, spacing, params: dict, rng: np.random.Generator, attempts: int = 300):
+    """:func:`choose_centre` without the whole region's depth map: random voxels of ``allowed`` are
+    tested with :func:`local_depth` until one lies in the first depth range (the same uniform
+    distribution over that range's voxels). A range with no hit in ``attempts`` tries falls back to
+    the exact depth map of the region's bounding box."""
+    idx = np.flatnonzero(np.asarray(allowed, bool).ravel())
+    if not idx.size:
+        return None
+    lo, hi = _depth_ranges(params)[0]
+    reach = (hi if np.isfinite(hi) else lo) + 2.0 * float(max(spacing))  # depths below it are exact
+    for _ in range(attempts):
+        c = np.unravel_index(int(idx[rng.integers(idx.size)]), allowed.shape)
+        if lo < local_depth(allowed, spacing, c, reach) <= hi:
+            return tuple(int(v) for v in c)
+    nz = np.nonzero(allowed)  # the region's bounding box, plus one voxel
+    box = tuple(slice(max(0, int(v.min()) - 1), min(n, int(v.max()) + 2)) for v, n in zip(nz, allowed.shape))
+    depth = ndimage.distance_transform_edt(np.asarray(allowed[box], bool), sampling=spacing)
+    c = choose_centre(depth, params, rng)
+    return None if c is None else tuple(int(v + b.start) for v, b in zip(c, box))
+
+
 def draw_lesion(profile, image: np.ndarray, allowed: np.ndarray, grid: Grid, rng: np.random.Generator,
                 tries: int = 1, protect: np.ndarray | None = None):
     """Draw a lesion from ``profile`` (:class:`freetumor.profiles.LesionProfile`), place it in
-    ``allowed`` (:func:`choose_centre`, up to ``tries`` draws) and render it (:func:`render_lesion`;
+    ``allowed`` (:func:`sample_centre`, up to ``tries`` draws) and render it (:func:`render_lesion`;
     calibrated to the host's grid for a fitted profile).
 
     Returns ``(rendered, params, draws)``: ``rendered`` is ``None`` when no draw found room
     (``params`` is then the last draw).
     """
-    depth = ndimage.distance_transform_edt(allowed, sampling=grid.spacing)
     for draws in range(1, tries + 1):
         params = profile.sample(rng)
-        centre = choose_centre(depth, params, rng)
+        centre = sample_centre(allowed, grid.spacing, params, rng)
         if centre is not None:
             # abdominal hosts: vessels only a few noise SDs bright must not leave a trace (see render_lesion)
             return (render_lesion(image, allowed, grid, centre, params, rng, protect=protect,
