@@ -276,8 +276,11 @@ def train_seg(
     datalist: Path = typer.Option(..., "--datalist", help="MSD-style datalist with labelled \"training\" cases."),
     out: Path = typer.Option(..., "--out", help="Run folder."),
     fold: Optional[int] = typer.Option(None, "--fold", help="Validation fold K of train.folds (default 0)."),
+    folds: Optional[int] = typer.Option(None, "--folds", help="k-fold cross-validation: train every fold K of N "
+                                        "in OUT/fold_K, score each on its validation cases, write OUT/folds.json."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimiser steps."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint "
+                                "(with --folds: each fold from its own)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set train.lr=1e-4 (repeatable)."),
     synthesis: SynthesisMode = typer.Option(SynthesisMode.none, "--synthesis", help="Online tumour synthesis on "
                                             "eligible patches (Stage 2); none is the baseline."),
@@ -289,16 +292,34 @@ def train_seg(
     profile: Optional[str] = typer.Option(None, "--profile", help="Lesion profile (--synthesis profile): lesions "
                                           "drawn from real ones and rendered in HU on each patch."),
 ) -> None:
-    """Train a segmentation model: the Stage-0 baseline, or Stage 2 with online synthesis; torchrun for several GPUs."""
+    """Train a segmentation model: the Stage-0 baseline, or Stage 2 with online synthesis; torchrun for several
+    GPUs; --folds N: k-fold cross-validation, every fold scored on its own validation cases."""
     from .config import load_config  # deferred: loaded when the command runs, so that --help and light commands start fast
     from .training.stage0 import train_segmentation  # deferred: loaded when the command runs, so that --help and light commands start fast
 
+    if folds is not None:
+        if fold is not None:
+            _fail("--fold K trains one fold, --folds N trains all N; give one of them")
+        if folds < 2:
+            _fail(f"--folds must be at least 2, got {folds}")
+        fixed = [o for o in overrides if o.split("=", 1)[0].strip() in ("train.fold", "train.folds")]
+        if fixed:
+            _fail(f"--folds sets train.folds and trains every train.fold; drop --set {fixed[0]}")
     extra = list(overrides)
     if fold is not None:
         extra.append(f"train.fold={fold}")
     if max_steps is not None:
         extra.append(f"train.max_steps={max_steps}")
     cfg = load_config(config, extra)
+    if folds is not None:
+        from .training.kfold import format_folds_table, train_kfold  # deferred: as above
+
+        result = train_kfold(cfg, datalist, out, folds, resume=resume, log=typer.echo, unlabelled=unlabeled,
+                             synthesis=synthesis.value, generator=generator, qc_segmentor=qc_segmentor,
+                             profile=profile)
+        typer.echo(format_folds_table(result))
+        typer.echo(f"done: {folds} folds; per-case and per-fold metrics in {out / 'folds.json'}")
+        return
     summary = train_segmentation(cfg, datalist, out, resume=resume, log=typer.echo, unlabelled=unlabeled,
                                  synthesis=synthesis.value, generator=generator, qc_segmentor=qc_segmentor,
                                  profile=profile)
