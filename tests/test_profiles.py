@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from freetumor.appearance import choose_centre, local_depth, measure_rendered, render_lesion, sample_centre
+from freetumor.appearance import (FITTED_STYLE, NEUTRAL_STYLE, _heavy_tailed, choose_centre, draw_lesion, local_depth, measure_rendered,
+                                  render_lesion, sample_centre)
 from freetumor.errors import InputError
 from freetumor.evaluation.realism import LesionCrop, extract_crops
 from freetumor.grids import Grid
@@ -200,6 +201,26 @@ def test_lesion_extent_in_mm_is_the_same_at_any_slice_spacing_and_orientation():
     expect = np.pi / 6 * 9.0 ** 3
     assert all(abs(v / expect - 1) < 0.25 for v in vols), vols
     assert np.allclose(extents[0], extents[2], atol=1.5) and np.allclose(extents[0], extents[1], atol=2.0)
+
+
+def test_fitted_style_renders_a_solid_plateau_with_heavy_tailed_texture():
+    """The fitted style's plateau fills the label with solid tissue (no blurred dome) and its texture has
+    heavier tails than a Gaussian field; draw_lesion uses it for fitted profiles only."""
+    img, lung, grid = lung_host()
+    p = lesion_params(diameter_mm=12.0, edge_norm=0.2, interior_sd=80.0, noise_sd=30.0)
+    out = {}
+    for name, style in (("neutral", NEUTRAL_STYLE), ("fitted", FITTED_STYLE)):
+        r = render_lesion(img, lung, grid, (32, 32, 24), p, np.random.default_rng(5), style=style)
+        out[name] = (float(np.mean(r.occupancy[r.label] >= 0.99)), r.record["style"]["plateau"])
+    assert out["fitted"][0] > out["neutral"][0] + 0.15, out
+    assert out["neutral"][1] == 1.0 and out["fitted"][1] == FITTED_STYLE.plateau
+    g = np.random.default_rng(0).standard_normal(200_000).astype(np.float32)
+    h = _heavy_tailed(g, FITTED_STYLE.texture_tail)
+    kurt = lambda v: float(np.mean(((v - v.mean()) / v.std()) ** 4) - 3.0)  # noqa: E731
+    assert abs(float(h.std()) - 1.0) < 1e-3 and abs(kurt(g)) < 0.1 and kurt(h) > 1.0
+    fitted = LesionProfile.from_rows("lung", [[8.0, .9, .8, .95, 700.0, .3, .5, 60.0, 30.0, 2.0, 0.0]] * 3, {"x": 1})
+    r, _, _ = draw_lesion(fitted, img, lung, grid, np.random.default_rng(1))
+    assert r.record["style"] == FITTED_STYLE.as_record()
 
 
 def test_choose_centre_attached_and_free():
