@@ -195,3 +195,14 @@ def test_demo(tmp_path):
     assert "Stage 2: segmentation with online synthesis" in page and "compare/boxplot.png" in page
     assert (out / "compare" / "compare.json").exists()
     assert (out / "turing-study" / "study.json").exists() and "/r/" in r.stdout
+    # the Stage-2 summary line states both figures it compares, as compare.json has them, in the terminal and page
+    dice = json.loads((out / "compare" / "compare.json").read_text())["metrics"]["tumour_dice"]
+    base, stage2 = f"{dice['mean_a']:.3f}", f"{dice['mean_b']:.3f}"
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("stage 2 vs baseline"))
+    assert f"tumour Dice baseline {base}, stage 2 {stage2} (difference {float(stage2) - float(base):+.3f})" in line
+    no_gain = f"This short CPU run shows no gain from synthesis: Stage 2 {stage2} is not above the baseline {base}."
+    assert (no_gain in line) == (float(stage2) <= float(base))
+    assert f"tumour Dice baseline {base}, stage 2 {stage2}" in page and (no_gain in page) == (no_gain in line)
+    # the stored results of the longer experiments (real-data and phantom), read from benchmarks/results
+    assert "real-data experiment" in r.stdout and "Stored results of the longer experiments" in page
+    assert "phantom experiment" in r.stdout and "tumour Dice per arm" in r.stdout

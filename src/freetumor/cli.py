@@ -260,12 +260,15 @@ def demo(
                                     help="Stage-1 generator iterations after the baseline (0: skip)."),
     stage2_steps: Optional[int] = typer.Option(None, "--stage2-steps", min=0, help="Stage-2 training steps "
                                                "(default: --train-steps; 0: skip Stage 2 and the comparison)."),
+    stage2_synthesis: str = typer.Option("generator", "--stage2-synthesis", help="Stage-2 online synthesis: "
+                                         "generator (the Stage-1 generator), procedural, or profile "
+                                         "(builtin:liver)."),
 ) -> None:
     """Phantoms -> synthetic tumours -> reader study -> baseline -> Stage 1 -> Stage 2 vs baseline -> an HTML page."""
     from .demo import run_demo  # deferred: loaded when the command runs, so that --help and light commands start fast
 
     page = run_demo(out, seed=seed, train_steps=train_steps, synth_steps=synth_steps, stage2_steps=stage2_steps,
-                    log=typer.echo)
+                    stage2_synthesis=stage2_synthesis, log=typer.echo)
     typer.echo(f"open {page}")
 
 

@@ -53,6 +53,7 @@ def run_demo(
     train_steps: int = 200,
     synth_steps: int = 60,
     stage2_steps: int | None = None,
+    stage2_synthesis: str = "generator",
     log: Callable[[str], None] = print,
 ) -> Path:
     """Run the demo into ``out``; return the path of ``index.html``.
@@ -102,7 +103,8 @@ def run_demo(
             sections.append(_stage1_section(out, synth_steps, seed, healthy["abdomen"], log))
             steps2 = train_steps if stage2_steps is None else stage2_steps
             if steps2 > 0:
-                sections.append(_stage2_section(out, steps2, seed, log))
+                sections.append(_stage2_section(out, steps2, seed, log, synthesis=stage2_synthesis))
+    sections.append(_stored_section(log))
     page = out / "index.html"
     write_html_page(
         page,
@@ -251,7 +253,8 @@ def _stage1_section(out: Path, steps: int, seed: int, healthy: list[dict], log: 
     }
 
 
-def _stage2_section(out: Path, steps: int, seed: int, log: Callable[[str], None]) -> dict:
+def _stage2_section(out: Path, steps: int, seed: int, log: Callable[[str], None], *,
+                    synthesis: str = "generator") -> dict:
     """Stage 2 (labelled + unlabelled with generator synthesis and QC) vs the baseline, on held-aside cases."""
     test = write_cohort(out / "phantom-test", 4, seed=seed + 300, tumour_fraction=1.0)
     cfg = _demo_seg_cfg(steps, seed)
@@ -261,8 +264,7 @@ def _stage2_section(out: Path, steps: int, seed: int, log: Callable[[str], None]
     if not (run / "final.json").exists():  # a finished run from an earlier demo in the same folder is kept
         train_segmentation(cfg, out / "phantom-train" / "datalist-demo.json", run, resume=(run / "last.pt").exists(),
                            log=log, progress=False, unlabelled=out / "stage1-unlabelled.json",
-                           synthesis="generator", generator=out / "stage1-run" / "generator.pt",
-                           qc_segmentor=out / "baseline-run" / "best.pt")
+                           qc_segmentor=out / "baseline-run" / "best.pt", **_stage2_synthesis_args(out, synthesis))
     tally: dict = {}
     for ln in (run / "metrics.jsonl").read_text().splitlines():
         for k, v in (json.loads(ln).get("synth") or {}).items():
@@ -283,23 +285,151 @@ def _stage2_section(out: Path, steps: int, seed: int, log: Callable[[str], None]
         b = reports["stage2"]["detection"][key]
         rows.append([label, a["value"], b["value"], None if a["value"] is None or b["value"] is None
                      else b["value"] - a["value"], None, None])
-    log(f"stage 2 vs baseline on 4 held-aside cases: tumour Dice {rows[0][1]:.3f} -> {rows[0][2]:.3f}; "
-        f"{out / 'compare' / 'index.html'}")
+    n_cases = cmp["metrics"]["tumour_dice"].get("n") or 4
+    line = stage2_summary(rows[0][1], rows[0][2], n_cases)
+    log(f"{line} ({out / 'compare' / 'index.html'})")
     accepted = tally.get("accepted", 0)
     tried = accepted + tally.get("rejected", 0)
     return {
         "heading": "Stage 2: segmentation with online synthesis vs the baseline",
         "text": f"A cpu-tiny segmentor trained for {steps} steps like the baseline, on the same labelled cases plus "
-                "the healthy phantoms, with tumours synthesised online by the Stage-1 generator on eligible "
+                f"the healthy phantoms, with tumours synthesised online ({_SYNTHESIS_WORDS.get(synthesis, synthesis)}) "
+                "on eligible "
                 f"patches and filtered by quality control (baseline as the frozen segmentor): {accepted} of "
-                f"{tried} synthetic tumours were accepted ({tally}). Both models then predicted 4 held-aside "
-                "phantom cases with tumours (`freetumor evaluate`, `freetumor compare`: paired tests on the same "
-                "cases). A CPU smoke run with few steps and few cases: the numbers show the pipeline, not the "
-                "method's benefit (see the README's Stage-2 experiment for a longer run).",
+                f"{tried} synthetic tumours were accepted ({tally}). Both models then predicted {n_cases} held-aside "
+                f"phantom cases with tumours (`freetumor evaluate`, `freetumor compare`: paired tests on the same "
+                f"cases). Result: {line}",
         "images": ["compare/boxplot.png"],
         "table": {"columns": ["measure", "baseline", "stage 2", "difference", "t-test p", "Wilcoxon p"],
                   "rows": rows},
     }
+
+
+_SYNTHESIS_WORDS = {
+    "generator": "by the Stage-1 generator",
+    "procedural": "with the rule-based procedural renderer",
+    "profile": "with the built-in liver lesion profile, builtin:liver",
+}
+
+# Where the stored results of the longer experiments are, in a source checkout (absent after a pip install).
+BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+REAL_DATA_README = "the README section on `benchmarks/experiment_fewlabel_lung.py`"
+PHANTOM_README = 'the README section "Does synthesis help? A phantom experiment" (`benchmarks/experiment_stage2.py`)'
+
+
+def stage2_summary(baseline: float, stage2: float, cases: int) -> str:
+    """The demo's one-line Stage-2 result: both tumour Dice figures, their difference and, when Stage 2 is
+    not better (at the printed precision), a plain statement that this run shows no gain."""
+    b, s2 = f"{baseline:.3f}", f"{stage2:.3f}"
+    diff = float(s2) - float(b)
+    line = (f"stage 2 vs baseline on {cases} held-aside cases: tumour Dice baseline {b}, stage 2 {s2} "
+            f"(difference {diff:+.3f}).")
+    if diff > 0:
+        return line + (f" Stage 2 is ahead on this short CPU run ({cases} cases, one seed: "
+                       "a small sample, see the paired tests).")
+    return line + (f" This short CPU run shows no gain from synthesis: Stage 2 {s2} is not above the baseline {b}. "
+                   f"For the measured effect see the real-data experiment ({REAL_DATA_README}) and the phantom "
+                   f"experiment ({PHANTOM_README}).")
+
+
+def _arm_dice(value) -> float | None:
+    """A tumour Dice from an arm's entry: a number, or a dict with a mean (tolerant of extra keys)."""
+    if isinstance(value, dict):
+        value = value.get("mean", value.get("value"))
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def read_fewlabel_result(path: str | os.PathLike) -> dict[str, float] | None:
+    """Tumour Dice per arm of the stored real-data experiment (``{"arms": {name: {"dice": ...}}}``);
+    None when the file is absent or holds no arm with a Dice."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        arms = json.loads(path.read_text(encoding="utf-8")).get("arms") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    found = {}
+    for name, arm in arms.items() if isinstance(arms, dict) else ():
+        d = _arm_dice(arm.get("dice") if isinstance(arm, dict) else None)
+        if d is not None:
+            found[name] = d
+    return found or None
+
+
+def read_phantom_result(path: str | os.PathLike) -> dict[str, float] | None:
+    """Tumour Dice per arm on the usual-tumour test cohort of the stored phantom experiment
+    (``experiment_stage2.json``: ``summaries.test.<arm>.metrics.tumour_dice.mean``); None when absent."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        test = json.loads(path.read_text(encoding="utf-8"))["summaries"]["test"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    found = {}
+    for name, summary in test.items():
+        try:
+            d = _arm_dice(summary["metrics"]["tumour_dice"])
+        except (KeyError, TypeError):
+            d = None
+        if d is not None:
+            found[name] = d
+    return found or None
+
+
+def _arms_text(arms: dict[str, float]) -> str:
+    return ", ".join(f"{name} {d:.3f}" for name, d in arms.items())
+
+
+def stored_results_lines(benchmarks: Path | None = None) -> list[str]:
+    """One line each for the stored real-data and phantom experiments (tumour Dice per arm)."""
+    bench = BENCHMARKS_DIR if benchmarks is None else Path(benchmarks)
+    if not bench.is_dir():
+        return ["stored experiments: benchmarks/ is not in this installation (a pip install); see "
+                f"{REAL_DATA_README} and {PHANTOM_README} in the source repository."]
+    results = bench / "results"
+    real = read_fewlabel_result(results / "fewlabel_lung.json")
+    if real is None:
+        lines = ["real-data experiment (few labelled lung CT, benchmarks/results/fewlabel_lung.json): not yet "
+                 "measured; run `python benchmarks/experiment_fewlabel_lung.py --quick`."]
+    else:
+        lines = ["real-data experiment (few labelled lung CT, benchmarks/results/fewlabel_lung.json), tumour Dice "
+                 f"per arm: {_arms_text(real)}."]
+    phantom = read_phantom_result(results / "experiment_stage2.json")
+    if phantom is None:
+        lines.append("phantom experiment (benchmarks/results/experiment_stage2.json): not yet measured; run "
+                     "`python benchmarks/experiment_stage2.py --out /tmp/stage2-exp`.")
+    else:
+        try:
+            st = json.loads((results / "experiment_stage2.json").read_text(encoding="utf-8")).get("settings") or {}
+            where = f"{st['steps']} steps, {st['test']} held-aside liver phantoms, "
+        except (KeyError, TypeError, AttributeError, ValueError):
+            where = ""
+        lines.append(f"phantom experiment ({where}benchmarks/results/experiment_stage2.json), tumour Dice per arm "
+                     f"(stage0 = labelled-only baseline): {_arms_text(phantom)}.")
+    return lines
+
+
+def _stored_section(log: Callable[[str], None]) -> dict:
+    """The stored results of the longer experiments, on the page and in the terminal."""
+    lines = stored_results_lines()
+    for ln in lines:
+        log(ln)
+    return {
+        "heading": "Stored results of the longer experiments",
+        "text": " ".join(lines) + f" Details: {REAL_DATA_README}; {PHANTOM_README}. Nothing here is rerun by the "
+                "demo: the figures are read from the stored JSON.",
+    }
+
+
+def _stage2_synthesis_args(out: Path, synthesis: str) -> dict:
+    """The ``train_segmentation`` synthesis arguments of the demo's Stage 2 (liver phantoms)."""
+    if synthesis == "generator":
+        return {"synthesis": "generator", "generator": out / "stage1-run" / "generator.pt"}
+    if synthesis == "profile":
+        return {"synthesis": "profile", "profile": "builtin:liver"}
+    return {"synthesis": synthesis}
 
 
 def _side_by_side(image, rule, learned) -> bytes:
