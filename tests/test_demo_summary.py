@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from freetumor import demo
+from freetumor.errors import ConfigError
 
 NO_GAIN = "This short CPU run shows no gain from synthesis"
 
@@ -69,3 +72,9 @@ def test_reader_of_the_stored_phantom_experiment():
     raw = json.loads(stored.read_text())["summaries"]["test"]
     assert arms == {k: v["metrics"]["tumour_dice"]["mean"] for k, v in raw.items()}
     assert "stage0" in arms
+
+
+def test_unknown_stage2_synthesis_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ConfigError, match="stage2-synthesis"):
+        demo.run_demo(tmp_path / "d", stage2_synthesis="none", log=lambda *a: None)
+    assert not (tmp_path / "d").exists()

@@ -23,6 +23,7 @@ import numpy as np
 
 from .config import load_config
 from .data import load_datalist
+from .errors import ConfigError
 from .evaluation.compare import compare_reports
 from .evaluation.evaluate import evaluate_predictions
 from .htmlpage import lesion_table, write_html_page
@@ -65,6 +66,8 @@ def run_demo(
     ``train_steps``) > 0 then trains a Stage-2 segmentor with online synthesis and compares it
     with the baseline on held-aside phantom cases (evaluate + compare).
     """
+    if stage2_synthesis not in _SYNTHESIS_WORDS:  # refused before minutes of training, not after
+        raise ConfigError(f"--stage2-synthesis {stage2_synthesis!r}: choose one of {', '.join(_SYNTHESIS_WORDS)}")
     # Absolute: the datalists the demo writes for its training runs name files in other folders of
     # it, and datalist paths are read relative to the datalist's own folder.
     out = Path(out).absolute()
