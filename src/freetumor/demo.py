@@ -262,8 +262,8 @@ def _stage2_section(out: Path, steps: int, seed: int, log: Callable[[str], None]
     test = write_cohort(out / "phantom-test", 4, seed=seed + 300, tumour_fraction=1.0)
     cfg = _demo_seg_cfg(steps, seed)
     run = out / "stage2-run"
-    log(f"stage 2: training a segmentor for {steps} steps on labelled + unlabelled phantoms with online "
-        "generator synthesis and quality control")
+    log(f"stage 2: training a segmentor for {steps} steps on labelled + unlabelled phantoms with tumours "
+        f"synthesised online {_SYNTHESIS_WORDS[synthesis]} and quality control")
     if not (run / "final.json").exists():  # a finished run from an earlier demo in the same folder is kept
         train_segmentation(cfg, out / "phantom-train" / "datalist-demo.json", run, resume=(run / "last.pt").exists(),
                            log=log, progress=False, unlabelled=out / "stage1-unlabelled.json",
