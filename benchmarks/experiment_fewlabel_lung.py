@@ -50,6 +50,7 @@ import csv
 import json
 import math
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -76,18 +77,21 @@ HOST_MARGIN_MM = 15.0       # host slabs keep slices this far from the host's ow
 MIN_SLAB_MM = 40.0
 LUNG_REACH_MM = 5.0         # whole scans: predictions "in lung" = within this of the threshold lung mask
 NODULES_MAP = {"name": "lidc-nodules", "organs": {"lung": {"tumor": 1}}, "labels": [0, 1]}
+BRIEF = ("dice", "nsd", "sensitivity", "fp_per_scan", "sensitivity_in_lung", "fp_per_scan_in_lung",
+         "fp_3mm_per_scan_in_lung")
 BINS = (("<10 mm", 0.0, 10.0), ("10-20 mm", 10.0, 20.0), (">=20 mm", 20.0, math.inf))
 
 # Geometry and sliding window of every model: 1.25 x 1.25 x 2.5 mm (the whole scans' slices; crops are
-# 0.45-2.5 mm, median 1.25), 32 x 32 x 8 patches (40 x 40 x 20 mm: a median crop, 31 x 31 x 7.5 mm, padded).
+# 0.45-2.5 mm, median 1.25), 32 x 32 x 8 patches (40 x 40 x 20 mm: a median crop, 31 x 31 x 7.5 mm, padded);
+# sliding windows without overlap (a crop is one window; a whole chest costs half as much as at 0.25).
 GEOMETRY = ["data.spacing=[1.25,1.25,2.5]", "data.roi_size=[32,32,8]", "data.num_samples=4", "data.cache=true",
-            "val.overlap=0.25", "val.sw_batch_size=16"]
+            "val.overlap=0", "val.sw_batch_size=32"]
 RECIPE = ["train.lr=3e-3", "train.warmup_steps=20", "synth.online_prob=0.5"]  # none / procedural / generator
 STAGE0_RECIPE = ["train.lr=3e-3", "train.warmup_steps=20"]   # the labelled-only baseline
 SYNTH_RECIPE = ["data.num_samples=2", "synth.probe_samples=4", "synth.epoch_steps=50"]
 
-FULL = {"k": [10, 30], "seeds": 3, "steps": 600, "synth_steps": 150, "curve_seeds": 3}
-QUICK = {"k": [10], "seeds": 1, "steps": 300, "synth_steps": 60, "curve_seeds": 0}
+FULL = {"k": [10, 30], "seeds": 3, "steps": 400, "synth_steps": 100, "curve_seeds": 1}
+QUICK = {"k": [10], "seeds": 1, "steps": 200, "synth_steps": 50, "curve_seeds": 0}
 
 
 class Failure(Exception):
@@ -96,11 +100,14 @@ class Failure(Exception):
 
 # ----------------------------------------------------------------------------- running the CLI
 def sh(args: list, log: list, quiet: bool = True) -> str:
+    """Run ``freetumor ARGS``; logs the command, its wall time and its CPU time (user + system)."""
     cmd = [*CLI, *map(str, args)]
-    t = time.perf_counter()
+    t, c = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, COLUMNS="200"))
+    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     log.append({"cmd": "freetumor " + " ".join(map(str, args)), "rc": r.returncode,
-                "seconds": round(time.perf_counter() - t, 1)})
+                "seconds": round(time.perf_counter() - t, 1),
+                "cpu_seconds": round(c1.ru_utime - c.ru_utime + c1.ru_stime - c.ru_stime, 1)})
     if not quiet:
         print(f"[{log[-1]['seconds']:6.1f} s] {log[-1]['cmd'][:160]}", file=sys.stderr, flush=True)
     if r.returncode != 0:
@@ -310,32 +317,43 @@ def in_plane_mm(vol) -> float:
     return min(n * s for a, (n, s) in enumerate(zip(vol.shape, vol.spacing)) if a != axis)
 
 
-def prepare_test_set(name: str, datalist: Path, work: Path, log: list, default_map: Path) -> dict:
-    """A test set ready for ``predict`` / ``evaluate``: every image under a unique name in
-    ``work/tests/NAME/images/all`` (a link, or a copy with the padding set to air), the crops' and the
-    whole scans' datalists (original labels), and the whole scans' threshold lungs."""
+def check_test_datalist(datalist: Path, default_map: Path | None = None) -> tuple[list[dict], str]:
+    """The labelled entries of a test datalist and its label map (its own, relative to it, else the LIDC
+    crops' convention: 1 = nodule); a :class:`Failure` naming the file otherwise."""
     from freetumor.data import datalist_label_map, load_datalist
-    from freetumor.errors import FreeTumorError
-    from freetumor.io import case_name, load_volume, save_volume
+    from freetumor.errors import ConfigError, FreeTumorError
     from freetumor.labels import get_label_map
 
-    root = work / "tests" / name
-    ready = root / "set.json"
-    if ready.exists():
-        return json.loads(ready.read_text())
     try:
         entries = [e for e in load_datalist(datalist) if e.get("label")]
         if not entries:
             raise Failure(f"{datalist}: no entries with a \"label\"")
-        lm_spec = datalist_label_map(datalist) or str(default_map)
-        lm = get_label_map(lm_spec, "lung")
-        lm.tumour_id("lung")
-    except FreeTumorError as exc:
+        lm_spec = datalist_label_map(datalist) or (None if default_map is None else str(default_map))
+        if lm_spec is not None:
+            get_label_map(lm_spec, "lung").tumour_id("lung")
+    except ConfigError as exc:  # e.g. a label map without lung: name the datalist
+        raise Failure(f"{datalist}: {exc}") from None
+    except FreeTumorError as exc:  # already names its file
         raise Failure(str(exc)) from None
     for e in entries:
         for k in ("image", "label"):
             if not Path(e[k]).exists():
                 raise Failure(f"{e[k]}: listed in {datalist} but not found")
+    return entries, lm_spec
+
+
+def prepare_test_set(name: str, datalist: Path, work: Path, log: list, default_map: Path) -> dict:
+    """A test set ready for ``predict`` / ``evaluate``: every image under a unique name in
+    ``work/tests/NAME/images/all`` (a link, or a copy with the padding set to air), the crops' and the
+    whole scans' datalists (original labels), and the whole scans' threshold lungs."""
+    from freetumor.errors import FreeTumorError
+    from freetumor.io import case_name, load_volume, save_volume
+
+    root = work / "tests" / name
+    ready = root / "set.json"
+    if ready.exists():
+        return json.loads(ready.read_text())
+    entries, lm_spec = check_test_datalist(datalist, default_map)
     images = root / "images"
     (images / "all").mkdir(parents=True, exist_ok=True)
     (images / "scans").mkdir(parents=True, exist_ok=True)
@@ -378,9 +396,12 @@ def prepare_test_set(name: str, datalist: Path, work: Path, log: list, default_m
     if scans:
         out["scans"] = str(write_datalist(root / "scans.json", scans, lm_spec))
         lungs = root / "lungs"
-        if not (lungs / "datalist.json").exists():
-            sh(["organs", "--engine", "threshold", "--image", images / "scans", "--out", lungs], log)
-        out["lungs"] = str(lungs)
+        try:
+            if not (lungs / "datalist.json").exists():
+                sh(["organs", "--engine", "threshold", "--image", images / "scans", "--out", lungs], log)
+            out["lungs"] = str(lungs)
+        except Failure as exc:  # no model-free lung mask (e.g. no air in the body): no "in lung" figures
+            out["lungs"], out["lungs_error"] = None, str(exc)
     ready.write_text(json.dumps(out, indent=1))
     return out
 
@@ -435,21 +456,20 @@ def arm_models(runs: Runs, d: Path, data: dict, seed: int, steps: int, hosts: st
 
 # ----------------------------------------------------------------------------- scoring
 def score_model(model: Path, test: dict, work: Path, run_id: str, log: list) -> dict:
-    """``predict`` on a test set, ``evaluate`` its crops and whole scans; returns per-case rows."""
+    """``predict`` on a test set (crops and whole scans in one call), ``evaluate`` the crops (Dice, NSD,
+    lesions); whole scans: lesion-wise detection as ``evaluate`` counts it (:func:`scan_detection`)."""
     pred = work / "pred" / test["name"] / run_id
     if not pred.exists():
         sh(["predict", "--model", model, "--image", test["images"], "--out", pred, "--device", "cpu"], log)
     res: dict = {}
-    for part in ("crops", "scans"):
-        if not test[part]:
-            continue
-        rep = work / "eval" / test["name"] / run_id / part
+    if test["crops"]:
+        rep = work / "eval" / test["name"] / run_id / "crops"
         if not (rep / "summary.json").exists():
-            sh(["evaluate", "--pred", pred, "--gt", test[part], "--organ", "lung", "--out", rep,
+            sh(["evaluate", "--pred", pred, "--gt", test["crops"], "--organ", "lung", "--out", rep,
                 "--label-map", test["eval_label_map"], "--pred-label-map", "organ3"], log)
-        res[part] = read_report(rep)
+        res["crops"] = read_report(rep)
     if test["scans"]:
-        res["scans_in_lung"] = in_lung_detection(pred, test, work / "eval" / test["name"] / run_id / "in_lung.json")
+        res["scans"] = scan_detection(pred, test, work / "eval" / test["name"] / run_id / "scans.json")
     return res
 
 
@@ -466,8 +486,11 @@ def read_report(rep: Path) -> dict:
     return {"cases": per_case, "lesions": lesions}
 
 
-def in_lung_detection(pred: Path, test: dict, cache: Path) -> dict:
-    """Whole scans with the predictions kept within LUNG_REACH_MM of the threshold lung mask."""
+def scan_detection(pred: Path, test: dict, cache: Path) -> dict:
+    """Per whole scan: lesion-wise detection (:func:`freetumor.evaluation.match_lesions`, what ``evaluate``
+    counts: a nodule is found when a predicted component overlaps it; a component touching no nodule is a
+    false positive) of the raw prediction, and of the prediction kept within LUNG_REACH_MM of the scan's
+    threshold lung mask (``in_lung``), with the false positives of at least 3 mm (LIDC's smallest nodules)."""
     from scipy import ndimage
 
     from freetumor.data import load_datalist
@@ -482,11 +505,18 @@ def in_lung_detection(pred: Path, test: dict, cache: Path) -> dict:
     for e in load_datalist(test["scans"]):
         case = case_name(e["image"])
         g = load_volume(e["label"])
+        gt = np.asarray(g.array) == tumour_id
         p = np.asarray(load_volume(pred / f"{case}.nii.gz").array) == 2
-        lung = np.asarray(load_volume(Path(test["lungs"]) / f"{case}.nii.gz").array) > 0
-        near = ndimage.binary_dilation(lung, structure=ball(LUNG_REACH_MM, g.spacing))
-        m = match_lesions(p & near, np.asarray(g.array) == tumour_id, g.spacing)
-        per_case[case] = {"detected": m.tp, "lesions": m.n_gt, "fp": m.fp}
+        m = match_lesions(p, gt, g.spacing)
+        row = {"detected": m.tp, "lesions": m.n_gt, "fp": m.fp,
+               "fp_3mm": sum(not r["true_positive"] and r["diameter_mm"] >= 3.0 for r in m.pred)}
+        if test.get("lungs"):
+            lung = np.asarray(load_volume(Path(test["lungs"]) / f"{case}.nii.gz").array) > 0
+            near = ndimage.binary_dilation(lung, structure=ball(LUNG_REACH_MM, g.spacing))
+            m = match_lesions(p & near, gt, g.spacing)
+            row["in_lung"] = {"detected": m.tp, "lesions": m.n_gt, "fp": m.fp,
+                              "fp_3mm": sum(not r["true_positive"] and r["diameter_mm"] >= 3.0 for r in m.pred)}
+        per_case[case] = row
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(per_case))
     return per_case
@@ -497,8 +527,10 @@ def scan_summary(per_seed: list[dict]) -> dict:
     det = sum(c["detected"] for s in per_seed for c in s.values())
     n = sum(c["lesions"] for s in per_seed for c in s.values())
     fp = [sum(c["fp"] for c in s.values()) / max(1, len(s)) for s in per_seed]
+    fp3 = [sum(c["fp_3mm"] for c in s.values()) / max(1, len(s)) for s in per_seed]
     return {"sensitivity": round(det / n, 4) if n else None, "detected": det, "lesions": n,
-            "fp_per_scan": round(float(np.mean(fp)), 2), "fp_per_scan_by_seed": [round(x, 2) for x in fp]}
+            "fp_per_scan": round(float(np.mean(fp)), 2), "fp_per_scan_by_seed": [round(x, 2) for x in fp],
+            "fp_3mm_per_scan": round(float(np.mean(fp3)), 2)}
 
 
 def bin_of(d: float) -> str:
@@ -528,11 +560,14 @@ def arm_summary(scores: list[dict]) -> dict:
                                                        for s in scores])), 3)
         out["n_crops"] = len(cases)
     if "scans" in scores[0]:
-        raw = scan_summary([s["scans"]["cases"] for s in scores])
-        lung = scan_summary([s["scans_in_lung"] for s in scores])
+        raw = scan_summary([s["scans"] for s in scores])
+        have_lung = all("in_lung" in c for c in scores[0]["scans"].values())
+        lung = scan_summary([{k: c["in_lung"] for k, c in s["scans"].items()} for s in scores]) if have_lung else \
+            {"sensitivity": None, "fp_per_scan": None, "note": "no threshold lung mask"}
         out.update(sensitivity=raw["sensitivity"], fp_per_scan=raw["fp_per_scan"],
                    sensitivity_in_lung=lung["sensitivity"], fp_per_scan_in_lung=lung["fp_per_scan"],
-                   whole_scans={"n_scans": len(scores[0]["scans"]["cases"]), "raw": raw, "in_lung": lung})
+                   fp_3mm_per_scan_in_lung=lung.get("fp_3mm_per_scan"),
+                   whole_scans={"n_scans": len(scores[0]["scans"]), "raw": raw, "in_lung": lung})
     return out
 
 
@@ -643,9 +678,10 @@ def run(args) -> dict:
     vois = DATASETS / "lidc_nodule_vois"
     if not vois.is_dir():
         raise Failure(f"{vois}: real CT not available (the LIDC nodule crops)")
-    for t in args.test:
+    for t in args.test:  # before anything is written
         if not t.is_file():
             raise Failure(f"{t}: datalist not found")
+        check_test_datalist(t.resolve())
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     log: list = []
@@ -738,7 +774,7 @@ def run(args) -> dict:
         for a in ARMS:
             s = head["lidc_full_scans"]["arms"][a]
             arms[a].update({k: s[k] for k in ("sensitivity", "fp_per_scan", "sensitivity_in_lung",
-                                               "fp_per_scan_in_lung", "whole_scans")})
+                                               "fp_per_scan_in_lung", "fp_3mm_per_scan_in_lung", "whole_scans")})
     target = target_check(arms, all_scores[k0]["lidc_crops"])
 
     # 4. data-scaling curve: the best synthesis arm at the first K, test Dice against host lung volume
@@ -803,13 +839,12 @@ def main(argv=None) -> int:
     tmp = args.json.with_name(args.json.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(args.json)
-    brief = {"arms": {a: {k: v for k, v in result["arms"][a].items() if k in (
-        "dice", "nsd", "sensitivity", "fp_per_scan", "sensitivity_in_lung", "fp_per_scan_in_lung")}
-        for a in ARMS}, "k": result["k"], "target": result["target"],
-        "tests": {n: {k: {a: {m: v for m, v in s.items() if m in ("dice", "sensitivity", "fp_per_scan")}
-                          for a, s in arms.items()} for k, arms in t["arms"].items()}
-                  for n, t in result["tests"].items()},
-        "seconds": result["seconds"], "json": str(args.json)}
+    # printed: the headline figures, the same values as in the JSON written to --out
+    brief = {"arms": {a: {k: v for k, v in result["arms"][a].items() if k in BRIEF} for a in ARMS},
+             "k": result["k"], "mode": result["mode"], "target": result["target"],
+             "tests": {n: {k: {a: {m: v for m, v in s.items() if m in BRIEF} for a, s in arms.items()}
+                           for k, arms in t["arms"].items()} for n, t in result["tests"].items()},
+             "seconds": result["seconds"], "json": str(args.json)}
     print(json.dumps(brief, indent=1))
     return 0
 
