@@ -1,0 +1,168 @@
+"""benchmarks/experiment_fewlabel_lung.py: the patient-wise split, --quick end to end on a tiny real
+subset, --test with a datalist in another folder, and its one-line errors. Real CT: skipped without
+../shared/datasets."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import DATASETS, REPO, need
+
+SCRIPT = REPO / "benchmarks" / "experiment_fewlabel_lung.py"
+VOIS = DATASETS / "lidc_nodule_vois"
+
+
+def load_experiment():
+    spec = importlib.util.spec_from_file_location("experiment_fewlabel_lung", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run_experiment(*args, timeout=900):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+               FREETUMOR_DATASETS=str(DATASETS))
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def parts_of(split):
+    return {p: set(split[p]["crops"]) for p in ("pool", "val", "test")}
+
+
+def test_split_is_patient_wise_and_stable(tmp_path):
+    exp = load_experiment()
+    # synthetic names: several crops per patient, the forced test patients among them
+    cases = [f"LIDC-IDRI-{p:04d}_R_{n}" for p in range(1, 120) for n in range(1 + p % 3)]
+    a, b = exp.make_split(cases, seed=0), exp.make_split(list(reversed(cases)), seed=0)
+    assert a == b                                                  # stable: same split on a rerun
+    parts = parts_of(a)
+    assert set().union(*parts.values()) == set(cases) and sum(map(len, parts.values())) == len(cases)
+    owners = {p: {exp.patient_of(c) for c in cs} for p, cs in parts.items()}
+    assert not (owners["pool"] & owners["val"] or owners["pool"] & owners["test"] or owners["val"] & owners["test"])
+    assert {"LIDC-IDRI-0001", "LIDC-IDRI-0003"} <= owners["test"]
+    assert exp.make_split(cases, seed=1) != a
+    # the stored file is reused as it is; a file for other crops is refused with one line
+    path = tmp_path / "split.json"
+    first = exp.load_split(path, cases, 0)
+    assert json.loads(path.read_text()) == first and exp.load_split(path, cases, 0) == first
+    with pytest.raises(exp.Failure, match="split.json: the stored split lists"):
+        exp.load_split(path, cases[:-1], 0)
+    # K labelled crops: from K different pool patients, deterministic, the K = 10 ones inside K = 30
+    pool = sorted(parts["pool"])
+    k10, k30 = exp.labelled_crops(pool, 10, 0), exp.labelled_crops(pool, 30, 0)
+    assert k10 == exp.labelled_crops(pool, 10, 0) and k10 == k30[:10]
+    assert len({exp.patient_of(c) for c in k30}) == 30 and set(k30) <= set(pool)
+    assert exp.labelled_crops(pool, 10, 1) != k10
+
+
+def test_stored_split_matches_the_shared_crops():
+    need(VOIS)
+    exp = load_experiment()
+    cases = [e["case"] for e in exp.crop_entries(VOIS)]
+    stored = json.loads(exp.SPLIT_FILE.read_text())
+    fresh = exp.make_split(cases, exp.SPLIT_SEED)
+    assert all(stored[p] == fresh[p] for p in ("pool", "val", "test"))   # the committed split is the seeded one
+    parts = parts_of(stored)
+    owners = {p: {exp.patient_of(c) for c in cs} for p, cs in parts.items()}
+    assert not (owners["pool"] & owners["test"] or owners["val"] & owners["test"] or owners["pool"] & owners["val"])
+    assert len(parts["test"]) >= 150
+    assert {"LIDC-IDRI-0001", "LIDC-IDRI-0003"} <= owners["test"]   # the whole test scans' patients
+
+
+def mini_scan(folder: Path) -> None:
+    """A small whole chest in another folder: LIDC-IDRI-0001 every 2nd voxel in-plane, 40 slices around
+    its nodule, the scanner padding (-2048) kept; label likewise."""
+    from freetumor.io import Volume, load_volume, save_volume
+
+    src = need(DATASETS / "lidc_full_scans" / "LIDC-IDRI-0001")
+    img, lab = load_volume(src / "image.nii.gz"), load_volume(src / "label.nii.gz")
+    zs = np.nonzero(np.asarray(lab.array).any((0, 1)))[0]
+    z0 = max(0, int(zs.mean()) - 20)
+    scale = np.diag([2.0, 2.0, 1.0, 1.0])
+    shift = np.eye(4)
+    shift[2, 3] = z0
+    affine = img.affine @ shift @ scale
+    (folder / "scans").mkdir(parents=True)
+    save_volume(Volume(np.ascontiguousarray(img.array[::2, ::2, z0:z0 + 40]), affine), folder / "scans" / "chest.nii.gz")
+    save_volume(Volume(np.ascontiguousarray(lab.array[::2, ::2, z0:z0 + 40]), affine), folder / "scans" / "chest_label.nii.gz")
+
+
+@pytest.mark.slow
+def test_quick_end_to_end_with_another_test_datalist(tmp_path):
+    """--quick on a tiny subset (6 test / 6 validation crops, one host, a few steps) plus --test on a datalist
+    in another folder with relative image / label / label-map paths: a crop and a small whole chest."""
+    need(VOIS)
+    need(DATASETS / "pyradiomics_lung")
+    other = tmp_path / "elsewhere" / "nodules"
+    mini_scan(other)
+    crop = sorted((VOIS / "images").glob("LIDC-IDRI-0003_*.nii.gz"))[0]
+    (other / "crops").mkdir()
+    for kind in ("images", "labels"):
+        (other / "crops" / f"{kind}_{crop.name}").write_bytes((VOIS / kind / crop.name).read_bytes())
+    (other / "maps").mkdir()
+    (other / "maps" / "nodule.json").write_text(json.dumps(
+        {"name": "nodule", "organs": {"lung": {"tumor": 1}}, "labels": [0, 1]}))
+    (other / "list.json").write_text(json.dumps({"label_map": "maps/nodule.json", "training": [
+        {"image": f"crops/images_{crop.name}", "label": f"crops/labels_{crop.name}"},
+        {"image": "scans/chest.nii.gz", "label": "scans/chest_label.nii.gz"}]}))
+    out = tmp_path / "run" / "quick.json"
+    r = run_experiment("--quick", "--out", out, "--split", tmp_path / "split.json", "--limit", 6,
+                       "--hosts", "pyradiomics_lung1", "--no-scans", "--steps", 4, "--synth-steps", 2,
+                       "--test", other / "list.json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    printed = json.loads(r.stdout)
+    written = json.loads(out.read_text())
+    assert (tmp_path / "run" / "quick_work").is_dir()
+    assert set(printed["arms"]) == {"stage0", "none", "procedural", "generator"}
+    for arm, s in printed["arms"].items():
+        assert 0.0 <= s["dice"] <= 1.0 and s["dice"] == written["arms"][arm]["dice"]
+        assert written["arms"][arm]["n_crops"] == 6
+        assert set(written["arms"][arm]["detection_by_diameter"]) == {"<10 mm", "10-20 mm", ">=20 mm"}
+    assert written["mode"] == "quick" and written["k"] == 10
+    assert set(written["comparisons"]) == {f"{a}_vs_{b}" for a in ("procedural", "generator")
+                                           for b in ("stage0", "none")}
+    (name, extra), = written["tests"].items()
+    assert extra["crops"] == 1 and extra["whole_scans"] == 1
+    for arm, s in extra["arms"]["10"].items():
+        assert 0.0 <= s["dice"] <= 1.0
+        assert s["whole_scans"]["raw"]["lesions"] == 1 and s["fp_per_scan"] >= 0
+        assert s["sensitivity"] in (0.0, 1.0) and s["fp_per_scan_in_lung"] <= s["fp_per_scan"]
+    assert printed["tests"][name]["10"]["stage0"]["fp_per_scan"] == extra["arms"]["10"]["stage0"]["fp_per_scan"]
+    # the padding was masked in a copy, the input is unchanged
+    from freetumor.io import load_volume
+
+    work = tmp_path / "run" / "quick_work" / "tests" / name / "images" / "scans"
+    (copy,) = list(work.glob("*.nii.gz"))
+    assert np.asarray(load_volume(copy).array).min() >= -1024
+    assert np.asarray(load_volume(other / "scans" / "chest.nii.gz").array).min() == -2048
+    # a rerun reuses every trained model and prediction (only the statistics are redone)
+    r2 = run_experiment("--quick", "--out", out, "--split", tmp_path / "split.json", "--limit", 6,
+                        "--hosts", "pyradiomics_lung1", "--no-scans", "--steps", 4, "--synth-steps", 2,
+                        "--test", other / "list.json")
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    again = json.loads(out.read_text())
+    assert again["commands"] == [] and again["arms"] == written["arms"]
+
+
+def test_bad_test_datalist_is_one_line_and_writes_nothing(tmp_path):
+    need(VOIS)
+    bad = tmp_path / "other" / "list.json"
+    bad.parent.mkdir()
+    bad.write_text(json.dumps({"training": [{"image": "missing.nii.gz", "label": "missing_label.nii.gz"}]}))
+    out = tmp_path / "res.json"
+    r = run_experiment("--quick", "--out", out, "--split", tmp_path / "split.json", "--limit", 2, "--test", bad)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "missing.nii.gz" in lines[0], r.stderr
+    assert not out.exists() and not (tmp_path / "res_work" / "runs").exists()
+    r = run_experiment("--quick", "--out", out, "--test", tmp_path / "nope.json")
+    assert r.returncode == 1 and "nope.json: datalist not found" in r.stderr and not out.exists()
