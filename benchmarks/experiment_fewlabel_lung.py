@@ -38,7 +38,7 @@ scored as whole scans).
 ``<stem>_work`` beside it; ``--work`` sets another). Finished steps are reused on a rerun.
 
     python benchmarks/experiment_fewlabel_lung.py --quick --out /tmp/fewlabel-quick.json
-    python benchmarks/experiment_fewlabel_lung.py --out benchmarks/results/experiment_fewlabel_lung.json \\
+    python benchmarks/experiment_fewlabel_lung.py --out benchmarks/results/fewlabel_lung.json \\
         --work /tmp/fewlabel-work
     python benchmarks/experiment_fewlabel_lung.py --out ... --work /tmp/fewlabel-work --test other/nodules.json
 """
