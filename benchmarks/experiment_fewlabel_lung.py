@@ -90,7 +90,7 @@ RECIPE = ["train.lr=3e-3", "train.warmup_steps=20", "synth.online_prob=0.5"]  # 
 STAGE0_RECIPE = ["train.lr=3e-3", "train.warmup_steps=20"]   # the labelled-only baseline
 SYNTH_RECIPE = ["data.num_samples=2", "synth.probe_samples=4", "synth.epoch_steps=50"]
 
-FULL = {"k": [10, 30], "seeds": 3, "steps": 400, "synth_steps": 100, "curve_seeds": 1}
+FULL = {"k": [10, 30], "seeds": 3, "steps": 350, "synth_steps": 100, "curve_seeds": 1}
 QUICK = {"k": [10], "seeds": 1, "steps": 200, "synth_steps": 50, "curve_seeds": 0}
 
 
@@ -486,13 +486,27 @@ def read_report(rep: Path) -> dict:
     return {"cases": per_case, "lesions": lesions}
 
 
+def near_lung(lungs: Path, case: str, spacing) -> np.ndarray:
+    """The threshold lung mask of a whole scan grown by LUNG_REACH_MM (computed once per scan, kept beside it)."""
+    from scipy import ndimage
+
+    from freetumor.io import load_volume, save_volume
+
+    dst = lungs.parent / "lungs_near" / f"{case}.nii.gz"
+    if dst.exists():
+        return np.asarray(load_volume(dst).array) > 0
+    vol = load_volume(lungs / f"{case}.nii.gz")
+    near = ndimage.binary_dilation(np.asarray(vol.array) > 0, structure=ball(LUNG_REACH_MM, spacing))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    save_volume(vol.with_array(near.astype(np.uint8)), dst)
+    return near
+
+
 def scan_detection(pred: Path, test: dict, cache: Path) -> dict:
     """Per whole scan: lesion-wise detection (:func:`freetumor.evaluation.match_lesions`, what ``evaluate``
     counts: a nodule is found when a predicted component overlaps it; a component touching no nodule is a
     false positive) of the raw prediction, and of the prediction kept within LUNG_REACH_MM of the scan's
     threshold lung mask (``in_lung``), with the false positives of at least 3 mm (LIDC's smallest nodules)."""
-    from scipy import ndimage
-
     from freetumor.data import load_datalist
     from freetumor.evaluation import match_lesions
     from freetumor.io import case_name, load_volume
@@ -511,9 +525,7 @@ def scan_detection(pred: Path, test: dict, cache: Path) -> dict:
         row = {"detected": m.tp, "lesions": m.n_gt, "fp": m.fp,
                "fp_3mm": sum(not r["true_positive"] and r["diameter_mm"] >= 3.0 for r in m.pred)}
         if test.get("lungs"):
-            lung = np.asarray(load_volume(Path(test["lungs"]) / f"{case}.nii.gz").array) > 0
-            near = ndimage.binary_dilation(lung, structure=ball(LUNG_REACH_MM, g.spacing))
-            m = match_lesions(p & near, gt, g.spacing)
+            m = match_lesions(p & near_lung(Path(test["lungs"]), case, g.spacing), gt, g.spacing)
             row["in_lung"] = {"detected": m.tp, "lesions": m.n_gt, "fp": m.fp,
                               "fp_3mm": sum(not r["true_positive"] and r["diameter_mm"] >= 3.0 for r in m.pred)}
         per_case[case] = row
@@ -639,12 +651,62 @@ def synth_counts(run_dir: Path) -> dict:
     return tally
 
 
+# ----------------------------------------------------------------------------- README table
+def fmt(v, digits=3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def markdown_table(result: dict) -> str:
+    """Markdown tables of a results JSON: per K the arms on the test crops and whole scans, the paired
+    differences of the synthesis arms, and the scaling curve."""
+    lines = []
+    for k, byk in result["by_k"].items():
+        tests = byk["tests"]
+        crops, scans = tests["lidc_crops"], tests.get("lidc_full_scans")
+        seeds = crops["arms"]["stage0"]["seeds"]
+        lines += [f"K = {k} labelled crops, {seeds} seed(s); {crops['arms']['stage0'].get('n_crops')} test crops"
+                  + (f", {scans['arms']['stage0']['whole_scans']['n_scans']} whole scans" if scans else "") + ":", "",
+                  "| arm | tumour Dice | NSD (2 mm) | detected < 10 / 10-20 / >= 20 mm | whole scans: nodules found "
+                  "| FP / scan | FP / scan in lung (>= 3 mm) |", "|---|---|---|---|---|---|---|"]
+        for arm in ARMS:
+            a = crops["arms"][arm]
+            det = " / ".join(f"{d['detected']}/{d['lesions']}" for d in a["detection_by_diameter"].values())
+            if scans:
+                s = scans["arms"][arm]["whole_scans"]
+                w = [f"{s['raw']['detected']}/{s['raw']['lesions']}", fmt(s["raw"]["fp_per_scan"], 0),
+                     f"{fmt(s['in_lung']['fp_per_scan'], 0)} ({fmt(s['in_lung'].get('fp_3mm_per_scan'), 0)})"]
+            else:
+                w = ["-", "-", "-"]
+            dice = f"{fmt(a['dice'])}" + (f" (seeds {', '.join(fmt(x) for x in a['dice_by_seed'])})" if seeds > 1 else "")
+            lines.append(f"| `{arm}` | {dice} | {fmt(a['nsd'])} | {det} | " + " | ".join(w) + " |")
+        lines += ["", "| paired difference in tumour Dice (per crop, seed-averaged) | mean | 95% CI | t-test p | Wilcoxon p |",
+                  "|---|---|---|---|---|"]
+        for name, c in crops["comparisons"].items():
+            d = c["dice"]
+            lines.append(f"| `{name.replace('_vs_', '` − `')}` | {d['mean_diff']:+.3f} | {fmt(d['ci95'][0])} to "
+                         f"{fmt(d['ci95'][1])} | {d['t_p']:.2g} | {d['wilcoxon_p']:.2g} |")
+        lines.append("")
+    t = result.get("target")
+    if t:
+        lines += [f"Target (K = {result['k']}): `{t['synthesis_arm']}` − `{t['baseline_arm']}` = {t['dice_diff']:+.3f} "
+                  f"(95% CI {fmt(t['ci95'][0])} to {fmt(t['ci95'][1])}); needed >= +0.05 with the CI above 0: "
+                  f"**{'met' if t['met'] else 'not met'}**.", ""]
+    c = result.get("scaling_curve")
+    if c:
+        lines += [f"Scaling curve (`{c['arm']}`, K = {c['k']}): "
+                  + ", ".join(f"{p['host_lung_ml']:.0f} mL of host lung ({p['hosts']}): Dice {fmt(p['dice'])}"
+                              for p in c["points"]) + ".", ""]
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- main
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  epilog="See the module docstring and the README section for details.")
-    ap.add_argument("--out", type=Path, required=True,
+    ap.add_argument("--out", type=Path,
                     help="a folder (work files + results.json) or a .json file (work folder <stem>_work beside it)")
+    ap.add_argument("--table", type=Path, metavar="RESULTS.json",
+                    help="only print the markdown tables of an earlier run's results JSON")
     ap.add_argument("--work", type=Path, help="work folder (default: --out, or <stem>_work beside a .json --out)")
     ap.add_argument("--quick", action="store_true", help="reduced run: one K (10), one seed, fewer steps, no curve")
     ap.add_argument("--test", type=Path, action="append", default=[], metavar="DATALIST",
@@ -659,6 +721,10 @@ def parse_args(argv=None):
     ap.add_argument("--hosts", type=str, help=argparse.SUPPRESS)          # tests: host subset (comma list)
     ap.add_argument("--no-scans", action="store_true", help=argparse.SUPPRESS)  # tests: skip the whole scans
     args = ap.parse_args(argv)
+    if args.table is None and args.out is None:
+        ap.error("--out is required (or --table RESULTS.json)")
+    if args.table is not None:
+        return args
     base = QUICK if args.quick else FULL
     args.k = [int(x) for x in args.k.split(",")] if args.k else base["k"]
     for key in ("seeds", "steps", "synth_steps", "curve_seeds"):
@@ -829,6 +895,14 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.table is not None:
+        try:
+            print(markdown_table(json.loads(args.table.read_text())))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"error: {args.table}: not a results JSON of this experiment ({type(exc).__name__}: {exc})",
+                  file=sys.stderr)
+            return 1
+        return 0
     try:
         result = run(args)
     except Failure as exc:
