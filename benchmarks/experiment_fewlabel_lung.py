@@ -481,7 +481,9 @@ def read_report(rep: Path) -> dict:
                    for r in csv.DictReader(fh)]
     num = lambda v: None if v in ("", None) else float(v)  # noqa: E731
     per_case = {c: {"dice": num(r["tumour_dice"]), "nsd": num(r["tumour_nsd"]), "fp": int(float(r["false_positives"])),
-                    "detected": int(float(r["detected"])), "lesions": int(float(r["gt_lesions"]))}
+                    "detected": int(float(r["detected"])), "lesions": int(float(r["gt_lesions"])),
+                    "volume_ratio": (num(r["tumour_volume_ml_pred"]) / num(r["tumour_volume_ml_gt"])
+                                     if num(r.get("tumour_volume_ml_gt")) else None)}
                 for c, r in cases.items()}
     return {"cases": per_case, "lesions": lesions}
 
@@ -570,6 +572,10 @@ def arm_summary(scores: list[dict]) -> dict:
                                         for k, v in by_bin.items()}
         out["crop_fp_per_crop"] = round(float(np.mean([np.mean([c["fp"] for c in s["crops"]["cases"].values()])
                                                        for s in scores])), 3)
+        # predicted / true tumour volume per crop (seed-averaged), median over crops: > 1 is over-segmentation
+        ratios = per_crop_mean(scores, "volume_ratio")
+        vals = [v for v in ratios.values() if v is not None]
+        out["volume_ratio_median"] = round(float(np.median(vals)), 3) if vals else None
         out["n_crops"] = len(cases)
     if "scans" in scores[0]:
         raw = scan_summary([s["scans"] for s in scores])
@@ -666,8 +672,9 @@ def markdown_table(result: dict) -> str:
         seeds = crops["arms"]["stage0"]["seeds"]
         lines += [f"K = {k} labelled crops, {seeds} seed(s); {crops['arms']['stage0'].get('n_crops')} test crops"
                   + (f", {scans['arms']['stage0']['whole_scans']['n_scans']} whole scans" if scans else "") + ":", "",
-                  "| arm | tumour Dice | NSD (2 mm) | detected < 10 / 10-20 / >= 20 mm | whole scans: nodules found "
-                  "| FP / scan | FP / scan in lung (>= 3 mm) |", "|---|---|---|---|---|---|---|"]
+                  "| arm | tumour Dice | NSD (2 mm) | predicted / true volume (median) "
+                  "| detected < 10 / 10-20 / >= 20 mm | whole scans: nodules found "
+                  "| FP / scan | FP / scan in lung (>= 3 mm) |", "|---|---|---|---|---|---|---|---|"]
         for arm in ARMS:
             a = crops["arms"][arm]
             det = " / ".join(f"{d['detected']}/{d['lesions']}" for d in a["detection_by_diameter"].values())
@@ -678,7 +685,8 @@ def markdown_table(result: dict) -> str:
             else:
                 w = ["-", "-", "-"]
             dice = f"{fmt(a['dice'])}" + (f" (seeds {', '.join(fmt(x) for x in a['dice_by_seed'])})" if seeds > 1 else "")
-            lines.append(f"| `{arm}` | {dice} | {fmt(a['nsd'])} | {det} | " + " | ".join(w) + " |")
+            lines.append(f"| `{arm}` | {dice} | {fmt(a['nsd'])} | {fmt(a.get('volume_ratio_median'), 2)} | {det} | "
+                         + " | ".join(w) + " |")
         lines += ["", "| paired difference in tumour Dice (per crop, seed-averaged) | mean | 95% CI | t-test p | Wilcoxon p |",
                   "|---|---|---|---|---|"]
         for name, c in crops["comparisons"].items():
