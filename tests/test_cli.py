@@ -194,6 +194,12 @@ def test_demo(tmp_path):
     assert "Stage 1: learned difference maps" in page
     assert "Stage 2: segmentation with online synthesis" in page and "compare/boxplot.png" in page
     assert (out / "compare" / "compare.json").exists()
+    # Stage 2's default recipe: the labelled cases + 6 healthy unlabelled phantoms, procedural tumours, no QC
+    pool = json.loads((out / "stage2-unlabelled.json").read_text())["training"]
+    assert len(pool) == 6 and all(Path(e["image"]).exists() for e in pool)
+    s2 = json.loads((out / "stage2-run" / "final.json").read_text())
+    assert s2["synthesis"] == "procedural"
+    assert "6 healthy unlabelled phantoms" in page and "without segmentor quality control" in page
     assert (out / "turing-study" / "study.json").exists() and "/r/" in r.stdout
     # the Stage-2 summary line states both figures it compares, as compare.json has them, in the terminal and page
     dice = json.loads((out / "compare" / "compare.json").read_text())["metrics"]["tumour_dice"]

@@ -260,7 +260,7 @@ def demo(
                                     help="Stage-1 generator iterations after the baseline (0: skip)."),
     stage2_steps: Optional[int] = typer.Option(None, "--stage2-steps", min=0, help="Stage-2 training steps "
                                                "(default: --train-steps; 0: skip Stage 2 and the comparison)."),
-    stage2_synthesis: str = typer.Option("generator", "--stage2-synthesis", help="Stage-2 online synthesis: "
+    stage2_synthesis: str = typer.Option("procedural", "--stage2-synthesis", help="Stage-2 online synthesis: "
                                          "generator (the Stage-1 generator), procedural, or profile "
                                          "(builtin:liver)."),
 ) -> None:
