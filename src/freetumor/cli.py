@@ -345,7 +345,6 @@ def train_seg(
     """Train a segmentation model: the Stage-0 baseline, or Stage 2 with online synthesis; torchrun for several
     GPUs; --folds N: k-fold cross-validation, every fold scored on its own validation cases."""
     from .config import load_config  # deferred: loaded when the command runs, so that --help and light commands start fast
-    from .training.stage0 import train_segmentation  # deferred: loaded when the command runs, so that --help and light commands start fast
 
     if folds is not None:
         if fold is not None:
@@ -361,6 +360,8 @@ def train_seg(
     if max_steps is not None:
         extra.append(f"train.max_steps={max_steps}")
     cfg = load_config(config, extra)
+    # deferred: PyTorch loads after the config is checked, so a bad config fails at once
+    from .training.stage0 import train_segmentation
     if folds is not None:
         from .training.kfold import format_folds_table, train_kfold  # deferred: as above
 
@@ -464,12 +465,12 @@ def train_synth(
 ) -> None:
     """Stage 1: train the difference-map generator against a discriminator and the frozen segmentor."""
     from .config import load_config  # deferred: loaded when the command runs, so that --help and light commands start fast
-    from .training.stage1 import train_synthesis  # deferred: loaded when the command runs, so that --help and light commands start fast
 
     extra = list(overrides)
     if max_steps is not None:
         extra.append(f"synth.max_steps={max_steps}")
     cfg = load_config(config, extra)
+    from .training.stage1 import train_synthesis  # deferred: PyTorch loads after the config is checked
     summary = train_synthesis(cfg, datalist, unlabeled, segmentor, out, resume=resume, log=typer.echo,
                               profile=profile, realism_real=realism_real, skip_bad_cases=skip_bad_cases)
     r0, r1 = summary.get("probe_recall_start"), summary.get("probe_recall_end")
