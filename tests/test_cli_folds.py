@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
+import torch  # noqa: F401 - a dependency: a broken install fails here rather than skipping
 
 from freetumor.config import load_config  # noqa: E402
 from freetumor.errors import InputError  # noqa: E402

@@ -287,9 +287,24 @@ def test_missing_and_invalid_files(tmp_path):
     assert str(bad) in one_line(ei.value)
 
 
-def test_empty_file_is_all_defaults(tmp_path):
-    cfg = load_config(write(tmp_path, "", "empty.yaml"))
-    assert cfg.name == "empty" and cfg.organ == "liver" and cfg.model.name == "swinunetr"
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n", "~\n"])
+def test_empty_file_is_refused(tmp_path, text):
+    """An empty config would silently train the full paper network on defaults: refused, naming the file."""
+    path = write(tmp_path, text, "empty.yaml")
+    with pytest.raises(InputError, match="config is empty") as ei:
+        load_config(path)
+    assert str(ei.value).startswith(str(path)) and "liver-cpu-tiny" in str(ei.value)
+
+
+def test_one_setting_fills_the_rest_with_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, "organ: liver\n", "minimal.yaml"))
+    assert cfg.name == "minimal" and cfg.organ == "liver" and cfg.model.name == "swinunetr"
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 2**63, 1.5])
+def test_train_seed_out_of_range_is_refused(seed):
+    with pytest.raises(ConfigError, match="train.seed"):
+        load_config("liver-cpu-tiny", [f"train.seed={seed}"])
 
 
 # --------------------------------------------------------------------------- save / load

@@ -28,7 +28,6 @@ from freetumor.errors import ConfigError, InputError
 from freetumor.models import MODEL_NAMES, build_model
 
 TINY = ["data.roi_size=[16,16,16]"]
-HAVE_EINOPS = importlib.util.find_spec("einops") is not None
 
 
 def tiny_cfg(*extra: str, preset: str = "liver-cpu-tiny") -> dict:
@@ -57,8 +56,6 @@ def test_model_names():
     ("swinunetr", ["model.feature_size=12", "model.use_checkpoint=false"], "abdomen7-cpu-tiny"),
 ])
 def test_build_each_model(name, extra, preset):
-    if name == "swinunetr" and not HAVE_EINOPS:
-        pytest.skip("MONAI's SwinUNETR forward needs einops, which is not installed")
     roi = [64, 32, 32] if name == "swinunetr" else [32, 32, 32]  # SwinUNETR: multiples of 32, not all 32
     cfg = load_config(preset, [f"model.name={name}", f"data.roi_size={roi}", *extra])
     torch.manual_seed(0)
@@ -85,8 +82,10 @@ def test_swinunetr_paper_settings(monkeypatch):
     assert sum(p.numel() for p in model.parameters()) > 50_000_000  # feature size 48, v2
 
 
-@pytest.mark.skipif(HAVE_EINOPS, reason="einops is installed")
-def test_swinunetr_without_einops_is_a_clean_error():
+def test_swinunetr_without_einops_is_a_clean_error(monkeypatch):
+    # einops is a dependency, so its absence is simulated: find_spec answers None for it alone
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "einops" else real(name, *a))
     with pytest.raises(ConfigError, match="einops") as ei:
         build_model(load_config("liver-paper"))
     assert "\n" not in str(ei.value)
@@ -258,7 +257,28 @@ def test_arbitrary_objects_refused(tmp_path):
     torch.save({"format": CHECKPOINT_FORMAT, "state": np.random.get_state(), "obj": ConfigError("x")}, path)
     with pytest.raises(InputError) as ei:
         load_checkpoint(path)
-    assert "refuses" in one_line(ei.value, path)
+    assert "holds pickled Python code or objects" in one_line(ei.value, path)
+    assert "refused" in str(ei.value)
+
+
+def test_code_payload_refused_and_not_run(tmp_path):
+    """A checkpoint whose pickle would run a command: refused in plain words, the command never runs."""
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    for name, write in (("torch.pt", lambda p: torch.save({"format": CHECKPOINT_FORMAT, "x": Payload()}, p)),
+                        ("bare.pkl", lambda p: p.write_bytes(pickle.dumps(Payload())))):
+        path = tmp_path / name
+        write(path)
+        with pytest.raises(InputError) as ei:
+            load_checkpoint(path)
+        msg = one_line(ei.value, path)
+        assert "holds pickled Python code" in msg and "refused, nothing in it was run" in msg
+        assert "corrupt" not in msg
+    assert not marker.exists()
 
 
 def test_newer_format_version(trained, tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # a dependency: a broken install fails here rather than skipping
 
 from freetumor.checkpoints import save_checkpoint  # noqa: E402
 from freetumor.config import load_config  # noqa: E402

@@ -191,6 +191,21 @@ def test_malformed_bodies_and_unknown_cases_write_nothing(study, client):
     assert db.answers(study) == []
 
 
+def test_oversized_and_deeply_nested_bodies_are_4xx_not_500(study, client):
+    """A body nested 100,000 deep is 400 (not a parser's RecursionError, 500); a big one 413; nothing stored."""
+    t = db.add_reader(study, "alice")
+    cid = ids_of(study)[0]
+    headers = {**bearer(t), "Content-Type": "application/json"}
+    cases = [(b"[" * 100_000, 413), (b"[" * 500 + b"]" * 500, 400), (b'{"a": ' * 50 + b"1" + b"}" * 50, 400),
+             (b'{"answer": "real", "confidence": 3, "pad": "' + b"x" * 2000 + b'"}', 413)]
+    for content, status in cases:
+        r = client.put(f"/api/answers/{cid}", headers=headers, content=content)
+        assert r.status_code == status, (content[:20], r.status_code)
+    r = client.put(f"/api/answers/{cid}", headers=headers, content=b'{"answer": "real", "confidence": 3}')
+    assert r.status_code == 200  # a valid body still passes the caps
+    assert [a["answer"] for a in db.answers(study)] == ["real"]
+
+
 # ---- path traversal and the static whitelist ------------------------------------------------------
 
 TRAVERSALS = [

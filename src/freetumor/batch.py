@@ -36,8 +36,8 @@ from tqdm import tqdm
 
 from .data import datalist_entries, datalist_label_map
 from .errors import ConfigError, FreeTumorError, InputError
-from .io import case_name, write_bytes_atomic
-from .labels import default_label_map
+from .io import case_name, check_output_folder, clean_staging, write_bytes_atomic
+from .labels import default_label_map, get_label_map
 from .synthesis import SynthesisOptions, build_synthesizer, networks_loaded, synthesize_case
 
 
@@ -115,6 +115,7 @@ def synthesize_batch(
     ray_address: str = "local",
     progress: bool = True,
     log: Callable[[str], None] = print,
+    skip_bad_cases: bool = False,
 ) -> dict:
     """Synthesise ``per_case`` variants of every case with ``options``; returns counts (and writes ``datalist.json``).
 
@@ -126,10 +127,13 @@ def synthesize_batch(
     if per_case < 1:
         raise ConfigError(f"--per-case must be at least 1, got {per_case}")
     dl = Path(datalist)
-    entries = datalist_entries(dl, "cases with organ masks", keys=None)
     if options.label_map is None:
         options = dataclasses.replace(options, label_map=datalist_label_map(dl))
+    entries = datalist_entries(dl, "cases with organ masks", keys=None, skip_bad=skip_bad_cases, log=log,
+                               label_map=get_label_map(options.label_map, options.organ))
     out = Path(out)
+    check_output_folder(out)
+    clean_staging(out / "cases")  # an interrupted run's staging folders (a restart redoes their task)
     (out / "done").mkdir(parents=True, exist_ok=True)
     tasks = plan_tasks(entries, per_case, seed)
     done = {p.stem for p in (out / "done").glob("*.json")}

@@ -217,10 +217,14 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")  # a plain pickle file
             ck = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        g = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if g:
-            raise InputError(p, f"holds Python objects that safe loading refuses ({g.group(1)}); "
-                                "not a freetumor checkpoint") from None
+        # torch's wording changes between versions; any refusal by the weights-only unpickler
+        # (it names a GLOBAL, or says "Weights only load failed") means the file carries code
+        text = " ".join(str(exc).split())
+        if re.search(r"weights.only|GLOBAL", text, re.IGNORECASE):
+            g = re.search(r"GLOBAL:? (\S+)", text)
+            what = f" ({g.group(1)})" if g else ""
+            raise InputError(p, f"holds pickled Python code or objects{what}; refused, nothing in it was run "
+                                "(not a freetumor checkpoint)") from None
         raise InputError(p, "not a readable PyTorch checkpoint (corrupt, truncated or another kind of file)") from None
     except MemoryError:
         raise

@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from .errors import FreeTumorError
+from .errors import CaseErrors, FreeTumorError
 from .labels import PRESET_NAMES
 from .organs import ORGAN_NAMES, SHAPE_CONVENTIONS, SIZE_CHOICES
 from .tasks import TASKS
@@ -57,18 +57,64 @@ def _fail(message: str) -> None:
 
 
 def domain_errors(func):
-    """Turn :class:`FreeTumorError` into one line on stderr and exit code 1."""
+    """Turn :class:`FreeTumorError` into one line on stderr (one per bad case for
+    :class:`CaseErrors`) and exit code 1; an operating-system error on a file (permission
+    denied, disk full, a file where a folder should be) is reported the same way."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
+        except CaseErrors as exc:
+            for line in exc.lines[:-1]:
+                typer.echo(f"error: {line}", err=True)
+            _fail(exc.lines[-1])
         except FreeTumorError as exc:
             _fail(str(exc))
+        except OSError as exc:
+            if exc.filename is None:
+                raise
+            _fail(f"{exc.filename}: {exc.strerror or type(exc).__name__}")
         except KeyboardInterrupt:
             _fail("interrupted; nothing was written")
 
     return wrapper
+
+
+def _seed(value: int) -> int:
+    """Typer callback: a seed every generator takes, else one line and exit 1."""
+    from .config import check_seed  # deferred: config loads YAML; --help stays light
+
+    try:
+        return check_seed(value)
+    except FreeTumorError as exc:
+        _fail(str(exc))
+
+
+def _out_folder(path: Path) -> Path:
+    """Typer callback: an output folder that can be made and written, else one line and exit 1."""
+    from .io import check_output_folder  # deferred: io loads nibabel; --help stays light
+
+    try:
+        check_output_folder(path)
+    except FreeTumorError as exc:
+        _fail(str(exc))
+    return path
+
+
+def _out_file(path: Path) -> Path:
+    """Typer callback: an output file whose folder can be made and written, else one line and exit 1."""
+    from .io import check_output_file  # deferred: as above
+
+    try:
+        check_output_file(path)
+    except FreeTumorError as exc:
+        _fail(str(exc))
+    return path
+
+
+SKIP_BAD_HELP = ("Leave out cases that fail the up-front check (as `freetumor data check`) and say how many; "
+                 "by default one bad case stops the command before any work.")
 
 
 @app.command()
@@ -77,11 +123,11 @@ def synthesize(
     image: Path = typer.Option(..., "--image", help="CT: a NIfTI file or a DICOM series folder."),
     label: Path = typer.Option(..., "--label", help="Label map (NIfTI) on the CT's grid with the organ."),
     organ: Organ = typer.Option(..., "--organ", help="Tumour type / host organ."),
-    out: Path = typer.Option(..., "--out", help="Output folder."),
+    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Output folder."),
     label_map: Optional[str] = typer.Option(None, "--label-map", help=LABEL_MAP_HELP),
     count: int = typer.Option(1, "--count", min=1, help="Number of tumours to add."),
     size: Size = typer.Option(Size.mix, "--size", help="Size class; mix draws per tumour."),
-    seed: int = typer.Option(0, "--seed", help="Random seed (recorded in the output)."),
+    seed: int = typer.Option(0, "--seed", callback=_seed, help="Random seed (recorded in the output)."),
     png: bool = typer.Option(True, "--png/--no-png", help="Write the before/after figure."),
     generator: Optional[Path] = typer.Option(None, "--generator", help="Stage-1 generator (RUNDIR/generator.pt): "
                                              "learned difference maps instead of the rule-based scalar."),
@@ -141,9 +187,9 @@ def synthesize(
 @app.command()
 @domain_errors
 def phantom(
-    out: Path = typer.Option(..., "--out", help="Output folder for the cohort."),
+    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Output folder for the cohort."),
     cases: int = typer.Option(4, "--cases", min=1, help="Number of cases."),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    seed: int = typer.Option(0, "--seed", callback=_seed, help="Random seed."),
     region: Region = typer.Option(Region.abdomen, "--region", help="Body region."),
     tumour_fraction: float = typer.Option(0.5, "--tumour-fraction", min=0.0, max=1.0,
                                           help="Share of cases with a tumour."),
@@ -199,7 +245,7 @@ def data_index(
     root: Path = typer.Argument(..., help="Root folder of your copy of the dataset (e.g. Task03_Liver)."),
     source: str = typer.Option(..., "--source", help="Catalogued source, e.g. msd-task03-liver, kits23, "
                                "totalsegmentator (see freetumor.data.catalog)."),
-    out: Path = typer.Option(..., "--out", help="Datalist JSON to write; converted labels go to <stem>_labels/."),
+    out: Path = typer.Option(..., "--out", callback=_out_file, help="Datalist JSON to write; converted labels go to <stem>_labels/."),
     workers: int = typer.Option(1, "--workers", min=1, help="Cases processed in parallel."),
 ) -> None:
     """Index a public dataset by its catalogued layout: labels converted to abdomen7/chest3, cases checked."""
@@ -219,8 +265,8 @@ def data_index(
 @domain_errors
 def data_merge(
     datalists: list[Path] = typer.Argument(..., help="Datalists to pool (e.g. from `freetumor data index`)."),
-    labelled: Path = typer.Option(..., "--labelled", help="Output: cases with tumour labels."),
-    unlabelled: Path = typer.Option(..., "--unlabelled", help="Output: healthy cases with organ masks."),
+    labelled: Path = typer.Option(..., "--labelled", callback=_out_file, help="Output: cases with tumour labels."),
+    unlabelled: Path = typer.Option(..., "--unlabelled", callback=_out_file, help="Output: healthy cases with organ masks."),
 ) -> None:
     """Pool datalists into the labelled and unlabelled pools of train-synth (one label convention)."""
     from rich.console import Console  # deferred: loaded when the command runs
@@ -253,8 +299,8 @@ def data_merge(
 @app.command()
 @domain_errors
 def demo(
-    out: Path = typer.Option(Path("freetumor-demo"), "--out", help="Output folder."),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    out: Path = typer.Option(Path("freetumor-demo"), "--out", callback=_out_folder, help="Output folder."),
+    seed: int = typer.Option(0, "--seed", callback=_seed, help="Random seed."),
     train_steps: int = typer.Option(200, "--train-steps", min=0, help="Baseline training steps (0: skip training)."),
     synth_steps: int = typer.Option(60, "--synth-steps", min=0,
                                     help="Stage-1 generator iterations after the baseline (0: skip)."),
@@ -277,7 +323,7 @@ def demo(
 def train_seg(
     config: str = typer.Option(..., "--config", help="YAML file or preset name (e.g. liver-cpu-tiny)."),
     datalist: Path = typer.Option(..., "--datalist", help="MSD-style datalist with labelled \"training\" cases."),
-    out: Path = typer.Option(..., "--out", help="Run folder."),
+    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Run folder."),
     fold: Optional[int] = typer.Option(None, "--fold", help="Validation fold K of train.folds (default 0)."),
     folds: Optional[int] = typer.Option(None, "--folds", help="k-fold cross-validation: train every fold K of N "
                                         "in OUT/fold_K, score each on its validation cases, write OUT/folds.json."),
@@ -294,11 +340,11 @@ def train_seg(
                                              "added to the training pool."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Lesion profile (--synthesis profile): lesions "
                                           "drawn from real ones and rendered in HU on each patch."),
+    skip_bad_cases: bool = typer.Option(False, "--skip-bad-cases", help=SKIP_BAD_HELP),
 ) -> None:
     """Train a segmentation model: the Stage-0 baseline, or Stage 2 with online synthesis; torchrun for several
     GPUs; --folds N: k-fold cross-validation, every fold scored on its own validation cases."""
     from .config import load_config  # deferred: loaded when the command runs, so that --help and light commands start fast
-    from .training.stage0 import train_segmentation  # deferred: loaded when the command runs, so that --help and light commands start fast
 
     if folds is not None:
         if fold is not None:
@@ -314,18 +360,20 @@ def train_seg(
     if max_steps is not None:
         extra.append(f"train.max_steps={max_steps}")
     cfg = load_config(config, extra)
+    # deferred: PyTorch loads after the config is checked, so a bad config fails at once
+    from .training.stage0 import train_segmentation
     if folds is not None:
         from .training.kfold import format_folds_table, train_kfold  # deferred: as above
 
         result = train_kfold(cfg, datalist, out, folds, resume=resume, log=typer.echo, unlabelled=unlabeled,
                              synthesis=synthesis.value, generator=generator, qc_segmentor=qc_segmentor,
-                             profile=profile)
+                             profile=profile, skip_bad_cases=skip_bad_cases)
         typer.echo(format_folds_table(result))
         typer.echo(f"done: {folds} folds; per-case and per-fold metrics in {out / 'folds.json'}")
         return
     summary = train_segmentation(cfg, datalist, out, resume=resume, log=typer.echo, unlabelled=unlabeled,
                                  synthesis=synthesis.value, generator=generator, qc_segmentor=qc_segmentor,
-                                 profile=profile)
+                                 profile=profile, skip_bad_cases=skip_bad_cases)
     typer.echo(f"done: {summary['steps']} steps, best score {summary['best_score']:.4f}; checkpoints in {out}")
 
 
@@ -334,11 +382,11 @@ def train_seg(
 def synthesize_batch_cmd(
     datalist: Path = typer.Option(..., "--datalist", help="Unlabelled datalist: CT with organ masks."),
     organ: Organ = typer.Option(..., "--organ", help="Tumour type / host organ."),
-    out: Path = typer.Option(..., "--out", help="Output folder (cases/, done/, errors.log, datalist.json)."),
+    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Output folder (cases/, done/, errors.log, datalist.json)."),
     per_case: int = typer.Option(1, "--per-case", min=1, help="Synthetic variants per input case."),
     count: int = typer.Option(1, "--count", min=1, help="Tumours per synthetic case."),
     size: Size = typer.Option(Size.mix, "--size", help="Size class; mix draws per tumour."),
-    seed: int = typer.Option(0, "--seed", help="Random seed (each case's seed derives from it)."),
+    seed: int = typer.Option(0, "--seed", callback=_seed, help="Random seed (each case's seed derives from it)."),
     generator: Optional[Path] = typer.Option(None, "--generator", help="Stage-1 generator.pt."),
     qc_segmentor: Optional[Path] = typer.Option(None, "--qc-segmentor", help="Segmentor for quality control."),
     qc_threshold: Optional[float] = typer.Option(None, "--qc-threshold", help="QC recall."),
@@ -353,6 +401,7 @@ def synthesize_batch_cmd(
                                           "are drawn from it and rendered in mm and HU."),
     shape_convention: ShapeConvention = typer.Option(ShapeConvention.physical, "--shape-convention",
                                                      help=SHAPE_CONVENTION_HELP),
+    skip_bad_cases: bool = typer.Option(False, "--skip-bad-cases", help=SKIP_BAD_HELP),
 ) -> None:
     """Synthesise tumours for a whole cohort on Ray; resumable, one error line per failed case."""
     # deferred: the batch and synthesis stack loads only for this command
@@ -363,7 +412,7 @@ def synthesize_batch_cmd(
                                qc_segmentor=qc_segmentor, qc_threshold=qc_threshold, png=False, profile=profile,
                                shape_convention=shape_convention.value)
     s = synthesize_batch(datalist, options, out, per_case=per_case, seed=seed, workers=workers,
-                         ray_address=ray_address, log=typer.echo)
+                         ray_address=ray_address, log=typer.echo, skip_bad_cases=skip_bad_cases)
     rate = "" if s["cases_per_s"] is None else f", {s['cases_per_s']:.2f} cases/s"
     typer.echo(f"{s['done']} of {s['tasks']} synthetic cases done ({s['ran']} this run, {s['errors']} failed"
                f"{rate}, {s['engine']}); datalist: {Path(out) / 'datalist.json'}")
@@ -378,7 +427,7 @@ def synthesize_batch_cmd(
 def lesions_fit(
     datalist: Path = typer.Option(..., "--datalist", help="Labelled datalist of real lesions (image + label)."),
     organ: Organ = typer.Option(..., "--organ", help="Tumour type the lesions are."),
-    out: Path = typer.Option(..., "--out", help="The profile JSON to write (e.g. profile.json)."),
+    out: Path = typer.Option(..., "--out", callback=_out_file, help="The profile JSON to write (e.g. profile.json)."),
     label_map: Optional[str] = typer.Option(None, "--label-map", help=LABEL_MAP_HELP + " A map may name the tumour "
                                             "id alone (lesion-only data such as nodule crops)."),
     name: Optional[str] = typer.Option(None, "--name", help="Name recorded in the profile."),
@@ -402,7 +451,7 @@ def train_synth(
     unlabeled: Optional[Path] = typer.Option(None, "--unlabeled", help="Unlabelled datalist: CT with organ masks "
                                              "only (label = organ mask)."),
     segmentor: Path = typer.Option(..., "--segmentor", help="Frozen Stage-0 segmentor, e.g. RUNDIR/best.pt."),
-    out: Path = typer.Option(..., "--out", help="Run folder."),
+    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Run folder."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N iterations (G + D step)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set synth.lr=2e-4."),
@@ -412,17 +461,18 @@ def train_synth(
     realism_real: Optional[Path] = typer.Option(None, "--realism-real", help="Datalist of held-aside real lesions: "
                                                 "each epoch logs the realism AUC of the probe lesions against them "
                                                 "and best_realism.pt keeps the most realistic generator."),
+    skip_bad_cases: bool = typer.Option(False, "--skip-bad-cases", help=SKIP_BAD_HELP),
 ) -> None:
     """Stage 1: train the difference-map generator against a discriminator and the frozen segmentor."""
     from .config import load_config  # deferred: loaded when the command runs, so that --help and light commands start fast
-    from .training.stage1 import train_synthesis  # deferred: loaded when the command runs, so that --help and light commands start fast
 
     extra = list(overrides)
     if max_steps is not None:
         extra.append(f"synth.max_steps={max_steps}")
     cfg = load_config(config, extra)
+    from .training.stage1 import train_synthesis  # deferred: PyTorch loads after the config is checked
     summary = train_synthesis(cfg, datalist, unlabeled, segmentor, out, resume=resume, log=typer.echo,
-                              profile=profile, realism_real=realism_real)
+                              profile=profile, realism_real=realism_real, skip_bad_cases=skip_bad_cases)
     r0, r1 = summary.get("probe_recall_start"), summary.get("probe_recall_end")
     if r0 is not None and r1 is not None:
         typer.echo(f"segmentor recall of fake tumours (probe patches): {r0:.3f} at step 0 -> {r1:.3f}")
@@ -438,13 +488,14 @@ def train_synth(
 def predict(
     model: Path = typer.Option(..., "--model", help="Checkpoint, e.g. RUNDIR/best.pt."),
     image: Path = typer.Option(..., "--image", help="CT file, DICOM series folder, or folder of NIfTI files."),
-    out: Path = typer.Option(..., "--out", help="Output folder (<case>.nii.gz, on each input's grid)."),
+    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Output folder (<case>.nii.gz, on each input's grid)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    skip_bad_cases: bool = typer.Option(False, "--skip-bad-cases", help=SKIP_BAD_HELP),
 ) -> None:
     """Sliding-window segmentation, written back on each input's native grid."""
     from .inference import predict_files  # deferred: loaded when the command runs, so that --help and light commands start fast
 
-    written = predict_files(model, image, out, device=device)
+    written = predict_files(model, image, out, device=device, skip_bad_cases=skip_bad_cases)
     typer.echo(f"wrote {len(written)} prediction(s) to {out}")
 
 
@@ -454,7 +505,7 @@ def evaluate(
     pred: Path = typer.Option(..., "--pred", help="Folder of predictions <case>.nii.gz (as `predict` writes)."),
     gt: Path = typer.Option(..., "--gt", help="Ground truth: a folder of label maps named by case, or a datalist."),
     organ: Organ = typer.Option(..., "--organ", help="Tumour type evaluated."),
-    out: Path = typer.Option(..., "--out", help="Report folder (metrics.csv, lesions.csv, summary.json, index.html)."),
+    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Report folder (metrics.csv, lesions.csv, summary.json, index.html)."),
     label_map: Optional[str] = typer.Option(None, "--label-map", help=LABEL_MAP_HELP),
     pred_label_map: str = typer.Option("auto", "--pred-label-map", help="Predictions' convention: organ3 "
                                        "(1 organ, 2 tumour), a label map, or auto."),
@@ -484,7 +535,7 @@ def evaluate(
 def compare(
     report_a: Path = typer.Argument(..., help="Evaluation report folder of method A (e.g. the baseline)."),
     report_b: Path = typer.Argument(..., help="Evaluation report folder of method B."),
-    out: Path = typer.Option(..., "--out", help="Output folder (compare.json, compare.csv, boxplot.png, index.html)."),
+    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Output folder (compare.json, compare.csv, boxplot.png, index.html)."),
 ) -> None:
     """Paired t / Wilcoxon tests, bootstrap CIs and box plots of B vs A on their common cases."""
     from .evaluation.compare import compare_reports  # deferred: loaded when the command runs, so that --help and light commands start fast
@@ -511,14 +562,14 @@ def realism(
     real: Path = typer.Option(..., "--real", help="Datalist of real CT with tumour labels."),
     synthetic: Path = typer.Option(..., "--synthetic", help="Folder written by `freetumor synthesize`, or a "
                                    "datalist (.json) whose labelled lesions are the set to score."),
-    out: Path = typer.Option(..., "--out", help="Output folder (realism.json, features.csv, realism.png, "
+    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Output folder (realism.json, features.csv, realism.png, "
                              "lesions.png)."),
     organ: Organ = typer.Option(Organ.liver, "--organ", help="Tumour type."),
     label_map: Optional[str] = typer.Option(None, "--label-map", help=LABEL_MAP_HELP),
     control: Optional[Path] = typer.Option(None, "--control", help="A second datalist of real lesions: also "
                                            "score --real against it, the real-vs-real floor of the AUC."),
     folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds of the classifier."),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    seed: int = typer.Option(0, "--seed", callback=_seed, help="Random seed."),
 ) -> None:
     """Machine Visual Turing Test: real-vs-synthetic classifier AUC (0.5 = indistinguishable), feature distances."""
     from .evaluation.realism import run_realism  # deferred: scikit-learn, scipy and matplotlib load only for this command
@@ -539,16 +590,18 @@ def realism(
 def turing_build(
     real: Path = typer.Option(..., "--real", help="Datalist of real CT with tumour labels."),
     synthetic: Path = typer.Option(..., "--synthetic", help="Folder written by `freetumor synthesize`."),
-    out: Path = typer.Option(..., "--out", help="Study folder."),
+    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Study folder."),
     per_type: Optional[int] = typer.Option(None, "--per-type", min=1, help="Real and synthetic cases per tumour "
                                            "type (default: as many as the smaller side has)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed for the case selection and order."),
+    seed: int = typer.Option(0, "--seed", callback=_seed, help="Random seed for the case selection and order."),
     label_map: Optional[str] = typer.Option(None, "--label-map", help=LABEL_MAP_HELP),
+    skip_bad_cases: bool = typer.Option(False, "--skip-bad-cases", help=SKIP_BAD_HELP),
 ) -> None:
     """Build a balanced, shuffled, blinded study; the answer key goes to STUDYDIR/key.json."""
     from .turing.build import build_study  # deferred: loaded when the command runs, so that --help and light commands start fast
 
-    s = build_study(real, synthetic, out, per_type=per_type, seed=seed, label_map=label_map, log=typer.echo)
+    s = build_study(real, synthetic, out, per_type=per_type, seed=seed, label_map=label_map, log=typer.echo,
+                    skip_bad_cases=skip_bad_cases)
     per = ", ".join(f"{k}: {v} real + {v} synthetic" for k, v in s["per_type"].items())
     typer.echo(f"study with {s['cases']} cases ({per}) in {out}")
     typer.echo(f"next: freetumor turing readers add NAME --study {out}; freetumor turing serve {out}")
@@ -588,7 +641,7 @@ def turing_serve(
 @domain_errors
 def turing_score(
     study: Path = typer.Argument(..., help="Study folder."),
-    out: Path = typer.Option(..., "--out", help="Output folder (score.json, score.csv, passed.csv, score.png)."),
+    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Output folder (score.json, score.csv, passed.csv, score.png)."),
 ) -> None:
     """Sensitivity, specificity and accuracy per reader and pooled (95% CIs); synthetic cases that passed."""
     from .turing.score import score_study  # deferred: loaded when the command runs, so that --help and light commands start fast
@@ -612,7 +665,7 @@ OrganEngine = Enum("OrganEngine", {n: n for n in ("freetumor", "threshold", "tot
 @domain_errors
 def export_nnunet_cmd(
     datalist: Path = typer.Option(..., "--datalist", help="MSD-style datalist; entries with a label are exported."),
-    out: Path = typer.Option(..., "--out", help="Dataset folder nnUNet_raw/DatasetNNN_Name (3-digit id)."),
+    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Dataset folder nnUNet_raw/DatasetNNN_Name (3-digit id)."),
     organ: Optional[Organ] = typer.Option(None, "--organ", help="Tumour type (task organ3: organ 1, tumour 2)."),
     task: Optional[ExportTask] = typer.Option(None, "--task", help="Training classes (default: organ3 with "
                                               "--organ, else abdomen7 / chest3 by label map)."),
@@ -633,7 +686,7 @@ def export_nnunet_cmd(
 @domain_errors
 def organs_cmd(
     image: Path = typer.Option(..., "--image", help="CT file, DICOM series folder, or folder of NIfTI files."),
-    out: Path = typer.Option(..., "--out", help="Output folder (<case>.nii.gz organ masks, datalist.json)."),
+    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Output folder (<case>.nii.gz organ masks, datalist.json)."),
     engine: OrganEngine = typer.Option(OrganEngine.freetumor, "--engine", help="freetumor (a --model checkpoint), "
                                        "threshold (chest CT: model-free lung masks), or the optional "
                                        "totalsegmentator / lungmask packages."),

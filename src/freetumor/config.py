@@ -65,7 +65,27 @@ NORMS = ("instance", "batch")
 CONTEXTS = ("bbox", "patch")
 
 
+# Seeds: every generator (NumPy's legacy and new ones, torch's) takes these, and seeds derived
+# from them (per case, per step) stay valid.
+SEED_MAX = 2**32 - 1
+
 # --------------------------------------------------------------------------- checks
+
+
+def check_seed(seed: Any, what: str = "--seed") -> int:
+    """The seed, or a :class:`ConfigError` when it is not an integer in ``0..SEED_MAX``.
+
+    Example:
+        >>> check_seed(7)
+        7
+        >>> check_seed(-1)
+        Traceback (most recent call last):
+        ...
+        freetumor.errors.ConfigError: --seed must be an integer in 0..4294967295, got -1
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"{what} must be an integer in 0..{SEED_MAX}, got {seed!r}")
+    return int(seed)
 
 
 def _numbers(cfg_key: str, value: Any, n: int, source: str, *, integer: bool = False, positive: bool = True) -> list:
@@ -230,6 +250,7 @@ class TrainConfig:
         _require(self.folds >= 2, "train.folds", source, "at least 2", self.folds)
         _require(0 <= self.fold < self.folds, "train.fold", source, f"in [0, {self.folds})", self.fold)
         _require(self.cutmix_beta > 0, "train.cutmix_beta", source, "positive", self.cutmix_beta)
+        _require(0 <= self.seed <= SEED_MAX, "train.seed", source, f"an integer in 0..{SEED_MAX}", self.seed)
         return self
 
 
@@ -667,7 +688,7 @@ def load_config(spec: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
 
     Raises:
         ConfigError: unknown key, wrong type, bad value or combination, malformed override.
-        InputError: the file is unreadable or not valid YAML.
+        InputError: the file is unreadable, empty or not valid YAML.
     """
     path, shown = _resolve_spec(spec)
     try:
@@ -678,6 +699,10 @@ def load_config(spec: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
         data = _yaml_load(text)
     except yaml.YAMLError as exc:
         raise InputError(shown, f"not valid YAML ({_one_line(exc)})") from None
+    if data is None or data == {}:
+        # all defaults would be the full paper network: refuse rather than run it unasked
+        raise InputError(shown, "config is empty (it would run the full paper SwinUNETR on defaults); "
+                                "give its settings, or a preset such as liver-cpu-tiny")
     stem = path.stem if path.suffix in (".yaml", ".yml") else path.name
     return resolve_config(data, overrides, source=shown, name=stem)
 

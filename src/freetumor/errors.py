@@ -40,3 +40,21 @@ class InputError(FreeTumorError):
 
 class ConfigError(FreeTumorError):
     """An option or setting has an invalid value."""
+
+
+class CaseErrors(FreeTumorError):
+    """Bad cases found by an up-front check: the CLI prints one ``error:`` line per case.
+
+    Args:
+        lines: one ``<file>: <problem>`` line per bad case; the last may carry a closing note.
+
+    Example:
+        >>> err = CaseErrors(["a.nii.gz: empty file", "b.nii.gz: not 3D"])
+        >>> err.lines[1], str(err)
+        ('b.nii.gz: not 3D', 'a.nii.gz: empty file (and 1 more bad case)')
+    """
+
+    def __init__(self, lines: list[str]):
+        self.lines = [" ".join(str(line).split()) for line in lines]
+        more = len(self.lines) - 1
+        super().__init__(self.lines[0] + (f" (and {more} more bad case{'s' if more > 1 else ''})" if more else ""))

@@ -25,8 +25,9 @@ from monai.transforms import Orientation, ScaleIntensityRange, Spacing
 from tqdm import tqdm
 import torch
 
+from .data import check_cases
 from .errors import InputError
-from .io import NIFTI_SUFFIXES, Volume, case_name, load_volume, save_volume, staged_output
+from .io import NIFTI_SUFFIXES, Volume, case_name, check_output_folder, load_volume, save_volume, staged_output
 from .checkpoints import load_model
 
 
@@ -111,9 +112,17 @@ def predict_files(
     device: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    skip_bad_cases: bool = False,
 ) -> list[Path]:
-    """Predict every input (file, DICOM folder or folder of NIfTI) into ``out_dir/<case>.nii.gz``."""
+    """Predict every input (file, DICOM folder or folder of NIfTI) into ``out_dir/<case>.nii.gz``.
+
+    Every input is checked first (readable, 3D, CT in HU); a bad one stops the run before
+    anything is written, or is left out with ``skip_bad_cases``."""
     inputs = list_inputs(image)
+    entries = check_cases([{"image": str(p)} for p in inputs], None, image, skip_bad=skip_bad_cases,
+                          log=log or print)
+    inputs = [Path(e["image"]) for e in entries]
+    check_output_folder(out_dir)
     predictor = Predictor(model_path, device)
     written = []
     it = inputs

@@ -155,7 +155,13 @@ def _load_nifti(p: Path) -> Volume:
     affine = img.affine
     if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise InputError(p, "has no valid affine (voxel-to-world matrix)")
-    return Volume(array, affine, img.header, str(p))
+    meta = {}
+    slope, inter = getattr(img.dataobj, "slope", 1.0), getattr(img.dataobj, "inter", 0.0)
+    disk = img.get_data_dtype()
+    if np.issubdtype(disk, np.integer) and (slope != 1.0 or inter != 0.0):
+        # integers with scl_slope / scl_inter read as floats: written back in the same type and scaling
+        meta["stored_as"] = (disk.str, float(slope), float(inter))
+    return Volume(array, affine, img.header, str(p), meta)
 
 
 def _load_dicom_series(p: Path) -> Volume:
@@ -215,17 +221,41 @@ def _header_for(vol: Volume):
     else:
         hdr = nib.Nifti1Header()
         hdr.set_xyzt_units("mm", "sec")
-    hdr.set_data_dtype(vol.array.dtype)
+    stored_as = vol.meta.get("stored_as")
+    if stored_as is not None and np.issubdtype(vol.array.dtype, np.floating):
+        hdr.set_data_dtype(np.dtype(stored_as[0]))  # the input's type (see to_nifti for the scaling)
+    else:
+        hdr.set_data_dtype(vol.array.dtype)
     if np.issubdtype(vol.array.dtype, np.integer):
         hdr.set_slope_inter(1.0, 0.0)
     return hdr
+
+
+def _stored_raw(vol: Volume):
+    """(raw integers, (slope, intercept)) that store a float volume read from scaled integers in
+    the same type and scaling, when every value fits; else (None, None), and nibabel chooses a
+    scaling for the input's type."""
+    stored_as = vol.meta.get("stored_as")
+    if stored_as is None or not np.issubdtype(vol.array.dtype, np.floating):
+        return None, None
+    dtype, slope, inter = np.dtype(stored_as[0]), float(stored_as[1]), float(stored_as[2])
+    if not (np.isfinite(vol.array).all() and slope != 0 and np.isfinite(slope) and np.isfinite(inter)):
+        return None, None
+    raw = np.rint((vol.array.astype(np.float64) - inter) / slope)
+    info = np.iinfo(dtype)
+    if raw.size and (raw.min() < info.min or raw.max() > info.max):
+        return None, None
+    return raw.astype(dtype), (slope, inter)
 
 
 def to_nifti(vol: Volume):
     """A nibabel image with the volume's affine and (a copy of) its header."""
     hdr = _header_for(vol)
     cls = nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else nib.Nifti1Image
-    img = cls(vol.array, vol.affine, header=hdr)
+    raw, scaling = _stored_raw(vol)
+    img = cls(vol.array if raw is None else raw, vol.affine, header=hdr)
+    if scaling is not None:
+        img.header.set_slope_inter(*scaling)  # written as given: raw integers, the input's slope and intercept
     if vol.header is None:
         img.set_qform(vol.affine, code=1)
         img.set_sform(vol.affine, code=1)
@@ -346,6 +376,64 @@ def staged_output(out_dir: str | os.PathLike) -> Iterator[Path]:
             os.replace(item, target)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _writable_from(path: Path, shown: Path) -> None:
+    """Refuse when ``path`` (a folder to create or use) cannot be made or written."""
+    probe = path
+    while not probe.exists() and not probe.is_symlink():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise InputError(shown, f"cannot be created: {probe} is a file, not a folder")
+    if not probe.is_dir():
+        raise InputError(shown, f"cannot be created: {probe} does not resolve")
+    try:  # a real try (permissions, read-only or special file systems, root): made and removed at once
+        os.rmdir(tempfile.mkdtemp(prefix=".freetumor-probe-", dir=probe))
+    except OSError as exc:
+        raise InputError(shown, f"cannot be written: {exc.strerror or type(exc).__name__} in {probe}") from None
+
+
+def check_output_folder(out_dir: str | os.PathLike) -> None:
+    """Refuse, before any work, an output folder that cannot be made or written (one-line :class:`InputError`).
+
+    An existing file, a path under a file, a folder without write permission.
+
+    Example:
+        >>> import tempfile, os
+        >>> f = os.path.join(tempfile.mkdtemp(), "f"); _ = open(f, "w").write("x")
+        >>> try:
+        ...     check_output_folder(os.path.join(f, "out"))
+        ... except InputError as exc:
+        ...     print(exc.problem == f"cannot be created: {f} is a file, not a folder")
+        True
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "output path exists and is not a folder")
+    _writable_from(out, out)
+
+
+def check_output_file(path: str | os.PathLike) -> None:
+    """Refuse, before any work, an output file whose folder cannot be made or written, or a folder."""
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(p, "output path is a folder, not a file")
+    _writable_from(p.parent, p)
+
+
+def clean_staging(out_dir: str | os.PathLike) -> int:
+    """Remove the staging folders (``.<name>.tmp-*``) that an interrupted :func:`staged_output` of
+    ``out_dir`` left beside it; returns how many. Only for an output no other process is writing."""
+    out = Path(out_dir)
+    n = 0
+    if out.parent.is_dir():
+        for p in out.parent.glob(f".{out.name}.tmp-*"):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+                n += 1
+    return n
 
 
 def same_grid(a: Volume, b: Volume, tol_mm: float = 1e-3) -> bool:

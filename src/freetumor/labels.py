@@ -107,6 +107,25 @@ class LabelMap:
         return sorted(int(v) for v in values if int(v) not in self.known)
 
 
+def check_integer_labels(label: np.ndarray, name: str) -> None:
+    """Refuse a label map (or prediction) whose values are not whole numbers (one-line :class:`InputError`).
+
+    A float array of whole numbers is accepted (tools write labels as float); 1.5 or NaN is not a
+    class, and counting it as one would score a probability map as a segmentation.
+
+    Example:
+        >>> check_integer_labels(np.array([0.0, 2.0]), "a.nii.gz")
+        >>> check_integer_labels(np.array([0.0, 1.5]), "a.nii.gz")
+        Traceback (most recent call last):
+        ...
+        freetumor.errors.InputError: a.nii.gz: label holds non-integer values (e.g. 1.5)
+    """
+    if np.issubdtype(label.dtype, np.floating):
+        bad = ~np.isfinite(label) | (label != np.rint(label))
+        if bad.any():
+            raise InputError(name, f"label holds non-integer values (e.g. {float(label[bad].flat[0]):g})")
+
+
 def label_values(label: np.ndarray) -> list[int]:
     """Distinct values of an integer label array (fast path for small non-negative ids).
 

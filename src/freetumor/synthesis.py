@@ -48,7 +48,7 @@ from .errors import ConfigError, FreeTumorError, InputError
 from .grids import Grid, inner_slices
 from .io import (Volume, case_name, check_ct_intensity, check_same_grid, load_volume, save_volume, staged_output,
                  write_bytes_atomic)
-from .labels import LabelMap, get_label_map, label_values
+from .labels import LabelMap, check_integer_labels, get_label_map, label_values
 from .organs import DEFAULT_SHAPE_CONVENTION, SIZE_CHOICES, Organ, check_shape_convention, get_organ
 from .shapes import LesionMask, OrganTooSmallError, nominal_volume_ml, sample_shape
 from .profiles import LesionProfile, load_profile
@@ -288,9 +288,7 @@ class Synthesizer:
         check_same_grid(image, label)
         check_ct_intensity(image)
         lab = label.array
-        if np.issubdtype(lab.dtype, np.floating):
-            if not np.isfinite(lab).all() or not np.array_equal(lab, np.rint(lab)):
-                raise InputError(label.name, "label holds non-integer values")
+        check_integer_labels(lab, label.name)
         unknown = self.label_map.unknown_values(label_values(lab))
         if unknown:
             shown = ", ".join(str(v) for v in unknown[:8]) + (" ..." if len(unknown) > 8 else "")

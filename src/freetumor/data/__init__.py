@@ -26,13 +26,13 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
-from ..errors import ConfigError, FreeTumorError, InputError
+from ..errors import CaseErrors, ConfigError, FreeTumorError, InputError
 from ..io import case_name, check_ct_intensity, check_same_grid, load_volume, write_bytes_atomic
-from ..labels import PRESETS, LabelMap, get_label_map, label_values
+from ..labels import PRESETS, LabelMap, check_integer_labels, get_label_map, label_values
 
 
 def load_datalist(path: str | os.PathLike, keys: tuple[str, ...] | None = None) -> list[dict]:
@@ -71,12 +71,20 @@ def load_datalist(path: str | os.PathLike, keys: tuple[str, ...] | None = None) 
 
 
 def datalist_entries(datalist: str | os.PathLike, what: str = "labelled cases",
-                     keys: tuple[str, ...] | None = ("training",)) -> list[dict]:
-    """The entries of a datalist that have a label, after checking their files exist (one-line errors)."""
+                     keys: tuple[str, ...] | None = ("training",), *, label_map: "str | LabelMap | None" = None,
+                     skip_bad: bool = False, log: Callable[[str], None] | None = None) -> list[dict]:
+    """The entries of a datalist that have a label, after checking their files exist (one-line errors).
+
+    With ``label_map`` every case is also checked up front, as ``freetumor data check`` does
+    (:func:`check_cases`): bad cases stop the caller before any work, or are left out with
+    ``skip_bad``.
+    """
     entries = [e for e in load_datalist(datalist, keys=keys) if e.get("label")]
     if not entries:
         where = " under \"training\"" if keys == ("training",) else ""
         raise InputError(datalist, f"no {what} (entries with \"label\"){where}")
+    if label_map is not None:
+        return check_cases(entries, label_map, datalist, skip_bad=skip_bad, log=log)
     missing = [e["image"] for e in entries if not Path(e["image"]).exists()] + [
         e["label"] for e in entries if not Path(e["label"]).exists()]
     if missing:
@@ -194,7 +202,7 @@ class CaseCheck:
     labels: list[int] | None = None
 
 
-def check_case(entry: dict, label_map: LabelMap) -> CaseCheck:
+def check_case(entry: dict, label_map: LabelMap | None) -> CaseCheck:
     """Check one pair: readable, same grid, known label values, HU plausible."""
     res = CaseCheck(entry.get("id", "?"), entry["image"], entry.get("label"))
     try:
@@ -212,8 +220,7 @@ def check_case(entry: dict, label_map: LabelMap) -> CaseCheck:
         label = load_volume(res.label)
         check_same_grid(image, label)
         lab = label.array
-        if np.issubdtype(lab.dtype, np.floating) and not np.array_equal(lab, np.rint(lab)):
-            raise InputError(label.name, "label holds non-integer values")
+        check_integer_labels(lab, label.name)
         values = label_values(lab)
         res.labels = values
         unknown = label_map.unknown_values(values)
@@ -224,6 +231,60 @@ def check_case(entry: dict, label_map: LabelMap) -> CaseCheck:
         res.ok = False
         res.problems.append(str(exc))
     return res
+
+
+_CHECKED: dict[tuple, CaseCheck] = {}  # (image, label, their mtimes and sizes, label map) -> result
+
+
+def _stamp(path: str | None) -> tuple:
+    if path is None:
+        return (None,)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (path, None)
+    return (path, st.st_mtime_ns, st.st_size)
+
+
+def check_cases(entries: list[dict], label_map: "str | LabelMap | None", source: str | os.PathLike, *,
+                skip_bad: bool = False, log: Callable[[str], None] | None = None) -> list[dict]:
+    """Check every case up front with :func:`check_case`; the good entries, in order.
+
+    The one gate of the commands that read many cases (``train-seg``, ``train-synth``,
+    ``synthesize-batch``, ``turing build``, ``predict``): a missing, corrupt, empty, 4D or
+    non-CT image, a label off the image's grid, with non-integer or unknown values. A case
+    checked before (same files, unchanged) is not read again.
+
+    Raises:
+        CaseErrors: one line per bad case, unless ``skip_bad``, which leaves them out and
+            says how many through ``log``.
+        InputError: ``skip_bad`` left no case.
+    """
+    if label_map is None and any(e.get("label") for e in entries):
+        raise ConfigError("checking labels needs a label map")
+    lm = get_label_map(label_map) if label_map is not None else None
+    results = []
+    for e in entries:
+        key = (_stamp(e["image"]), _stamp(e.get("label")), lm and lm.name)
+        if key not in _CHECKED:
+            _CHECKED[key] = check_case(e, lm)
+        results.append(_CHECKED[key])
+    bad = [r for r in results if not r.ok]
+    if not bad:
+        return list(entries)
+    name = Path(source).name
+    if not skip_bad:
+        lines = ["; ".join(r.problems) for r in bad]
+        lines[-1] += (f" ({len(bad)} of {len(entries)} cases of {name} bad; nothing was done; "
+                      "--skip-bad-cases leaves bad cases out)")
+        raise CaseErrors(lines)
+    good = [e for e, r in zip(entries, results) if r.ok]
+    if not good:
+        raise InputError(source, f"all {len(entries)} cases are bad (see `freetumor data check`)")
+    if log is not None:
+        log(f"skipped {len(bad)} bad case(s) of {len(entries)} in {name}: "
+            + "; ".join(r.problems[0] for r in bad[:3]) + (" ..." if len(bad) > 3 else ""))
+    return good
 
 
 def check_datalist(path: str | os.PathLike, label_map: str | os.PathLike | None = None) -> list[CaseCheck]:

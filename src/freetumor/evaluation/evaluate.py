@@ -25,7 +25,7 @@ from ..data import datalist_label_map, load_datalist
 from ..errors import ConfigError, InputError
 from ..htmlpage import write_html_page
 from ..io import NIFTI_SUFFIXES, case_name, check_same_grid, load_volume, staged_output, write_bytes_atomic
-from ..labels import get_label_map
+from ..labels import check_integer_labels, get_label_map
 from .lesions import detection_summary, match_lesions
 from .metrics import case_metrics
 from .stats import bootstrap_ci
@@ -109,6 +109,8 @@ def evaluate_predictions(
         g = load_volume(gt_path)
         p = load_volume(preds[case])
         check_same_grid(g, p)
+        check_integer_labels(g.array, g.name)
+        check_integer_labels(p.array, p.name)  # a probability map is not a segmentation
         gv = np.asarray(g.array)
         pv = np.rint(np.asarray(p.array)).astype(np.int64)
         p_org, p_tum = _pred_ids(pred_label_map, set(np.unique(pv).tolist()), lm, organ)

@@ -36,6 +36,7 @@ from ..evaluation.evaluate import ORGAN3, evaluate_predictions
 from ..evaluation.stats import kfold_summary
 from ..evaluation.tables import CASE_METRICS
 from ..inference import Predictor
+from ..labels import get_label_map
 from ..io import case_name, load_volume, save_volume, staged_output, write_bytes_atomic
 from .data import SPLIT_SEED, kfold_split
 from .run import check_run_folder
@@ -89,9 +90,11 @@ def _fold_state(run: Path, cfg: Config, val: list[dict], resume: bool) -> str:
     return "resume"
 
 
-def _plan(cfg: Config, datalist, out: Path, folds: int, resume: bool, unlabelled) -> list[dict]:
+def _plan(cfg: Config, datalist, out: Path, folds: int, resume: bool, unlabelled, skip_bad: bool = False,
+          log: Callable[[str], None] | None = None) -> list[dict]:
     """Every fold's config, cases and run-folder state, or a one-line error; writes nothing."""
-    entries = datalist_entries(datalist)
+    lm = get_label_map(cfg.label_map, cfg.organ)
+    entries = datalist_entries(datalist, label_map=lm, skip_bad=skip_bad, log=log)
     if all("fold" in e for e in entries):
         try:
             outside = sorted({int(e["fold"]) for e in entries} - set(range(folds)))
@@ -101,7 +104,8 @@ def _plan(cfg: Config, datalist, out: Path, folds: int, resume: bool, unlabelled
             raise InputError(datalist, f"\"fold\" values {outside} are outside 0..{folds - 1} (--folds {folds}); "
                                        "those cases would never be validated")
     if unlabelled is not None:
-        datalist_entries(unlabelled, "unlabelled cases with organ masks")  # the trainer's check, made up front
+        # the trainer's check, made up front
+        datalist_entries(unlabelled, "unlabelled cases with organ masks", label_map=lm, skip_bad=skip_bad)
     plan = []
     for k in range(folds):
         cfg_k = cfg.replace(**{"train.folds": folds, "train.fold": k})
@@ -189,6 +193,7 @@ def train_kfold(
     profile=None,
     device: str | None = None,
     tolerance_mm: float = 2.0,
+    skip_bad_cases: bool = False,
 ) -> dict:
     """Train folds ``0..folds-1`` into ``out/fold_k`` and score each on its validation cases.
 
@@ -208,7 +213,7 @@ def train_kfold(
             raise InputError(path, "no such checkpoint file")
     if out.exists() and not out.is_dir():
         raise InputError(out, "output path exists and is not a folder")
-    plan = _plan(cfg, datalist, out, folds, resume, unlabelled)
+    plan = _plan(cfg, datalist, out, folds, resume, unlabelled, skip_bad_cases, log)
 
     for p in plan:
         k, n_val = p["fold"], len(p["val"])
@@ -219,7 +224,7 @@ def train_kfold(
             f"{p['run']}")
         train_segmentation(p["cfg"], datalist, p["run"], resume=p["state"] == "resume", log=log, progress=progress,
                            unlabelled=unlabelled, synthesis=synthesis, generator=generator,
-                           qc_segmentor=qc_segmentor, profile=profile)
+                           qc_segmentor=qc_segmentor, profile=profile, skip_bad_cases=skip_bad_cases)
 
     label_map = cfg.label_map or datalist_label_map(datalist)
     per_fold = []

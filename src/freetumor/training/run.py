@@ -64,12 +64,15 @@ def check_run_folder(out: Path, resume: bool) -> Path:
 
 
 def reset_logs(paths: Iterable[Path], start: int, resume: bool) -> None:
-    """Start JSON-lines logs afresh, or (resume) keep their lines up to step ``start``."""
+    """Start JSON-lines logs afresh, or (resume) keep their lines up to step ``start``: one line
+    per step, the latest, in step order (a log never shows a step twice after a resume)."""
     for path in paths:
-        kept = []
+        kept: dict[int, str] = {}
         if resume and path.exists():
-            kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
-        path.write_text("".join(ln + "\n" for ln in kept))
+            for ln in path.read_text().splitlines():
+                if ln and json.loads(ln)["step"] <= start:
+                    kept[int(json.loads(ln)["step"])] = ln
+        path.write_text("".join(kept[s] + "\n" for s in sorted(kept)))
 
 
 def weights_sha256(model: torch.nn.Module) -> str:

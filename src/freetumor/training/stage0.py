@@ -38,6 +38,7 @@ from ..config import Config
 from ..data import datalist_entries
 from ..errors import ConfigError, InputError
 from ..evaluation.metrics import dice
+from ..labels import get_label_map
 from ..models import build_model
 from ..transforms import SYNTHESIS_MODES, RandTumorSynthesisd, train_transforms, val_transforms
 from .data import SPLIT_SEED, StepDataset, batch_tensors, kfold_split
@@ -191,13 +192,20 @@ def synthesis_transform(cfg: Config, synthesis: str, generator, qc_segmentor,
                                prob=cfg.synth.online_prob, max_tries=cfg.synth.online_max_tries, profile=profile)
 
 
-def training_pool(cfg: Config, datalist, unlabelled) -> tuple[list[dict], list[dict]]:
+def training_pool(cfg: Config, datalist, unlabelled, skip_bad: bool = False,
+                  log: Callable[[str], None] | None = None) -> tuple[list[dict], list[dict]]:
     """(training entries, validation entries): the fold's labelled training cases, repeated
-    ``data.labelled_repeat`` times, plus the ``unlabelled`` cases (Stage 2) when given."""
-    train, val = kfold_split(datalist_entries(datalist), int(cfg.train.folds), int(cfg.train.fold))
+    ``data.labelled_repeat`` times, plus the ``unlabelled`` cases (Stage 2) when given.
+
+    Every case is checked first (:func:`~freetumor.data.check_cases`); bad ones stop the run
+    before anything is written, or are left out with ``skip_bad``."""
+    lm = get_label_map(cfg.label_map, cfg.organ)
+    entries = datalist_entries(datalist, label_map=lm, skip_bad=skip_bad, log=log)
+    train, val = kfold_split(entries, int(cfg.train.folds), int(cfg.train.fold))
     train = train * max(1, cfg.data.labelled_repeat)
     if unlabelled is not None:
-        train = train + datalist_entries(unlabelled, "unlabelled cases with organ masks")
+        train = train + datalist_entries(unlabelled, "unlabelled cases with organ masks", label_map=lm,
+                                         skip_bad=skip_bad, log=log)
     return train, val
 
 
@@ -250,6 +258,7 @@ def train_segmentation(
     generator: str | os.PathLike | None = None,
     qc_segmentor: str | os.PathLike | None = None,
     profile: str | os.PathLike | None = None,
+    skip_bad_cases: bool = False,
 ) -> dict:
     """Train a segmentor; returns the final summary (also written to ``final.json``).
 
@@ -259,7 +268,7 @@ def train_segmentation(
     """
     check_synthesis(synthesis, generator, qc_segmentor, profile)
     tr = cfg.train
-    train_entries, val_entries = training_pool(cfg, datalist, unlabelled)
+    train_entries, val_entries = training_pool(cfg, datalist, unlabelled, skip_bad_cases, log)
     run = Run(out, cfg, resume=resume, log=log)
     run.create(split_writer(train_entries, val_entries, cfg, resume))
 

@@ -56,6 +56,7 @@ from ..data import datalist_entries
 from ..errors import ConfigError, InputError
 from ..generator import apply_difference, difference_map
 from ..io import write_bytes_atomic
+from ..labels import get_label_map
 from ..models import FAKE, REAL, build_discriminator, build_generator
 from ..organs import get_organ
 from ..quality import judge_patch, predicted_tumour
@@ -456,6 +457,7 @@ def train_synthesis(
     progress: bool = True,
     profile=None,
     realism_real: str | os.PathLike | None = None,
+    skip_bad_cases: bool = False,
 ) -> dict:
     """Stage-1 training; returns the summary written to ``final.json``.
 
@@ -473,8 +475,10 @@ def train_synthesis(
     if realism_real is not None:
         datalist_entries(realism_real, "held-aside real lesions")
     s = cfg.synth
-    lab_entries = datalist_entries(labelled) * cfg.data.labelled_repeat
-    unl_entries = datalist_entries(unlabelled, "unlabelled cases with organ masks") if unlabelled else []
+    lm = get_label_map(cfg.label_map, cfg.organ)  # every case checked before anything is written
+    lab_entries = datalist_entries(labelled, label_map=lm, skip_bad=skip_bad_cases, log=log) * cfg.data.labelled_repeat
+    unl_entries = datalist_entries(unlabelled, "unlabelled cases with organ masks", label_map=lm,
+                                   skip_bad=skip_bad_cases, log=log) if unlabelled else []
     run = Run(out, cfg, resume=resume, log=log)
     seg = _load_segmentor(segmentor, cfg, run.device)
     run.create(lambda folder: (folder / "samples").mkdir(exist_ok=True))

@@ -24,8 +24,8 @@ import numpy as np
 from scipy.ndimage import map_coordinates
 
 from ..errors import ConfigError, InputError
-from ..io import load_volume, staged_output, write_bytes_atomic
-from ..data import datalist_label_map, load_datalist
+from ..io import check_output_folder, load_volume, staged_output, write_bytes_atomic
+from ..data import check_cases, datalist_label_map, load_datalist
 from ..evaluation.lesions import connected_lesions
 from ..labels import get_label_map
 
@@ -50,15 +50,16 @@ def stack_around(image, centre_mm) -> np.ndarray:
     return np.clip(np.rint(vals), -32768, 32767).astype("<i2").reshape(SLICES, ROWS, COLS)
 
 
-def _real_lesions(datalist, label_map, organs, log) -> dict[str, list[dict]]:
+def _real_lesions(datalist, label_map, organs, log, skip_bad: bool = False) -> dict[str, list[dict]]:
     p = Path(datalist)
     if not p.is_file():
         raise InputError(p, "no such datalist")
     dl_map = datalist_label_map(p)
     out: dict[str, list[dict]] = {}
-    for e in load_datalist(p):
-        if not e.get("label"):
-            continue
+    entries = [e for e in load_datalist(p) if e.get("label")]
+    # every real case checked first (a CT in HU, its label on its grid), as `freetumor data check` does
+    entries = check_cases(entries, get_label_map(label_map or dl_map, organs[0]), p, skip_bad=skip_bad, log=log)
+    for e in entries:
         label = load_volume(e["label"])
         for organ in organs:
             lm = get_label_map(label_map or dl_map, organ)
@@ -98,12 +99,16 @@ def _synthetic_lesions(folder) -> dict[str, list[dict]]:
 
 def build_study(real: str | os.PathLike, synthetic: str | os.PathLike, out: str | os.PathLike, *,
                 per_type: int | None = None, seed: int = 0, label_map: str | None = None,
-                title: str = "freetumor Visual Turing Test", log=None) -> dict:
-    """Write a study folder (all or nothing); returns a summary (counts per type)."""
+                title: str = "freetumor Visual Turing Test", log=None, skip_bad_cases: bool = False) -> dict:
+    """Write a study folder (all or nothing); returns a summary (counts per type).
+
+    Every real case is checked first; a bad one stops the build, or is left out with
+    ``skip_bad_cases``."""
     if per_type is not None and per_type < 1:
         raise ConfigError(f"--per-type must be at least 1, got {per_type}")
+    check_output_folder(out)
     syn = _synthetic_lesions(synthetic)
-    rea = _real_lesions(real, label_map, sorted(syn), log)
+    rea = _real_lesions(real, label_map, sorted(syn), log, skip_bad_cases)
     rng = np.random.default_rng(seed)
     chosen: list[tuple[str, dict]] = []
     counts = {}

@@ -61,6 +61,8 @@ from . import db
 STUDY_FORMAT = "freetumor-turing-study"
 STUDY_VERSION = 1
 CASE_ID = re.compile(r"[0-9a-f]{16}")
+MAX_BODY = 1024  # bytes of an answer body; {"answer": "synthetic", "confidence": 5} is 42
+MAX_DEPTH = 4  # brackets open at once; an answer is one flat object
 STATIC = Path(__file__).resolve().parent / "static"
 STATIC_FILES = {  # the only files ever served from disk, besides the case volumes
     "app.js": "text/javascript; charset=utf-8",
@@ -98,6 +100,47 @@ class _SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def _depth(text: str) -> int:
+    """Deepest bracket nesting of a JSON text outside its strings (bounded work: the text is short).
+
+    >>> _depth('{"a": [1, "[["]}'), _depth("[" * 9)
+    (2, 9)
+    """
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+async def _json_body(request: Request):
+    """The request's JSON body: 413 when larger than MAX_BODY bytes, 400 when not JSON or nested
+    deeper than MAX_DEPTH (never a parser's recursion error, never reading more than the cap)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
+        raise HTTPException(413 if declared.isdigit() else 400, f"body larger than {MAX_BODY} bytes")
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise HTTPException(413, f"body larger than {MAX_BODY} bytes")
+    try:
+        text = raw.decode("utf-8")
+        if _depth(text) > MAX_DEPTH:
+            raise ValueError("nested too deeply")
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise HTTPException(400, "body must be JSON") from None
 
 
 def _positive_int(meta: dict, key: str, path: Path) -> int:
@@ -270,10 +313,7 @@ def create_app(study: str | Path) -> FastAPI:
         who = await run_in_threadpool(reader, request)
         if case_id not in case_files:
             raise HTTPException(404)
-        try:
-            body = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            raise HTTPException(400, "body must be JSON") from None
+        body = await _json_body(request)
         if not isinstance(body, dict) or set(body) != {"answer", "confidence"}:
             raise HTTPException(400, 'body must be {"answer": "real" | "synthetic", "confidence": 1-5}')
         try:

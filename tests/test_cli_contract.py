@@ -1,0 +1,299 @@
+"""The one-line-error contract, command by command: every bad input gives exit 1, exactly one
+``error:`` line on stderr that names the offending file (or option), no traceback, and nothing
+written (no output, no staging folder, no change to the inputs).
+
+The catalogue is a list of rows ``(command, bad input, what the error names)``; adding a command
+or an input kind is one line. Rows marked ``slow`` (a command that loads PyTorch before it can
+refuse, several seconds each on 2 cores) run under ``make test``; the rest (about 40 s on a busy
+2-core machine) run everywhere.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from freetumor.io import save_volume
+from freetumor.phantom import make_case
+
+from conftest import CLI
+
+SHAPE = (56, 48, 24)  # tiny cases: a check reads every one
+PROC_OUT = Path("/proc/freetumor-contract-out")  # no one can write there, not even root
+
+
+# ----------------------------------------------------------------------------- the inputs, made once
+@pytest.fixture(scope="session")
+def kit(tmp_path_factory) -> dict:
+    """Good and bad files (read-only for the tests); ``kit[name]`` is a path."""
+    root = tmp_path_factory.mktemp("contract")
+    image, label = make_case("abdomen", seed=5, shape=SHAPE)
+    k: dict[str, Path] = {"root": root}
+
+    def put(name: str, vol) -> Path:
+        save_volume(vol, root / name)
+        k[name] = root / name
+        return root / name
+
+    put("good_image.nii.gz", image)
+    put("good_label.nii.gz", label)
+    put("good2_image.nii.gz", image.with_array(image.array.copy()))
+    put("good2_label.nii.gz", label.with_array(label.array.copy()))
+    # bad images
+    nib.save(nib.Nifti1Image(np.stack([image.array] * 2, -1), image.affine), root / "4d.nii.gz")
+    (root / "empty.nii.gz").write_bytes(b"")
+    (root / "corrupt.nii.gz").write_bytes((root / "good_image.nii.gz").read_bytes()[:300])
+    (root / "notnifti.nii.gz").write_bytes(gzip.compress(b"just some text, not a NIfTI header\n" * 20))
+    put("zeros.nii.gz", image.with_array(np.zeros_like(image.array)))
+    put("nonhu.nii.gz", image.with_array((image.array.astype(np.int32) + 1024).astype(np.uint16)))
+    put("labelmap_as_image.nii.gz", image.with_array(label.array.astype(np.int16)))
+    # bad labels
+    put("float_label.nii.gz", label.with_array(label.array.astype(np.float32) * 0.75))
+    shifted = label.with_array(label.array.copy())
+    shifted.affine = shifted.affine.copy()
+    shifted.affine[0, 3] += 1.0
+    put("shifted_label.nii.gz", shifted)
+    _two_dicom_series(image, root / "two_series")
+    for name in ("4d.nii.gz", "empty.nii.gz", "corrupt.nii.gz", "notnifti.nii.gz", "two_series"):
+        k[name] = root / name
+    k["missing.nii.gz"] = root / "missing.nii.gz"
+    # datalists: one good case, then the bad one
+    good = {"image": "good_image.nii.gz", "label": "good_label.nii.gz"}
+    for bad in ("4d.nii.gz", "empty.nii.gz", "corrupt.nii.gz", "notnifti.nii.gz", "zeros.nii.gz", "nonhu.nii.gz",
+                "two_series", "missing.nii.gz"):
+        _datalist(k, f"dl_image_{bad}", [good, {"image": bad, "label": "good2_label.nii.gz"}])
+    for bad in ("float_label.nii.gz", "shifted_label.nii.gz", "missing.nii.gz"):
+        _datalist(k, f"dl_label_{bad}", [good, {"image": "good2_image.nii.gz", "label": bad}])
+    _datalist(k, "dl_good", [good, {"image": "good2_image.nii.gz", "label": "good2_label.nii.gz"}])
+    # configs
+    (root / "empty.yaml").write_text("# nothing set\n")
+    (root / "list.yaml").write_text("- organ: liver\n")
+    k["empty.yaml"], k["list.yaml"] = root / "empty.yaml", root / "list.yaml"
+    # a synthetic-case folder as `synthesize` leaves it (turing build reads its records)
+    syn = root / "synthetic"
+    syn.mkdir()
+    (syn / "s_image.nii.gz").write_bytes((root / "good_image.nii.gz").read_bytes())
+    (syn / "s.json").write_text(json.dumps({"organ": "liver", "outputs": {"image": "s_image.nii.gz"},
+                                            "lesions": [{"index": 1, "centre_voxel": [28, 24, 12]}]}))
+    k["synthetic"] = syn
+    # output paths: a plain file, a folder no one may write
+    (root / "a_file").write_text("x")
+    k["a_file"] = root / "a_file"
+    locked = root / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    k["locked"] = locked
+    k["dummy.pt"] = root / "dummy.pt"  # never reached: every row fails before a network is loaded
+    for p in root.rglob("*"):
+        if p.is_file():
+            p.chmod(0o444)  # a command that modified an input would fail loudly
+    return k
+
+
+def _datalist(k: dict, name: str, entries: list[dict]) -> None:
+    path = k["root"] / f"{name}.json"
+    path.write_text(json.dumps({"label_map": "abdomen7", "training": entries}))
+    k[name] = path
+
+
+def _two_dicom_series(image, folder: Path) -> None:
+    import SimpleITK as sitk
+
+    folder.mkdir()
+    arr = np.ascontiguousarray(image.array[:, :, :4].transpose(2, 1, 0))
+    for s in range(2):
+        uid = f"1.2.826.0.1.3680043.2.1125.{s + 1}"
+        for z in range(arr.shape[0]):
+            sl = sitk.GetImageFromArray(arr[z])
+            for tag, value in (("0020|000e", uid), ("0020|0013", str(z + 1)), ("0008|0060", "CT"),
+                               ("0020|0032", f"0\\0\\{2.5 * z}"), ("0020|0037", "1\\0\\0\\0\\1\\0"),
+                               ("0010|0020", "contract")):
+                sl.SetMetaData(tag, value)
+            sitk.WriteImage(sl, str(folder / f"s{s}_{z:02d}.dcm"))
+
+
+# ----------------------------------------------------------------------------- the catalogue
+@dataclass(frozen=True)
+class Row:
+    command: str
+    bad: str                              # what is wrong (the test id)
+    argv: Callable[[dict, Path], list]    # (kit, out) -> the command line after `freetumor`
+    names: Callable[[dict], str]          # (kit) -> what the error line must name
+    slow: bool = False
+
+
+def _train_seg(dl="dl_good", config="liver-cpu-tiny", *extra):
+    return lambda k, out: ["train-seg", "--config", k.get(config, config), "--datalist", k[dl], "--out", out,
+                           "--max-steps", 1, *extra]
+
+
+def _train_synth(dl="dl_good", config="liver-cpu-tiny", *extra):
+    return lambda k, out: ["train-synth", "--config", k.get(config, config), "--datalist", k[dl],
+                           "--segmentor", k["dummy.pt"], "--out", out, "--max-steps", 1, *extra]
+
+
+def _batch(dl="dl_good", *extra):
+    return lambda k, out: ["synthesize-batch", "--datalist", k[dl], "--organ", "liver", "--out", out,
+                           "--workers", 0, *extra]
+
+
+def _turing(dl="dl_good", *extra):
+    return lambda k, out: ["turing", "build", "--real", k[dl], "--synthetic", k["synthetic"], "--out", out, *extra]
+
+
+def _predict(image="good_image.nii.gz"):
+    return lambda k, out: ["predict", "--model", k["dummy.pt"], "--image", k[image], "--out", out]
+
+
+def _synthesize(image="good_image.nii.gz", label="good_label.nii.gz", *extra):
+    return lambda k, out: ["synthesize", "--image", k[image], "--label", k[label], "--organ", "liver",
+                           "--out", out, "--no-png", *extra]
+
+
+def _evaluate(pred="float_label.nii.gz"):
+    """evaluate with one prediction file (named as the ground truth's case) against good_label."""
+    def argv(k, out):
+        folder = out.parent / "preds"
+        folder.mkdir(exist_ok=True)
+        (folder / "good_image.nii.gz").symlink_to(k[pred])
+        return ["evaluate", "--pred", folder, "--gt", k["dl_one_case"], "--organ", "liver", "--out", out]
+    return argv
+
+
+def _file(name):
+    return lambda k: str(k[name])
+
+
+def _with_out(maker, where):
+    """The command with --out replaced by an impossible path."""
+    def argv(k, out):
+        line = maker(k, out)
+        i = line.index("--out")
+        return [*line[: i + 1], where(k), *line[i + 2:]]
+    return argv
+
+
+DATALIST_COMMANDS = {"train-seg": (_train_seg, True), "train-synth": (_train_synth, True),
+                     "synthesize-batch": (_batch, False), "turing build": (_turing, False)}
+BAD_IMAGES = ["4d.nii.gz", "empty.nii.gz", "corrupt.nii.gz", "notnifti.nii.gz", "zeros.nii.gz", "nonhu.nii.gz",
+              "two_series", "missing.nii.gz"]
+BAD_LABELS = ["float_label.nii.gz", "shifted_label.nii.gz", "missing.nii.gz"]
+# fast rows: one of each kind per command, where the command starts without PyTorch
+FAST = {("synthesize-batch", "4d.nii.gz"), ("synthesize-batch", "shifted_label.nii.gz"),
+        ("turing build", "zeros.nii.gz"), ("turing build", "float_label.nii.gz"),
+        ("turing build", "two_series")}
+
+ROWS: list[Row] = []
+for cmd, (maker, torch_start) in DATALIST_COMMANDS.items():
+    ROWS += [Row(cmd, f"image {b}", maker(f"dl_image_{b}"), _file(b), slow=(cmd, b) not in FAST) for b in BAD_IMAGES]
+    ROWS += [Row(cmd, f"label {b}", maker(f"dl_label_{b}"), _file(b), slow=(cmd, b) not in FAST) for b in BAD_LABELS]
+    ROWS += [Row(cmd, "--out under a file", _with_out(maker(), lambda k: k["a_file"] / "out"), _file("a_file"),
+                 slow=torch_start),
+             Row(cmd, "--out is a file", _with_out(maker(), lambda k: k["a_file"]), _file("a_file"), slow=True),
+             Row(cmd, "--out not writable", _with_out(maker(), lambda k: k["locked"] / "out"), _file("locked"),
+                 slow=torch_start),
+             Row(cmd, "--out on /proc", _with_out(maker(), lambda k: PROC_OUT), lambda k: str(PROC_OUT), slow=True)]
+ROWS += [
+    Row("train-seg", "empty config", _train_seg(config="empty.yaml"), _file("empty.yaml")),
+    Row("train-seg", "config not a mapping", _train_seg(config="list.yaml"), _file("list.yaml")),
+    Row("train-synth", "empty config", _train_synth(config="empty.yaml"), _file("empty.yaml")),
+    Row("train-seg", "negative seed", _train_seg("dl_good", "liver-cpu-tiny", "--set", "train.seed=-1"),
+        lambda k: "train.seed"),
+    Row("train-seg", "seed >= 2**63", _train_seg("dl_good", "liver-cpu-tiny", "--set", f"train.seed={2**63}"),
+        lambda k: "train.seed"),
+    Row("train-synth", "negative seed", _train_synth("dl_good", "liver-cpu-tiny", "--set", "train.seed=-1"),
+        lambda k: "train.seed"),
+    Row("synthesize-batch", "negative seed", _batch("dl_good", "--seed", -1), lambda k: "--seed"),
+    Row("turing build", "seed >= 2**64", _turing("dl_good", "--seed", 2**64), lambda k: "--seed"),
+    Row("synthesize", "negative seed", _synthesize("good_image.nii.gz", "good_label.nii.gz", "--seed", -1),
+        lambda k: "--seed"),
+    Row("synthesize", "--out under a file", _with_out(_synthesize(), lambda k: k["a_file"] / "o"), _file("a_file")),
+    Row("synthesize", "--out not writable", _with_out(_synthesize(), lambda k: k["locked"] / "o"), _file("locked"),
+        slow=True),
+    Row("synthesize", "--out on /proc", _with_out(_synthesize(), lambda k: PROC_OUT), lambda k: str(PROC_OUT)),
+    *[Row("synthesize", f"image {b}", _synthesize(b), _file(b), slow=b not in ("4d.nii.gz", "nonhu.nii.gz"))
+      for b in BAD_IMAGES],
+    *[Row("synthesize", f"label {b}", _synthesize(label=b), _file(b), slow=True) for b in BAD_LABELS],
+    *[Row("predict", f"image {b}", _predict(b), _file(b), slow=b != "labelmap_as_image.nii.gz")
+      for b in [*BAD_IMAGES, "labelmap_as_image.nii.gz"]],
+    Row("predict", "--out is a file", _with_out(_predict(), lambda k: k["a_file"]), _file("a_file"), slow=True),
+    Row("evaluate", "non-integer prediction", _evaluate("float_label.nii.gz"), lambda k: "preds/good_image.nii.gz",
+        slow=True),
+]
+
+
+def _rid(row: Row) -> str:
+    return f"{row.command}: {row.bad}"
+
+
+def _params():
+    return [pytest.param(r, id=_rid(r), marks=[pytest.mark.slow] if r.slow else []) for r in ROWS]
+
+
+# ----------------------------------------------------------------------------- the contract
+def _tree(path: Path) -> dict:
+    """Every file and folder under ``path`` (hidden ones too) with its size and mtime."""
+    out = {}
+    for p in sorted(path.rglob("*")):
+        st = p.lstat()
+        out[str(p.relative_to(path))] = (p.is_dir(), st.st_size, st.st_mtime_ns)
+    return out
+
+
+@pytest.mark.parametrize("row", _params())
+def test_bad_input_one_line_exit_1_nothing_written(kit, row, tmp_path):
+    if "not writable" in row.bad and os.geteuid() == 0:
+        pytest.skip("running as root: a folder without write permission is still writable (see the /proc rows)")
+    if "/proc" in row.bad and not Path("/proc/self").is_dir():
+        pytest.skip("no /proc file system here")
+    if row.command == "evaluate" and "dl_one_case" not in kit:
+        _datalist(kit, "dl_one_case", [{"image": "good_image.nii.gz", "label": "good_label.nii.gz"}])
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "out"
+    argv = [str(a) for a in row.argv(kit, out)]
+    before_kit, before_work = _tree(kit["root"]), _tree(work)
+    env = dict(os.environ, COLUMNS="200")
+    r = subprocess.run([*CLI, *argv], capture_output=True, text=True, encoding="utf-8", errors="replace", env=env,
+                       timeout=300, cwd=work)
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    context = f"\n$ freetumor {' '.join(argv)}\nstdout: {r.stdout[-800:]}\nstderr: {r.stderr[-2000:]}"
+    assert r.returncode == 1, context
+    assert "Traceback" not in r.stderr + r.stdout, context
+    assert len(errors) == 1, context
+    assert row.names(kit) in errors[0], context
+    assert _tree(work) == before_work, "something was written" + context
+    assert _tree(kit["root"]) == before_kit, "an input or its folder changed" + context
+
+
+def test_catalogue_covers_every_command_and_input_kind():
+    """The catalogue keeps its breadth: each command the issue names, each kind of bad input."""
+    commands = {r.command for r in ROWS}
+    assert {"train-seg", "train-synth", "synthesize-batch", "turing build", "predict", "synthesize",
+            "evaluate"} <= commands
+    for cmd in ("train-seg", "train-synth", "synthesize-batch", "turing build"):
+        kinds = {r.bad for r in ROWS if r.command == cmd}
+        assert {f"image {b}" for b in BAD_IMAGES} | {f"label {b}" for b in BAD_LABELS} <= kinds
+        assert {"--out under a file", "--out is a file", "--out not writable", "--out on /proc"} <= kinds
+    assert len({_rid(r) for r in ROWS}) == len(ROWS)
+    assert 8 <= sum(not r.slow for r in ROWS) <= 24  # the fast set stays well under a minute
+
+
+def test_skip_bad_cases_says_how_many_and_goes_on(kit, tmp_path):
+    """--skip-bad-cases leaves the bad case out, says so, and the command runs on the good ones."""
+    from conftest import run_cli
+
+    argv = _turing("dl_image_zeros.nii.gz", "--skip-bad-cases")(kit, tmp_path / "study")
+    r = run_cli(*argv, timeout=300)
+    assert "skipped 1 bad case(s) of 2" in r.stdout, r.stdout + r.stderr
+    assert "zeros.nii.gz" in r.stdout
+    assert "Traceback" not in r.stderr
