@@ -92,8 +92,13 @@ def segmentor_recall(pred_tumour: np.ndarray, fake: np.ndarray) -> float:
     return float(np.count_nonzero(np.logical_and(pred_tumour, fake))) / n
 
 
+def _reach(spacing, shell_mm: float) -> list[int]:
+    """Voxels per axis the organ ring reaches beyond the tumour."""
+    return [max(1, int(math.ceil(shell_mm / float(s)))) for s in spacing]
+
+
 def _ring(fake: np.ndarray, spacing, shell_mm: float) -> np.ndarray:
-    reach = [max(1, int(math.ceil(shell_mm / float(s)))) for s in spacing]
+    reach = _reach(spacing, shell_mm)
     # An ellipsoidal structuring element in mm.
     grids = np.ogrid[tuple(slice(-r, r + 1) for r in reach)]
     ball = sum((g * float(s) / shell_mm) ** 2 for g, s in zip(grids, spacing)) <= 1.0
@@ -112,6 +117,15 @@ def cheap_scores(before_hu: np.ndarray, after_hu: np.ndarray, fake: np.ndarray, 
     if n == 0:
         return {"voxels": 0, "volume_mm3": 0.0, "inside_fraction": 0.0, "visible_mm3": 0.0,
                 "contrast_hu": None}
+    # Every score looks at the tumour and its ring only: crop to their box (the same numbers, cheaper).
+    reach = _reach(spacing, shell_mm)
+    box = []
+    for a in range(fake.ndim):
+        hit = np.flatnonzero(fake.any(axis=tuple(j for j in range(fake.ndim) if j != a)))
+        box.append(slice(max(0, int(hit[0]) - reach[a]), min(fake.shape[a], int(hit[-1]) + 1 + reach[a])))
+    box = tuple(box)
+    fake, organ_mask = fake[box], np.asarray(organ_mask)[box]
+    before_hu, after_hu = before_hu[box], after_hu[box]
     inside = float(np.count_nonzero(fake & organ_mask)) / n
     change = np.abs(after_hu[fake].astype(np.float64) - before_hu[fake].astype(np.float64))
     visible = float(np.count_nonzero(change >= visible_hu)) * voxel_mm3
@@ -160,7 +174,7 @@ class QualityControl:
     Args:
         segmentor: a segmentation checkpoint path, ``(model, cfg)``, or ``None`` (cheap checks only).
         settings: thresholds; default :class:`~freetumor.config.QCConfig` (section ``qc``).
-        device: torch device for the segmentor.
+        device: torch device for the segmentor, unless ``settings.device`` names one (``--qc-device``).
         context: what the segmentor sees around a lesion: the training patch centred on it
             (``patch``, as the paper) or the lesion box plus ``margin`` network voxels, padded to
             the network's input multiple (``bbox``; the patch when that would be larger).
@@ -176,7 +190,9 @@ class QualityControl:
         self.path = None
         if segmentor is not None:
 
-            self.device = torch.device(device or "cpu")
+            self.device = torch.device(self.settings.device or device or "cpu")
+            if self.device.type == "cuda" and not torch.cuda.is_available():
+                raise ConfigError(f"QC device {self.device} asked for, but CUDA is not available here")
             self.model, self.cfg = load_network(segmentor, "segmentor", self.device)
             self.path = str(segmentor) if isinstance(segmentor, (str, os.PathLike)) else None
             self.tumour_classes = self.cfg.tumour_classes

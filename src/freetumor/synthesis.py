@@ -513,6 +513,7 @@ class SynthesisOptions:
         context: what the generator sees (``bbox`` or ``patch``; default from its config).
         qc_context: what the QC segmentor sees (``patch``, as the paper, or ``bbox``).
         device: torch device for the networks (default CPU).
+        qc_device: torch device for the QC segmentor alone (default: ``device``); sets ``qc.device``.
         png: write the before/after figure.
         profile: a lesion profile (JSON path or ``builtin:<name>``): lesions drawn from it and
             rendered in mm and HU (see :class:`Synthesizer`); with ``generator`` only one trained on
@@ -531,6 +532,7 @@ class SynthesisOptions:
     context: str | None = None
     qc_context: str = "patch"
     device: str | None = None
+    qc_device: str | None = None
     png: bool = True
     profile: object = None
     shape_convention: str = DEFAULT_SHAPE_CONVENTION
@@ -560,6 +562,8 @@ def build_synthesizer(options: SynthesisOptions) -> Synthesizer:
     """
     difference = None
     cfg = Config()
+    if options.qc_device is not None and options.qc_segmentor is None:
+        raise ConfigError("--qc-device needs --qc-segmentor (the network it places)")
     if options.generator is not None:
         from .generator import LearnedDifference  # deferred: torch and MONAI load only when a network is used
 
@@ -573,6 +577,8 @@ def build_synthesizer(options: SynthesisOptions) -> Synthesizer:
         settings = cfg.qc
         if options.qc_threshold is not None:
             settings = dataclasses.replace(settings, threshold=options.qc_threshold).checked("option --qc-threshold")
+        if options.qc_device is not None:
+            settings = dataclasses.replace(settings, device=options.qc_device).checked("option --qc-device")
         # The segmentor sees the training patch around the lesion by default (as the paper): with
         # less context its recall drops (benchmarks/bench_synthesis.py, realism proxy).
         qc = QualityControl(options.qc_segmentor, settings, device=options.device, context=options.qc_context,
