@@ -528,14 +528,25 @@ class RandTumorSynthesisd(SeededTransform):
                 out[i] = self._status(d, "skipped", 0)
             else:
                 work[i] = (d, rng, lab, torch.as_tensor(np.asarray(d["image"], np.float32))[None])
+        dmaps: dict = {}  # (patch, channel) -> the generator's map: x does not change between tries
         for attempt in range(1, self.max_tries + 1):
-            drawn = {}
+            drawn, prepared = {}, {}
             for i, (d, rng, lab, x) in work.items():
-                t = self._draw(d, rng, lab, x)
+                t = self._profile_tumour(d["image"], lab, rng) if self.profile is not None else self._prepare(d, rng)
                 if t is None:
                     out[i] = self._status(d, "no-room", attempt)
-                else:
+                elif self.profile is not None:
                     drawn[i] = t
+                else:
+                    prepared[i] = t
+            if self.generator is not None:
+                need = [i for i, (p, _m) in prepared.items() if (i, int(p["channel"])) not in dmaps]
+                dmaps.update(self._difference_maps({i: (work[i][3], int(prepared[i][0]["channel"])) for i in need}))
+            for i, (p, dmap) in prepared.items():
+                if dmap is None:
+                    dmap = dmaps[(i, int(p["channel"]))]
+                xf = apply_difference(work[i][3], p["weight"][None], dmap, self.sign)
+                drawn[i] = (xf, p["fake"][0].numpy() > 0, int(p["organ_class"]))
             verdicts = self._judge({i: (work[i][2], work[i][3], *drawn[i]) for i in drawn})
             for i, (xf, fake, ocls) in drawn.items():
                 if verdicts[i]:  # new tensors (MetaTensors keep their metadata); the input dict is not modified
@@ -551,22 +562,28 @@ class RandTumorSynthesisd(SeededTransform):
             out[i] = self._status(d, "rejected", self.max_tries)
         return out
 
-    def _draw(self, d: dict, rng: np.random.Generator, lab: np.ndarray, x):
-        """One candidate tumour on a patch: (x' (1, 1, X, Y, Z) in [0, 1], its label, its organ class),
-        or ``None`` without room."""
-        if self.profile is not None:
-            return self._profile_tumour(d["image"], lab, rng)
+    def _prepare(self, d: dict, rng: np.random.Generator):
+        """One candidate tumour's mask, weight and organ (:class:`PrepareFakeTumourd`) and, without a
+        generator, its rule-based difference; ``None`` without room."""
         self.prep.set_random_state(seed=int(rng.integers(0, 2**31 - 1)))
         p = self.prep({"image": d["image"], "label": d["label"]})
         if float(p["fake"].sum()) == 0:
             return None
-        weight = p["weight"][None]
-        if self.generator is not None:
-            dmap = self.generator.run(x.to(self.generator.device), int(p["channel"])).cpu()
-        else:
-            dmap = torch.tensor(rule_based_difference(rng))
-        xf = apply_difference(x, weight, dmap, self.sign)
-        return xf, p["fake"][0].numpy() > 0, int(p["organ_class"])
+        return p, None if self.generator is not None else torch.tensor(rule_based_difference(rng))
+
+    def _difference_maps(self, inputs: dict) -> dict:
+        """(patch, channel) -> D~ for ``{patch: (x (1, 1, X, Y, Z), channel)}``: the generator on up to
+        ``qc.batch_size`` patches per forward."""
+        keys = list(inputs)
+        step = int(self.settings.batch_size)
+        out = {}
+        for k in range(0, len(keys), step):
+            chunk = keys[k:k + step]
+            x = torch.cat([inputs[i][0] for i in chunk], 0).to(self.generator.device)
+            d = self.generator.run(x, [inputs[i][1] for i in chunk]).cpu()
+            for j, i in enumerate(chunk):
+                out[(i, inputs[i][1])] = d[j:j + 1]
+        return out
 
     def _judge(self, cands: dict) -> dict:
         """Patch index -> accepted, for candidates ``(lab, x, x', fake, organ class)``: one batched
