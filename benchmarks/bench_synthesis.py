@@ -40,7 +40,8 @@ Issue 14 (``--learned``, :func:`learned_cost_figures`): the per-tumour cost of t
 ``benchmarks/results/bench_synthesis_learned.json``.
 
 Run: ``python benchmarks/bench_synthesis.py [--repeats N] [--learned-repeats N] [--generator G.pt --segmentor S.pt]``;
-``python benchmarks/bench_synthesis.py --learned --quick`` (about 4 minutes on 2 cores)
+``python benchmarks/bench_synthesis.py --learned --quick`` (20 paper-size tumours: about 4 minutes
+on an idle 2-core CPU by the README's per-tumour times; not yet timed as a whole)
 """
 
 from __future__ import annotations
@@ -406,7 +407,7 @@ def main() -> None:
                     help="only the learned-synthesis cost of issue 14: paper design vs defaults, with a breakdown "
                          "(written to benchmarks/results/bench_synthesis_learned.json)")
     ap.add_argument("--quick", action="store_true", help="with --learned: one case per size class, 2 tumours per "
-                                                         "case in the batched mode (about 4 minutes on 2 cores)")
+                                                         "case in the batched mode (20 paper-size tumours)")
     args = ap.parse_args()
     if args.learned:
         import torch
