@@ -210,7 +210,8 @@ class QualityControl:
         roi = tuple(self.cfg.data.roi_size)
         shape = tuple(x01.shape[2:])
         self.forwards += 1
-        with torch.inference_mode():
+        # no_grad, not inference_mode: the switch was not measured reliably on the loaded CPU (issue 14)
+        with torch.no_grad():
             if all(s <= r for s, r in zip(shape, roi)):
                 m = self.cfg.model.input_multiple
                 pads = [(-s) % m for s in shape]
