@@ -34,7 +34,14 @@ The slab is ``../shared/datasets/totalseg_example/slab1mm_image.nii.gz`` when
 present; otherwise a 512x512x20 phantom at 0.98 x 0.98 x 2 mm stands in (the
 ``slab_source`` field says which).
 
-Run: ``python benchmarks/bench_synthesis.py [--repeats N] [--learned-repeats N] [--generator G.pt --segmentor S.pt]``
+Issue 14 (``--learned``, :func:`learned_cost_figures`): the per-tumour cost of the paper design
+(patch generator + patch SwinUNETR-48 QC) and of ``synthesize``'s defaults, their ratio
+``learned_cost_ratio_mix`` (size mix) and a per-component breakdown; written to
+``benchmarks/results/bench_synthesis_learned.json``.
+
+Run: ``python benchmarks/bench_synthesis.py [--repeats N] [--learned-repeats N] [--generator G.pt --segmentor S.pt]``;
+``python benchmarks/bench_synthesis.py --learned --quick`` (20 paper-size tumours: about 4 minutes
+on an idle 2-core CPU by the README's per-tumour times; not yet timed as a whole)
 """
 
 from __future__ import annotations
@@ -229,6 +236,105 @@ def learned_figures(repeats: int) -> dict:
     return res
 
 
+def learned_cost_figures(per_size: int = 1, batched_count: int = 2) -> dict:
+    """Issue 14: the per-tumour cost of the paper design and of the defaults, with a breakdown.
+
+    Paper-size networks (random weights: the time does not depend on them) on an abdominal
+    phantom at 1.5 mm; QC thresholds lax (every tumour accepted at its first try, so each costs one
+    QC verdict). Per size class ``per_size`` cases:
+
+    * ``paper_design``: patch generator + patch SwinUNETR-48 QC, one tumour per case;
+    * ``defaults``: what ``synthesize`` does without options (its generator context, QC on the
+      patch, ``qc.batch_size``), one tumour per case (the CLI's ``--count 1``);
+    * ``defaults_count{batched_count}``: the same with ``batched_count`` tumours per case, judged
+      in one batched forward;
+    * ``bbox_qc``: the defaults with QC on the lesion box + margin (not the default: see README).
+
+    ``mix`` weights the size classes with the liver's probabilities. ``breakdown_ms`` splits each
+    mode's per-tumour time into generator, QC forwards, cheap checks and the rest (drawing, blending).
+    """
+    import dataclasses
+
+    import torch
+
+    import freetumor.quality as quality
+    from freetumor.config import QCConfig, load_config
+    from freetumor.models import build_generator, build_model
+    from freetumor.organs import get_organ
+    from freetumor.phantom import make_case
+    from freetumor.synthesis import SynthesisOptions, build_synthesizer
+
+    torch.manual_seed(0)
+    cfg = load_config("liver-paper")
+    gen, seg = build_generator(cfg).eval(), build_model(cfg).eval()
+    image, label = make_case("abdomen", seed=0, spacing=(1.5, 1.5, 1.5), shape=(224, 176, 120))
+    lax = dict(threshold=0.0, min_inside=0.0, min_visible_mm3=0.0, contrast_hu=[-1e9, 1e9])
+    probs = dict(get_organ("liver").size_probs)
+
+    def build(context, qc_context):
+        s = build_synthesizer(SynthesisOptions("liver", generator=(gen, cfg), qc_segmentor=(seg, cfg),
+                                               context=context, qc_context=qc_context, qc_max_tries=1))
+        s.qc.settings = dataclasses.replace(s.qc.settings, **lax)
+        return s
+
+    modes = {  # name: (generator context, QC context, tumours per case, QC batch size)
+        "paper_design": ("patch", "patch", 1, 1),
+        "defaults": (None, "patch", 1, None),
+        f"defaults_count{batched_count}": (None, "patch", batched_count, None),
+        "bbox_qc": (None, "bbox", 1, None),
+    }
+    res: dict = {"volume_shape": list(image.shape), "spacing_mm": 1.5, "cases_per_size": per_size,
+                 "qc_batch_size": QCConfig().batch_size, "generator_context_default": cfg.synth.context,
+                 "ms_per_tumour": {}, "breakdown_ms": {}}
+    cheap = quality.cheap_scores
+    with torch.inference_mode():
+        build(None, "bbox")(image, label, seed=0)  # warm-up
+        for mode, (ctx, qctx, count, batch) in modes.items():
+            synth = build(ctx, qctx)
+            if batch is not None:
+                synth.qc.settings = dataclasses.replace(synth.qc.settings, batch_size=batch)
+            clock = {}
+
+            def wrap(name, fn):
+                def timed(*a, **kw):
+                    t = time.perf_counter()
+                    try:
+                        return fn(*a, **kw)
+                    finally:
+                        clock[name] = clock.get(name, 0.0) + time.perf_counter() - t
+                return timed
+
+            synth.difference.for_volume = wrap("generator", synth.difference.for_volume)
+            synth.qc.predict_many = wrap("qc_forward", synth.qc.predict_many)
+            quality.cheap_scores = wrap("cheap_checks", cheap)
+            by_size, total, n_all = {}, 0.0, 0
+            for size in probs:
+                synth.size = size
+                times = []
+                for case in range(per_size):
+                    t = time.perf_counter()
+                    synth(image, label, count=count, seed=1 + case)
+                    times.append(time.perf_counter() - t)
+                by_size[size] = round(1000 * sum(times) / (per_size * count), 1)
+                total += sum(times)
+                n_all += per_size * count
+            quality.cheap_scores = cheap
+            by_size["mix"] = round(sum(probs[k] * by_size[k] for k in probs), 1)
+            res["ms_per_tumour"][mode] = by_size
+            parts = {k: round(1000 * v / n_all, 1) for k, v in clock.items()}
+            parts["other"] = round(1000 * total / n_all - sum(parts.values()), 1)
+            parts["qc_forwards"] = synth.qc.forwards
+            parts["tumours"] = n_all
+            res["breakdown_ms"][mode] = parts
+            print(f"[bench_synthesis] {mode}: {by_size} ms per tumour; {parts}", file=sys.stderr, flush=True)
+    t = res["ms_per_tumour"]
+    res["learned_cost_ratio_mix"] = round(t["paper_design"]["mix"] / t["defaults"]["mix"], 3)
+    res[f"learned_cost_ratio_mix_count{batched_count}"] = round(
+        t["paper_design"]["mix"] / t[f"defaults_count{batched_count}"]["mix"], 3)
+    res["learned_cost_ratio_mix_bbox_qc"] = round(t["paper_design"]["mix"] / t["bbox_qc"]["mix"], 3)
+    return res
+
+
 def realism_proxy(generator: Path, segmentor: Path, repeats: int) -> dict:
     """Trained models: how much bbox generation differs from full-patch generation on the same tumours."""
     from freetumor.generator import LearnedDifference
@@ -297,7 +403,33 @@ def main() -> None:
     ap.add_argument("--generator", type=Path, help="trained generator.pt for the realism proxy")
     ap.add_argument("--segmentor", type=Path, help="trained segmentor (best.pt) for the realism proxy")
     ap.add_argument("--only-learned", action="store_true", help="skip the rule-based figures")
+    ap.add_argument("--learned", action="store_true",
+                    help="only the learned-synthesis cost of issue 14: paper design vs defaults, with a breakdown "
+                         "(written to benchmarks/results/bench_synthesis_learned.json)")
+    ap.add_argument("--quick", action="store_true", help="with --learned: one case per size class, 2 tumours per "
+                                                         "case in the batched mode (20 paper-size tumours)")
     args = ap.parse_args()
+    if args.learned:
+        import torch
+
+        t0 = time.perf_counter()
+        fig = learned_cost_figures(1 if args.quick else max(1, args.learned_repeats), 2 if args.quick else 4)
+        t = fig["ms_per_tumour"]
+        out = {"benchmark": "bench_synthesis --learned",
+               "command": "python benchmarks/bench_synthesis.py " + " ".join(sys.argv[1:]),
+               "data": "phantom (abdomen, 1.5 mm), random-weight paper-size networks",
+               "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                           "device": "cpu", "platform": platform.platform()},
+               "paper_design_ms_per_tumour": t["paper_design"],
+               "defaults_ms_per_tumour": t["defaults"],
+               "learned_cost_ratio_mix": fig["learned_cost_ratio_mix"],
+               "target_learned_cost_ratio_mix": 5,
+               "learned": fig}
+        out["total_wall_s"] = round(time.perf_counter() - t0, 1)
+        text = json.dumps(out, indent=2)
+        (REPO / "benchmarks" / "results" / "bench_synthesis_learned.json").write_text(text + "\n")
+        print(text)
+        return
     if args.only_learned:
         out = {"benchmark": "bench_synthesis (learned only)", "machine": {"cpus": os.cpu_count()}}
         if args.learned_repeats:

@@ -52,8 +52,15 @@ synthesis (target <= 1.25), with the data prepared in the main process (``worker
 data-loader worker (``workers1``, overlapping the training compute). ``eligible_fraction`` is the
 share of patches that got a synthesis attempt.
 
+``online_synthesis_ratio`` (top level) is the ratio at the preset's default worker count
+(``data.num_workers``); ``online_synthesis.breakdown_s`` splits the main-process step into its
+parts (training, data, tumour drawing, generator, QC forwards, cheap checks), per step.
+
 Run: ``python benchmarks/bench_train.py [--repeats N] [--paper-cpu-repeats N] [--skip-paper] [--skip-synthesis]``
-(about 5 minutes on 2 CPU cores; 15 s with ``--skip-paper``)
+(about 5 minutes on 2 CPU cores; 15 s with ``--skip-paper``);
+``python benchmarks/bench_train.py --only-synthesis --quick`` (about 2 minutes). The JSON is
+printed and written to ``benchmarks/results/bench_train.json`` (``bench_train_synthesis.json``
+with ``--only-synthesis``; ``--out`` elsewhere).
 """
 
 from __future__ import annotations
@@ -397,10 +404,33 @@ def child(args) -> None:
 
 
 # ----------------------------------------------------------------------------- online synthesis
-def synthesis_step_figures(cohort: Path, repeats: int) -> dict:
-    """Training step with online synthesis + QC vs without, cpu-tiny preset, same data and recipe."""
+class _Clock:
+    """Seconds spent in wrapped callables, by name (the online-synthesis breakdown)."""
+
+    def __init__(self):
+        self.s: dict[str, float] = {}
+
+    def wrap(self, name: str, fn):
+        def timed(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                self.s[name] = self.s.get(name, 0.0) + time.perf_counter() - t
+        return timed
+
+
+def synthesis_step_figures(cohort: Path, repeats: int, workers_list=(0, 1)) -> dict:
+    """Training step with online synthesis + QC vs without, cpu-tiny preset, same data and recipe.
+
+    In the main process (``workers0``) the synthesis is timed by component (``breakdown_s``, per
+    step): drawing the tumours (shape, place, texture), the generator, the QC segmentor's
+    forwards, the cheap checks; ``data_s`` is the rest of fetching the batch and ``train_s`` the
+    trainer's step on it.
+    """
     import torch
 
+    import freetumor.transforms as tf_module
     from freetumor.config import load_config
     from freetumor.data import load_datalist
     from freetumor.models import build_generator
@@ -413,13 +443,22 @@ def synthesis_step_figures(cohort: Path, repeats: int) -> dict:
     entries = load_datalist(cohort / "labelled.json") + load_datalist(cohort / "unlabelled.json")
     torch.manual_seed(0)
     seg, gen = build_model(cfg).eval(), build_generator(cfg).eval()
-    out: dict = {"preset": "liver-cpu-tiny", "patches_per_step": cfg.data.num_samples,
-                 "cases": len(entries)}
-    for workers in (0, 1):
+    default_workers = int(cfg.data.num_workers)
+    out: dict = {"preset": "liver-cpu-tiny", "patches_per_step": cfg.data.num_samples, "cases": len(entries),
+                 "default_num_workers": default_workers, "qc_batch_size": cfg.qc.batch_size, "timed_steps": repeats}
+    judge = tf_module.judge_patch
+    for workers in workers_list:
         statuses: list = []
         for mode in ("none", "generator+qc"):
             synth = None if mode == "none" else RandTumorSynthesisd(cfg, "generator", generator=(gen, cfg),
                                                                      qc_segmentor=(seg, cfg))
+            clock = _Clock()
+            if synth is not None and workers == 0:
+                synth.synthesize_many = clock.wrap("synthesis", synth.synthesize_many)
+                synth.generator.run = clock.wrap("generator", synth.generator.run)
+                synth.qc.predict_many = clock.wrap("qc_forward", synth.qc.predict_many)
+                synth._prepare = clock.wrap("draw", synth._prepare)
+                tf_module.judge_patch = clock.wrap("cheap_checks", judge)
             ds = StepDataset(entries, train_transforms(cfg, synthesis=synth), 0, cache=True)
             for k in range(len(entries)):
                 ds.prepared(k)  # the preprocessing cache, as after the first epoch
@@ -431,20 +470,42 @@ def synthesis_step_figures(cohort: Path, repeats: int) -> dict:
             loss_fn = segmentation_loss()
             it = iter(torch.utils.data.DataLoader(ds, batch_sampler=StepBatches(0, repeats + 2, 1, 1, 0),
                                                   num_workers=workers, collate_fn=collate))
-            ts = []
+            ts, fetch, train = [], [], []
             for step in range(repeats + 2):
+                if step == 2:
+                    clock.s.clear()  # warm-up steps excluded
                 t = time.perf_counter()
                 batch = next(it)
+                t1 = time.perf_counter()
                 train_step(model, batch, loss_fn, opt, scaler, sched, cfg, torch.device("cpu"),
                            mix=torch.Generator().manual_seed(step))
-                if step >= 2:  # warm-up steps excluded
+                if step >= 2:
                     ts.append(time.perf_counter() - t)
+                    fetch.append(t1 - t)
+                    train.append(time.perf_counter() - t1)
                 statuses += list(batch.get("synth_status", []))
+            tf_module.judge_patch = judge
+            del it
             out[f"workers{workers}_{mode}_step_s"] = _med(ts)
+            if workers == 0:
+                n = len(ts)
+                c = {k: v / n for k, v in clock.s.items()}
+                fig = {"train_s": round(statistics.mean(train), 4),
+                       "data_s": round(statistics.mean(fetch) - c.get("synthesis", 0.0), 4)}
+                if synth is not None:
+                    fig.update(draw_s=round(c["draw"], 4),
+                               generator_s=round(c["generator"], 4), qc_forward_s=round(c["qc_forward"], 4),
+                               cheap_checks_s=round(c["cheap_checks"], 4),
+                               synthesis_other_s=round(c["synthesis"] - c["draw"] - c["generator"] - c["qc_forward"]
+                                                       - c["cheap_checks"], 4),
+                               qc_forwards_per_step=round(synth.qc.forwards / (repeats + 2), 2))
+                out.setdefault("breakdown_s", {})[mode] = fig
         out[f"workers{workers}_ratio"] = round(out[f"workers{workers}_generator+qc_step_s"]
                                                / out[f"workers{workers}_none_step_s"], 3)
         if statuses:
             out["eligible_fraction"] = round(sum(s != "ineligible" for s in statuses) / len(statuses), 3)
+    if f"workers{default_workers}_ratio" in out:
+        out["online_synthesis_ratio"] = out[f"workers{default_workers}_ratio"]
     out["target_ratio"] = 1.25
     return out
 
@@ -478,6 +539,10 @@ def main() -> None:
     ap.add_argument("--skip-synthesis", action="store_true", help="skip the online-synthesis step figures")
     ap.add_argument("--only-synthesis", action="store_true", help="only the online-synthesis step figures")
     ap.add_argument("--cases", type=int, default=3, help="phantom cohort size (default 3)")
+    ap.add_argument("--quick", action="store_true", help="fewer timed steps (online synthesis: 6, default worker "
+                                                         "count only); with --only-synthesis about 2 minutes")
+    ap.add_argument("--out", type=Path, help="where the JSON goes too (default benchmarks/results/bench_train.json, "
+                                             "bench_train_synthesis.json with --only-synthesis)")
     ap.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--preset", help=argparse.SUPPRESS)
     ap.add_argument("--overrides", default="[]", help=argparse.SUPPRESS)
@@ -523,7 +588,14 @@ def main() -> None:
         save_volume(make_case("abdomen", seed=0, shape=SMALL_CASE_SHAPE)[0], small_case)
         if not args.skip_synthesis:
             print("[bench_train] online synthesis ...", file=sys.stderr, flush=True)
-            result["online_synthesis"] = synthesis_step_figures(cohort, max(args.repeats, 8))
+            if args.quick:
+                from freetumor.config import load_config
+
+                fig = synthesis_step_figures(cohort, 6, (int(load_config("liver-cpu-tiny").data.num_workers),))
+            else:
+                fig = synthesis_step_figures(cohort, max(args.repeats, 8))
+            result["online_synthesis"] = fig
+            result["online_synthesis_ratio"] = fig.get("online_synthesis_ratio")
         plan = [] if args.only_synthesis else [("liver-cpu-tiny", [], full_case, args.repeats, args.repeats,
                                                  True, False)]
         if not args.skip_paper and not args.only_synthesis:
@@ -539,8 +611,14 @@ def main() -> None:
                                    else f"small phantom {SMALL_CASE_SHAPE} at 2x2x2.5 mm")
             result["presets"][preset] = fig
     result["total_wall_s"] = round(time.perf_counter() - t_start, 1)
-    result["targets"] = {"step_ratio": 1.1, "predict_ratio": 1.1}
-    print(json.dumps(result, indent=2))
+    result["targets"] = {"step_ratio": 1.1, "predict_ratio": 1.1, "online_synthesis_ratio": 1.25}
+    result["command"] = "python benchmarks/bench_train.py " + " ".join(sys.argv[1:])
+    text = json.dumps(result, indent=2)
+    results = Path(__file__).resolve().parent / "results"
+    target = args.out or results / ("bench_train_synthesis.json" if args.only_synthesis else "bench_train.json")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

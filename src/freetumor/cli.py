@@ -141,6 +141,8 @@ def synthesize(
     qc_context: Context = typer.Option(Context.patch, "--qc-context", help="QC segmentor input: the training "
                                        "patch around the lesion (patch, as the paper) or the lesion box plus a margin."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda for the generator and QC segmentor."),
+    qc_device: Optional[str] = typer.Option(None, "--qc-device", help="cpu, cuda or cuda:N for the QC segmentor "
+                                            "alone (default: --device)."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Lesion profile (profile.json of `freetumor lesions "
                                           "fit`, or builtin:lung, fitted to LIDC nodules; builtin:liver|pancreas|kidney, "
                                           "literature-based): each lesion's size, shape, contrast, edge and texture "
@@ -167,6 +169,7 @@ def synthesize(
         organ.value, label_map=label_map, size=size.value, count=count, generator=generator,
         qc_segmentor=qc_segmentor, qc_threshold=qc_threshold, qc_max_tries=max_tries,
         context=context.value if context else None, qc_context=qc_context.value, device=device, png=png,
+        qc_device=qc_device,
         profile=profile,
         shape_convention=shape_convention.value,
     )
@@ -336,6 +339,8 @@ def train_seg(
     generator: Optional[Path] = typer.Option(None, "--generator", help="Stage-1 generator.pt (--synthesis generator)."),
     qc_segmentor: Optional[Path] = typer.Option(None, "--qc-segmentor", help="Frozen segmentor for quality control "
                                                 "of the synthetic tumours."),
+    qc_device: Optional[str] = typer.Option(None, "--qc-device", help="cpu, cuda or cuda:N for the QC segmentor "
+                                            "(sets qc.device; default: the training device)."),
     unlabeled: Optional[Path] = typer.Option(None, "--unlabeled", help="Unlabelled datalist (CT + organ masks) "
                                              "added to the training pool."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Lesion profile (--synthesis profile): lesions "
@@ -359,6 +364,8 @@ def train_seg(
         extra.append(f"train.fold={fold}")
     if max_steps is not None:
         extra.append(f"train.max_steps={max_steps}")
+    if qc_device is not None:
+        extra.append(f"qc.device={qc_device}")
     cfg = load_config(config, extra)
     # deferred: PyTorch loads after the config is checked, so a bad config fails at once
     from .training.stage0 import train_segmentation
@@ -390,6 +397,7 @@ def synthesize_batch_cmd(
     generator: Optional[Path] = typer.Option(None, "--generator", help="Stage-1 generator.pt."),
     qc_segmentor: Optional[Path] = typer.Option(None, "--qc-segmentor", help="Segmentor for quality control."),
     qc_threshold: Optional[float] = typer.Option(None, "--qc-threshold", help="QC recall."),
+    qc_device: Optional[str] = typer.Option(None, "--qc-device", help="cpu, cuda or cuda:N for the QC segmentor."),
     label_map: Optional[str] = typer.Option(None, "--label-map", help=LABEL_MAP_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Ray actors (default: all CPUs, or "
                                           "one per GPU); 0 runs serially without Ray."),
@@ -410,6 +418,7 @@ def synthesize_batch_cmd(
 
     options = SynthesisOptions(organ.value, label_map=label_map, size=size.value, count=count, generator=generator,
                                qc_segmentor=qc_segmentor, qc_threshold=qc_threshold, png=False, profile=profile,
+                               qc_device=qc_device,
                                shape_convention=shape_convention.value)
     s = synthesize_batch(datalist, options, out, per_case=per_case, seed=seed, workers=workers,
                          ray_address=ray_address, log=typer.echo, skip_bad_cases=skip_bad_cases)

@@ -63,6 +63,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 MODEL_NAMES = ("swinunetr", "unet", "dynunet")
 NORMS = ("instance", "batch")
 CONTEXTS = ("bbox", "patch")
+DEVICE_RE = re.compile(r"cpu|cuda(:[0-9]+)?|mps")  # torch device names a setting may give
 
 
 # Seeds: every generator (NumPy's legacy and new ones, torch's) takes these, and seeds derived
@@ -360,9 +361,15 @@ class QCConfig:
     visible_hu: float = 10.0
     contrast_hu: list[float] | None = None  # [lo, hi] mean tumour minus surrounding-organ HU; null: organ default
     shell_mm: float = 5.0           # width of the surrounding-organ ring
+    batch_size: int = 4             # tumours judged in one segmentor forward (1: one by one; same decisions)
+    device: str | None = None       # the QC segmentor's device (cpu, cuda, cuda:N); null: the other networks'
 
     def checked(self, source: str) -> "QCConfig":
         num = (int, float)
+        _require(isinstance(self.batch_size, int) and not isinstance(self.batch_size, bool)
+                 and self.batch_size >= 1, "qc.batch_size", source, "an integer of at least 1", self.batch_size)
+        _require(self.device is None or (isinstance(self.device, str) and DEVICE_RE.fullmatch(self.device)),
+                 "qc.device", source, "cpu, cuda, cuda:N or mps", self.device)
         _require(isinstance(self.threshold, num) and 0.0 <= self.threshold < 1.0, "qc.threshold", source,
                  "in [0, 1)", self.threshold)
         _require(isinstance(self.min_inside, num) and 0.0 <= self.min_inside <= 1.0, "qc.min_inside", source,

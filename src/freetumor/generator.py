@@ -119,8 +119,9 @@ class LearnedDifference:
                               f"{organ.name} ({organ.region})".replace("  ", " "))
 
     @torch.no_grad()
-    def run(self, ct01: torch.Tensor, channel: int) -> torch.Tensor:
-        """D~ on a windowed RAS patch ``(1, 1, X, Y, Z)`` at training spacing (padded to the net's multiple)."""
+    def run(self, ct01: torch.Tensor, channel) -> torch.Tensor:
+        """D~ on windowed RAS patches ``(B, 1, X, Y, Z)`` at training spacing (padded to the net's multiple);
+        ``channel``: the organ channel, one for all or one per patch."""
         shape = ct01.shape[2:]
         m = self.multiple
         pads = [(-s) % m for s in shape]
@@ -129,7 +130,8 @@ class LearnedDifference:
         if self.residual:
             d = self.model(x)
         else:
-            d = difference_map(self.model, x, torch.tensor([channel]), s.blur_sigma, s.blur_kernel)
+            ch = torch.as_tensor(channel).reshape(-1).expand(x.shape[0])
+            d = difference_map(self.model, x, ch, s.blur_sigma, s.blur_kernel)
         return d[:, :, : shape[0], : shape[1], : shape[2]]
 
     def for_volume(self, image: np.ndarray, box, grid, organ: Organ) -> np.ndarray:

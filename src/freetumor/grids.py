@@ -129,7 +129,10 @@ def context_region(box, grid: Grid, spacing, shape, mode: str, margin_vox: int, 
     ``spacing`` is the network's voxel size (mm, R-L / A-P / S-I). ``bbox``: the
     box grown by ``margin_vox`` network voxels, unless that is larger than the
     training patch along some axis; ``patch`` (and that case): a ``roi_size``
-    window (network voxels) centred on the box, grown to hold the box.
+    window (network voxels) centred on the box, grown to hold the box, and shifted
+    inside the volume where it fits (as a training patch lies inside its scan; the
+    whole axis where it does not): the windows of one volume then share a shape, so
+    the network can judge them in one batch.
     """
     native = grid.voxels_per(spacing)  # native voxels per network voxel
     if mode == "bbox":
@@ -146,7 +149,13 @@ def context_region(box, grid: Grid, spacing, shape, mode: str, margin_vox: int, 
         half = int(math.ceil(roi_axis * native[a] / 2))
         c = (s.start + s.stop) // 2
         lo, hi = min(s.start, c - half), max(s.stop, c + half)
-        out.append(slice(max(0, lo), min(int(shape[a]), hi)))
+        n = int(shape[a])
+        if hi - lo <= n:
+            shift = max(0, -lo) - max(0, hi - n)
+            lo, hi = lo + shift, hi + shift
+        else:  # the volume is narrower than the window: all of it
+            lo, hi = 0, n
+        out.append(slice(max(0, lo), min(n, hi)))
     return tuple(out)
 
 

@@ -92,8 +92,13 @@ def segmentor_recall(pred_tumour: np.ndarray, fake: np.ndarray) -> float:
     return float(np.count_nonzero(np.logical_and(pred_tumour, fake))) / n
 
 
+def _reach(spacing, shell_mm: float) -> list[int]:
+    """Voxels per axis the organ ring reaches beyond the tumour."""
+    return [max(1, int(math.ceil(shell_mm / float(s)))) for s in spacing]
+
+
 def _ring(fake: np.ndarray, spacing, shell_mm: float) -> np.ndarray:
-    reach = [max(1, int(math.ceil(shell_mm / float(s)))) for s in spacing]
+    reach = _reach(spacing, shell_mm)
     # An ellipsoidal structuring element in mm.
     grids = np.ogrid[tuple(slice(-r, r + 1) for r in reach)]
     ball = sum((g * float(s) / shell_mm) ** 2 for g, s in zip(grids, spacing)) <= 1.0
@@ -112,6 +117,15 @@ def cheap_scores(before_hu: np.ndarray, after_hu: np.ndarray, fake: np.ndarray, 
     if n == 0:
         return {"voxels": 0, "volume_mm3": 0.0, "inside_fraction": 0.0, "visible_mm3": 0.0,
                 "contrast_hu": None}
+    # Every score looks at the tumour and its ring only: crop to their box (the same numbers, cheaper).
+    reach = _reach(spacing, shell_mm)
+    box = []
+    for a in range(fake.ndim):
+        hit = np.flatnonzero(fake.any(axis=tuple(j for j in range(fake.ndim) if j != a)))
+        box.append(slice(max(0, int(hit[0]) - reach[a]), min(fake.shape[a], int(hit[-1]) + 1 + reach[a])))
+    box = tuple(box)
+    fake, organ_mask = fake[box], np.asarray(organ_mask)[box]
+    before_hu, after_hu = before_hu[box], after_hu[box]
     inside = float(np.count_nonzero(fake & organ_mask)) / n
     change = np.abs(after_hu[fake].astype(np.float64) - before_hu[fake].astype(np.float64))
     visible = float(np.count_nonzero(change >= visible_hu)) * voxel_mm3
@@ -143,13 +157,24 @@ def decide(scores: dict, organ: Organ, settings: QCConfig) -> QCDecision:
     return QCDecision(not reasons, dict(scores), reasons)
 
 
+@dataclass
+class PendingLesion:
+    """One lesion's QC inputs, taken when it was blended: its cheap scores and (with a segmentor)
+    the network's input and the lesion on the network grid (:meth:`QualityControl.judge`)."""
+
+    scores: dict
+    organ: Organ
+    net_input: object = None
+    net_fake: np.ndarray | None = None
+
+
 class QualityControl:
     """The full filter: a frozen segmentor (optional) and the cheap checks.
 
     Args:
         segmentor: a segmentation checkpoint path, ``(model, cfg)``, or ``None`` (cheap checks only).
         settings: thresholds; default :class:`~freetumor.config.QCConfig` (section ``qc``).
-        device: torch device for the segmentor.
+        device: torch device for the segmentor, unless ``settings.device`` names one (``--qc-device``).
         context: what the segmentor sees around a lesion: the training patch centred on it
             (``patch``, as the paper) or the lesion box plus ``margin`` network voxels, padded to
             the network's input multiple (``bbox``; the patch when that would be larger).
@@ -165,22 +190,27 @@ class QualityControl:
         self.path = None
         if segmentor is not None:
 
-            self.device = torch.device(device or "cpu")
+            self.device = torch.device(self.settings.device or device or "cpu")
+            if self.device.type == "cuda" and not torch.cuda.is_available():
+                raise ConfigError(f"QC device {self.device} asked for, but CUDA is not available here")
             self.model, self.cfg = load_network(segmentor, "segmentor", self.device)
             self.path = str(segmentor) if isinstance(segmentor, (str, os.PathLike)) else None
             self.tumour_classes = self.cfg.tumour_classes
-        self.calls = 0
+        self.calls = 0  # lesions prepared (native grid)
+        self.forwards = 0  # segmentor forwards
 
     # ------------------------------------------------------------------ patch space (training)
     def predict_tumour(self, x01):
         """Predicted tumour (bool tensor) for windowed patches ``(B, 1, X, Y, Z)`` at the segmentor's spacing.
 
         Inputs no larger than the training patch go through the network once (zero-padded to
-        its input multiple); larger ones through sliding windows.
+        its input multiple); larger ones through sliding windows. One call is one forward.
         """
 
         roi = tuple(self.cfg.data.roi_size)
         shape = tuple(x01.shape[2:])
+        self.forwards += 1
+        # no_grad, not inference_mode: the switch was not measured reliably on the loaded CPU (issue 14)
         with torch.no_grad():
             if all(s <= r for s, r in zip(shape, roi)):
                 m = self.cfg.model.input_multiple
@@ -190,12 +220,39 @@ class QualityControl:
             else:
                 logits = sliding_window_inference(x01.to(self.device), roi, self.cfg.val.sw_batch_size,
                                                   self.model, overlap=self.cfg.val.overlap)
-        return predicted_tumour(logits, self.tumour_classes)
+            return predicted_tumour(logits, self.tumour_classes)
+
+    def predict_many(self, inputs: list) -> list[np.ndarray]:
+        """Predicted tumour (bool array ``(X, Y, Z)``) for each windowed input ``(1, 1, X, Y, Z)``, in order.
+
+        Inputs of the same shape share forwards of up to ``settings.batch_size`` (the network sees
+        each input exactly as alone: no padding to a common shape), so the decisions are those of
+        one-by-one calls.
+        """
+        out: list = [None] * len(inputs)
+        groups: dict[tuple, list[int]] = {}
+        for i, t in enumerate(inputs):
+            groups.setdefault(tuple(t.shape), []).append(i)
+        step = int(self.settings.batch_size)
+        for idx in groups.values():
+            for k in range(0, len(idx), step):
+                chunk = idx[k:k + step]
+                pred = self.predict_tumour(torch.cat([inputs[i] for i in chunk], 0)).cpu().numpy()
+                for j, i in enumerate(chunk):
+                    out[i] = pred[j, 0] if pred.ndim == 5 else pred[j]
+        return out
 
     # ------------------------------------------------------------------ native grid (synthesize)
     def check_lesion(self, before_box: np.ndarray, image: np.ndarray, box, lesion_box_mask: np.ndarray,
                      organ_mask: np.ndarray, grid, organ: Organ) -> QCDecision:
-        """Judge one lesion just blended into ``image`` (native grid, HU).
+        """Judge one lesion just blended into ``image`` (native grid, HU): :meth:`prepare_lesion`
+        then :meth:`judge` (arguments as :meth:`prepare_lesion`)."""
+        return self.judge([self.prepare_lesion(before_box, image, box, lesion_box_mask, organ_mask, grid, organ)])[0]
+
+    def prepare_lesion(self, before_box: np.ndarray, image: np.ndarray, box, lesion_box_mask: np.ndarray,
+                       organ_mask: np.ndarray, grid, organ: Organ) -> "PendingLesion":
+        """What QC needs of one lesion just blended into ``image`` (native grid, HU), taken now, so
+        that the image may change before :meth:`judge` sees it with other lesions.
 
         Args:
             before_box: ``image[box]`` before the blend.
@@ -216,12 +273,24 @@ class QualityControl:
         fake = np.zeros(after.shape, bool)
         fake[inner] = fake_box
         scores = cheap_scores(before, after, fake, organ_mask[region], grid.spacing, s.shell_mm, s.visible_hu)
-        if self.model is not None:
-            scores["recall"] = round(self._recall_native(image, box, fake_box, grid, organ), 6)
-        return decide(scores, organ, s)
+        if self.model is None:
+            return PendingLesion(scores, organ)
+        return PendingLesion(scores, organ, *self._native_input(image, box, fake_box, grid))
 
-    def _recall_native(self, image, box, fake_box, grid, organ: Organ) -> float:
+    def judge(self, pending: list["PendingLesion"]) -> list[QCDecision]:
+        """The decisions on lesions from :meth:`prepare_lesion`, their segmentor inputs batched
+        (:meth:`predict_many`)."""
+        preds = self.predict_many([p.net_input for p in pending]) if self.model is not None and pending else None
+        out = []
+        for k, p in enumerate(pending):
+            scores = dict(p.scores)
+            if preds is not None:
+                scores["recall"] = round(segmentor_recall(preds[k], p.net_fake), 6)
+            out.append(decide(scores, p.organ, self.settings))
+        return out
 
+    def _native_input(self, image, box, fake_box, grid):
+        """(windowed network input ``(1, 1, X, Y, Z)``, the lesion on that grid) of the lesion's context."""
         d = self.cfg.data
         roi = tuple(d.roi_size)
         region = context_region(box, grid, d.spacing, image.shape, self.context, self.margin, roi)
@@ -233,8 +302,7 @@ class QualityControl:
         f = resample_to(torch.from_numpy(np.ascontiguousarray(fake))[None, None], size, "nearest") > 0.5
         if not bool(f.any()):  # a lesion thinner than one target voxel: keep its centre voxel
             f = resample_to(torch.from_numpy(np.ascontiguousarray(fake))[None, None], size) > 0
-        pred = self.predict_tumour(t).cpu()
-        return segmentor_recall(pred.numpy()[0], f.numpy()[0, 0])
+        return t, f.numpy()[0, 0]
 
     def describe(self) -> dict:
         return {"segmentor": self.path, "context": self.context, "margin": self.margin, **asdict(self.settings)}

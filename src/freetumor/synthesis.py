@@ -331,31 +331,57 @@ class Synthesizer:
         seeds = np.random.SeedSequence(int(seed)).generate_state(count, dtype=np.uint32)
         lesions: list[dict] = []
         masks: list[LesionMask] = []
-        for k in range(count):
-            for attempt in range(1, (self.qc_max_tries if self.qc is not None else 1) + 1):
-                # The first draw uses the lesion's own seed, so QC does not change accepted first draws.
-                s = int(seeds[k]) if attempt == 1 else int(
-                    np.random.SeedSequence([int(seeds[k]), attempt]).generate_state(1)[0])
-                rec, lm, box, before, mbox = self._one_lesion(out_img, free, grid, s, label.name, organ_ml)
-                if self.qc is None:
-                    break
-                decision = self.qc.check_lesion(before, out_img, box, mbox, host, grid, self.organ)
-                rec["qc"] = decision.as_record()
-                rec["qc_tries"] = attempt
-                if decision.accepted:
-                    break
-                out_img[box] = before  # undo the rejected tumour
-            else:
-                raise QCRejectedError(
-                    f"{label.name}: no synthetic {self.organ.name} tumour passed quality control in "
-                    f"{self.qc_max_tries} tries (last: {'; '.join(decision.reasons)})")
+        attempts = [1] * count
+
+        def draw(k: int) -> tuple:
+            # The first draw uses the lesion's own seed, so QC does not change accepted first draws.
+            s = int(seeds[k]) if attempts[k] == 1 else int(
+                np.random.SeedSequence([int(seeds[k]), attempts[k]]).generate_state(1)[0])
+            rec, lm, box, before, mbox = self._one_lesion(out_img, free, grid, s, label.name, organ_ml)
+            undo = (box, before, lm, free[lm.slices].copy(), out_lab[lm.slices].copy())
             out_lab[lm.slices][lm.mask] = tumour_id
             free[lm.slices][lm.mask] = False
-            rec.update(index=k + 1, case_seed=int(seed))
-            centre = np.asarray(rec["centre_voxel"], float)
-            rec["centre_mm"] = [round(float(v), 2) for v in image.voxel_to_mm(centre)]
-            lesions.append(rec)
-            masks.append(lm)
+            pending = None if self.qc is None else self.qc.prepare_lesion(before, out_img, box, mbox, host, grid,
+                                                                          self.organ)
+            return rec, lm, undo, pending
+
+        # Lesion k is drawn on the image holding lesions 1..k-1 and judged on it, as one by one. Under
+        # QC the remaining lesions are drawn in a row (each as if the ones before it were accepted)
+        # and judged in batched forwards; from the first rejected one on, they are undone (last
+        # first) and drawn again: the same lesions and decisions as judging each before the next.
+        k = 0
+        width = self.qc.settings.batch_size if self.qc is not None else 1
+        while k < count:
+            drawn: list = []
+            for j in range(k, min(count, k + width)):
+                try:
+                    drawn.append(draw(j))
+                except OrganTooSmallError:
+                    if not drawn:  # drawn on the state one by one would see: a real failure
+                        raise
+                    break  # the room may depend on a lesion not yet judged: draw it again next round
+            decisions = self.qc.judge([p for *_r, p in drawn]) if self.qc is not None else [None] * len(drawn)
+            for j, ((rec, lm, _undo, _p), decision) in enumerate(zip(drawn, decisions)):
+                if decision is not None:
+                    rec["qc"] = decision.as_record()
+                    rec["qc_tries"] = attempts[k]
+                    if not decision.accepted:
+                        for _rec, _lm, (box, before, m, free_box, lab_box), _pp in reversed(drawn[j:]):
+                            out_img[box] = before
+                            free[m.slices] = free_box
+                            out_lab[m.slices] = lab_box
+                        if attempts[k] == self.qc_max_tries:
+                            raise QCRejectedError(
+                                f"{label.name}: no synthetic {self.organ.name} tumour passed quality control in "
+                                f"{self.qc_max_tries} tries (last: {'; '.join(decision.reasons)})")
+                        attempts[k] += 1
+                        break
+                rec.update(index=k + 1, case_seed=int(seed))
+                centre = np.asarray(rec["centre_voxel"], float)
+                rec["centre_mm"] = [round(float(v), 2) for v in image.voxel_to_mm(centre)]
+                lesions.append(rec)
+                masks.append(lm)
+                k += 1
         return SynthesisResult(image.with_array(out_img), label.with_array(out_lab), lesions, masks)
 
     def _one_lesion(self, img: np.ndarray, free: np.ndarray, grid: Grid, seed: int, label_name: str, organ_ml: float):
@@ -485,6 +511,7 @@ class SynthesisOptions:
         context: what the generator sees (``bbox`` or ``patch``; default from its config).
         qc_context: what the QC segmentor sees (``patch``, as the paper, or ``bbox``).
         device: torch device for the networks (default CPU).
+        qc_device: torch device for the QC segmentor alone (default: ``device``); sets ``qc.device``.
         png: write the before/after figure.
         profile: a lesion profile (JSON path or ``builtin:<name>``): lesions drawn from it and
             rendered in mm and HU (see :class:`Synthesizer`); with ``generator`` only one trained on
@@ -503,6 +530,7 @@ class SynthesisOptions:
     context: str | None = None
     qc_context: str = "patch"
     device: str | None = None
+    qc_device: str | None = None
     png: bool = True
     profile: object = None
     shape_convention: str = DEFAULT_SHAPE_CONVENTION
@@ -532,6 +560,8 @@ def build_synthesizer(options: SynthesisOptions) -> Synthesizer:
     """
     difference = None
     cfg = Config()
+    if options.qc_device is not None and options.qc_segmentor is None:
+        raise ConfigError("--qc-device needs --qc-segmentor (the network it places)")
     if options.generator is not None:
         from .generator import LearnedDifference  # deferred: torch and MONAI load only when a network is used
 
@@ -545,6 +575,8 @@ def build_synthesizer(options: SynthesisOptions) -> Synthesizer:
         settings = cfg.qc
         if options.qc_threshold is not None:
             settings = dataclasses.replace(settings, threshold=options.qc_threshold).checked("option --qc-threshold")
+        if options.qc_device is not None:
+            settings = dataclasses.replace(settings, device=options.qc_device).checked("option --qc-device")
         # The segmentor sees the training patch around the lesion by default (as the paper): with
         # less context its recall drops (benchmarks/bench_synthesis.py, realism proxy).
         qc = QualityControl(options.qc_segmentor, settings, device=options.device, context=options.qc_context,

@@ -483,6 +483,7 @@ class RandTumorSynthesisd(SeededTransform):
             self.qc: QualityControl | None = qc_segmentor
         else:
             self.qc = None if qc_segmentor is None else QualityControl(qc_segmentor, cfg.qc, device=str(self.device))
+        # (qc.device, when set, puts the segmentor on its own device: QualityControl)
         self.profile: LesionProfile | None = None
         if mode == "profile":
             if profile is None:
@@ -506,54 +507,102 @@ class RandTumorSynthesisd(SeededTransform):
         self.counts[status] = self.counts.get(status, 0) + 1
         return d
 
-    @torch.no_grad()
     def __call__(self, data):
-        d = dict(data)
-        rng = self.next_rng()
-        lab = np.asarray(d["label"])[0]
-        if not self.eligible(lab):
-            return self._status(d, "ineligible", 0)
-        if rng.random() >= self.prob:
-            return self._status(d, "skipped", 0)
-        img = d["image"]
-        x = torch.as_tensor(np.asarray(img, np.float32))[None]  # (1, 1, X, Y, Z)
+        return self.synthesize_many([data], [self.next_rng()])[0]
+
+    @torch.no_grad()
+    def synthesize_many(self, patches: list, rngs: list) -> list[dict]:
+        """:meth:`__call__` on several patches at once, patch ``i`` with the generator ``rngs[i]``
+        (what :meth:`next_rng` gave it): each attempt's tumours are judged in batched segmentor
+        forwards (:meth:`~freetumor.quality.QualityControl.predict_many`). Every patch uses only its
+        own generator, so the patches and statuses are those of one call per patch.
+        """
+        out: list = [None] * len(patches)
+        work = {}  # patch index -> (dict, rng, label array, x (1, 1, X, Y, Z))
+        for i, (data, rng) in enumerate(zip(patches, rngs)):
+            d = dict(data)
+            lab = np.asarray(d["label"])[0]
+            if not self.eligible(lab):
+                out[i] = self._status(d, "ineligible", 0)
+            elif rng.random() >= self.prob:
+                out[i] = self._status(d, "skipped", 0)
+            else:
+                work[i] = (d, rng, lab, torch.as_tensor(np.asarray(d["image"], np.float32))[None])
+        dmaps: dict = {}  # (patch, channel) -> the generator's map: x does not change between tries
+        for attempt in range(1, self.max_tries + 1):
+            drawn, prepared = {}, {}
+            for i, (d, rng, lab, x) in work.items():
+                t = self._profile_tumour(d["image"], lab, rng) if self.profile is not None else self._prepare(d, rng)
+                if t is None:
+                    out[i] = self._status(d, "no-room", attempt)
+                elif self.profile is not None:
+                    drawn[i] = t
+                else:
+                    prepared[i] = t
+            if self.generator is not None:
+                need = [i for i, (p, _m) in prepared.items() if (i, int(p["channel"])) not in dmaps]
+                dmaps.update(self._difference_maps({i: (work[i][3], int(prepared[i][0]["channel"])) for i in need}))
+            for i, (p, dmap) in prepared.items():
+                if dmap is None:
+                    dmap = dmaps[(i, int(p["channel"]))]
+                xf = apply_difference(work[i][3], p["weight"][None], dmap, self.sign)
+                drawn[i] = (xf, p["fake"][0].numpy() > 0, int(p["organ_class"]))
+            verdicts = self._judge({i: (work[i][2], work[i][3], *drawn[i]) for i in drawn})
+            for i, (xf, fake, ocls) in drawn.items():
+                if verdicts[i]:  # new tensors (MetaTensors keep their metadata); the input dict is not modified
+                    d = work[i][0]
+                    new_img = torch.as_tensor(d["image"]).clone()
+                    new_img[0] = xf[0, 0].to(new_img.dtype)
+                    new_lab = torch.as_tensor(d["label"]).clone()
+                    new_lab[0][torch.from_numpy(fake)] = self.tumour_of[ocls]
+                    d["image"], d["label"] = new_img, new_lab
+                    out[i] = self._status(d, "accepted", attempt)
+            work = {i: w for i, w in work.items() if out[i] is None}
+        for i, (d, *_rest) in work.items():
+            out[i] = self._status(d, "rejected", self.max_tries)
+        return out
+
+    def _prepare(self, d: dict, rng: np.random.Generator):
+        """One candidate tumour's mask, weight and organ (:class:`PrepareFakeTumourd`) and, without a
+        generator, its rule-based difference; ``None`` without room."""
+        self.prep.set_random_state(seed=int(rng.integers(0, 2**31 - 1)))
+        p = self.prep({"image": d["image"], "label": d["label"]})
+        if float(p["fake"].sum()) == 0:
+            return None
+        return p, None if self.generator is not None else torch.tensor(rule_based_difference(rng))
+
+    def _difference_maps(self, inputs: dict) -> dict:
+        """(patch, channel) -> D~ for ``{patch: (x (1, 1, X, Y, Z), channel)}``: the generator on up to
+        ``qc.batch_size`` patches per forward."""
+        keys = list(inputs)
+        step = int(self.settings.batch_size)
+        out = {}
+        for k in range(0, len(keys), step):
+            chunk = keys[k:k + step]
+            x = torch.cat([inputs[i][0] for i in chunk], 0).to(self.generator.device)
+            d = self.generator.run(x, [inputs[i][1] for i in chunk]).cpu()
+            for j, i in enumerate(chunk):
+                out[(i, inputs[i][1])] = d[j:j + 1]
+        return out
+
+    def _judge(self, cands: dict) -> dict:
+        """Patch index -> accepted, for candidates ``(lab, x, x', fake, organ class)``: one batched
+        segmentor forward (per ``qc.batch_size``) for all of them, then each patch's checks."""
+        if self.qc is None and not self.cheap_checks:
+            return {i: True for i in cands}
         lo, hi = self.cfg.data.hu_window
         spacing = tuple(self.cfg.data.spacing)
-        for attempt in range(1, self.max_tries + 1):
-            if self.profile is not None:
-                drawn = self._profile_tumour(img, lab, rng)
-                if drawn is None:
-                    return self._status(d, "no-room", attempt)
-                xf, fake, ocls = drawn
-            else:
-                self.prep.set_random_state(seed=int(rng.integers(0, 2**31 - 1)))
-                p = self.prep({"image": img, "label": d["label"]})
-                if float(p["fake"].sum()) == 0:
-                    return self._status(d, "no-room", attempt)
-                weight = p["weight"][None]
-                if self.generator is not None:
-                    dmap = self.generator.run(x.to(self.generator.device), int(p["channel"])).cpu()
-                else:
-                    dmap = torch.tensor(rule_based_difference(rng))
-                xf = apply_difference(x, weight, dmap, self.sign)
-                fake = p["fake"][0].numpy() > 0
-                ocls = int(p["organ_class"])
-            accepted = True
-            if self.qc is not None or self.cheap_checks:
-                host = (lab == ocls) | (lab == self.tumour_of[ocls])
-                pred = None
-                if self.qc is not None and self.qc.model is not None:
-                    pred = self.qc.predict_tumour(xf)[0].cpu().numpy()
-                accepted = judge_patch(x[0, 0].numpy(), xf[0, 0].numpy(), fake, host, self.organ_by_class[ocls],
-                                       self.settings, (lo, hi), spacing, pred).accepted
-            if accepted:  # new tensors (MetaTensors keep their metadata); the input dict is not modified
-                new_img = torch.as_tensor(img).clone()
-                new_img[0] = xf[0, 0].to(new_img.dtype)
-                new_lab = torch.as_tensor(d["label"]).clone()
-                new_lab[0][torch.from_numpy(fake)] = self.tumour_of[ocls]
-                d["image"], d["label"] = new_img, new_lab
-                return self._status(d, "accepted", attempt)
-        return self._status(d, "rejected", self.max_tries)
+        keys = list(cands)
+        preds = [None] * len(keys)
+        if self.qc is not None and self.qc.model is not None and keys:
+            preds = self.qc.predict_many([cands[i][2] for i in keys])
+        verdicts = {}
+        for i, pred in zip(keys, preds):
+            lab, x, xf, fake, ocls = cands[i]
+            host = (lab == ocls) | (lab == self.tumour_of[ocls])
+            verdicts[i] = judge_patch(x[0, 0].numpy(), xf[0, 0].numpy(), fake, host, self.organ_by_class[ocls],
+                                      self.settings, (lo, hi), spacing, pred).accepted
+        return verdicts
 
     def _profile_tumour(self, img, lab: np.ndarray, rng: np.random.Generator):
         """(x' as a (1, 1, X, Y, Z) tensor in [0, 1], the lesion's label, its organ class) for one lesion

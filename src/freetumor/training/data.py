@@ -48,7 +48,10 @@ class StepDataset(torch.utils.data.Dataset):
     """Index ``i`` -> the patches of global sample ``i`` (deterministic in ``i``).
 
     The transform is split at its first random step: the deterministic head (loading,
-    resampling, windowing) runs once per case and is kept when ``cache`` is on.
+    resampling, windowing) runs once per case and is kept when ``cache`` is on. A last step
+    with a ``synthesize_many`` method (:class:`~freetumor.transforms.RandTumorSynthesisd`) runs
+    once on all patches of a batch (:meth:`__getitems__`, which the data loader calls): one
+    segmentor forward judges all their tumours, and each patch is what :meth:`__getitem__` gives.
     """
 
     def __init__(self, entries: list[dict], transform, seed: int, cache: bool = False):
@@ -57,6 +60,9 @@ class StepDataset(torch.utils.data.Dataset):
         first = next((k for k, t in enumerate(steps) if isinstance(t, Randomizable)), len(steps))
         self.pre = Compose(steps[:first])
         self.rand = Compose(steps[first:])
+        self.synth = steps[-1] if first < len(steps) and hasattr(steps[-1], "synthesize_many") else None
+        # Seeded through self.rand (so each step gets the seed it gets there), run without the last step.
+        self.rand_head = Compose(steps[first:-1]) if self.synth is not None else None
         self.seed = int(seed)
         self.cache: dict[int, dict] | None = {} if cache else None
 
@@ -83,6 +89,21 @@ class StepDataset(torch.utils.data.Dataset):
         self.rand.set_random_state(seed=int(np.random.SeedSequence([self.seed, int(i)]).generate_state(1)[0]))
         out = self.rand(dict(case))
         return out if isinstance(out, list) else [out]
+
+    def __getitems__(self, indices: list[int]) -> list[list[dict]]:
+        """``[self[i] for i in indices]``, with the synthesis step run once on all their patches."""
+        if self.synth is None:
+            return [self[i] for i in indices]
+        samples, rngs = [], []
+        for i in indices:
+            case = self.prepared(self.case_index(i))
+            self.rand.set_random_state(seed=int(np.random.SeedSequence([self.seed, int(i)]).generate_state(1)[0]))
+            out = self.rand_head(dict(case))
+            out = out if isinstance(out, list) else [out]
+            rngs += [self.synth.next_rng() for _ in out]  # in patch order, as the mapped step draws them
+            samples.append(out)
+        done = iter(self.synth.synthesize_many([p for s in samples for p in s], rngs))
+        return [[next(done) for _ in s] for s in samples]
 
 
 class MixedStepDataset(StepDataset):
