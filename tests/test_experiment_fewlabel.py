@@ -166,3 +166,20 @@ def test_bad_test_datalist_is_one_line_and_writes_nothing(tmp_path):
     assert not out.exists() and not (tmp_path / "res_work" / "runs").exists()
     r = run_experiment("--quick", "--out", out, "--test", tmp_path / "nope.json")
     assert r.returncode == 1 and "nope.json: datalist not found" in r.stderr and not out.exists()
+
+
+def test_readme_tables_are_the_scripts_output_from_the_stored_json():
+    # needs no real CT: the tables are printed from the stored results file alone
+    results = REPO / "benchmarks" / "results" / "fewlabel_lung.json"
+    r = subprocess.run([sys.executable, str(SCRIPT), "--table", str(results)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    stored = json.loads(results.read_text())
+    assert stored["mode"] == "full" and set(stored["arms"]) == {"stage0", "none", "procedural", "generator"}
+    assert {"10", "30"} <= set(stored["by_k"]) and stored["by_k"]["10"]["tests"]["lidc_crops"]["arms"]["stage0"][
+        "seeds"] >= 3
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = [b for b in r.stdout.strip().split("\n\n") if b]
+    assert len(blocks) >= 5  # per K: arms and paired differences; target; curve
+    for block in blocks:
+        assert block in readme, block
