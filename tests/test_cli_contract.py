@@ -106,6 +106,18 @@ def _datalist(k: dict, name: str, entries: list[dict]) -> None:
 
 
 def _two_dicom_series(image, folder: Path) -> None:
+    """Two DICOM series in one folder. SimpleITK's DICOM writer (GDCM) switches the process locale to "C",
+    which makes every later ``subprocess.run(text=True)`` in this test process decode as ASCII: restored."""
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_two_dicom_series(image, folder)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_two_dicom_series(image, folder: Path) -> None:
     import SimpleITK as sitk
 
     folder.mkdir()
