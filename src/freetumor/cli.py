@@ -81,24 +81,26 @@ def domain_errors(func):
     return wrapper
 
 
+def _checked(check, value):
+    """Run a Typer callback's check: its result, or one line and exit 1."""
+    try:
+        return check(value)
+    except FreeTumorError as exc:
+        _fail(str(exc))
+
+
 def _seed(value: int) -> int:
     """Typer callback: a seed every generator takes, else one line and exit 1."""
     from .config import check_seed  # deferred: config loads YAML; --help stays light
 
-    try:
-        return check_seed(value)
-    except FreeTumorError as exc:
-        _fail(str(exc))
+    return _checked(check_seed, value)
 
 
 def _out_folder(path: Path) -> Path:
     """Typer callback: an output folder that can be made and written, else one line and exit 1."""
     from .io import check_output_folder  # deferred: io loads nibabel; --help stays light
 
-    try:
-        check_output_folder(path)
-    except FreeTumorError as exc:
-        _fail(str(exc))
+    _checked(check_output_folder, path)
     return path
 
 
@@ -106,10 +108,7 @@ def _out_file(path: Path) -> Path:
     """Typer callback: an output file whose folder can be made and written, else one line and exit 1."""
     from .io import check_output_file  # deferred: as above
 
-    try:
-        check_output_file(path)
-    except FreeTumorError as exc:
-        _fail(str(exc))
+    _checked(check_output_file, path)
     return path
 
 
