@@ -45,6 +45,7 @@ from scipy.ndimage import binary_dilation
 from .checkpoints import load_network
 from .config import CONTEXTS, QCConfig
 from .errors import ConfigError
+from .evaluation.masks import bounding_box
 from .grids import context_region, inner_slices, network_input, resample_to, to_ras
 from .organs import Organ
 
@@ -119,11 +120,8 @@ def cheap_scores(before_hu: np.ndarray, after_hu: np.ndarray, fake: np.ndarray, 
                 "contrast_hu": None}
     # Every score looks at the tumour and its ring only: crop to their box (the same numbers, cheaper).
     reach = _reach(spacing, shell_mm)
-    box = []
-    for a in range(fake.ndim):
-        hit = np.flatnonzero(fake.any(axis=tuple(j for j in range(fake.ndim) if j != a)))
-        box.append(slice(max(0, int(hit[0]) - reach[a]), min(fake.shape[a], int(hit[-1]) + 1 + reach[a])))
-    box = tuple(box)
+    box = tuple(slice(max(0, b.start - r), min(size, b.stop + r))
+                for b, r, size in zip(bounding_box(fake), reach, fake.shape))
     fake, organ_mask = fake[box], np.asarray(organ_mask)[box]
     before_hu, after_hu = before_hu[box], after_hu[box]
     inside = float(np.count_nonzero(fake & organ_mask)) / n

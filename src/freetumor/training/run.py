@@ -69,9 +69,10 @@ def reset_logs(paths: Iterable[Path], start: int, resume: bool) -> None:
     for path in paths:
         kept: dict[int, str] = {}
         if resume and path.exists():
-            for ln in path.read_text().splitlines():
-                if ln and json.loads(ln)["step"] <= start:
-                    kept[int(json.loads(ln)["step"])] = ln
+            for ln in filter(None, path.read_text().splitlines()):
+                step = int(json.loads(ln)["step"])
+                if step <= start:
+                    kept[step] = ln
         path.write_text("".join(kept[s] + "\n" for s in sorted(kept)))
 
 
