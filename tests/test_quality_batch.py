@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -260,3 +261,80 @@ def test_cheap_scores_on_the_box_equal_the_whole_patch(seed):
     s = cheap_scores(before, after, fake, organ, spacing)
     assert (s["inside_fraction"], s["visible_mm3"], s["contrast_hu"]) == \
         _cheap_reference(before, after, fake, organ, spacing)
+
+
+# ----------------------------------------------------------------------------- right-sized context (fit)
+def test_fit_window_holds_the_lesion_rounded_up_and_filled():
+    from freetumor.grids import Grid, context_region
+
+    spacing = (1.0, 1.0, 2.0)
+    grid = Grid.from_affine(np.diag([*spacing, 1.0]), (80, 70, 30))
+    net = (2.0, 2.0, 2.0)  # network voxels: 2 native voxels along x, y; 1 along z
+    box = (slice(30, 40), slice(2, 8), slice(12, 15))  # near the y edge
+    fit = context_region(box, grid, net, grid.shape, "fit", 3, (32, 32, 16), 8)
+    patch = context_region(box, grid, net, grid.shape, "patch", 3, (32, 32, 16), 8)
+    sizes = [(r.stop - r.start) / n for r, n in zip(fit, (2, 2, 1))]
+    # box 5 x 3 x 3 network voxels + 3 either side -> 11, 9, 9 -> rounded up to 8: 16, 16, 16
+    assert sizes == [16, 16, 16]
+    assert all(r.start <= b.start and b.stop <= r.stop for r, b in zip(fit, box))
+    assert all(0 <= r.start and r.stop <= n for r, n in zip(fit, grid.shape))  # shifted inside, not padded
+    assert fit[1] == slice(0, 32)
+    assert [(r.stop - r.start) / n for r, n in zip(patch, (2, 2, 1))] == [32, 32, 16]
+    big = (slice(0, 80), slice(0, 70), slice(0, 30))  # never larger than the patch's rule
+    assert context_region(big, grid, net, grid.shape, "fit", 3, (32, 32, 16), 8) == \
+        context_region(big, grid, net, grid.shape, "patch", 3, (32, 32, 16), 8)
+
+
+def test_predict_in_patches(segmentor):
+    g = torch.Generator().manual_seed(5)
+    xs = [torch.rand((1, 1, 48, 48, 48), generator=g) for _ in range(3)]
+    fakes = [np.zeros((48, 48, 48), bool) for _ in range(3)]
+    fakes[0][10:14, 20:26, 30:33] = True
+    fakes[1][40:47, 0:5, 5:9] = True
+    fakes[2][20:30, 20:30, 20:30] = True
+    whole = QualityControl(segmentor, lax(0.5, 4), context="patch")
+    assert all(np.array_equal(a, b) for a, b in zip(whole.predict_in_patches(xs, fakes), whole.predict_many(xs)))
+    fit = QualityControl(segmentor, lax(0.5, 4), context="fit", margin=2)
+    preds = fit.predict_in_patches(xs, fakes)
+    for x, f, p in zip(xs, fakes, preds):
+        r = fit.patch_region(f)
+        assert all((s.stop - s.start) % 8 == 0 and s.stop - s.start < 48 for s in r)
+        assert np.array_equal(p[r], fit.predict_many([x[(slice(None), slice(None), *r)]])[0])
+        outside = np.ones(p.shape, bool)
+        outside[r] = False
+        assert not p[outside].any()
+
+
+def test_qc_context_is_checked_config_and_cli():
+    from freetumor import cli
+    from freetumor.config import CONTEXTS, QC_CONTEXTS, load_config
+    from freetumor.errors import ConfigError
+
+    assert {c.value for c in cli.QCContext} == set(QC_CONTEXTS)
+    assert {c.value for c in cli.Context} == set(CONTEXTS)
+    assert load_config("liver-cpu-tiny", ["qc.context=fit", "qc.margin=4"]).qc.context == "fit"
+    for bad in ("qc.context=box", "qc.margin=-1", "qc.margin=2.5"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            load_config("liver-cpu-tiny", [bad])
+    assert QualityControl(None, QCConfig(context="fit", margin=3)).describe()["context"] == "fit"
+
+
+def test_agreement_summary_and_stored_tables():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("qc_context_agreement", root / "benchmarks" / "qc_context_agreement.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    row = lambda r, a: {"recall": r, "accepted": a, "voxels": 10, "ms": 1.0}  # noqa: E731
+    rows = [{"patch": row(0.9, True), "fit-2": row(0.92, True)} for _ in range(19)]
+    rows.append({"patch": row(0.6, False), "fit-2": row(0.75, True)})  # one decision of 20 differs
+    s = mod.summarise(rows, 0.7)["fit-2"]
+    assert s["decision_agreement"] == 0.95 and s["passes"]  # 95 % and mean recall +0.0265
+    rows.append({"patch": row(0.1, False), "fit-2": row(0.8, True)})
+    assert not mod.summarise(rows, 0.7)["fit-2"]["passes"]
+    readme = (root / "README.md").read_text()
+    for name in ("qc_context_phantom.json", "qc_context_lidc.json"):
+        stored = json.loads((root / "benchmarks" / "results" / name).read_text())
+        assert mod.table(stored) in readme  # the README's tables are the script's output

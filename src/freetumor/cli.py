@@ -47,6 +47,7 @@ SHAPE_CONVENTION_HELP = ("physical: sizes, deformation and blur isotropic in mm 
                          "head-foot), for replication only.")
 Region = Enum("Region", {n: n for n in ("abdomen", "chest")}, type=str)
 Context = Enum("Context", {n: n for n in ("bbox", "patch")}, type=str)
+QCContext = Enum("QCContext", {n: n for n in ("bbox", "fit", "patch")}, type=str)
 SynthesisMode = Enum("SynthesisMode", {n: n for n in ("none", "procedural", "generator", "profile")}, type=str)
 LABEL_MAP_HELP = f"Label convention: {', '.join(PRESET_NAMES)} or a JSON file (default: abdomen7 / chest3 by organ)."
 
@@ -137,8 +138,10 @@ def synthesize(
     max_tries: int = typer.Option(10, "--max-tries", min=1, help="QC: tumours drawn per lesion before giving up."),
     context: Optional[Context] = typer.Option(None, "--context", help="Generator input: the lesion box plus a "
                                               "margin (bbox) or the whole training patch (patch, as the paper)."),
-    qc_context: Context = typer.Option(Context.patch, "--qc-context", help="QC segmentor input: the training "
-                                       "patch around the lesion (patch, as the paper) or the lesion box plus a margin."),
+    qc_context: Optional[QCContext] = typer.Option(None, "--qc-context", help="QC segmentor input: the training "
+                                                   "patch around the lesion (patch, as the paper), the lesion box "
+                                                   "plus qc.margin rounded up to the network's input multiple (fit) "
+                                                   "or zero-padded (bbox); default qc.context."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda for the generator and QC segmentor."),
     qc_device: Optional[str] = typer.Option(None, "--qc-device", help="cpu, cuda or cuda:N for the QC segmentor "
                                             "alone (default: --device)."),
@@ -167,7 +170,7 @@ def synthesize(
     options = SynthesisOptions(
         organ.value, label_map=label_map, size=size.value, count=count, generator=generator,
         qc_segmentor=qc_segmentor, qc_threshold=qc_threshold, qc_max_tries=max_tries,
-        context=context.value if context else None, qc_context=qc_context.value, device=device, png=png,
+        context=context.value if context else None, qc_context=qc_context.value if qc_context else None, device=device, png=png,
         qc_device=qc_device,
         profile=profile,
         shape_convention=shape_convention.value,

@@ -63,6 +63,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 MODEL_NAMES = ("swinunetr", "unet", "dynunet")
 NORMS = ("instance", "batch")
 CONTEXTS = ("bbox", "patch")
+QC_CONTEXTS = ("bbox", "fit", "patch")  # what the QC segmentor sees around a lesion (qc.context)
 DEVICE_RE = re.compile(r"cpu|cuda(:[0-9]+)?|mps")  # torch device names a setting may give
 
 
@@ -363,6 +364,10 @@ class QCConfig:
     shell_mm: float = 5.0           # width of the surrounding-organ ring
     batch_size: int = 4             # tumours judged in one segmentor forward (1: one by one; same decisions)
     device: str | None = None       # the QC segmentor's device (cpu, cuda, cuda:N); null: the other networks'
+    context: str = "patch"          # the segmentor's input around a lesion: patch (the paper: the training
+                                    # patch), fit (box + margin rounded up to the input multiple, filled
+                                    # with the scan) or bbox (box + margin, zero-padded)
+    margin: int = 8                 # fit / bbox: network voxels of context either side of the lesion box
 
     def checked(self, source: str) -> "QCConfig":
         num = (int, float)
@@ -370,6 +375,9 @@ class QCConfig:
                  and self.batch_size >= 1, "qc.batch_size", source, "an integer of at least 1", self.batch_size)
         _require(self.device is None or (isinstance(self.device, str) and DEVICE_RE.fullmatch(self.device)),
                  "qc.device", source, "cpu, cuda, cuda:N or mps", self.device)
+        _require(self.context in QC_CONTEXTS, "qc.context", source, "fit, patch or bbox", self.context)
+        _require(isinstance(self.margin, int) and not isinstance(self.margin, bool) and self.margin >= 0,
+                 "qc.margin", source, "an integer of at least 0", self.margin)
         _require(isinstance(self.threshold, num) and 0.0 <= self.threshold < 1.0, "qc.threshold", source,
                  "in [0, 1)", self.threshold)
         _require(isinstance(self.min_inside, num) and 0.0 <= self.min_inside <= 1.0, "qc.min_inside", source,

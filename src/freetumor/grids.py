@@ -123,7 +123,8 @@ def resample_to(t: torch.Tensor, size, mode: str = "trilinear") -> torch.Tensor:
     return F.interpolate(t, size=size, mode="trilinear", align_corners=False)
 
 
-def context_region(box, grid: Grid, spacing, shape, mode: str, margin_vox: int, roi_size) -> tuple[slice, ...]:
+def context_region(box, grid: Grid, spacing, shape, mode: str, margin_vox: int, roi_size,
+                   multiple: int = 1) -> tuple[slice, ...]:
     """The native-grid region a network sees around a lesion box.
 
     ``spacing`` is the network's voxel size (mm, R-L / A-P / S-I). ``bbox``: the
@@ -132,7 +133,10 @@ def context_region(box, grid: Grid, spacing, shape, mode: str, margin_vox: int, 
     window (network voxels) centred on the box, grown to hold the box, and shifted
     inside the volume where it fits (as a training patch lies inside its scan; the
     whole axis where it does not): the windows of one volume then share a shape, so
-    the network can judge them in one batch.
+    the network can judge them in one batch. ``fit``: as ``patch``, with a window of
+    the box plus ``margin_vox`` either side, rounded up to ``multiple`` (the network's
+    input multiple) and at most ``roi_size``: the smallest input that holds the
+    lesion and its margin, filled with the scan (no zero padding, unlike ``bbox``).
     """
     native = grid.voxels_per(spacing)  # native voxels per network voxel
     if mode == "bbox":
@@ -143,13 +147,39 @@ def context_region(box, grid: Grid, spacing, shape, mode: str, margin_vox: int, 
         fits = all((r.stop - r.start) / native[a] <= roi_size[grid.phys_axis[a]] for a, r in enumerate(out))
         if fits:
             return tuple(out)
+    widths = [roi_size[grid.phys_axis[a]] for a in range(len(box))]
+    if mode == "fit":
+        widths = [min(w, fit_width((s.stop - s.start) / native[a], margin_vox, multiple))
+                  for a, (s, w) in enumerate(zip(box, widths))]
+    return centred_window(box, [w * native[a] for a, w in enumerate(widths)], shape)
+
+
+def fit_width(box_vox: float, margin_vox: int, multiple: int) -> int:
+    """The ``fit`` window along one axis: ``box_vox`` (network voxels) plus ``margin_vox`` either
+    side, rounded up to ``multiple``.
+
+    Example:
+        >>> fit_width(10, 8, 16), fit_width(10.5, 3, 8)
+        (32, 24)
+    """
+    m = max(1, int(multiple))
+    return int(math.ceil((box_vox + 2 * margin_vox) / m) * m)
+
+
+def centred_window(box, widths, shape) -> tuple[slice, ...]:
+    """Per axis a window of ``widths[a]`` voxels centred on ``box``, grown to hold it, and shifted
+    inside ``shape`` where it fits (the whole axis where it does not).
+
+    Example:
+        >>> centred_window((slice(2, 6), slice(40, 44)), (8, 8), (50, 50))
+        (slice(0, 8, None), slice(38, 46, None))
+    """
     out = []
-    for a, s in enumerate(box):
-        roi_axis = roi_size[grid.phys_axis[a]]
-        half = int(math.ceil(roi_axis * native[a] / 2))
+    for s, w, n in zip(box, widths, shape):
+        half = int(math.ceil(w / 2))
         c = (s.start + s.stop) // 2
         lo, hi = min(s.start, c - half), max(s.stop, c + half)
-        n = int(shape[a])
+        n = int(n)
         if hi - lo <= n:
             shift = max(0, -lo) - max(0, hi - n)
             lo, hi = lo + shift, hi + shift

@@ -29,6 +29,7 @@ from .data import check_cases
 from .errors import InputError
 from .io import NIFTI_SUFFIXES, Volume, case_name, check_output_folder, load_volume, save_volume, staged_output
 from .checkpoints import load_model
+from .models import class_argmax
 
 
 def resample_nearest(src: np.ndarray, src_affine: np.ndarray, shape, affine: np.ndarray, fill: int = 0) -> np.ndarray:
@@ -99,7 +100,7 @@ class Predictor:
                     x, tuple(self.cfg.data.roi_size), self.cfg.val.sw_batch_size, self.model,
                     overlap=self.cfg.val.overlap,
                 )
-        pred = logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+        pred = class_argmax(logits)[0].cpu().numpy()
         native = resample_nearest(pred, affine, vol.shape, vol.affine)
         return vol.with_array(native)
 

@@ -43,10 +43,11 @@ from monai.inferers import sliding_window_inference
 from scipy.ndimage import binary_dilation
 
 from .checkpoints import load_network
-from .config import CONTEXTS, QCConfig
+from .config import QC_CONTEXTS, QCConfig
 from .errors import ConfigError
 from .evaluation.masks import bounding_box
-from .grids import context_region, inner_slices, network_input, resample_to, to_ras
+from .grids import Grid, context_region, inner_slices, network_input, resample_to, to_ras
+from .models import class_argmax
 from .organs import Organ
 
 
@@ -66,8 +67,9 @@ class QCDecision:
 def predicted_tumour(scores, classes, keepdim: bool = False):
     """Voxels whose argmax over the class axis (1) is one of the tumour ``classes`` (bool tensor)."""
 
-    am = scores.argmax(1, keepdim=keepdim)
-    return torch.isin(am, torch.as_tensor(list(classes), device=am.device))
+    am = class_argmax(scores)
+    am = am[:, None] if keepdim else am
+    return torch.isin(am, torch.as_tensor(list(classes), dtype=am.dtype, device=am.device))
 
 
 def judge_patch(before01, after01, fake, host, organ: Organ, settings: QCConfig, window, spacing,
@@ -173,17 +175,21 @@ class QualityControl:
         segmentor: a segmentation checkpoint path, ``(model, cfg)``, or ``None`` (cheap checks only).
         settings: thresholds; default :class:`~freetumor.config.QCConfig` (section ``qc``).
         device: torch device for the segmentor, unless ``settings.device`` names one (``--qc-device``).
-        context: what the segmentor sees around a lesion: the training patch centred on it
-            (``patch``, as the paper) or the lesion box plus ``margin`` network voxels, padded to
-            the network's input multiple (``bbox``; the patch when that would be larger).
+        context: what the segmentor sees around a lesion (default ``settings.context``): the
+            training patch centred on it (``patch``, as the paper); the lesion box plus ``margin``
+            network voxels either side, rounded up to the network's input multiple and filled with
+            the scan (``fit``); or the box plus margin zero-padded to that multiple (``bbox``). With
+            ``fit`` and ``bbox`` the window is never larger than the patch.
+        margin: network voxels of context either side of the box (default ``settings.margin``).
     """
 
     def __init__(self, segmentor=None, settings: QCConfig | None = None, device: str | None = None,
-                 context: str = "patch", margin: int = 8):
-        if context not in CONTEXTS:
-            raise ConfigError(f"QC context must be bbox or patch, got {context!r}")
-        self.context, self.margin = context, int(margin)
+                 context: str | None = None, margin: int | None = None):
         self.settings = settings or QCConfig()
+        self.context = self.settings.context if context is None else context
+        self.margin = int(self.settings.margin if margin is None else margin)
+        if self.context not in QC_CONTEXTS:
+            raise ConfigError(f"QC context must be fit, patch or bbox, got {self.context!r}")
         self.model = self.cfg = None
         self.path = None
         if segmentor is not None:
@@ -240,6 +246,29 @@ class QualityControl:
                     out[i] = pred[j, 0] if pred.ndim == 5 else pred[j]
         return out
 
+    def patch_region(self, fake: np.ndarray) -> tuple[slice, ...]:
+        """Where the segmentor looks, in a training patch on its own grid, for the tumour ``fake``:
+        the whole patch (``patch``), or the ``fit`` / ``bbox`` window around the tumour's box."""
+        if self.context == "patch" or not fake.any():
+            return tuple(slice(0, n) for n in fake.shape)
+        d = self.cfg.data
+        grid = Grid.from_affine(np.diag([*map(float, d.spacing), 1.0]), fake.shape)
+        return context_region(bounding_box(fake), grid, d.spacing, fake.shape, self.context, self.margin,
+                              tuple(d.roi_size), self.cfg.model.input_multiple)
+
+    def predict_in_patches(self, xs: list, fakes: list) -> list[np.ndarray]:
+        """Predicted tumour (bool, the patch's shape) for windowed patches ``xs`` ``(1, 1, X, Y, Z)``
+        holding the tumours ``fakes``: the segmentor on each tumour's :meth:`patch_region` (batched
+        by :meth:`predict_many`), nothing predicted outside it."""
+        regions = [self.patch_region(np.asarray(f, bool)) for f in fakes]
+        preds = self.predict_many([x[(slice(None), slice(None), *r)] for x, r in zip(xs, regions)])
+        out = []
+        for f, r, p in zip(fakes, regions, preds):
+            full = np.zeros(np.shape(f), bool)
+            full[r] = p
+            out.append(full)
+        return out
+
     # ------------------------------------------------------------------ native grid (synthesize)
     def check_lesion(self, before_box: np.ndarray, image: np.ndarray, box, lesion_box_mask: np.ndarray,
                      organ_mask: np.ndarray, grid, organ: Organ) -> QCDecision:
@@ -291,7 +320,8 @@ class QualityControl:
         """(windowed network input ``(1, 1, X, Y, Z)``, the lesion on that grid) of the lesion's context."""
         d = self.cfg.data
         roi = tuple(d.roi_size)
-        region = context_region(box, grid, d.spacing, image.shape, self.context, self.margin, roi)
+        region = context_region(box, grid, d.spacing, image.shape, self.context, self.margin, roi,
+                                self.cfg.model.input_multiple)
         inner = inner_slices(box, region)
         fake = np.zeros([r.stop - r.start for r in region], np.float32)
         fake[inner] = fake_box

@@ -509,7 +509,8 @@ class SynthesisOptions:
             cheap checks only.
         qc_max_tries: tumours drawn per lesion under quality control before giving up.
         context: what the generator sees (``bbox`` or ``patch``; default from its config).
-        qc_context: what the QC segmentor sees (``patch``, as the paper, or ``bbox``).
+        qc_context: what the QC segmentor sees (``patch``, as the paper, ``fit`` or ``bbox``; default the
+            config's ``qc.context``, see :class:`~freetumor.quality.QualityControl`).
         device: torch device for the networks (default CPU).
         qc_device: torch device for the QC segmentor alone (default: ``device``); sets ``qc.device``.
         png: write the before/after figure.
@@ -528,7 +529,7 @@ class SynthesisOptions:
     qc_threshold: float | None = None
     qc_max_tries: int = 10
     context: str | None = None
-    qc_context: str = "patch"
+    qc_context: str | None = None
     device: str | None = None
     qc_device: str | None = None
     png: bool = True
@@ -577,10 +578,8 @@ def build_synthesizer(options: SynthesisOptions) -> Synthesizer:
             settings = dataclasses.replace(settings, threshold=options.qc_threshold).checked("option --qc-threshold")
         if options.qc_device is not None:
             settings = dataclasses.replace(settings, device=options.qc_device).checked("option --qc-device")
-        # The segmentor sees the training patch around the lesion by default (as the paper): with
-        # less context its recall drops (benchmarks/bench_synthesis.py, realism proxy).
-        qc = QualityControl(options.qc_segmentor, settings, device=options.device, context=options.qc_context,
-                            margin=cfg.synth.context_margin // 2)
+        # What the segmentor sees around a lesion: qc.context / qc.margin (benchmarks/qc_context_agreement.py)
+        qc = QualityControl(options.qc_segmentor, settings, device=options.device, context=options.qc_context)
         if options.qc_segmentor is not None:
             _NETWORK_LOADS["segmentor"] += 1
     return Synthesizer(options.organ, label_map=options.label_map, size=options.size, difference=difference, qc=qc,

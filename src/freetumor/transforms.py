@@ -595,7 +595,7 @@ class RandTumorSynthesisd(SeededTransform):
         keys = list(cands)
         preds = [None] * len(keys)
         if self.qc is not None and self.qc.model is not None and keys:
-            preds = self.qc.predict_many([cands[i][2] for i in keys])
+            preds = self.qc.predict_in_patches([cands[i][2] for i in keys], [cands[i][3] for i in keys])
         verdicts = {}
         for i, pred in zip(keys, preds):
             lab, x, xf, fake, ocls = cands[i]

@@ -39,7 +39,7 @@ from ..data import datalist_entries
 from ..errors import ConfigError, InputError
 from ..evaluation.metrics import dice
 from ..labels import get_label_map
-from ..models import build_model
+from ..models import build_model, class_argmax
 from ..transforms import SYNTHESIS_MODES, RandTumorSynthesisd, train_transforms, val_transforms
 from .data import SPLIT_SEED, StepDataset, batch_tensors, kfold_split
 from .run import Run, autocast
@@ -97,7 +97,7 @@ def validate(model, cfg: Config, entries: list[dict], device) -> dict:
                 img, tuple(cfg.data.roi_size), cfg.val.sw_batch_size, model,
                 overlap=cfg.val.overlap,
             )
-        pred = logits.argmax(1)[0].cpu().numpy()
+        pred = class_argmax(logits)[0].cpu().numpy()
         gt = np.asarray(d["label"])[0]
         gt_t, pr_t = np.isin(gt, tum), np.isin(pred, tum)
         if gt_t.any():
