@@ -140,3 +140,27 @@ def test_kfold_refuses_datalist_folds_outside_the_range(phantom, tmp_path):
     with pytest.raises(InputError, match=r"\"fold\" values \[2\] are outside 0\.\.1"):
         train_kfold(load_config("liver-cpu-tiny", FAST), dl, tmp_path / "cv", 2, progress=False, log=lambda *a: None)
     assert not (tmp_path / "cv").exists()
+
+
+def test_kfold_skip_bad_cases_checks_once_and_says_it_once(phantom, tmp_path):
+    """--folds --skip-bad-cases: the cases are checked once before the folds; the skipped-cases line
+    is said once (not once more per fold), and the bad case is in no fold."""
+    import nibabel as nib
+
+    data = json.loads(phantom.read_text())
+    good = data["training"][0]
+    src = nib.load(phantom.parent / good["image"])
+    zeros = tmp_path / "zeros.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(src.shape, np.int16), src.affine), zeros)
+    data["training"].append({"image": str(zeros), "label": str(phantom.parent / good["label"])})
+    dl = phantom.parent / "one_bad.json"
+    dl.write_text(json.dumps(data))
+    lines: list[str] = []
+    cfg = load_config("liver-cpu-tiny", [*FAST, "train.max_steps=1"])
+    res = train_kfold(cfg, dl, tmp_path / "cv", 2, progress=False, log=lines.append, skip_bad_cases=True)
+    said = [ln for ln in lines if ln.startswith("skipped ")]
+    assert len(said) == 1, lines
+    assert said[0].startswith("skipped 1 bad case(s) of 5 in one_bad.json") and "zeros.nii.gz" in said[0]
+    assert all("zeros" not in c for f in res["per_fold"] for c in f["train_cases"] + f["val_cases"])
+    assert sorted(c for f in res["per_fold"] for c in f["val_cases"]) == sorted(
+        case_name(e["image"]) for e in data["training"][:4])

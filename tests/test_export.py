@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from freetumor.errors import ConfigError, InputError
+from freetumor.errors import CaseErrors, ConfigError
 from freetumor.export import export_nnunet, safe_case_names
 
 from conftest import run_cli as run
@@ -88,6 +88,7 @@ def test_abdomen7_api(cohort, tmp_path):
 def test_nii_input_is_gzipped_and_names_made_safe(tmp_path):
     affine = np.diag([0.8, 0.8, 2.0, 1.0])
     ct = np.full((6, 5, 4), -100, np.int16)
+    ct[0] = -1000  # air: a CT in HU passes the up-front check
     lab = np.zeros((6, 5, 4), np.uint8)
     lab[1:4, 1:4, 1:3] = 5
     lab[2, 2, 2] = 6
@@ -120,18 +121,18 @@ def test_api_errors_write_nothing(cohort, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"label_map": "abdomen7", "training": [
         {"image": str(img_src), "label": str(lab_src)}, {"image": str(img_src), "label": str(shifted)}]}))
-    with pytest.raises(InputError, match="shifted.nii.gz: affine does not match"):
+    with pytest.raises(CaseErrors, match="shifted.nii.gz: affine does not match"):
         export_nnunet(bad, tmp_path / "Dataset002_Bad")
     unknown = tmp_path / "unknown.nii.gz"
     nib.save(nib.Nifti1Image(np.asarray(src.dataobj) * 0 + 9, src.affine), unknown)
     bad.write_text(json.dumps({"label_map": "abdomen7", "training": [{"image": str(img_src), "label": str(unknown)}]}))
-    with pytest.raises(InputError, match="label values 9 are not in label map 'abdomen7'"):
+    with pytest.raises(CaseErrors, match="label values 9 are not in label map 'abdomen7'"):
         export_nnunet(bad, tmp_path / "Dataset002_Bad")
-    corrupt = tmp_path / "corrupt.nii.gz"  # fails while staging, after a first case was written there
+    corrupt = tmp_path / "corrupt.nii.gz"  # the second case: refused by the check before any write
     corrupt.write_bytes(b"\x1f\x8b not really gzip")
     bad.write_text(json.dumps({"label_map": "abdomen7", "training": [
         {"image": str(img_src), "label": str(lab_src)}, {"image": str(img_src), "label": str(corrupt)}]}))
-    with pytest.raises(InputError, match="corrupt.nii.gz: cannot read NIfTI"):
+    with pytest.raises(CaseErrors, match="corrupt.nii.gz: cannot read NIfTI"):
         export_nnunet(bad, tmp_path / "Dataset002_Bad")
     assert not (tmp_path / "Dataset002_Bad").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".Dataset002_Bad")]  # no staging left over

@@ -212,3 +212,38 @@ def test_resume_trims_validation_log(tmp_path, cohort):
                        resume=True, **quiet)
     steps = [json.loads(x)["step"] for x in val.read_text().splitlines()]
     assert steps == [2, 4]
+
+
+def test_resume_after_a_death_between_validation_and_checkpoint(tmp_path, cohort, monkeypatch):
+    """The reported ``val.jsonl`` of [5, 10, 15, 15, 20]: step 15 validated and logged, the process
+    killed before the next checkpoint (last.pt at 10), resumed. Here the trainer's own validation
+    logs step 3 and the run dies before the step-4 checkpoint; the resumed run validates step 3
+    again. Each log holds each step once (the cause was val.jsonl bypassing the resume trim)."""
+    from freetumor.training import stage0
+
+    class Killed(Exception):
+        pass
+
+    real_round = stage0.validation_round
+
+    def dies_after_step_3(run, *args):
+        score = real_round(run, *args)
+        if run.step == 3:
+            raise Killed  # after the line was written, before any checkpoint of step 3
+        return score
+
+    quiet = dict(progress=False, log=lambda *a: None)
+    base = ["data.roi_size=[32,32,32]", "data.spacing=[6,6,6]", "data.num_samples=1", "val.overlap=0",
+            "train.val_every=1", "train.checkpoint_every=2"]
+    monkeypatch.setattr(stage0, "validation_round", dies_after_step_3)
+    with pytest.raises(Killed):
+        train_segmentation(load_config("liver-cpu-tiny", ["train.max_steps=6", *base]), cohort, tmp_path / "r",
+                           **quiet)
+    val, metrics = tmp_path / "r" / "val.jsonl", tmp_path / "r" / "metrics.jsonl"
+    assert [json.loads(x)["step"] for x in val.read_text().splitlines()] == [1, 2, 3]
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=False)["step"] == 2
+    monkeypatch.setattr(stage0, "validation_round", real_round)
+    train_segmentation(load_config("liver-cpu-tiny", ["train.max_steps=4", *base]), cohort, tmp_path / "r",
+                       resume=True, **quiet)
+    assert [json.loads(x)["step"] for x in val.read_text().splitlines()] == [1, 2, 3, 4]
+    assert [json.loads(x)["step"] for x in metrics.read_text().splitlines()] == [1, 2, 3, 4]

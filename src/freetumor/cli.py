@@ -442,11 +442,13 @@ def lesions_fit(
     label_map: Optional[str] = typer.Option(None, "--label-map", help=LABEL_MAP_HELP + " A map may name the tumour "
                                             "id alone (lesion-only data such as nodule crops)."),
     name: Optional[str] = typer.Option(None, "--name", help="Name recorded in the profile."),
+    skip_bad_cases: bool = typer.Option(False, "--skip-bad-cases", help=SKIP_BAD_HELP),
 ) -> None:
     """Measure every real lesion of a datalist and write its lesion profile (for synthesize --profile)."""
     from .lesion_fit import fit_datalist  # deferred: loaded when the command runs
 
-    p = fit_datalist(datalist, organ.value, out, label_map=label_map, name=name)
+    p = fit_datalist(datalist, organ.value, out, label_map=label_map, name=name, skip_bad_cases=skip_bad_cases,
+                     log=typer.echo)
     s = p.summary
     typer.echo(f"{len(p.rows)} {p.organ} lesions from {p.source['cases']} case(s): diameter median "
                f"{s['diameter_mm']['median']:.1f} mm (5-95%: {s['diameter_mm']['p5']:.1f}-{s['diameter_mm']['p95']:.1f}), "
@@ -581,11 +583,13 @@ def realism(
                                            "score --real against it, the real-vs-real floor of the AUC."),
     folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds of the classifier."),
     seed: int = typer.Option(0, "--seed", callback=_seed, help="Random seed."),
+    skip_bad_cases: bool = typer.Option(False, "--skip-bad-cases", help=SKIP_BAD_HELP),
 ) -> None:
     """Machine Visual Turing Test: real-vs-synthetic classifier AUC (0.5 = indistinguishable), feature distances."""
     from .evaluation.realism import run_realism  # deferred: scikit-learn, scipy and matplotlib load only for this command
 
-    r = run_realism(real, synthetic, out, organ.value, label_map=label_map, folds=folds, seed=seed, control=control)
+    r = run_realism(real, synthetic, out, organ.value, label_map=label_map, folds=folds, seed=seed, control=control,
+                    skip_bad_cases=skip_bad_cases, log=typer.echo)
     sm = r["summary"]
     lo, hi = sm["auc_ci95"]
     floor = ""
@@ -682,12 +686,13 @@ def export_nnunet_cmd(
                                               "--organ, else abdomen7 / chest3 by label map)."),
     label_map: Optional[str] = typer.Option(None, "--label-map", help=LABEL_MAP_HELP),
     copy: bool = typer.Option(True, "--copy/--symlink", help="Copy .nii.gz images, or symlink them."),
+    skip_bad_cases: bool = typer.Option(False, "--skip-bad-cases", help=SKIP_BAD_HELP),
 ) -> None:
     """Write an nnU-Net v2 raw dataset: imagesTr/<case>_0000.nii.gz, labelsTr/<case>.nii.gz, dataset.json."""
     from .export import export_nnunet  # deferred: loaded when the command runs, so that --help and light commands start fast
 
     r = export_nnunet(datalist, out, task=task.value if task else None, organ=organ.value if organ else None,
-                      label_map=label_map, copy=copy)
+                      label_map=label_map, copy=copy, skip_bad_cases=skip_bad_cases)
     labels = ", ".join(f"{v} {k}" for k, v in r["labels"].items())
     typer.echo(f"wrote {r['numTraining']} case(s) to {out} (task {r['task']}: {labels}); "
                f"skipped {r['skipped_unlabelled']} unlabelled")
@@ -703,12 +708,14 @@ def organs_cmd(
                                        "totalsegmentator / lungmask packages."),
     model: Optional[Path] = typer.Option(None, "--model", help="Segmentor checkpoint (engine freetumor)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    skip_bad_cases: bool = typer.Option(False, "--skip-bad-cases", help=SKIP_BAD_HELP),
 ) -> None:
     """Organ masks (no tumour labels) of unlabelled CT, with a datalist for --unlabeled; tumour predictions
     are merged into their organ."""
     from .organ_masks import segment_organs  # deferred: loaded when the command runs, so that --help and light commands start fast
 
-    written = segment_organs(image, out, engine=engine.value, model=model, device=device, progress=False)
+    written = segment_organs(image, out, engine=engine.value, model=model, device=device, progress=False,
+                             skip_bad_cases=skip_bad_cases)
     typer.echo(f"wrote {len(written)} organ mask(s) and {Path(out) / 'datalist.json'}")
 
 

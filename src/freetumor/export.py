@@ -49,7 +49,7 @@ from .tasks import class_mapping
 from .io import Volume, case_name, check_same_grid, is_nifti, load_volume, save_volume, staged_output, \
     write_bytes_atomic
 from . import __version__
-from .data import load_datalist
+from .data import check_cases, load_datalist
 from .labels import default_label_map
 from .labels import get_label_map
 from .labels import label_values
@@ -166,6 +166,7 @@ def export_nnunet(
     label_map: str | os.PathLike | None = None,
     copy: bool = True,
     log: Callable[[str], None] | None = None,
+    skip_bad_cases: bool = False,
 ) -> dict:
     """Write ``out`` (``.../DatasetNNN_Name``) as an nnU-Net v2 raw dataset from an MSD-style datalist.
 
@@ -177,7 +178,10 @@ def export_nnunet(
         organ: tumour type for ``organ3`` (required there); ``chest3`` uses it to prefer lung or covid.
         label_map: the labels' convention (default: the datalist's ``label_map``, else the organ's default).
         copy: copy the ``.nii.gz`` images; ``False`` symlinks them instead (``.nii`` and DICOM are always written).
-        log: called with one line per written case.
+        log: called with one line per written case (and the count of bad cases left out).
+        skip_bad_cases: leave out labelled cases that fail the up-front check
+            (:func:`~freetumor.data.check_cases`); by default one bad case stops the export
+            before anything is written.
 
     Returns:
         The written ``dataset.json`` plus ``out``, ``cases`` (case -> source image/label),
@@ -185,6 +189,8 @@ def export_nnunet(
 
     Raises:
         ConfigError: bad folder name, unknown task, organ missing for organ3, label map lacking the organ.
+        CaseErrors: one line per bad case (unless ``skip_bad_cases``): a missing, unreadable, empty,
+            4D or non-CT image, a label off the image's grid, non-integer or unknown label values.
         InputError: unreadable datalist, image or label, grids that differ, unknown label values.
     """
     out = Path(out)
@@ -221,11 +227,8 @@ def export_nnunet(
         labelled.append(e)
     if not labelled:
         raise InputError(dl_path, "datalist has no entries with a label; nnU-Net training needs labelled cases")
-    for e in labelled:  # cheap checks first, so a missing file fails before anything is read
-        for k in ("image", "label"):
-            if not os.path.exists(e[k]):
-                raise InputError(e[k], f"no such file or folder ({k} of datalist entry {e['id']})")
-
+    # every case checked first, as `freetumor data check` does: a bad one stops the export before any write
+    labelled = check_cases(labelled, lm, dl_path, skip_bad=skip_bad_cases, log=log or print)
 
     mapping = class_mapping(lm, task, organ or ("lung" if task == "chest3" else "liver"))
     lut = _lut(mapping)
@@ -235,9 +238,7 @@ def export_nnunet(
         (stage / "imagesTr").mkdir()
         (stage / "labelsTr").mkdir()
         for name, e in zip(names, labelled):
-            image = load_volume(e["image"])
-            if image.array.dtype.kind == "f" and not np.all(np.isfinite(image.array)):
-                raise InputError(e["image"], "image holds NaN or infinite voxels (nnU-Net cannot train on them)")
+            image = load_volume(e["image"])  # NaN / infinite voxels were refused by the check
             label = load_volume(e["label"])
             check_same_grid(image, label)
             classes = _convert_label(label, lut, lm.known, lm.name)

@@ -122,7 +122,20 @@ def predict_files(
     inputs = list_inputs(image)
     entries = check_cases([{"image": str(p)} for p in inputs], None, image, skip_bad=skip_bad_cases,
                           log=log or print)
-    inputs = [Path(e["image"]) for e in entries]
+    return predict_paths(model_path, [Path(e["image"]) for e in entries], out_dir, device=device,
+                         progress=progress, log=log)
+
+
+def predict_paths(
+    model_path: str | os.PathLike,
+    inputs: list[Path],
+    out_dir: str | os.PathLike,
+    *,
+    device: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> list[Path]:
+    """Predict inputs already checked (:func:`~freetumor.data.check_cases`) into ``out_dir/<case>.nii.gz``."""
     check_output_folder(out_dir)
     predictor = Predictor(model_path, device)
     written = []

@@ -35,9 +35,11 @@ import numpy as np
 from scipy import ndimage
 
 from . import __version__
+from .data import checked_labelled_cases, datalist_label_map
 from .errors import InputError
 from .evaluation.realism import LesionCrop, crops_from_datalist, lesion_features
 from .lesion_measures import lesion_core, relative_solidity
+from .labels import get_label_map
 from .organs import get_organ
 from .profiles import FEATURE_ORDER, LesionProfile
 
@@ -128,14 +130,20 @@ def fit_profile(crops: list[LesionCrop], organ: str, source: dict | None = None,
 
 
 def fit_datalist(datalist: str | os.PathLike, organ: str, out: str | os.PathLike, label_map=None,
-                 name: str | None = None) -> LesionProfile:
-    """``freetumor lesions fit``: measure, fit, write ``out`` (all or nothing).
+                 name: str | None = None, *, skip_bad_cases: bool = False, log=None) -> LesionProfile:
+    """``freetumor lesions fit``: check every labelled case, measure, fit, write ``out`` (all or nothing).
+
+    ``label_map`` defaults to the datalist's, then the organ's default.
 
     Raises:
-        InputError: the datalist has no lesion of the organ's tumour id.
+        CaseErrors: one line per bad case (:func:`~freetumor.data.check_cases`), unless
+            ``skip_bad_cases``, which leaves them out and says how many through ``log``.
+        InputError: the datalist is missing or has no lesion of the organ's tumour id.
     """
     org = get_organ(organ)
-    crops = crops_from_datalist(datalist, org.name, label_map, margin_mm=FIT_MARGIN_MM, min_voxels=MIN_VOXELS)
+    lm = get_label_map(label_map if label_map is not None else datalist_label_map(datalist), org.name)
+    entries = checked_labelled_cases(datalist, lm, skip_bad=skip_bad_cases, log=log)
+    crops = crops_from_datalist(entries, org.name, lm, margin_mm=FIT_MARGIN_MM, min_voxels=MIN_VOXELS)
     if not crops:
         raise InputError(datalist, f"no {org.name} lesions (tumour label of at least {MIN_VOXELS} voxels) "
                                    "in its labelled cases")

@@ -54,7 +54,8 @@ from tqdm import tqdm
 from .errors import ConfigError, InputError
 from . import __version__
 from .checkpoints import check_kind, load_checkpoint
-from .inference import list_inputs, predict_files, resample_nearest
+from .data import check_cases
+from .inference import list_inputs, predict_paths, resample_nearest
 from .io import Volume, case_name, load_volume, save_volume, staged_output, to_nifti, write_bytes_atomic
 from .labels import default_label_map, get_label_map
 from .lung_threshold import threshold_lung_mask
@@ -206,6 +207,7 @@ def segment_organs(
     device: str | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    skip_bad_cases: bool = False,
 ) -> list[Path]:
     """Write organ masks (no tumour ids) of every CT in ``image`` and ``out/datalist.json``.
 
@@ -216,13 +218,17 @@ def segment_organs(
         model: freetumor segmentor checkpoint (required by the ``freetumor`` engine).
         device: ``cpu`` or ``cuda`` (default: CUDA when available).
         progress: show a progress bar.
-        log: called with one line per written mask.
+        log: called with one line per written mask (and the count of bad inputs left out;
+            printed when ``log`` is None).
+        skip_bad_cases: leave out inputs that fail the up-front check (:func:`~freetumor.data.check_cases`);
+            by default one bad input stops the run before anything is read further or written.
 
     Returns:
         The written masks ``out/<case>.nii.gz`` (input order).
 
     Raises:
         ConfigError: unknown engine, missing ``model``, missing optional package.
+        CaseErrors: one line per bad input (unless ``skip_bad_cases``).
         InputError: unreadable input or checkpoint. Nothing is written on failure.
     """
 
@@ -237,6 +243,10 @@ def segment_organs(
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise InputError(image, f"two inputs share the case name {dup[0]!r}")
+    # every input checked first (readable, 3D, CT in HU), as `freetumor data check` does
+    entries = check_cases([{"image": str(p)} for p in inputs], None, image, skip_bad=skip_bad_cases,
+                          log=log or print)
+    inputs = [Path(e["image"]) for e in entries]
 
     out = Path(out)
     written: list[Path] = []
@@ -250,7 +260,7 @@ def segment_organs(
             del ck
             mapping, label_map = merge_mapping(cfg.get("task"), cfg.get("organ"))
             tmp = stage / ".predictions"
-            preds = predict_files(model, image, tmp, device=device, progress=progress)
+            preds = predict_paths(model, inputs, tmp, device=device, progress=progress)
             for p, pred_path in zip(inputs, preds):
                 pred = load_volume(pred_path)
                 vol = pred.with_array(map_labels(pred.array, mapping))

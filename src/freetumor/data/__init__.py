@@ -287,6 +287,30 @@ def check_cases(entries: list[dict], label_map: "str | LabelMap | None", source:
     return good
 
 
+def checked_labelled_cases(path: str | os.PathLike, label_map: "str | LabelMap", *, skip_bad: bool = False,
+                           log: Callable[[str], None] | None = None) -> list[dict]:
+    """The labelled entries of every list of a datalist, each ``(image, label)`` pair once, checked
+    up front with :func:`check_cases` (``freetumor realism``, ``freetumor lesions fit``).
+
+    An empty list when no entry has a label (the caller says what it needed).
+
+    Raises:
+        InputError: the datalist is missing or unreadable; ``skip_bad`` left no case.
+        CaseErrors: one line per bad case, unless ``skip_bad``.
+    """
+    entries, seen = [], set()
+    for e in load_datalist(path):
+        if not e.get("label"):
+            continue
+        key = (str(e["image"]), str(e["label"]))
+        if key not in seen:
+            seen.add(key)
+            entries.append(e)
+    if not entries:
+        return []
+    return check_cases(entries, label_map, path, skip_bad=skip_bad, log=log)
+
+
 def check_datalist(path: str | os.PathLike, label_map: str | os.PathLike | None = None) -> list[CaseCheck]:
     """Check every entry of a datalist (label map: argument, else the datalist's, else abdomen7)."""
     entries = load_datalist(path)

@@ -29,18 +29,17 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import Config
-from ..data import datalist_entries, datalist_label_map, write_datalist
+from ..data import datalist_label_map, write_datalist
 from ..errors import ConfigError, InputError
 from ..evaluation.compare import read_metrics_csv
 from ..evaluation.evaluate import ORGAN3, evaluate_predictions
 from ..evaluation.stats import kfold_summary
 from ..evaluation.tables import CASE_METRICS
 from ..inference import Predictor
-from ..labels import get_label_map
 from ..io import case_name, load_volume, save_volume, staged_output, write_bytes_atomic
 from .data import SPLIT_SEED, kfold_split
 from .run import check_run_folder
-from .stage0 import check_synthesis, train_segmentation
+from .stage0 import check_synthesis, checked_pool, train_segmentation
 
 __all__ = ["SUMMARY_METRICS", "fold_dir", "train_kfold", "format_folds_table"]
 
@@ -92,9 +91,11 @@ def _fold_state(run: Path, cfg: Config, val: list[dict], resume: bool) -> str:
 
 def _plan(cfg: Config, datalist, out: Path, folds: int, resume: bool, unlabelled, skip_bad: bool = False,
           log: Callable[[str], None] | None = None) -> list[dict]:
-    """Every fold's config, cases and run-folder state, or a one-line error; writes nothing."""
-    lm = get_label_map(cfg.label_map, cfg.organ)
-    entries = datalist_entries(datalist, label_map=lm, skip_bad=skip_bad, log=log)
+    """Every fold's config, cases and run-folder state, or a one-line error; writes nothing.
+
+    Every case is checked here, once for all folds (a skipped-cases line is said once); each
+    plan's ``pool`` is the checked (labelled, unlabelled) entries its fold trains from."""
+    entries, extra = checked_pool(cfg, datalist, unlabelled, skip_bad, log)
     if all("fold" in e for e in entries):
         try:
             outside = sorted({int(e["fold"]) for e in entries} - set(range(folds)))
@@ -103,9 +104,6 @@ def _plan(cfg: Config, datalist, out: Path, folds: int, resume: bool, unlabelled
         if outside:
             raise InputError(datalist, f"\"fold\" values {outside} are outside 0..{folds - 1} (--folds {folds}); "
                                        "those cases would never be validated")
-    if unlabelled is not None:
-        # the trainer's check, made up front
-        datalist_entries(unlabelled, "unlabelled cases with organ masks", label_map=lm, skip_bad=skip_bad)
     plan = []
     for k in range(folds):
         cfg_k = cfg.replace(**{"train.folds": folds, "train.fold": k})
@@ -119,7 +117,7 @@ def _plan(cfg: Config, datalist, out: Path, folds: int, resume: bool, unlabelled
             raise InputError(datalist, f"fold {k} validates two cases named {dup[0]!r}; case ids (image file "
                                        "names) must be unique")
         run = fold_dir(out, k)
-        plan.append({"fold": k, "cfg": cfg_k, "run": run, "train": train, "val": val,
+        plan.append({"fold": k, "cfg": cfg_k, "run": run, "train": train, "val": val, "pool": (entries, extra),
                      "state": _fold_state(run, cfg_k, val, resume)})
     if resume and all(p["state"] == "new" for p in plan):
         raise InputError(out, f"nothing to resume: no fold_K/last.pt in any of the {folds} fold folders")
@@ -224,7 +222,8 @@ def train_kfold(
             f"{p['run']}")
         train_segmentation(p["cfg"], datalist, p["run"], resume=p["state"] == "resume", log=log, progress=progress,
                            unlabelled=unlabelled, synthesis=synthesis, generator=generator,
-                           qc_segmentor=qc_segmentor, profile=profile, skip_bad_cases=skip_bad_cases)
+                           qc_segmentor=qc_segmentor, profile=profile, skip_bad_cases=skip_bad_cases,
+                           checked=p["pool"])
 
     label_map = cfg.label_map or datalist_label_map(datalist)
     per_fold = []

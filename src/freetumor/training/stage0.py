@@ -192,21 +192,29 @@ def synthesis_transform(cfg: Config, synthesis: str, generator, qc_segmentor,
                                prob=cfg.synth.online_prob, max_tries=cfg.synth.online_max_tries, profile=profile)
 
 
+def checked_pool(cfg: Config, datalist, unlabelled, skip_bad: bool = False,
+                 log: Callable[[str], None] | None = None) -> tuple[list[dict], list[dict]]:
+    """(labelled entries, unlabelled entries) of the datalists, every case checked first
+    (:func:`~freetumor.data.check_cases`): bad ones stop the run before anything is written, or
+    are left out with ``skip_bad`` and counted through ``log`` (once per datalist)."""
+    lm = get_label_map(cfg.label_map, cfg.organ)
+    entries = datalist_entries(datalist, label_map=lm, skip_bad=skip_bad, log=log)
+    extra = [] if unlabelled is None else datalist_entries(
+        unlabelled, "unlabelled cases with organ masks", label_map=lm, skip_bad=skip_bad, log=log)
+    return entries, extra
+
+
 def training_pool(cfg: Config, datalist, unlabelled, skip_bad: bool = False,
-                  log: Callable[[str], None] | None = None) -> tuple[list[dict], list[dict]]:
+                  log: Callable[[str], None] | None = None,
+                  checked: tuple[list[dict], list[dict]] | None = None) -> tuple[list[dict], list[dict]]:
     """(training entries, validation entries): the fold's labelled training cases, repeated
     ``data.labelled_repeat`` times, plus the ``unlabelled`` cases (Stage 2) when given.
 
-    Every case is checked first (:func:`~freetumor.data.check_cases`); bad ones stop the run
-    before anything is written, or are left out with ``skip_bad``."""
-    lm = get_label_map(cfg.label_map, cfg.organ)
-    entries = datalist_entries(datalist, label_map=lm, skip_bad=skip_bad, log=log)
+    The cases come from :func:`checked_pool`, or are ``checked``, its result made before
+    (``--folds`` checks them once for all folds)."""
+    entries, extra = checked if checked is not None else checked_pool(cfg, datalist, unlabelled, skip_bad, log)
     train, val = kfold_split(entries, int(cfg.train.folds), int(cfg.train.fold))
-    train = train * max(1, cfg.data.labelled_repeat)
-    if unlabelled is not None:
-        train = train + datalist_entries(unlabelled, "unlabelled cases with organ masks", label_map=lm,
-                                         skip_bad=skip_bad, log=log)
-    return train, val
+    return train * max(1, cfg.data.labelled_repeat) + extra, val
 
 
 def split_writer(train: list[dict], val: list[dict], cfg: Config, resume: bool) -> Callable[[Path], None]:
@@ -259,16 +267,19 @@ def train_segmentation(
     qc_segmentor: str | os.PathLike | None = None,
     profile: str | os.PathLike | None = None,
     skip_bad_cases: bool = False,
+    checked: tuple[list[dict], list[dict]] | None = None,
 ) -> dict:
     """Train a segmentor; returns the final summary (also written to ``final.json``).
 
     Stage 0 is ``synthesis="none"`` on labelled data. Stage 2 adds ``unlabelled`` cases (CT with
     organ masks only) and synthesises tumours online on eligible patches: ``procedural`` or
     ``generator`` (a Stage-1 ``generator``), with quality control by ``qc_segmentor`` when given.
+    ``checked``: the (labelled, unlabelled) entries of ``datalist`` and ``unlabelled`` as
+    :func:`checked_pool` returned them, not checked again (``--folds``).
     """
     check_synthesis(synthesis, generator, qc_segmentor, profile)
     tr = cfg.train
-    train_entries, val_entries = training_pool(cfg, datalist, unlabelled, skip_bad_cases, log)
+    train_entries, val_entries = training_pool(cfg, datalist, unlabelled, skip_bad_cases, log, checked)
     run = Run(out, cfg, resume=resume, log=log)
     run.create(split_writer(train_entries, val_entries, cfg, resume))
 

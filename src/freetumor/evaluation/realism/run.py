@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ... import __version__
-from ...data import datalist_label_map, load_datalist
+from ...data import checked_labelled_cases, datalist_label_map, load_datalist
 from ...errors import InputError
 from ...io import staged_output, write_bytes_atomic
 from ...labels import LabelMap, get_label_map
@@ -98,22 +98,29 @@ def _figure_png(y, oof, vtt, names, X, path: Path, title: str, control=None) -> 
     fig.savefig(str(path))
 
 
-def _datalist_crops(path: Path, org: Organ, label_map, source: str, crop_kw: dict,
-                    option: str) -> tuple[list[LesionCrop], LabelMap]:
-    """The labelled lesions of one datalist; its label map is ``label_map``, else its own, else the organ's."""
+def _datalist_cases(path: Path, org: Organ, label_map, option: str, skip_bad: bool,
+                    log) -> tuple[list[dict], LabelMap]:
+    """The labelled cases of one datalist, checked up front; its label map is ``label_map``, else its
+    own, else the organ's."""
     lm = get_label_map(label_map if label_map is not None else datalist_label_map(path), org.name)
     try:
-        entries = load_datalist(path)
+        load_datalist(path)  # a JSON file that is no datalist, named as the option's
     except InputError as exc:
         if option != "--synthetic" or Path(exc.path) != path:
             raise
         raise InputError(path, f"{exc.problem}; --synthetic takes a datalist or a folder written by "
                                "`freetumor synthesize`") from None
+    return checked_labelled_cases(path, lm, skip_bad=skip_bad, log=log), lm
+
+
+def _datalist_crops(path: Path, entries: list[dict], lm: LabelMap, org: Organ, source: str,
+                    crop_kw: dict) -> list[LesionCrop]:
+    """The labelled lesions of one datalist's checked cases."""
     crops = crops_from_datalist(entries, org.name, label_map=lm, source=source, **crop_kw)
     if not crops:
         raise InputError(path, f"no {source} {org.name} tumours (label {lm.tumour_id(org.name)}, at least "
                                f"{crop_kw['min_voxels']} voxels) in the labelled cases")
-    return crops, lm
+    return crops
 
 
 def _datalist_path(path, what: str) -> Path:
@@ -145,7 +152,7 @@ def _rows(crops: list[LesionCrop], X: np.ndarray) -> list[list[str]]:
 
 
 def run_realism(real_datalist, synthetic, out_dir, organ: str, label_map=None, folds: int = 5,
-                seed: int = 0, control=None) -> dict:
+                seed: int = 0, control=None, skip_bad_cases: bool = False, log=None) -> dict:
     """Score the realism of a set of synthetic tumours against the real tumours of a datalist.
 
     ``synthetic`` is a folder written by ``freetumor synthesize`` (each lesion scored on its own
@@ -154,7 +161,9 @@ def run_realism(real_datalist, synthetic, out_dir, organ: str, label_map=None, f
     ``control`` (optional) is a second datalist of real lesions: the same features and classifier
     score ``real`` against it, the floor of the AUC for sets that differ only by sampling.
     ``label_map`` applies to every datalist; without it each uses its own ``label_map``, else
-    the organ's default.
+    the organ's default. Every case of every datalist is checked before any is read for
+    features (:func:`~freetumor.data.check_cases`): a bad one stops the run before anything is
+    written, or with ``skip_bad_cases`` is left out and counted through ``log``.
 
     Writes (all or nothing) into ``out_dir``: ``realism.json`` (the returned dict:
     ``machine_vtt`` and ``distance`` blocks, ``summary``, ``counts``, ``features``
@@ -167,6 +176,7 @@ def run_realism(real_datalist, synthetic, out_dir, organ: str, label_map=None, f
     Raises:
         InputError: missing / unreadable datalist, folder or image; a JSON file that is not a
             datalist; no lesions in a set.
+        CaseErrors: one line per bad case of the datalists (unless ``skip_bad_cases``).
         ConfigError: bad organ / label map, fewer than 3 lesions in a class.
     """
     org = get_organ(organ)
@@ -175,19 +185,24 @@ def run_realism(real_datalist, synthetic, out_dir, organ: str, label_map=None, f
     control_path = None if control is None else _datalist_path(control, "control datalist")
     crop_kw = {"spacing": (1.0, 1.0, 1.0), "margin_mm": 5.0, "min_voxels": 20}
 
-    real_crops, lm = _datalist_crops(dl_path, org, label_map, "real", crop_kw, "--real")
+    # every datalist's cases checked first, before any lesion is cropped
+    real_cases, lm = _datalist_cases(dl_path, org, label_map, "--real", skip_bad_cases, log)
+    syn_cases, syn_lm = (_datalist_cases(syn_path, org, label_map, "--synthetic", skip_bad_cases, log)
+                         if syn_kind == "datalist" else (None, None))
+    control_cases, control_lm = (_datalist_cases(control_path, org, label_map, "--control", skip_bad_cases, log)
+                                 if control_path is not None else (None, None))
+    real_crops = _datalist_crops(dl_path, real_cases, lm, org, "real", crop_kw)
     tid = lm.tumour_id(org.name)
-    syn_lm = None
     if syn_kind == "folder":
         syn_crops = crops_from_synthetic_dir(syn_path, org.name, **crop_kw)
         if not syn_crops:
             raise InputError(syn_path, f"no synthetic {org.name} lesions of at least "
                                        f"{crop_kw['min_voxels']} voxels in the folder")
     else:
-        syn_crops, syn_lm = _datalist_crops(syn_path, org, label_map, "synthetic", crop_kw, "--synthetic")
-    control_crops, control_lm = [], None
+        syn_crops = _datalist_crops(syn_path, syn_cases, syn_lm, org, "synthetic", crop_kw)
+    control_crops = []
     if control_path is not None:
-        control_crops, control_lm = _datalist_crops(control_path, org, label_map, "control", crop_kw, "--control")
+        control_crops = _datalist_crops(control_path, control_cases, control_lm, org, "control", crop_kw)
     window = [float(v) for v in org.hu_window]
     real_f = [lesion_features(c, window) for c in real_crops]
     syn_f = [lesion_features(c, window) for c in syn_crops]
