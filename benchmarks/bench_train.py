@@ -52,13 +52,15 @@ synthesis (target <= 1.25), with the data prepared in the main process (``worker
 data-loader worker (``workers1``, overlapping the training compute). ``eligible_fraction`` is the
 share of patches that got a synthesis attempt.
 
-``online_synthesis_ratio`` (top level) is the ratio at the preset's default worker count
-(``data.num_workers``); ``online_synthesis.breakdown_s`` splits the main-process step into its
+``online_synthesis_ratio`` (top level) is the step with synthesis at its default worker count
+divided by the plain step at its own (``data.num_workers`` null: one worker when the synthesis
+runs a network on the CPU, none otherwise; ``default_num_workers``); ``online_synthesis.breakdown_s`` splits the main-process step into its
 parts (training, data, tumour drawing, generator, QC forwards, cheap checks), per step.
 
 Run: ``python benchmarks/bench_train.py [--repeats N] [--paper-cpu-repeats N] [--skip-paper] [--skip-synthesis]``
 (about 5 minutes on 2 CPU cores; 15 s with ``--skip-paper``);
-``python benchmarks/bench_train.py --only-synthesis --quick`` (about 2 minutes). The JSON is
+``python benchmarks/bench_train.py --only-synthesis --quick`` (12 timed steps per mode, 0 and 1
+workers; under a minute). The JSON is
 printed and written to ``benchmarks/results/bench_train.json`` (``bench_train_synthesis.json``
 with ``--only-synthesis``; ``--out`` elsewhere).
 """
@@ -158,7 +160,7 @@ def train_figures(cfg: dict, entries: list[dict], tmp: Path, repeats: int, worke
     import torch
 
     from freetumor.models import build_model
-    from freetumor.training.data import StepBatches, StepDataset, collate
+    from freetumor.training.data import StepBatches, StepDataset, collate, loader_workers
     from freetumor.training.run import autocast
     from freetumor.training.stage0 import optimiser, segmentation_loss, train_step
     from freetumor.transforms import train_transforms
@@ -199,7 +201,7 @@ def train_figures(cfg: dict, entries: list[dict], tmp: Path, repeats: int, worke
         _sync(device)
         return time.perf_counter() - t0, t1 - t0
 
-    it = make_loader(int(cfg.data.num_workers), 1 + repeats)
+    it = make_loader(loader_workers(cfg), 1 + repeats)
     with PeakRSS() as first_mem:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -435,7 +437,7 @@ def synthesis_step_figures(cohort: Path, repeats: int, workers_list=(0, 1)) -> d
     from freetumor.data import load_datalist
     from freetumor.models import build_generator
     from freetumor.models import build_model
-    from freetumor.training.data import StepBatches, StepDataset, collate
+    from freetumor.training.data import StepBatches, StepDataset, collate, loader_workers
     from freetumor.training.stage0 import segmentation_loss, train_step, warmup_cosine
     from freetumor.transforms import RandTumorSynthesisd, train_transforms
 
@@ -443,7 +445,9 @@ def synthesis_step_figures(cohort: Path, repeats: int, workers_list=(0, 1)) -> d
     entries = load_datalist(cohort / "labelled.json") + load_datalist(cohort / "unlabelled.json")
     torch.manual_seed(0)
     seg, gen = build_model(cfg).eval(), build_generator(cfg).eval()
-    default_workers = int(cfg.data.num_workers)
+    # the workers each run would get by default (data.num_workers null: automatic)
+    default_workers = {"none": loader_workers(cfg), "generator+qc": loader_workers(
+        cfg, RandTumorSynthesisd(cfg, "generator", generator=(gen, cfg), qc_segmentor=(seg, cfg)))}
     out: dict = {"preset": "liver-cpu-tiny", "patches_per_step": cfg.data.num_samples, "cases": len(entries),
                  "default_num_workers": default_workers, "qc_batch_size": cfg.qc.batch_size, "timed_steps": repeats}
     judge = tf_module.judge_patch
@@ -504,8 +508,9 @@ def synthesis_step_figures(cohort: Path, repeats: int, workers_list=(0, 1)) -> d
                                                / out[f"workers{workers}_none_step_s"], 3)
         if statuses:
             out["eligible_fraction"] = round(sum(s != "ineligible" for s in statuses) / len(statuses), 3)
-    if f"workers{default_workers}_ratio" in out:
-        out["online_synthesis_ratio"] = out[f"workers{default_workers}_ratio"]
+    keys = [f"workers{default_workers[m]}_{m}_step_s" for m in ("generator+qc", "none")]
+    if all(k in out for k in keys):  # each step at its own default worker count
+        out["online_synthesis_ratio"] = round(out[keys[0]] / out[keys[1]], 3)
     out["target_ratio"] = 1.25
     return out
 
@@ -589,9 +594,7 @@ def main() -> None:
         if not args.skip_synthesis:
             print("[bench_train] online synthesis ...", file=sys.stderr, flush=True)
             if args.quick:
-                from freetumor.config import load_config
-
-                fig = synthesis_step_figures(cohort, 6, (int(load_config("liver-cpu-tiny").data.num_workers),))
+                fig = synthesis_step_figures(cohort, 12, (0, 1))
             else:
                 fig = synthesis_step_figures(cohort, max(args.repeats, 8))
             result["online_synthesis"] = fig

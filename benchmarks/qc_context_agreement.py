@@ -185,16 +185,28 @@ def measure(args) -> dict:
 
 
 def table(result: dict) -> str:
-    """A markdown table of one result file: one row per segmentor and variant."""
-    lines = ["| segmentor | context | decisions agree | segmentor agrees | mean recall (Δ vs patch) | "
-             "accepted | input vs patch | ms per tumour | passes |", "|---|---|---|---|---|---|---|---|---|"]
-    for seg, s in result["segmentors"].items():
-        short = "/".join(Path(seg).parts[-4:-1])
-        for name, v in s["variants"].items():
-            lines.append(f"| {short} | {name} | {v['decision_agreement']:.3f} | {v['segmentor_agreement']:.3f} | "
-                         f"{v['mean_recall']:.3f} ({v['mean_recall_difference']:+.3f}) | {v['accepted']:.2f} | "
-                         f"{v['input_voxels_vs_patch']:.2f} | {v['ms_per_tumour']:.1f} | "
-                         f"{'—' if name == 'patch' else ('yes' if v['passes'] else 'no')} |")
+    """A markdown table of one result file: one row per context, the segmentors S1, S2, ... side by
+    side (named below the table)."""
+    segs = list(result["segmentors"].items())
+    names = " / ".join(f"S{i + 1}" for i in range(len(segs)))
+
+    def each(vs, key, fmt):
+        return " / ".join(format(v[key], fmt) for v in vs)
+
+    lines = [f"| context | input vs patch | decisions agree ({names}) | mean recall − patch ({names}) | passes |",
+             "|---|---|---|---|---|"]
+    for name in segs[0][1]["variants"]:
+        vs = [s["variants"][name] for _seg, s in segs]
+        if name == "patch":
+            lines.append(f"| patch (reference) | 1.00 | accepts {each(vs, 'accepted', '.2f')} | "
+                         f"recall {each(vs, 'mean_recall', '.3f')} | — |")
+            continue
+        size = statistics.mean(v["input_voxels_vs_patch"] for v in vs)
+        ok = "yes" if result["passes_for_every_segmentor"][name] else "no"
+        lines.append(f"| {name} | {size:.2f} | {each(vs, 'decision_agreement', '.3f')} | "
+                     f"{each(vs, 'mean_recall_difference', '+.3f')} | {ok} |")
+    lines.append("")
+    lines.append("; ".join(f"S{i + 1} `{seg}`" for i, (seg, _s) in enumerate(segs)))
     return "\n".join(lines)
 
 

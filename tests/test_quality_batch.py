@@ -338,3 +338,24 @@ def test_agreement_summary_and_stored_tables():
     for name in ("qc_context_phantom.json", "qc_context_lidc.json"):
         stored = json.loads((root / "benchmarks" / "results" / name).read_text())
         assert mod.table(stored) in readme  # the README's tables are the script's output
+
+
+def test_loader_workers_default(monkeypatch):
+    from types import SimpleNamespace
+
+    from freetumor.config import load_config
+    from freetumor.training.data import loader_workers
+
+    auto = load_config("liver-cpu-tiny")
+    assert auto.data.num_workers is None
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    gen_cpu = SimpleNamespace(generator=SimpleNamespace(device=cpu), qc=None)
+    qc_cpu = SimpleNamespace(generator=None, qc=SimpleNamespace(model=object(), device=cpu))
+    qc_gpu = SimpleNamespace(generator=SimpleNamespace(device=cpu), qc=SimpleNamespace(model=object(), device=gpu))
+    cheap_only = SimpleNamespace(generator=None, qc=SimpleNamespace(model=None, device=cpu))
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert [loader_workers(auto, s) for s in (None, gen_cpu, qc_cpu, qc_gpu, cheap_only)] == [0, 1, 1, 0, 0]
+    assert loader_workers(load_config("liver-cpu-tiny", ["data.num_workers=3"]), None) == 3
+    assert loader_workers(load_config("liver-cpu-tiny", ["data.num_workers=0"]), gen_cpu) == 0
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert loader_workers(auto, gen_cpu) == 0

@@ -33,7 +33,7 @@ BASE_CFG = {
     "data": {
         "spacing": [3.0, 3.0, 3.0], "hu_window": [-175.0, 250.0], "roi_size": [48, 48, 48],
         "num_samples": 2, "pos": 1.0, "neg": 1.0, "scale_intensity": True, "shift_intensity": True,
-        "flip_prob": 0.2, "rot90_prob": 0.2, "cache": False, "num_workers": 0, "labelled_repeat": 1,
+        "flip_prob": 0.2, "rot90_prob": 0.2, "cache": False, "num_workers": None, "labelled_repeat": 1,
     },
 }
 

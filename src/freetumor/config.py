@@ -152,7 +152,8 @@ class DataConfig:
     flip_prob: float = 0.2
     rot90_prob: float = 0.2
     cache: bool = False
-    num_workers: int = 0
+    num_workers: int | None = None          # data-loader workers; null: 1 when Stage 2's online synthesis runs
+                                            # a network on the CPU (it then overlaps training), else 0
     labelled_repeat: int = 1               # labelled cases repeated against the unlabelled pool
 
     def checked(self, source: str, organ: Organ) -> "DataConfig":
@@ -165,7 +166,9 @@ class DataConfig:
         _require(self.pos + self.neg > 0, "data.pos", source, "positive when data.neg is 0", self.pos)
         for k in ("flip_prob", "rot90_prob"):
             _require(0.0 <= getattr(self, k) <= 1.0, f"data.{k}", source, "a probability in [0, 1]", getattr(self, k))
-        _require(self.num_workers >= 0, "data.num_workers", source, "zero or more", self.num_workers)
+        _require(self.num_workers is None or (isinstance(self.num_workers, int) and not isinstance(
+            self.num_workers, bool) and self.num_workers >= 0), "data.num_workers", source,
+            "an integer of zero or more, or null (automatic)", self.num_workers)
         _require(self.labelled_repeat >= 1, "data.labelled_repeat", source, "at least 1", self.labelled_repeat)
         return dataclasses.replace(
             self,

@@ -186,12 +186,15 @@ class Run:
                 if v is not None:
                     self.writer.add_scalar(f"{prefix}/{k}", v, step)
 
-    def loader(self, dataset: torch.utils.data.Dataset, total: int) -> torch.utils.data.DataLoader:
-        """This rank's batches for steps :attr:`start` + 1 .. ``total``."""
+    def loader(self, dataset: torch.utils.data.Dataset, total: int, workers: int | None = None
+               ) -> torch.utils.data.DataLoader:
+        """This rank's batches for steps :attr:`start` + 1 .. ``total``, prepared by ``workers``
+        data-loader processes (default: ``data.num_workers``, 0 when automatic)."""
         self.total = int(total)
         sampler = StepBatches(self.start, self.total, int(self.cfg.train.batch_size), self.world, self.rank)
-        return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=self.cfg.data.num_workers,
-                                           collate_fn=collate)
+        if workers is None:
+            workers = int(self.cfg.data.num_workers or 0)
+        return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate)
 
     def progress(self, desc: str) -> None:
         """A progress bar on rank 0, advanced by :meth:`tick`."""

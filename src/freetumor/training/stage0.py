@@ -41,7 +41,7 @@ from ..evaluation.metrics import dice
 from ..labels import get_label_map
 from ..models import build_model, class_argmax
 from ..transforms import SYNTHESIS_MODES, RandTumorSynthesisd, train_transforms, val_transforms
-from .data import SPLIT_SEED, StepDataset, batch_tensors, kfold_split
+from .data import SPLIT_SEED, StepDataset, batch_tensors, kfold_split, loader_workers
 from .run import Run, autocast
 
 
@@ -292,7 +292,7 @@ def train_segmentation(
     metrics_path, val_log = run.open_logs("metrics.jsonl", "val.jsonl")
     synth_tf = synthesis_transform(cfg, synthesis, generator, qc_segmentor, profile)
     ds = StepDataset(train_entries, train_transforms(cfg, synthesis=synth_tf), int(tr.seed), cache=cfg.data.cache)
-    loader = run.loader(ds, int(tr.max_steps))
+    loader = run.loader(ds, int(tr.max_steps), loader_workers(cfg, synth_tf))
     loss_fn = segmentation_loss()
     if progress:
         run.progress("train-seg")
