@@ -250,3 +250,23 @@ def test_profile_mode_draws_real_lesions_inside_the_organ(patches):
     assert accepted >= 1
     with pytest.raises(ConfigError, match="needs a lesion profile"):
         RandTumorSynthesisd(cfg, "profile")
+
+
+def test_default_worker_gives_the_main_process_run(cohort, tmp_path):
+    """Issue 14: with networks in the online synthesis a run prepares its batches in one data-loader
+    worker by default; its metrics.jsonl (synthesis counts, losses) is the main process's."""
+    from freetumor.training.stage0 import train_segmentation
+
+    ph, root = cohort
+    rows, logs = {}, {"auto": [], "main": []}
+    for name, extra in (("auto", []), ("main", ["data.num_workers=0"])):
+        cfg = cfg_for(extra=["train.max_steps=3", "train.val_every=3", *extra])
+        train_segmentation(cfg, ph / "labelled.json", tmp_path / name, unlabelled=ph / "unlabelled.json",
+                           synthesis="generator", generator=root / "gen.pt", qc_segmentor=root / "seg.pt",
+                           progress=False, log=logs[name].append)
+        rows[name] = [json.loads(ln) for ln in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    assert cfg_for().data.num_workers is None
+    assert any("1 data-loader worker" in m for m in logs["auto"]) and not any("worker" in m for m in logs["main"])
+    assert [r["synth"] for r in rows["auto"]] == [r["synth"] for r in rows["main"]]
+    assert sum(sum(r["synth"].values()) for r in rows["auto"]) == 12
+    assert [r["loss"] for r in rows["auto"]] == pytest.approx([r["loss"] for r in rows["main"]], rel=1e-4)

@@ -292,7 +292,10 @@ def train_segmentation(
     metrics_path, val_log = run.open_logs("metrics.jsonl", "val.jsonl")
     synth_tf = synthesis_transform(cfg, synthesis, generator, qc_segmentor, profile)
     ds = StepDataset(train_entries, train_transforms(cfg, synthesis=synth_tf), int(tr.seed), cache=cfg.data.cache)
-    loader = run.loader(ds, int(tr.max_steps), loader_workers(cfg, synth_tf))
+    workers = loader_workers(cfg, synth_tf)
+    if cfg.data.num_workers is None and workers and run.main:
+        run.log(f"online synthesis in {workers} data-loader worker (data.num_workers null: networks on the CPU)")
+    loader = run.loader(ds, int(tr.max_steps), workers)
     loss_fn = segmentation_loss()
     if progress:
         run.progress("train-seg")
