@@ -10,6 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Under `pytest -n N` (N > 1) each worker, and every CLI it starts, computes on one thread: N
+# workers each running PyTorch's default of one thread per core would oversubscribe the cores, and
+# oversubscribed OpenMP threads spin and wait on each other (several times slower in total).
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("FREETUMOR_DATASETS", REPO.parent / "shared" / "datasets"))
 TOTALSEG = DATASETS / "totalseg_example"
