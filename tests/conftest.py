@@ -19,6 +19,12 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
 
+# The hundreds of CLI subprocesses the tests start each import freetumor: let them cache its
+# compiled modules (__pycache__, git-ignored) instead of compiling every module afresh each time
+# when the environment sets PYTHONDONTWRITEBYTECODE (about 0.5 s per process).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
+
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("FREETUMOR_DATASETS", REPO.parent / "shared" / "datasets"))
 TOTALSEG = DATASETS / "totalseg_example"
