@@ -32,7 +32,7 @@ from tqdm import tqdm
 from ..checkpoints import check_kind, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ..config import Config, save_config
 from ..errors import InputError
-from .data import StepBatches, collate
+from .data import StepBatches, collate, loader_workers
 
 
 def dist_setup() -> tuple[int, int, int]:
@@ -189,11 +189,12 @@ class Run:
     def loader(self, dataset: torch.utils.data.Dataset, total: int, workers: int | None = None
                ) -> torch.utils.data.DataLoader:
         """This rank's batches for steps :attr:`start` + 1 .. ``total``, prepared by ``workers``
-        data-loader processes (default: ``data.num_workers``, 0 when automatic)."""
+        data-loader processes (default: :func:`~freetumor.training.data.loader_workers` without
+        online synthesis)."""
         self.total = int(total)
         sampler = StepBatches(self.start, self.total, int(self.cfg.train.batch_size), self.world, self.rank)
         if workers is None:
-            workers = int(self.cfg.data.num_workers or 0)
+            workers = loader_workers(self.cfg)
         return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate)
 
     def progress(self, desc: str) -> None:
