@@ -251,7 +251,8 @@ def check_cases(entries: list[dict], label_map: "str | LabelMap | None", source:
     """Check every case up front with :func:`check_case`; the good entries, in order.
 
     The one gate of the commands that read many cases (``train-seg``, ``train-synth``,
-    ``synthesize-batch``, ``turing build``, ``predict``): a missing, corrupt, empty, 4D or
+    ``synthesize-batch``, ``turing build``, ``predict``, ``organs``, ``realism``,
+    ``export-nnunet``, ``lesions fit``): a missing, corrupt, empty, 4D or
     non-CT image, a label off the image's grid, with non-integer or unknown values. A case
     checked before (same files, unchanged) is not read again.
 
