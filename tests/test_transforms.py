@@ -159,10 +159,14 @@ def test_chain_order_puts_deterministic_steps_first():
     steps = train_transforms(cfg).transforms
     first_random = next(i for i, t in enumerate(steps) if isinstance(t, Randomizable))
     names = [type(t).__name__ for t in steps]
-    assert names[:first_random] == [type(t).__name__ for t in preprocess_transforms(cfg)] + ["FgBgToIndicesd"]
-    assert names[first_random] == "RandCropByPosNegLabeld"
-    assert names[first_random + 1:] == ["DeleteItemsd"] + ["RandFlipd"] * 3 + [
+    assert names[:first_random] == [type(t).__name__ for t in preprocess_transforms(cfg, valid=True, pad=False)] + [
+        "FgBgToIndicesd", "HostFocusd"]
+    assert names[first_random:first_random + 2] == ["RandPlaceCased", "RandCropByPosNegLabeld"]
+    assert names[first_random + 2:] == ["DeleteItemsd"] + ["RandFlipd"] * 3 + [
         "RandRotate90d", "RandScaleIntensityd", "RandShiftIntensityd"]
+    # data.crop_placement centre keeps the old chain: SpatialPadd in the deterministic head, no placement
+    centre = [type(t).__name__ for t in train_transforms(make_cfg(crop_placement="centre")).transforms]
+    assert "RandPlaceCased" not in centre and "SpatialPadd" in centre
     short = train_transforms(make_cfg(scale_intensity=False, shift_intensity=False)).transforms
     assert [type(t).__name__ for t in short][-1] == "RandRotate90d"
     assert "ConvertLabelsd" not in [type(t).__name__ for t in preprocess_transforms(cfg, with_label=False)]

@@ -137,6 +137,10 @@ def dynunet_plan(roi_size: Sequence[int], levels: int) -> tuple[list[list[int]],
 # --------------------------------------------------------------------------- sections
 
 
+CROP_PLACEMENTS = ("auto", "centre", "random")
+HOST_PATCHES = ("organ", "any")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Section ``data``: geometry, intensity window and patch sampling."""
@@ -155,6 +159,14 @@ class DataConfig:
     num_workers: int | None = None          # data-loader workers; null: 1 when Stage 2's online synthesis runs
                                             # a network on the CPU (it then overlaps training), else 0
     labelled_repeat: int = 1               # labelled cases repeated against the unlabelled pool
+    labelled_share: float | None = None    # Stage 2 with unlabelled cases: share of each step's samples drawn
+                                           # from the labelled cases (null: uniform over the pooled cases)
+    crop_placement: str = "auto"           # labelled cases smaller than the patch: centre (padded in the middle),
+                                           # random (a random offset in an air canvas), auto (random when smaller)
+    canvas_scale: float = 1.5              # random placement: canvas = roi_size x this (at least the case)
+    host_patches: str = "organ"            # unlabelled (host) cases: patches centred in the task's organ (organ)
+                                           # or on any voxel as labelled cases (any)
+    synth_margin: int = 1                  # synthetic lesions keep this many voxels from padding / the scan's edge
 
     def checked(self, source: str, organ: Organ) -> "DataConfig":
         hw = _numbers("data.hu_window", list(organ.hu_window) if self.hu_window is None else self.hu_window,
@@ -170,6 +182,18 @@ class DataConfig:
             self.num_workers, bool) and self.num_workers >= 0), "data.num_workers", source,
             "an integer of zero or more, or null (automatic)", self.num_workers)
         _require(self.labelled_repeat >= 1, "data.labelled_repeat", source, "at least 1", self.labelled_repeat)
+        _require(self.labelled_share is None or (isinstance(self.labelled_share, (int, float))
+                 and not isinstance(self.labelled_share, bool) and 0.0 < self.labelled_share < 1.0),
+                 "data.labelled_share", source, "a number in (0, 1), or null", self.labelled_share)
+        _require(self.crop_placement in CROP_PLACEMENTS, "data.crop_placement", source,
+                 "one of " + ", ".join(CROP_PLACEMENTS), self.crop_placement)
+        _require(isinstance(self.canvas_scale, (int, float)) and not isinstance(self.canvas_scale, bool)
+                 and 1.0 <= self.canvas_scale <= 8.0, "data.canvas_scale", source, "a number in [1, 8]",
+                 self.canvas_scale)
+        _require(self.host_patches in HOST_PATCHES, "data.host_patches", source, "one of " + ", ".join(HOST_PATCHES),
+                 self.host_patches)
+        _require(isinstance(self.synth_margin, int) and not isinstance(self.synth_margin, bool)
+                 and 0 <= self.synth_margin <= 16, "data.synth_margin", source, "an integer in 0..16", self.synth_margin)
         return dataclasses.replace(
             self,
             spacing=_numbers("data.spacing", list(organ.target_spacing) if self.spacing is None else self.spacing,
@@ -245,6 +269,8 @@ class TrainConfig:
     fold: int = 0
     cutmix: bool = True            # spatial CutMix of the patches of a step (METHOD §6), as the paper
     cutmix_beta: float = 0.2
+    dice_batch: bool = False       # Dice of the loss over the whole batch (nnU-Net's batch Dice), not per patch:
+                                   # a patch without a lesion then adds no "predict no lesion anywhere" Dice term
 
     def checked(self, source: str) -> "TrainConfig":
         for k in ("max_steps", "batch_size", "val_every", "checkpoint_every", "log_every"):
@@ -320,6 +346,7 @@ class SynthConfig:
     context_margin: int = 16         # target voxels of context either side of the lesion box
     online_prob: float = 1.0         # Stage 2: probability of synthesising on an eligible patch (paper: 1)
     online_max_tries: int = 1        # Stage 2: tumours drawn per patch when QC rejects (paper: 1)
+    online_on: str = "all"           # Stage 2: patches synthesised on: all (labelled and host) or hosts only
     lesions: str = "rules"           # Stage 1's fake lesions: rules (masks + learned map) or profile (profile
                                      # render + learned residual; train-synth --profile)
     residual_hu: float = 300.0       # profile lesions: the learned residual's bound |r| (HU)
@@ -348,6 +375,7 @@ class SynthConfig:
         _require(self.context_margin >= 0, "synth.context_margin", source, "zero or more", self.context_margin)
         _require(0.0 <= self.online_prob <= 1.0, "synth.online_prob", source, "in [0, 1]", self.online_prob)
         _require(self.online_max_tries >= 1, "synth.online_max_tries", source, "at least 1", self.online_max_tries)
+        _require(self.online_on in ("all", "hosts"), "synth.online_on", source, "all or hosts", self.online_on)
         _require(self.lesions in SYNTH_LESIONS, "synth.lesions", source, "rules or profile", self.lesions)
         _require(isinstance(self.residual_hu, (int, float)) and not isinstance(self.residual_hu, bool)
                  and self.residual_hu > 0, "synth.residual_hu", source, "a positive number (HU)", self.residual_hu)

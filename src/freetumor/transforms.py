@@ -7,7 +7,9 @@ The chains follow FreeTumor's ``utils/data_trans.py`` (``METHOD.md`` §2.3):
    the training classes of ``cfg.task`` (:func:`freetumor.tasks.class_mapping`, :class:`ConvertLabelsd`);
 3. orient to RAS, resample to ``data.spacing`` (bilinear image, nearest label);
 4. window ``data.hu_window`` to [0, 1] (clipped);
-5. crop to the body (image > 0 after scaling) and pad to ``data.roi_size``.
+5. crop to the body (image > 0 after scaling) and pad to ``data.roi_size`` (in training a labelled
+   case smaller than the patch is instead placed at a random offset in a larger canvas:
+   :mod:`freetumor.placement`).
 
 Training then samples ``num_samples`` patches with ``RandCropByPosNegLabeld``,
 flips each axis (p = ``flip_prob``), rotates by 90° (p = ``rot90_prob``), jitters
@@ -61,12 +63,14 @@ from monai.utils import convert_to_dst_type
 
 from .appearance import draw_lesion
 from .config import Config, DataConfig
+from .copy_paste import LesionBank, host_region, paste_lesion
 from .errors import ConfigError, InputError
 from .generator import LearnedDifference, apply_difference
 from .grids import Grid
 from .io import is_nifti, load_volume
 from .labels import get_label_map
 from .organs import get_organ
+from .placement import HOST, ROLE, VALID, AddValidMaskd, HostFocusd, RandPlaceCased, usable_region
 from .profiles import LesionProfile, load_profile
 from .quality import QualityControl, judge_patch
 from .shapes import OrganTooSmallError
@@ -83,6 +87,7 @@ __all__ = [
     "PrepareFakeTumourd",
     "PrepareProfileTumourd",
     "RandTumorSynthesisd",
+    "lesion_banks",
     "profile_patch",
 ]
 
@@ -231,12 +236,14 @@ def _geometry_steps(data: DataConfig, keys: list[str]) -> list:
     ]
 
 
-def preprocess_transforms(cfg: Config, *, with_label: bool = True, crop_foreground: bool = True) -> list:
+def preprocess_transforms(cfg: Config, *, with_label: bool = True, crop_foreground: bool = True,
+                          valid: bool = False, pad: bool = True) -> list:
     """The deterministic steps shared by training and validation, as a list.
 
     Load, channel first, label -> classes (with a label), RAS, resample to
     ``data.spacing``, window ``data.hu_window`` to [0, 1], crop to the body
-    (scaled image > 0) if ``crop_foreground``, pad to ``data.roi_size``.
+    (scaled image > 0) if ``crop_foreground``, pad to ``data.roi_size`` if ``pad``.
+    ``valid`` adds the scan mask of :class:`~freetumor.placement.AddValidMaskd` (training).
 
     Example:
         >>> from freetumor.config import load_config
@@ -251,16 +258,25 @@ def preprocess_transforms(cfg: Config, *, with_label: bool = True, crop_foregrou
         mapping = class_mapping(get_label_map(cfg.label_map, cfg.organ), cfg.task, cfg.organ)
         steps.append(ConvertLabelsd(keys=("label",), mapping=mapping))
     steps += _geometry_steps(cfg.data, keys)
+    if valid:
+        steps.append(AddValidMaskd())
+        keys = keys + [VALID]
     roi = tuple(cfg.data.roi_size)
     if crop_foreground:
         steps.append(CropForegroundd(keys=keys, source_key="image", margin=0, allow_smaller=True,
                                      start_coord_key=None, end_coord_key=None))
-    steps.append(SpatialPadd(keys=keys, spatial_size=roi, mode="constant"))
+    if pad:
+        steps.append(SpatialPadd(keys=keys, spatial_size=roi, mode="constant"))
     return steps
 
 
 def train_transforms(cfg: Config, synthesis=None):
     """Training chain: :func:`preprocess_transforms`, patch sampling, augmentation, then ``synthesis``.
+
+    Labelled cases smaller than the patch are placed at a random offset in a canvas
+    (:class:`~freetumor.placement.RandPlaceCased`, ``data.crop_placement``); host (unlabelled)
+    patches are centred in the organ (:class:`~freetumor.placement.HostFocusd`,
+    ``data.host_patches``); every patch carries a ``valid`` mask (1 on the scan, 0 on padding).
 
     Returns a :class:`monai.transforms.Compose` that maps ``{"image": path,
     "label": path}`` to a list of ``data.num_samples`` patch dicts of
@@ -271,19 +287,25 @@ def train_transforms(cfg: Config, synthesis=None):
         >>> from freetumor.config import load_config
         >>> cfg = load_config("liver-paper")
         >>> [type(t).__name__ for t in train_transforms(cfg).transforms][8:]  # doctest: +NORMALIZE_WHITESPACE
-        ['FgBgToIndicesd', 'RandCropByPosNegLabeld', 'DeleteItemsd', 'RandFlipd', 'RandFlipd', 'RandFlipd', 'RandRotate90d',
-         'RandScaleIntensityd', 'RandShiftIntensityd']
+        ['FgBgToIndicesd', 'HostFocusd', 'RandPlaceCased', 'RandCropByPosNegLabeld', 'DeleteItemsd', 'RandFlipd',
+         'RandFlipd', 'RandFlipd', 'RandRotate90d', 'RandScaleIntensityd', 'RandShiftIntensityd']
     """
     d = cfg.data
-    keys = ["image", "label"]
+    keys = ["image", "label", VALID]
     roi = tuple(d.roi_size)
     pos, neg, num_samples = d.pos, d.neg, d.num_samples
     flip_p, rot_p = d.flip_prob, d.rot90_prob
-    steps = preprocess_transforms(cfg, with_label=True, crop_foreground=True)
+    centre = d.crop_placement == "centre"
+    # Labelled cases smaller than the patch are padded by RandPlaceCased (a random offset) unless
+    # data.crop_placement is centre: then the deterministic SpatialPadd pads them in the middle.
+    steps = preprocess_transforms(cfg, with_label=True, crop_foreground=True, valid=True, pad=centre)
     # Foreground/background voxel indices are computed once in the deterministic (cacheable) part,
-    # not again for every random crop.
+    # not again for every random crop (RandPlaceCased recomputes them on a canvas it makes).
     steps.append(FgBgToIndicesd(keys="label", image_key="image", image_threshold=0,
                                 fg_postfix="_fg_idx", bg_postfix="_bg_idx"))
+    steps.append(HostFocusd(d.host_patches == "organ"))
+    if not centre:
+        steps.append(RandPlaceCased(roi, d.crop_placement, d.canvas_scale, host_focus=d.host_patches == "organ"))
     steps.append(RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=roi, pos=pos, neg=neg,
                                         num_samples=num_samples, image_key="image", image_threshold=0,
                                         fg_indices_key="label_fg_idx", bg_indices_key="label_bg_idx"))
@@ -356,7 +378,8 @@ class PrepareFakeTumourd(SeededTransform):
     * ``channel``: the generator channel of the organ (-1 without a tumour);
     * ``organ_class``: that organ's training class (-1 without a tumour).
 
-    A patch without room for a tumour gets an empty ``fake`` and zero ``weight``.
+    A patch without room for a tumour gets an empty ``fake`` and zero ``weight``. With a ``valid``
+    mask (:mod:`freetumor.placement`) the tumour keeps ``data.synth_margin`` voxels from padding.
     """
 
     def __init__(self, cfg: Config, size: str | None = None, min_voxels: int = 64, max_tries: int = 10):
@@ -365,6 +388,7 @@ class PrepareFakeTumourd(SeededTransform):
         self.size = size or cfg.synth.size
         self.min_voxels = int(min_voxels)
         self.max_tries = int(max_tries)
+        self.margin = int(cfg.data.synth_margin)
 
     def __call__(self, data):
         d = dict(data)
@@ -376,10 +400,12 @@ class PrepareFakeTumourd(SeededTransform):
         fake = np.zeros(lab.shape, np.float32)
         weight = np.zeros(lab.shape, np.float32)
         channel, organ_class = -1, -1
-        present = [(o, c) for o, c in self.organs if np.count_nonzero(lab == c[0]) >= self.min_voxels]
+        usable = usable_region(d, lab.shape, self.margin)
+        organ_of = {c[0]: (lab == c[0]) if usable is None else (lab == c[0]) & usable for _o, c in self.organs}
+        present = [(o, c) for o, c in self.organs if np.count_nonzero(organ_of[c[0]]) >= self.min_voxels]
         if present:
             organ, (ocls, _tcls) = present[int(rng.integers(len(present)))]
-            free = lab == ocls
+            free = organ_of[ocls]
             try:
                 _params, lm, _tries = place_lesion(free, grid, organ, self.size, rng, 0.5, self.max_tries)
             except OrganTooSmallError:
@@ -397,20 +423,23 @@ class PrepareFakeTumourd(SeededTransform):
         return d
 
 
-SYNTHESIS_MODES = ("none", "procedural", "generator", "profile")
+SYNTHESIS_MODES = ("none", "procedural", "generator", "profile", "copy_paste")
 
 
 class RandTumorSynthesisd(SeededTransform):
     """Online tumour synthesis for segmentation training (Stage 2), a MONAI dictionary transform.
 
     On a training patch (``image`` windowed to [0, 1], ``label`` in training
-    classes, as :func:`train_transforms` makes them) that is *eligible* — the
-    abdomen: some organ and no tumour; the chest: lung, even with real
-    lesions — it draws one rule-based tumour mask (:class:`PrepareFakeTumourd`),
+    classes, as :func:`train_transforms` makes them) that is *eligible* — some
+    organ and no real lesion, in every region (FreeTumor's rule; the released code's chest
+    rule, which drew into patches next to real lesions, is not kept), and with
+    ``synth.online_on: hosts`` only on host patches — it draws one rule-based tumour mask (:class:`PrepareFakeTumourd`),
     fills it with the difference map of a trained generator (``mode="generator"``)
     or the rule-based scalar 0.2 + 0.5 U(0, 1) (``mode="procedural"``) — or, with
     ``mode="profile"``, draws a whole lesion from a lesion profile and renders it in
-    HU on the patch's own grid (:mod:`freetumor.appearance`), and
+    HU on the patch's own grid (:mod:`freetumor.appearance`) — or, with ``mode="copy_paste"``,
+    pastes one of the run's real labelled lesions (``banks``, :func:`lesion_banks`; TumorCP /
+    CarveMix style, :mod:`freetumor.copy_paste`) — and
     runs quality control (segmentor recall on the patch plus the cheap checks)
     when a segmentor is given. An accepted tumour writes the new image and the
     organ's tumour class into the label; a rejected one is re-drawn up to
@@ -434,6 +463,7 @@ class RandTumorSynthesisd(SeededTransform):
         mode: ``procedural``, ``generator`` or ``profile``.
         profile: a lesion profile (JSON path, ``builtin:<name>`` or a
             :class:`~freetumor.profiles.LesionProfile`) of the config's organ (``mode="profile"``).
+        banks: tumour class -> :class:`~freetumor.copy_paste.LesionBank` (``mode="copy_paste"``).
         generator: ``generator.pt`` path, ``(model, cfg)`` or a
             :class:`~freetumor.generator.LearnedDifference` (``mode="generator"``).
         qc_segmentor: segmentation checkpoint path or ``(model, cfg)`` (judged with the thresholds
@@ -446,10 +476,10 @@ class RandTumorSynthesisd(SeededTransform):
 
     def __init__(self, cfg: Config, mode: str = "procedural", generator=None, qc_segmentor=None,
                  prob: float = 1.0, max_tries: int = 1, cheap_checks: bool = True, device: str | None = None,
-                 profile=None):
+                 profile=None, banks: "dict[int, LesionBank] | None" = None):
         MapTransform.__init__(self, keys=("image", "label"))
         if mode not in SYNTHESIS_MODES[1:]:
-            raise ConfigError(f"synthesis mode must be procedural, generator or profile, got {mode!r}")
+            raise ConfigError(f"synthesis mode must be procedural, generator, profile or copy_paste, got {mode!r}")
         if not 0.0 <= float(prob) <= 1.0:
             raise ConfigError(f"synthesis probability must be in [0, 1], got {prob}")
         if int(max_tries) < 1:
@@ -489,15 +519,25 @@ class RandTumorSynthesisd(SeededTransform):
             if profile is None:
                 raise ConfigError("synthesis mode 'profile' needs a lesion profile (--profile)")
             self.profile = load_profile(profile, cfg.organ)
+        self.banks: dict[int, LesionBank] = {}
+        if mode == "copy_paste":
+            self.banks = {int(c): b for c, b in (banks or {}).items() if len(b)}
+            if not self.banks:
+                raise ConfigError("synthesis mode 'copy_paste' needs real labelled lesions to paste (none found in "
+                                  "the labelled training cases)")
         # The thresholds: the given QualityControl's, else the training config's qc section.
         self.settings = cfg.qc if self.qc is None else self.qc.settings
         self.cheap_checks = bool(cheap_checks)
+        self.hosts_only = cfg.synth.online_on == "hosts"
+        self.margin = int(cfg.data.synth_margin)
         self.counts: dict[str, int] = {}
 
-    def eligible(self, lab: np.ndarray) -> bool:
+    def eligible(self, lab: np.ndarray, role: str | None = None) -> bool:
+        """FreeTumor's rule, in every region: the patch holds some organ and no real lesion (so a
+        synthetic lesion never merges with one); with ``synth.online_on: hosts`` only host patches."""
+        if self.hosts_only and role != HOST:
+            return False
         organs = [c for c in self.classes.values()]
-        if self.region == "chest":
-            return any((lab == c).any() for c, _t in organs)
         has_tumour = any((lab == t).any() for _c, t in organs)
         return not has_tumour and any((lab == c).any() for c, _t in organs)
 
@@ -522,7 +562,7 @@ class RandTumorSynthesisd(SeededTransform):
         for i, (data, rng) in enumerate(zip(patches, rngs)):
             d = dict(data)
             lab = np.asarray(d["label"])[0]
-            if not self.eligible(lab):
+            if not self.eligible(lab, d.get(ROLE)):
                 out[i] = self._status(d, "ineligible", 0)
             elif rng.random() >= self.prob:
                 out[i] = self._status(d, "skipped", 0)
@@ -532,10 +572,15 @@ class RandTumorSynthesisd(SeededTransform):
         for attempt in range(1, self.max_tries + 1):
             drawn, prepared = {}, {}
             for i, (d, rng, lab, x) in work.items():
-                t = self._profile_tumour(d["image"], lab, rng) if self.profile is not None else self._prepare(d, rng)
+                if self.banks:
+                    t = self._pasted_tumour(d, lab, rng)
+                elif self.profile is not None:
+                    t = self._profile_tumour(d, lab, rng)
+                else:
+                    t = self._prepare(d, rng)
                 if t is None:
                     out[i] = self._status(d, "no-room", attempt)
-                elif self.profile is not None:
+                elif self.profile is not None or self.banks:
                     drawn[i] = t
                 else:
                     prepared[i] = t
@@ -566,7 +611,7 @@ class RandTumorSynthesisd(SeededTransform):
         """One candidate tumour's mask, weight and organ (:class:`PrepareFakeTumourd`) and, without a
         generator, its rule-based difference; ``None`` without room."""
         self.prep.set_random_state(seed=int(rng.integers(0, 2**31 - 1)))
-        p = self.prep({"image": d["image"], "label": d["label"]})
+        p = self.prep({k: d[k] for k in ("image", "label", VALID) if k in d})
         if float(p["fake"].sum()) == 0:
             return None
         return p, None if self.generator is not None else torch.tensor(rule_based_difference(rng))
@@ -604,15 +649,54 @@ class RandTumorSynthesisd(SeededTransform):
                                       self.settings, (lo, hi), spacing, pred).accepted
         return verdicts
 
-    def _profile_tumour(self, img, lab: np.ndarray, rng: np.random.Generator):
+    def _profile_tumour(self, d: dict, lab: np.ndarray, rng: np.random.Generator):
         """(x' as a (1, 1, X, Y, Z) tensor in [0, 1], the lesion's label, its organ class) for one lesion
         drawn from the profile and rendered in HU on the patch's grid; ``None`` without room."""
         ocls = self.classes[self.profile.organ][0]
-        drawn = profile_patch(self.profile, img, lab == ocls, self.cfg.data.hu_window, rng)
+        allowed = lab == ocls
+        usable = usable_region(d, lab.shape, self.margin)
+        if usable is not None:
+            allowed &= usable
+        drawn = profile_patch(self.profile, d["image"], allowed, self.cfg.data.hu_window, rng)
         if drawn is None:
             return None
         x01, fake, _weight = drawn
         return torch.from_numpy(x01)[None, None], fake, ocls
+
+
+    def _pasted_tumour(self, d: dict, lab: np.ndarray, rng: np.random.Generator):
+        """(x', label, organ class) with one real labelled lesion pasted into an organ of the patch that
+        has a lesion bank (:func:`~freetumor.copy_paste.paste_lesion`, 1-voxel feather, kept 2 voxels
+        from padding); ``None`` without room."""
+        organs = [(c, t) for _n, (c, t) in self.classes.items() if t in self.banks and (lab == c).any()]
+        if not organs:
+            return None
+        ocls, tcls = organs[int(rng.integers(len(organs)))]
+        usable = usable_region(d, lab.shape, self.margin)
+        allowed = host_region(lab, ocls, [t for _c, t in self.classes.values()], keep_away_vox=2, valid=usable)
+        if not allowed.any():
+            return None
+        img = np.asarray(d["image"], np.float32)[0]
+        r = paste_lesion(img, lab, allowed, self.banks[tcls], rng, tcls, feather_vox=1.0)
+        if r is None:
+            return None
+        new_img, new_lab, _info = r
+        return torch.from_numpy(np.ascontiguousarray(new_img, np.float32))[None, None], new_lab == tcls, ocls
+
+
+def lesion_banks(cfg: Config, entries: list[dict]) -> "dict[int, LesionBank]":
+    """Tumour class -> :class:`~freetumor.copy_paste.LesionBank` of the real lesions of labelled
+    ``entries`` (each read once, preprocessed as for validation: the training grid and window)."""
+    tf = val_transforms(cfg)
+    pairs, seen = [], set()
+    for e in entries:
+        if e["label"] in seen:
+            continue
+        seen.add(e["label"])
+        d = tf({"image": e["image"], "label": e["label"]})
+        pairs.append((np.asarray(d["image"], np.float32)[0], np.asarray(d["label"])[0]))
+    return {int(t): LesionBank.from_arrays(pairs, int(t), margin_vox=2, min_voxels=8)
+            for _n, (_c, t) in cfg.organ_classes.items()}
 
 
 def profile_patch(profile: LesionProfile, img, allowed: np.ndarray, window, rng: np.random.Generator):
@@ -658,6 +742,7 @@ class PrepareProfileTumourd(SeededTransform):
         self.organ_class = cfg.organ_classes[self.profile.organ][0]
         self.window = tuple(cfg.data.hu_window)
         self.min_voxels = int(min_voxels)
+        self.margin = int(cfg.data.synth_margin)
 
     def __call__(self, data):
         d = dict(data)
@@ -665,6 +750,9 @@ class PrepareProfileTumourd(SeededTransform):
         img = d["image"]
         lab = np.asarray(d["label"])[0]
         allowed = lab == self.organ_class
+        usable = usable_region(d, lab.shape, self.margin)
+        if usable is not None:
+            allowed &= usable
         drawn = profile_patch(self.profile, img, allowed, self.window, rng) \
             if np.count_nonzero(allowed) >= self.min_voxels else None
         if drawn is None:

@@ -16,6 +16,7 @@ from monai.data import list_data_collate
 from monai.transforms import Compose, Randomizable
 
 from ..errors import ConfigError
+from ..placement import HOST, LABELLED, ROLE
 
 SPLIT_SEED = 0  # the k-fold split is the same for every method and seed, so comparisons are paired
 
@@ -75,7 +76,7 @@ class StepDataset(torch.utils.data.Dataset):
         """Entry ``k`` after the deterministic transforms (from the cache when it is on)."""
         if self.cache is not None and k in self.cache:
             return self.cache[k]
-        d = self.pre({key: v for key, v in self.entries[k].items() if key in ("image", "label")})
+        d = self.pre({key: v for key, v in self.entries[k].items() if key in ("image", "label", ROLE)})
         if self.cache is not None:
             self.cache[k] = d
         return d
@@ -86,9 +87,14 @@ class StepDataset(torch.utils.data.Dataset):
         epoch, pos = divmod(int(i), n)
         return int(np.random.default_rng([self.seed, epoch]).permutation(n)[pos])
 
+    def source(self, i: int) -> tuple[int, int]:
+        """(entry read, seed of the random transforms) of global sample ``i``."""
+        return self.case_index(i), int(np.random.SeedSequence([self.seed, int(i)]).generate_state(1)[0])
+
     def __getitem__(self, i: int):
-        case = self.prepared(self.case_index(i))
-        self.rand.set_random_state(seed=int(np.random.SeedSequence([self.seed, int(i)]).generate_state(1)[0]))
+        k, seed = self.source(i)
+        case = self.prepared(k)
+        self.rand.set_random_state(seed=seed)
         out = self.rand(dict(case))
         return out if isinstance(out, list) else [out]
 
@@ -98,8 +104,9 @@ class StepDataset(torch.utils.data.Dataset):
             return [self[i] for i in indices]
         samples, rngs = [], []
         for i in indices:
-            case = self.prepared(self.case_index(i))
-            self.rand.set_random_state(seed=int(np.random.SeedSequence([self.seed, int(i)]).generate_state(1)[0]))
+            k, seed = self.source(i)
+            case = self.prepared(k)
+            self.rand.set_random_state(seed=seed)
             out = self.rand_head(dict(case))
             out = out if isinstance(out, list) else [out]
             rngs += [self.synth.next_rng() for _ in out]  # in patch order, as the mapped step draws them
@@ -117,7 +124,7 @@ class MixedStepDataset(StepDataset):
 
     def __init__(self, labelled: list[dict], unlabelled: list[dict], transform, seed: int,
                  fraction: float, cache: bool = False):
-        super().__init__(list(labelled) + list(unlabelled), transform, seed, cache)
+        super().__init__(with_role(labelled, LABELLED) + with_role(unlabelled, HOST), transform, seed, cache)
         self.n_lab, self.n_unl = len(labelled), len(unlabelled)
         self.fraction = float(fraction)
 
@@ -125,6 +132,70 @@ class MixedStepDataset(StepDataset):
         rng = np.random.default_rng([self.seed, int(i), 7])
         use_lab = self.n_unl == 0 or (self.n_lab > 0 and rng.random() < self.fraction)
         return int(rng.integers(self.n_lab)) if use_lab else self.n_lab + int(rng.integers(self.n_unl))
+
+
+class SharedStepDataset(StepDataset):
+    """Step-indexed samples with a fixed share of labelled samples in every step (``data.labelled_share``).
+
+    Global sample ``i = s * batch + p`` (``s`` the step of one rank, ``p`` the position in its batch):
+    the first ``n_lab = round(share * batch)`` positions (at least 1, at most ``batch - 1``) read
+    labelled cases, the others hosts. Labelled sample ``j = s * n_lab + p`` reads the entry and the
+    transform seed that sample ``j`` of a :class:`StepDataset` of the labelled cases alone reads, so
+    a labelled-only run with ``train.batch_size = n_lab`` sees exactly the same labelled patches at
+    every step: the runs differ only by the host samples added. Hosts are drawn from their own
+    seeded epochs.
+
+    Example:
+        >>> from monai.transforms import Compose
+        >>> ds = SharedStepDataset([{"image": "a"}], [{"image": "h1"}, {"image": "h2"}], Compose([]), 0, 0.5, 2)
+        >>> [ds.entries[ds.source(i)[0]]["role"] for i in range(4)]
+        ['labelled', 'host', 'labelled', 'host']
+        >>> ds.source(2)[1] == StepDataset([{"image": "a"}], Compose([]), 0).source(1)[1]
+        True
+    """
+
+    def __init__(self, labelled: list[dict], hosts: list[dict], transform, seed: int, share: float, batch: int,
+                 cache: bool = False):
+        if not labelled or not hosts:
+            raise ConfigError("data.labelled_share needs labelled and unlabelled cases")
+        if batch < 2:
+            raise ConfigError(f"data.labelled_share needs train.batch_size of at least 2 (one labelled and one "
+                              f"host sample per step), got {batch}")
+        super().__init__(with_role(labelled, LABELLED) + with_role(hosts, HOST), transform, seed, cache)
+        self.n_lab, self.n_host = len(labelled), len(hosts)
+        self.batch = int(batch)
+        self.k = min(self.batch - 1, max(1, int(round(float(share) * self.batch))))
+
+    @property
+    def share(self) -> float:
+        """The labelled share of every step's samples."""
+        return self.k / self.batch
+
+    def source(self, i: int) -> tuple[int, int]:
+        s, p = divmod(int(i), self.batch)
+        if p < self.k:
+            j = s * self.k + p
+            epoch, pos = divmod(j, self.n_lab)
+            k = int(np.random.default_rng([self.seed, epoch]).permutation(self.n_lab)[pos])
+            return k, int(np.random.SeedSequence([self.seed, j]).generate_state(1)[0])
+        j = s * (self.batch - self.k) + (p - self.k)
+        epoch, pos = divmod(j, self.n_host)
+        k = self.n_lab + int(np.random.default_rng([self.seed, epoch, 2]).permutation(self.n_host)[pos])
+        return k, int(np.random.SeedSequence([self.seed, j, 2]).generate_state(1)[0])
+
+
+def with_role(entries: list[dict], role: str) -> list[dict]:
+    """Copies of ``entries`` with ``role`` set (``labelled`` or ``host``), unless they have one."""
+    return [e if ROLE in e else {**e, ROLE: role} for e in entries]
+
+
+def labelled_share(batch: dict) -> tuple[int, int]:
+    """(labelled patches, patches) of a collated batch; patches without a role count as labelled."""
+    roles = batch.get(ROLE)
+    n = int(torch.as_tensor(batch["label"]).shape[0])
+    if roles is None:
+        return n, n
+    return sum(1 for r in roles if r != HOST), n
 
 
 class StepBatches(torch.utils.data.Sampler):

@@ -40,8 +40,10 @@ from ..errors import ConfigError, InputError
 from ..evaluation.metrics import dice
 from ..labels import get_label_map
 from ..models import build_model, class_argmax
-from ..transforms import SYNTHESIS_MODES, RandTumorSynthesisd, train_transforms, val_transforms
-from .data import SPLIT_SEED, StepDataset, batch_tensors, kfold_split, loader_workers
+from ..transforms import SYNTHESIS_MODES, RandTumorSynthesisd, lesion_banks, train_transforms, val_transforms
+from ..placement import HOST, LABELLED, ROLE
+from .data import (SPLIT_SEED, SharedStepDataset, StepDataset, batch_tensors, kfold_split, labelled_share,
+                   loader_workers, with_role)
 from .run import Run, autocast
 
 
@@ -74,9 +76,20 @@ def optimiser(model: torch.nn.Module, cfg: Config, device: torch.device):
     return optimizer, scheduler, scaler
 
 
-def segmentation_loss() -> torch.nn.Module:
-    """Dice + cross-entropy on softmax outputs, background excluded from the Dice."""
-    return DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)
+def segmentation_loss(cfg: Config | None = None) -> torch.nn.Module:
+    """Dice + cross-entropy on softmax outputs, background excluded from the Dice; with
+    ``train.dice_batch`` the Dice is over the whole batch (nnU-Net's batch Dice).
+
+    Per patch (the paper's default), a patch without any lesion still has a lesion Dice term
+    (smoothing 1e-5): about 1 (its worst) whenever the model leaves any trace of lesion probability
+    in that patch, and about 0 only when it drives the lesion class to essentially zero everywhere
+    in it. A trace (logit -8) costs such a patch 0.25 of loss, as much as a badly missed lesion
+    (``tests/test_placement.py``): with many lesion-free host patches the loss rewards silence far
+    more than it rewards finding the few labelled lesions. Over the batch, the lesion Dice is one
+    term over all patches and the same trace costs under 0.001.
+    """
+    batch = bool(cfg.train.dice_batch) if cfg is not None else False
+    return DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=batch)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -181,15 +194,20 @@ def check_synthesis(synthesis: str, generator, qc_segmentor, profile=None) -> No
         raise ConfigError("--profile needs --synthesis profile")
     if synthesis == "none" and (generator is not None or qc_segmentor is not None):
         raise ConfigError("--generator and --qc-segmentor need --synthesis procedural or generator")
+    if synthesis == "copy_paste" and generator is not None:
+        raise ConfigError("--generator needs --synthesis generator")
 
 
 def synthesis_transform(cfg: Config, synthesis: str, generator, qc_segmentor,
-                        profile=None) -> RandTumorSynthesisd | None:
-    """The Stage-2 online synthesis transform; ``None`` for Stage 0 (``synthesis="none"``)."""
+                        profile=None, labelled: list[dict] | None = None) -> RandTumorSynthesisd | None:
+    """The Stage-2 online synthesis transform; ``None`` for Stage 0 (``synthesis="none"``).
+    ``copy_paste`` pastes the real lesions of the ``labelled`` training entries."""
     if synthesis == "none":
         return None
+    banks = lesion_banks(cfg, labelled or []) if synthesis == "copy_paste" else None
     return RandTumorSynthesisd(cfg, synthesis, generator=generator, qc_segmentor=qc_segmentor,
-                               prob=cfg.synth.online_prob, max_tries=cfg.synth.online_max_tries, profile=profile)
+                               prob=cfg.synth.online_prob, max_tries=cfg.synth.online_max_tries, profile=profile,
+                               banks=banks)
 
 
 def checked_pool(cfg: Config, datalist, unlabelled, skip_bad: bool = False,
@@ -214,7 +232,18 @@ def training_pool(cfg: Config, datalist, unlabelled, skip_bad: bool = False,
     (``--folds`` checks them once for all folds)."""
     entries, extra = checked if checked is not None else checked_pool(cfg, datalist, unlabelled, skip_bad, log)
     train, val = kfold_split(entries, int(cfg.train.folds), int(cfg.train.fold))
-    return train * max(1, cfg.data.labelled_repeat) + extra, val
+    return with_role(train, LABELLED) * max(1, cfg.data.labelled_repeat) + with_role(extra, HOST), val
+
+
+def step_dataset(cfg: Config, entries: list[dict], transform) -> StepDataset:
+    """The run's step-indexed data: with hosts and ``data.labelled_share`` a fixed labelled share per
+    step (:class:`~freetumor.training.data.SharedStepDataset`), else uniform over the entries."""
+    hosts = [e for e in entries if e.get(ROLE) == HOST]
+    if hosts and cfg.data.labelled_share is not None:
+        labelled = [e for e in entries if e.get(ROLE) != HOST]
+        return SharedStepDataset(labelled, hosts, transform, int(cfg.train.seed), float(cfg.data.labelled_share),
+                                 int(cfg.train.batch_size), cache=cfg.data.cache)
+    return StepDataset(entries, transform, int(cfg.train.seed), cache=cfg.data.cache)
 
 
 def split_writer(train: list[dict], val: list[dict], cfg: Config, resume: bool) -> Callable[[Path], None]:
@@ -232,13 +261,28 @@ def split_writer(train: list[dict], val: list[dict], cfg: Config, resume: bool) 
 
 
 def step_row(step: int, loss: float, lr: float, batch: dict, synthesis: bool) -> dict:
-    """The ``metrics.jsonl`` line of one step (with the synthesis outcomes per patch in Stage 2)."""
-    row = {"step": step, "loss": loss, "lr": lr}
+    """The ``metrics.jsonl`` line of one step: loss, learning rate, labelled patches of the step's
+    patches (``labelled``: [k, n]), and the synthesis outcomes per patch in Stage 2."""
+    row = {"step": step, "loss": loss, "lr": lr, "labelled": list(labelled_share(batch))}
     if synthesis:
         status = list(batch.get("synth_status", []))
         row["synth"] = {k: status.count(k) for k in sorted(set(status))}
         row["synth_tries"] = int(torch.as_tensor(batch["synth_tries"]).sum())
     return row
+
+
+def logged_share(metrics_path: Path) -> float | None:
+    """The share of labelled patches over all steps of ``metrics.jsonl`` (``None`` before any step)."""
+    k = n = 0
+    try:
+        with open(metrics_path) as fh:
+            for line in fh:
+                row = json.loads(line)
+                if "labelled" in row:
+                    k, n = k + row["labelled"][0], n + row["labelled"][1]
+    except (OSError, ValueError):
+        return None
+    return round(k / n, 4) if n else None
 
 
 def validation_round(run: Run, model, val_entries: list[dict], val_log: Path) -> float:
@@ -290,13 +334,14 @@ def train_segmentation(
     best = float(extra.get("best", -1.0))
     train_model = run.parallel(model)
     metrics_path, val_log = run.open_logs("metrics.jsonl", "val.jsonl")
-    synth_tf = synthesis_transform(cfg, synthesis, generator, qc_segmentor, profile)
-    ds = StepDataset(train_entries, train_transforms(cfg, synthesis=synth_tf), int(tr.seed), cache=cfg.data.cache)
+    synth_tf = synthesis_transform(cfg, synthesis, generator, qc_segmentor, profile,
+                                   labelled=[e for e in train_entries if e.get(ROLE) != HOST])
+    ds = step_dataset(cfg, train_entries, train_transforms(cfg, synthesis=synth_tf))
     workers = loader_workers(cfg, synth_tf)
     if cfg.data.num_workers is None and workers and run.main:
         run.log(f"online synthesis in {workers} data-loader worker (data.num_workers null: networks on the CPU)")
     loader = run.loader(ds, int(tr.max_steps), workers)
-    loss_fn = segmentation_loss()
+    loss_fn = segmentation_loss(cfg)
     if progress:
         run.progress("train-seg")
 
@@ -324,7 +369,7 @@ def train_segmentation(
                 checkpoint(run.last)
 
     summary = {"steps": run.step, "best_score": best, "world_size": run.world, "weights_sha256": run.digests(model),
-               "device": str(run.device), "synthesis": synthesis}
+               "device": str(run.device), "synthesis": synthesis, "labelled_share": logged_share(metrics_path)}
     if run.main and not (run.out / "best.pt").exists():
         checkpoint(run.out / "best.pt")
     return run.finish(summary)
