@@ -27,7 +27,7 @@ from freetumor.transforms import PrepareProfileTumourd, train_transforms  # noqa
 SCRIPT = Path(sys.executable).parent / "freetumor"
 CLI = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "freetumor.cli"]
 FAST = ["data.roi_size=[32,32,16]", "data.num_samples=2", "data.cache=true", "synth.probe_samples=1",
-        "synth.epoch_steps=2", "synth.checkpoint_every=2", "synth.log_every=1", "synth.realism_samples=5",
+        "synth.epoch_steps=2", "synth.checkpoint_every=2", "synth.log_every=1", "synth.realism_samples=8",
         "synth.generator={channels: [4, 8, 16], strides: [2, 2]}",
         "synth.discriminator={channels: [4, 8, 16], strides: [2, 2]}"]
 PROFILE = "builtin:lung"

@@ -48,7 +48,8 @@ SHAPE_CONVENTION_HELP = ("physical: sizes, deformation and blur isotropic in mm 
 Region = Enum("Region", {n: n for n in ("abdomen", "chest")}, type=str)
 Context = Enum("Context", {n: n for n in ("bbox", "patch")}, type=str)
 QCContext = Enum("QCContext", {n: n for n in ("bbox", "fit", "patch")}, type=str)
-SynthesisMode = Enum("SynthesisMode", {n: n for n in ("none", "procedural", "generator", "profile")}, type=str)
+SynthesisMode = Enum("SynthesisMode", {n: n for n in ("none", "procedural", "generator", "profile", "copy_paste")},
+                     type=str)
 LABEL_MAP_HELP = f"Label convention: {', '.join(PRESET_NAMES)} or a JSON file (default: abdomen7 / chest3 by organ)."
 
 
@@ -337,7 +338,8 @@ def train_seg(
                                 "(with --folds: each fold from its own)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value, e.g. --set train.lr=1e-4 (repeatable)."),
     synthesis: SynthesisMode = typer.Option(SynthesisMode.none, "--synthesis", help="Online tumour synthesis on "
-                                            "eligible patches (Stage 2); none is the baseline."),
+                                            "eligible patches (Stage 2); none is the baseline; copy_paste pastes the "
+                                            "run's real labelled lesions (TumorCP-style baseline)."),
     generator: Optional[Path] = typer.Option(None, "--generator", help="Stage-1 generator.pt (--synthesis generator)."),
     qc_segmentor: Optional[Path] = typer.Option(None, "--qc-segmentor", help="Frozen segmentor for quality control "
                                                 "of the synthetic tumours."),
@@ -504,12 +506,16 @@ def predict(
     out: Path = typer.Option(..., "--out", callback=_out_folder, help="Output folder (<case>.nii.gz, on each input's grid)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
     skip_bad_cases: bool = typer.Option(False, "--skip-bad-cases", help=SKIP_BAD_HELP),
+    probabilities: bool = typer.Option(False, "--probabilities", help="Also write <case>_prob.nii.gz: the tumour "
+                                       "probability on the input grid (for FROC)"),
 ) -> None:
     """Sliding-window segmentation, written back on each input's native grid."""
     from .inference import predict_files  # deferred: loaded when the command runs, so that --help and light commands start fast
 
-    written = predict_files(model, image, out, device=device, skip_bad_cases=skip_bad_cases)
-    typer.echo(f"wrote {len(written)} prediction(s) to {out}")
+    written = predict_files(model, image, out, device=device, skip_bad_cases=skip_bad_cases,
+                            probabilities=probabilities)
+    extra = " and tumour probability map(s)" if probabilities else ""
+    typer.echo(f"wrote {len(written)} prediction(s){extra} to {out}")
 
 
 @app.command()
@@ -541,6 +547,39 @@ def evaluate(
                f"{f(d['early_sensitivity']['value'])} ({d['early_sensitivity']['k']}/{d['early_sensitivity']['n']}), "
                f"false positives per scan {f(d['false_positives_per_scan']['value'])}")
     typer.echo(f"report: {out / 'index.html'}")
+
+
+@app.command("froc")
+@domain_errors
+def froc_cmd(
+    prob: Path = typer.Option(..., "--prob", help="Folder of <case>_prob.nii.gz tumour probability maps "
+                              "(as `predict --probabilities` writes them)."),
+    gt: Path = typer.Option(..., "--gt", help="Ground truth: a folder of label maps named by case, or a datalist."),
+    organ: Organ = typer.Option(..., "--organ", help="Tumour type: its tumour label gives the lesions."),
+    out: Path = typer.Option(..., "--out", callback=_out_file, help="Report JSON to write (FROC curve, sensitivity "
+                             "at 1/2/4/8 false positives per scan, CPM, per-lesion and per-candidate rows)."),
+    label_map: Optional[str] = typer.Option(None, "--label-map", help=LABEL_MAP_HELP),
+    region: Optional[Path] = typer.Option(None, "--region", help="Folder of region masks <case>.nii.gz (any "
+                                          "non-zero voxel, on the ground truth's grid, e.g. lungs): false "
+                                          "positives count only when they overlap the region."),
+    threshold: float = typer.Option(0.1, "--threshold", help="Candidates: connected components of "
+                                    "probability >= this (0 < threshold <= 1)."),
+    min_size_mm3: float = typer.Option(0.0, "--min-size-mm3", help="Drop candidates smaller than this "
+                                       "volume (mm^3; 0 keeps all)."),
+) -> None:
+    """Lesion-level FROC of tumour probability maps: sensitivity vs false positives per scan, and CPM."""
+    from .evaluation.froc import froc_folders  # deferred: loaded when the command runs, so that --help and light commands start fast
+
+    r = froc_folders(prob, gt, organ.value, out, label_map=label_map, region=region, threshold=threshold,
+                     min_size_mm3=min_size_mm3)
+
+    def f(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    at = ", ".join(f"{f(v)} @ {k}" for k, v in r["sensitivity_at"].items())
+    small = f"; < {r['settings']['small_mm']:g} mm ({r['small_lesions']} lesions): CPM {f(r['cpm_small'])}"
+    typer.echo(f"{r['lesions']} lesions in {r['scans']} scans: sensitivity {at} FP/scan; CPM {f(r['cpm'])}"
+               f"{small}; report: {out}")
 
 
 @app.command()

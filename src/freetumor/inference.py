@@ -5,6 +5,14 @@ training; the class map predicted there is resampled (nearest neighbour) onto
 the input's own voxel grid through the two affines, so the output has the
 input's exact shape, affine and header (data type uint8).
 
+With ``probabilities=True`` (``freetumor predict --probabilities``) each case also gets
+``<case>_prob.nii.gz``: the softmax probability summed over the model's tumour classes
+(``cfg.tumour_classes``), resampled the same way (nearest neighbour) onto the input's grid and
+stored as plain (unscaled) float32 in 0..1; voxels outside the foreground crop are 0. It is
+what :func:`freetumor.evaluation.froc.froc` (``freetumor froc``) reads. The class map is the
+argmax over all classes, so a voxel can be labelled tumour with a summed tumour probability
+below 0.5 (or the other way round when there are several tumour classes).
+
 Example:
     >>> import numpy as np
     >>> lab = np.arange(8, dtype=np.uint8).reshape(2, 2, 2)
@@ -16,7 +24,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from monai.data import MetaTensor
@@ -26,7 +34,7 @@ from tqdm import tqdm
 import torch
 
 from .data import check_cases
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .io import NIFTI_SUFFIXES, Volume, case_name, check_output_folder, load_volume, save_volume, staged_output
 from .checkpoints import load_model
 from .models import class_argmax
@@ -78,8 +86,8 @@ class Predictor:
         a_min, a_max = d.hu_window
         return ScaleIntensityRange(a_min, a_max, 0.0, 1.0, clip=True)(img)
 
-    def predict_volume(self, vol: Volume) -> Volume:
-        """Class map (uint8) on ``vol``'s grid."""
+    def _logits(self, vol: Volume) -> tuple[torch.Tensor, np.ndarray]:
+        """Class scores ``(1, C, X, Y, Z)`` over the foreground crop and the crop's voxel->mm affine."""
         img = self._preprocess(vol)
         affine = np.asarray(img.affine, np.float64)
         x = img.as_tensor()
@@ -100,9 +108,54 @@ class Predictor:
                     x, tuple(self.cfg.data.roi_size), self.cfg.val.sw_batch_size, self.model,
                     overlap=self.cfg.val.overlap,
                 )
+        return logits, affine
+
+    def predict_volume(self, vol: Volume) -> Volume:
+        """Class map (uint8) on ``vol``'s grid."""
+        logits, affine = self._logits(vol)
         pred = class_argmax(logits)[0].cpu().numpy()
         native = resample_nearest(pred, affine, vol.shape, vol.affine)
         return vol.with_array(native)
+
+    def predict_volume_with_probability(
+        self, vol: Volume, tumour_classes: Sequence[int] | None = None
+    ) -> tuple[Volume, Volume]:
+        """Class map (uint8, as :meth:`predict_volume`) and tumour probability on ``vol``'s grid.
+
+        Args:
+            vol: the CT.
+            tumour_classes: classes whose softmax probabilities are summed (default: the model's
+                ``cfg.tumour_classes``; ``abdomen7`` models have three, one per organ).
+
+        Returns:
+            ``(labels, probability)``: the probability volume is float32 in 0..1 on the input's
+            grid (nearest-neighbour resampling, as the labels), 0 outside the foreground crop,
+            with the input's affine and header (stored as plain float32, no integer scaling).
+        """
+        classes = [int(c) for c in (self.cfg.tumour_classes if tumour_classes is None else tumour_classes)]
+        n = int(self.cfg.num_classes)
+        if not classes or any(not 0 < c < n for c in classes):
+            raise ConfigError(f"tumour classes must be 1..{n - 1} of the model's {n} classes, got {classes}")
+        logits, affine = self._logits(vol)
+        pred = class_argmax(logits)[0].cpu().numpy()
+        prob = torch.softmax(logits.float(), dim=1)[0, classes].sum(0).clamp_(0.0, 1.0).cpu().numpy()
+        del logits
+        labels = vol.with_array(resample_nearest(pred, affine, vol.shape, vol.affine))
+        native = resample_nearest(prob.astype(np.float32, copy=False), affine, vol.shape, vol.affine)
+        return labels, _probability_volume(vol, native)
+
+
+def _probability_volume(vol: Volume, prob: np.ndarray) -> Volume:
+    """``prob`` with ``vol``'s geometry and header, written as plain float32 (no integer scaling)."""
+    meta = {k: v for k, v in vol.meta.items() if k != "stored_as"}  # not the CT's int16 storage
+    header = None
+    if vol.header is not None and hasattr(vol.header, "copy"):
+        header = vol.header.copy()
+        header.set_data_dtype(np.float32)
+        header.set_slope_inter(1.0, 0.0)
+        if "cal_min" in header:  # display range of a probability, not the CT's window
+            header["cal_min"], header["cal_max"] = 0.0, 1.0
+    return Volume(np.asarray(prob, np.float32), vol.affine.copy(), header, vol.path, meta)
 
 
 def predict_files(
@@ -114,16 +167,18 @@ def predict_files(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     skip_bad_cases: bool = False,
+    probabilities: bool = False,
 ) -> list[Path]:
     """Predict every input (file, DICOM folder or folder of NIfTI) into ``out_dir/<case>.nii.gz``.
 
     Every input is checked first (readable, 3D, CT in HU); a bad one stops the run before
-    anything is written, or is left out with ``skip_bad_cases``."""
+    anything is written, or is left out with ``skip_bad_cases``. With ``probabilities`` each
+    case also gets ``out_dir/<case>_prob.nii.gz`` (see :func:`predict_paths`)."""
     inputs = list_inputs(image)
     entries = check_cases([{"image": str(p)} for p in inputs], None, image, skip_bad=skip_bad_cases,
                           log=log or print)
     return predict_paths(model_path, [Path(e["image"]) for e in entries], out_dir, device=device,
-                         progress=progress, log=log)
+                         progress=progress, log=log, probabilities=probabilities)
 
 
 def predict_paths(
@@ -134,9 +189,20 @@ def predict_paths(
     device: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    probabilities: bool = False,
 ) -> list[Path]:
-    """Predict inputs already checked (:func:`~freetumor.data.check_cases`) into ``out_dir/<case>.nii.gz``."""
+    """Predict inputs already checked (:func:`~freetumor.data.check_cases`) into ``out_dir/<case>.nii.gz``.
+
+    With ``probabilities`` each case also gets ``out_dir/<case>_prob.nii.gz``: the tumour
+    probability (float32, 0..1) on the input's grid, from the same forward pass
+    (:meth:`Predictor.predict_volume_with_probability`). Returns the class-map paths only.
+    """
     check_output_folder(out_dir)
+    if probabilities:  # refuse before loading the model: x_prob.nii.gz would be written twice
+        names = {case_name(p): p for p in inputs}
+        for c, p in names.items():
+            if f"{c}_prob" in names:
+                raise InputError(names[f"{c}_prob"], f"its prediction would overwrite the probability map of case {c}")
     predictor = Predictor(model_path, device)
     written = []
     it = inputs
@@ -145,10 +211,19 @@ def predict_paths(
     with staged_output(out_dir) as stage:
         for p in it:
             vol = load_volume(p)
-            pred = predictor.predict_volume(vol)
             name = f"{case_name(p)}.nii.gz"
+            prob = None
+            if probabilities:
+                pred, prob = predictor.predict_volume_with_probability(vol)
+            else:
+                pred = predictor.predict_volume(vol)
             save_volume(pred, stage / name)
             written.append(Path(out_dir) / name)
             if log:
                 log(f"wrote {Path(out_dir) / name}")
+            if prob is not None:
+                prob_name = f"{case_name(p)}_prob.nii.gz"
+                save_volume(prob, stage / prob_name)
+                if log:
+                    log(f"wrote {Path(out_dir) / prob_name}")
     return written

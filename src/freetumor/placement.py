@@ -37,6 +37,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable
 from monai.transforms.utils import map_binary_to_indices
 from scipy import ndimage
@@ -156,8 +157,6 @@ class RandPlaceCased(Randomizable, MapTransform):
             out = torch.zeros((t.shape[0], *size), dtype=t.dtype)
             out[region] = t
             if hasattr(v, "affine"):  # a MetaTensor: its affine moves by the offset
-                from monai.data import MetaTensor
-
                 aff = torch.as_tensor(v.affine, dtype=torch.float64).clone()
                 aff[:3, 3] -= aff[:3, :3] @ torch.as_tensor(offset, dtype=torch.float64)
                 out = MetaTensor(out, meta=dict(getattr(v, "meta", {}), affine=aff))

@@ -36,7 +36,7 @@ __all__ = ["ORGAN3", "evaluate_predictions"]
 ORGAN3 = "organ3"  # predictions of an organ3 model: 1 organ, 2 tumour, whatever the organ
 
 
-def _gt_cases(gt: str | os.PathLike) -> tuple[dict[str, Path], str | None]:
+def gt_cases(gt: str | os.PathLike) -> tuple[dict[str, Path], str | None]:
     """Case name -> ground-truth label path, from a datalist or a folder; and the datalist's label map."""
     p = Path(gt)
     if not p.exists():
@@ -91,18 +91,18 @@ def evaluate_predictions(
     """
     if not (isinstance(tolerance_mm, (int, float)) and tolerance_mm > 0):
         raise ConfigError(f"NSD tolerance must be a positive number of mm, got {tolerance_mm!r}")
-    gt_cases, dl_map = _gt_cases(gt)
+    cases_gt, dl_map = gt_cases(gt)
     lm = get_label_map(label_map or dl_map, organ)
     organ_ids, tumour_id = list(lm.organ_ids(organ)), lm.tumour_id(organ)
     pdir = Path(pred)
     if not pdir.is_dir():
         raise InputError(pdir, "is not a folder of predictions")
     preds = {case_name(f): f for f in sorted(pdir.iterdir()) if f.name.lower().endswith(NIFTI_SUFFIXES)}
-    missing = [c for c in gt_cases if c not in preds]
+    missing = [c for c in cases_gt if c not in preds]
     if missing:
-        raise InputError(pdir, f"no prediction for {len(missing)} of {len(gt_cases)} cases (first: {missing[0]})")
+        raise InputError(pdir, f"no prediction for {len(missing)} of {len(cases_gt)} cases (first: {missing[0]})")
     rows, lesion_rows, matches = [], [], []
-    items = list(gt_cases.items())
+    items = list(cases_gt.items())
     if progress:
         items = tqdm(items, desc="evaluate", unit="case", dynamic_ncols=True)
     for case, gt_path in items:
