@@ -1,52 +1,66 @@
 #!/usr/bin/env python
 """Few labels, real lungs: does synthesis help when only K nodules are labelled? Real CT, through the CLI.
 
+A fair comparison (see the documentation's few-label page for the diagnosis of the earlier version):
+
+* **No position prior.** Labelled crops smaller than the training patch are placed at a fresh random
+  offset in an air canvas (``data.crop_placement=random``); every model is also scored on **shifted**
+  test crops (the same crops at a random offset in a 72 x 72 x 40 mm window of noisy air), and the gap
+  between centred and shifted Dice is reported for every arm (the shortcut test).
+* **Host data that teach the task.** Healthy host patches are centred in the lung
+  (``data.host_patches=organ``); synthesis only draws into host patches that hold no real lesion
+  and keeps off padding (FreeTumor's rule, ``synth.online_on=hosts``); the loss's Dice is over the
+  batch (``train.dice_batch=true``) in every arm.
+* **Equal real-label exposure.** ``stage0`` trains on one labelled sample per step; every host arm on
+  the same labelled sample plus one host sample per step (``train.batch_size=2``,
+  ``data.labelled_share=0.5``): the labelled patches of each step are the same in every arm, and
+  each run logs its labelled share.
+* **The strongest cheap baseline.** ``copy_paste`` pastes the same K real labelled nodules into the
+  host lung (TumorCP / CarveMix style).
+
 Data (all real, from ``../shared/datasets``; the script stops with one line when it is absent):
 
 * **crops**: the 735 LIDC-IDRI nodule crops (``lidc_nodule_vois``), split **patient-wise** with a
   fixed seed into a training pool, a validation part and a test part (>= 150 crops; the patients of
   ``lidc_full_scans``, LIDC-IDRI-0001 and -0003, are forced into it). The split is stored
-  (``--split``, default ``benchmarks/results/fewlabel_lung_split.json``) and reused on every rerun.
+  (``benchmarks/results/fewlabel_lung_split.json``) and reused.
 * **labels**: for each seed, K crops of the pool (one per patient, K = 10 and 30, the 10 inside the
-  30) are the only labelled nodules any arm sees. Validation crops pick each run's ``best.pt``.
+  30) are the only labelled nodules any arm sees. Validation crops pick each run's ``best.pt`` and
+  the step budget (the smallest of 350 / 1000 / 2000 steps whose ``stage0`` validation Dice is within
+  0.01 of the best, K = 10, seed 0; stored in ``benchmarks/results/fewlabel_lung/budget.json``).
 * **healthy hosts**: slabs of the three real chests that are not LIDC patients (pyradiomics lung1,
-  lung2: 5 mm; NSCLC LUNG1-001: 3 mm): the slices more than 15 mm away from the scan's own tumour,
-  with the model-free lung mask of ``freetumor organs --engine threshold`` as lung. The labelled
-  crops' own parenchyma (away from their nodule) is lung too, so synthesis also puts nodules there.
-* **test**: the test crops (Dice, NSD, detection by diameter) and the two whole thin-slice LIDC
-  chests (``lidc_full_scans``; lesion-wise sensitivity and false positives per scan). The scanner's
-  padding (-2048 HU outside the field of view) is set to -1000 HU in a copy before ``predict``.
+  lung2; NSCLC LUNG1-001): the slices more than 15 mm away from the scan's own tumour, with the
+  model-free lung mask of ``freetumor organs --engine threshold`` as lung.
+* **tests** (never trained or tuned on): the test crops, centred (as stored) and shifted; a
+  **composite** set (held-out test nodules pasted into the real lung of the two whole LIDC test
+  chests, away from their own nodules, in a 60 x 60 x 40 mm window at a random position: real
+  nodules in real context, but a composite; 72 x 72 x 40 mm); and the two whole thin-slice LIDC test chests
+  (FROC from probability maps, ``freetumor froc``: sensitivity at 1, 2, 4, 8 false positives per
+  scan in the lung and a CPM-style mean, candidates of at least 14 mm^3 = a 3 mm sphere).
 
-Arms (``train-seg``; every number from the CLI's ``predict`` and ``evaluate``):
+Arms (``train-seg``; every number from the CLI's ``predict``, ``evaluate`` and ``froc``):
+``stage0`` (the K crops alone), ``none`` (K crops + hosts, no synthesis), ``copy_paste``,
+``procedural`` (``--synthesis profile``: a lung profile fitted with ``lesions fit`` on the same K
+crops), ``generator`` (a Stage-1 generator trained on the K crops + hosts, the ``stage0`` model as
+its frozen segmentor and as the QC judge).
 
-* ``stage0``: the K labelled crops alone (its own recipe);
-* ``none``: K crops + the host slabs, no synthesis (the shared recipe);
-* ``procedural``: the same, ``--synthesis profile`` with a lung profile fitted (``lesions fit``)
-  on the same K labelled crops;
-* ``generator``: the same, ``--synthesis generator`` with QC: a Stage-1 generator
-  (``train-synth``) trained on the K crops + the host slabs, the ``stage0`` model as its frozen
-  segmentor and as the QC segmentor.
-
-Statistics: per test crop the Dice / NSD averaged over seeds; paired t / Wilcoxon tests and paired
-bootstrap CIs of each synthesis arm minus ``stage0`` and minus ``none``; detection per diameter
-bin (< 10, 10-20, >= 20 mm); a data-scaling curve (best synthesis arm at the first K: test Dice
-against the host lung volume used, from none to all); ``--test DATALIST`` scores the same models on
-another labelled nodule datalist (label map relative to it allowed; entries >= 150 mm across are
-scored as whole scans).
-
-``--out`` is a folder (work files + ``results.json``) or a ``.json`` path (the work folder is
-``<stem>_work`` beside it; ``--work`` sets another). Finished steps are reused on a rerun.
+**Resumable across machines.** Each finished run writes its scores to
+``benchmarks/results/fewlabel_lung/runs/k<K>_s<seed>_<arm>.json`` (with a signature of the recipe,
+the budget and the split; ``--commit`` also commits each file as it is written). A rerun, on any
+machine, skips every run whose file is there with the current signature, and the summary
+(``--out``) is rebuilt from the files present: a later session continues, it does not restart.
 
     python benchmarks/experiment_fewlabel_lung.py --quick --out /tmp/fewlabel-quick.json
-    python benchmarks/experiment_fewlabel_lung.py --out benchmarks/results/fewlabel_lung.json \\
-        --work /tmp/fewlabel-work
-    python benchmarks/experiment_fewlabel_lung.py --out ... --work /tmp/fewlabel-work --test other/nodules.json
+    nice python benchmarks/experiment_fewlabel_lung.py --out benchmarks/results/fewlabel_lung.json \\
+        --work /tmp/fewlabel-work --commit
+    python benchmarks/experiment_fewlabel_lung.py --table benchmarks/results/fewlabel_lung.json
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import os
@@ -61,11 +75,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("FREETUMOR_DATASETS", REPO.parent / "shared" / "datasets"))
 SPLIT_FILE = REPO / "benchmarks" / "results" / "fewlabel_lung_split.json"
+RESULTS = REPO / "benchmarks" / "results" / "fewlabel_lung"
 CLI = [str(Path(sys.executable).parent / "freetumor")]
 if not Path(CLI[0]).exists():
     CLI = [sys.executable, "-m", "freetumor.cli"]
 
-ARMS = ("stage0", "none", "procedural", "generator")
+ARMS = ("stage0", "none", "copy_paste", "procedural", "generator")
+BASELINES = ("stage0", "none", "copy_paste")
 SYNTH_ARMS = ("procedural", "generator")
 SPLIT_SEED = 0
 TEST_PATIENTS = ("LIDC-IDRI-0001", "LIDC-IDRI-0003")  # their whole chests are test scans
@@ -73,25 +89,36 @@ TEST_FRACTION, VAL_FRACTION = 0.25, 0.08
 WHOLE_SCAN_MM = 150.0       # an entry at least this wide in-plane is scored as a whole scan
 PADDING_HU = -1500.0        # voxels at or below are scanner padding: set to AIR_HU in a copy
 AIR_HU = -1000
+AIR_NOISE_HU = 15.0         # shifted / composite windows: air padding with this noise (not flat -1000, which
+                            # predict's foreground crop would cut away, re-centring the crop)
 HOST_MARGIN_MM = 15.0       # host slabs keep slices this far from the host's own tumour
 MIN_SLAB_MM = 40.0
-LUNG_REACH_MM = 5.0         # whole scans: predictions "in lung" = within this of the threshold lung mask
+LUNG_REACH_MM = 5.0         # whole scans: false positives "in lung" = within this of the threshold lung mask
+WINDOW_MM = (72.0, 72.0, 40.0)  # shifted and composite windows (58 x 58 x 16 voxels of the models' grid); every test
+                                # crop must fit (the largest LIDC test crop is 66 x 32 x 31 mm)
+N_COMPOSITE = 60            # composite test nodules (every n-th test crop)
+COMPOSITE_AWAY_MM = 20.0    # composite nodules keep this far from the host chest's own nodules
+MIN_CANDIDATE_MM3 = 14.0    # FROC candidates: at least a 3 mm sphere (LIDC's smallest nodules)
+FP_RATES = (1, 2, 4, 8)
 NODULES_MAP = {"name": "lidc-nodules", "organs": {"lung": {"tumor": 1}}, "labels": [0, 1]}
-BRIEF = ("dice", "nsd", "sensitivity", "fp_per_scan", "sensitivity_in_lung", "fp_per_scan_in_lung",
-         "fp_3mm_per_scan_in_lung")
 BINS = (("<10 mm", 0.0, 10.0), ("10-20 mm", 10.0, 20.0), (">=20 mm", 20.0, math.inf))
+CROP_SETS = ("centred", "shifted", "composite")
 
-# Geometry and sliding window of every model: 1.25 x 1.25 x 2.5 mm (the whole scans' slices; crops are
-# 0.45-2.5 mm, median 1.25), 32 x 32 x 8 patches (40 x 40 x 20 mm: a median crop, 31 x 31 x 7.5 mm, padded);
-# sliding windows without overlap (a crop is one window; a whole chest costs half as much as at 0.25).
+# Geometry of every model: 1.25 x 1.25 x 2.5 mm, 32 x 32 x 8 patches (40 x 40 x 20 mm); sliding windows
+# without overlap. Every arm: labelled crops at random offsets, host patches in the lung, batch Dice.
 GEOMETRY = ["data.spacing=[1.25,1.25,2.5]", "data.roi_size=[32,32,8]", "data.num_samples=4", "data.cache=true",
-            "val.overlap=0", "val.sw_batch_size=32"]
-RECIPE = ["train.lr=3e-3", "train.warmup_steps=20", "synth.online_prob=0.5"]  # none / procedural / generator
-STAGE0_RECIPE = ["train.lr=3e-3", "train.warmup_steps=20"]   # the labelled-only baseline
-SYNTH_RECIPE = ["data.num_samples=2", "synth.probe_samples=4", "synth.epoch_steps=50"]
+            "val.overlap=0", "val.sw_batch_size=32", "data.crop_placement=random", "data.host_patches=organ",
+            "train.dice_batch=true", "train.lr=3e-3", "train.warmup_steps=20"]
+STAGE0_RECIPE = ["train.batch_size=1"]
+HOST_RECIPE = ["train.batch_size=2", "data.labelled_share=0.5", "synth.online_on=hosts", "synth.online_prob=0.5"]
+SYNTH_RECIPE = ["data.num_samples=2", "synth.probe_samples=4", "synth.epoch_steps=50", "train.batch_size=1"]
+BUDGETS = (350, 1000, 2000)
+PLATEAU = 0.01
 
-FULL = {"k": [10, 30], "seeds": 3, "steps": 350, "synth_steps": 100, "curve_seeds": 1}
-QUICK = {"k": [10], "seeds": 1, "steps": 200, "synth_steps": 50, "curve_seeds": 0}
+FULL = {"k": [10, 30], "seeds": 3, "steps": None, "synth_steps": 100}
+QUICK = {"k": [10], "seeds": 1, "steps": 150, "synth_steps": 30}
+
+TARGETS = {"shortcut_gap": 0.03, "none_vs_stage0": -0.01, "fp_in_lung": 65.0, "gain": 0.03, "goal": 0.05}
 
 
 class Failure(Exception):
@@ -167,8 +194,8 @@ def make_split(cases: list[str], seed: int = SPLIT_SEED, test_fraction: float = 
     return out
 
 
-def load_split(path: Path, cases: list[str], seed: int) -> dict:
-    """The stored split when it covers exactly ``cases``; else a new one, stored at ``path``."""
+def load_split(path: Path, cases: list[str], seed: int, store: bool = True) -> dict:
+    """The stored split when it covers exactly ``cases``; else a new one, stored at ``path`` (with ``store``)."""
     if path.exists():
         try:
             split = json.loads(path.read_text())
@@ -180,6 +207,8 @@ def load_split(path: Path, cases: list[str], seed: int) -> dict:
                           f"(delete it or pass --split NEW.json)")
         return split
     split = make_split(cases, seed)
+    if not store:
+        return split
     split["note"] = ("patient-wise split of the lidc_nodule_vois crops for benchmarks/experiment_fewlabel_lung.py; "
                      "made once with make_split and reused")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -339,13 +368,23 @@ def check_test_datalist(datalist: Path, default_map: Path | None = None) -> tupl
         for k in ("image", "label"):
             if not Path(e[k]).exists():
                 raise Failure(f"{e[k]}: listed in {datalist} but not found")
+    from freetumor.io import load_volume
+
+    tumour = get_label_map(lm_spec, "lung").tumour_id("lung") if lm_spec else 1
+    try:
+        if not any((np.asarray(load_volume(e["label"]).array) == tumour).any() for e in entries):
+            raise Failure(f"{datalist}: no lesion (label {tumour}) in any of its {len(entries)} labels")
+    except FreeTumorError as exc:
+        raise Failure(str(exc)) from None
+    check_crops_fit(entries, str(datalist))
     return entries, lm_spec
 
 
 def prepare_test_set(name: str, datalist: Path, work: Path, log: list, default_map: Path) -> dict:
-    """A test set ready for ``predict`` / ``evaluate``: every image under a unique name in
-    ``work/tests/NAME/images/all`` (a link, or a copy with the padding set to air), the crops' and the
-    whole scans' datalists (original labels), and the whole scans' threshold lungs."""
+    """A test set ready for ``predict`` / ``evaluate``: every crop under a unique name in
+    ``work/tests/NAME/images/all`` and every whole scan in ``.../images/scans`` (a link, or a copy with the
+    padding set to air), the crops' and the whole scans' datalists (original labels), and the whole scans'
+    threshold lungs."""
     from freetumor.errors import FreeTumorError
     from freetumor.io import case_name, load_volume, save_volume
 
@@ -370,18 +409,14 @@ def prepare_test_set(name: str, datalist: Path, work: Path, log: list, default_m
             unique += "_"
         used.add(unique)
         whole = bool(e["whole_scan"]) if "whole_scan" in e else in_plane_mm(vol) >= WHOLE_SCAN_MM
-        dst = images / "all" / f"{unique}.nii.gz"
+        dst = images / ("scans" if whole else "all") / f"{unique}.nii.gz"
         padded = np.asarray(vol.array) <= PADDING_HU
         if padded.any():  # never modify the input: a copy with the scanner's padding set to air
-            src = images / ("scans" if whole else "crops") / f"{unique}.nii.gz"
+            src = images / ("scans_padded" if whole else "crops") / f"{unique}.nii.gz"
             src.parent.mkdir(parents=True, exist_ok=True)
             arr = np.array(vol.array, copy=True)
             arr[padded] = AIR_HU
             save_volume(vol.with_array(arr), src)
-        elif whole:
-            src = images / "scans" / f"{unique}.nii.gz"
-            if not src.exists():
-                src.symlink_to(Path(e["image"]).resolve())
         else:
             src = Path(e["image"]).resolve()
         if not dst.exists() and not dst.is_symlink():
@@ -390,6 +425,7 @@ def prepare_test_set(name: str, datalist: Path, work: Path, log: list, default_m
         (scans if whole else crops).append(row)
     out = {"name": name, "datalist": str(datalist), "label_map": lm_spec,
            "eval_label_map": evaluation_map(lm_spec, root / "eval_label_map.json"), "images": str(images / "all"),
+           "scan_images": str(images / "scans"),
            "crops": None, "scans": None, "n_crops": len(crops), "n_scans": len(scans)}
     if crops:
         out["crops"] = str(write_datalist(root / "crops.json", crops, lm_spec))
@@ -406,71 +442,284 @@ def prepare_test_set(name: str, datalist: Path, work: Path, log: list, default_m
     return out
 
 
+# ----------------------------------------------------------------------------- shifted and composite test sets
+def window_voxels(spacing) -> tuple[int, ...]:
+    return tuple(int(math.ceil(w / s)) for w, s in zip(WINDOW_MM, spacing))
+
+
+def noisy_air(shape, rng: np.random.Generator) -> np.ndarray:
+    return np.rint(AIR_HU + np.abs(rng.normal(0.0, AIR_NOISE_HU, shape))).astype(np.int16)
+
+
+def shifted_crops(entries: list[dict], dst: Path, nodules_map: Path) -> Path:
+    """The test crops at a random offset (seeded by the crop's name) in a window of ``WINDOW_MM`` filled with
+    noisy air; label likewise. Datalist written to ``dst``. (:func:`check_crops_fit` refused larger crops.)"""
+    from freetumor.io import load_volume, save_volume
+
+    folder = dst.parent / "shifted"
+    rows = []
+    for e in entries:
+        img_p, lab_p = folder / "images" / f"{e['case']}.nii.gz", folder / "labels" / f"{e['case']}.nii.gz"
+        if not lab_p.exists():
+            img, lab = load_volume(e["image"]), load_volume(e["label"])
+            rng = np.random.default_rng(int(hashlib.sha256(e["case"].encode()).hexdigest()[:8], 16))
+            size = [max(w, n) for w, n in zip(window_voxels(img.spacing), img.shape)]
+            off = [int(rng.integers(0, c - n + 1)) for c, n in zip(size, img.shape)]
+            region = tuple(slice(o, o + n) for o, n in zip(off, img.shape))
+            arr = noisy_air(size, rng)
+            src = np.asarray(img.array)
+            arr[region] = np.where(src <= PADDING_HU, AIR_HU, src)
+            out_lab = np.zeros(size, np.asarray(lab.array).dtype)
+            out_lab[region] = np.asarray(lab.array)
+            shift = np.eye(4)
+            shift[:3, 3] = -np.asarray(off, float)
+            affine = img.affine @ shift
+            from freetumor.io import Volume
+
+            img_p.parent.mkdir(parents=True, exist_ok=True)
+            lab_p.parent.mkdir(parents=True, exist_ok=True)
+            save_volume(Volume(arr, affine), img_p)
+            save_volume(Volume(out_lab, affine), lab_p)
+        rows.append({"image": str(img_p), "label": str(lab_p)})
+    return write_datalist(dst, rows, str(nodules_map))
+
+
+def check_crops_fit(entries: list[dict], source: str) -> None:
+    """A :class:`Failure` naming the first crop (an entry narrower than a whole scan) larger than ``WINDOW_MM``
+    along some axis: it could not be shifted inside the window."""
+    from freetumor.errors import FreeTumorError
+    from freetumor.io import load_volume
+
+    for e in entries:
+        if e.get("whole_scan"):
+            continue
+        try:
+            vol = load_volume(e["image"])
+        except FreeTumorError as exc:
+            raise Failure(str(exc)) from None
+        if in_plane_mm(vol) >= WHOLE_SCAN_MM:
+            continue
+        mm = [n * sp for n, sp in zip(vol.shape, vol.spacing)]
+        if any(m > w + sp + 1e-6 for m, w, sp in zip(mm, WINDOW_MM, vol.spacing)):  # the window, to a voxel
+            raise Failure(f"{e['image']}: crop of {' x '.join(f'{m:.0f}' for m in mm)} mm (in {source}) is larger than "
+                          f"the {' x '.join(f'{w:.0f}' for w in WINDOW_MM)} mm test window")
+
+
+def composite_crops(entries: list[dict], scans: list[tuple[str, Path, Path]], dst: Path, nodules_map: Path) -> Path:
+    """Held-out test nodules pasted into real healthy lung: every n-th test crop, resampled to a whole
+    test chest's grid, pasted (1-voxel feather, :func:`freetumor.copy_paste.paste_lesion`) into its
+    threshold lung at least ``COMPOSITE_AWAY_MM`` from the chest's own nodules, in a ``WINDOW_MM`` window
+    at a random position. A composite: real nodules in real context, not real cases."""
+    from scipy import ndimage
+
+    from freetumor.copy_paste import LesionBank, paste_lesion
+    from freetumor.io import Volume, load_volume, save_volume
+    from freetumor.lung_threshold import threshold_lung_mask
+
+    folder = dst.parent / "composite"
+    picked = entries[:: max(1, len(entries) // N_COMPOSITE)][:N_COMPOSITE]
+    done = folder / "done.json"
+    if done.exists():
+        rows = json.loads(done.read_text())
+        return write_datalist(dst, rows, str(nodules_map))
+    hosts = []
+    for name, img_p, lab_p in scans:
+        img = load_volume(img_p)
+        hu = np.asarray(img.array).astype(np.float32)
+        hu[hu <= PADDING_HU] = AIR_HU
+        lung = threshold_lung_mask(img.with_array(hu.astype(np.int16)))
+        own = np.asarray(load_volume(lab_p).array) > 0
+        away = ndimage.distance_transform_edt(~own, sampling=img.spacing) > COMPOSITE_AWAY_MM if own.any() else True
+        allowed = ndimage.binary_erosion(lung, iterations=2) & away
+        hosts.append((name, img, hu, allowed))
+    rows = []
+    for i, e in enumerate(picked):
+        rng = np.random.default_rng([SPLIT_SEED, 77, i])
+        name, host, hu, allowed = hosts[i % len(hosts)]
+        crop, clab = load_volume(e["image"]), load_volume(e["label"])
+        zoom = [a / b for a, b in zip(crop.spacing, host.spacing)]
+        c_hu = ndimage.zoom(np.where(np.asarray(crop.array) <= PADDING_HU, AIR_HU,
+                                     np.asarray(crop.array)).astype(np.float32), zoom, order=1)
+        c_lab = ndimage.zoom((np.asarray(clab.array) > 0).astype(np.float32), zoom, order=1) > 0.5
+        bank = LesionBank.from_arrays([(c_hu, c_lab.astype(np.uint8))], 1, margin_vox=2, min_voxels=1)
+        if not len(bank):
+            continue
+        size = window_voxels(host.spacing)
+        cands = np.argwhere(allowed)
+        placed = None
+        for _try in range(20):
+            c = cands[int(rng.integers(len(cands)))]
+            lo = [int(np.clip(ci - int(rng.integers(4, max(5, s - 4))), 0, n - s)) for ci, s, n in zip(c, size, hu.shape)]
+            box = tuple(slice(a, a + s) for a, s in zip(lo, size))
+            r = paste_lesion(hu[box], np.zeros(size, np.uint8), allowed[box], bank, rng, 1, feather_vox=1.0)
+            if r is not None:
+                placed = (lo, r)
+                break
+        if placed is None:
+            continue
+        lo, (w_hu, w_lab, _info) = placed
+        shift = np.eye(4)
+        shift[:3, 3] = lo
+        affine = host.affine @ shift
+        case = f"{e['case']}_in_{name}"
+        img_p, lab_p = folder / "images" / f"{case}.nii.gz", folder / "labels" / f"{case}.nii.gz"
+        img_p.parent.mkdir(parents=True, exist_ok=True)
+        lab_p.parent.mkdir(parents=True, exist_ok=True)
+        save_volume(Volume(np.rint(w_hu).astype(np.int16), affine), img_p)
+        save_volume(Volume((w_lab == 1).astype(np.uint8), affine), lab_p)
+        rows.append({"image": str(img_p), "label": str(lab_p)})
+    if not rows:
+        raise Failure(f"{folder}: no composite nodule could be placed")
+    done.write_text(json.dumps(rows, indent=1))
+    return write_datalist(dst, rows, str(nodules_map))
+
+
 # ----------------------------------------------------------------------------- training
-class Runs:
-    """Trains (or reuses) the runs of the experiment through the CLI."""
-
-    def __init__(self, work: Path, args, log: list, hosts_dl: dict[str, Path]):
-        self.work, self.args, self.log, self.hosts_dl = work, args, log, hosts_dl
-
-    def seg(self, run: Path, datalist: Path, recipe: list[str], seed: int, extra: list, steps: int) -> Path:
-        if not (run / "final.json").exists():
-            resume = ["--resume"] if (run / "last.pt").exists() else []
-            every = max(1, steps // 5)
-            sh(["train-seg", "--config", "lung-cpu-tiny", "--datalist", datalist, "--out", run, "--max-steps", steps,
-                *sets([*GEOMETRY, *recipe, f"train.seed={seed}", f"train.val_every={every}",
-                       f"train.checkpoint_every={every}"]), *extra, *resume], self.log, quiet=False)
-        return run / "best.pt"
-
-    def synth(self, run: Path, labelled: Path, hosts: Path, segmentor: Path, seed: int) -> Path:
-        if not (run / "final.json").exists():
-            resume = ["--resume"] if (run / "last.pt").exists() else []
-            sh(["train-synth", "--config", "lung-cpu-tiny", "--datalist", labelled, "--unlabeled", hosts,
-                "--segmentor", segmentor, "--out", run, "--max-steps", self.args.synth_steps,
-                *sets([*GEOMETRY, *SYNTH_RECIPE, f"train.seed={seed}"]), *resume], self.log, quiet=False)
-        return run / "generator.pt"
+def train_seg(run: Path, datalist: Path, recipe: list[str], seed: int, extra: list, steps: int, log: list) -> Path:
+    if not (run / "final.json").exists():
+        resume = ["--resume"] if (run / "last.pt").exists() else []
+        every = max(1, steps // 5)
+        sh(["train-seg", "--config", "lung-cpu-tiny", "--datalist", datalist, "--out", run, "--max-steps", steps,
+            *sets([*GEOMETRY, *recipe, f"train.seed={seed}", f"train.val_every={every}",
+                   f"train.checkpoint_every={every}"]), *extra, *resume], log, quiet=False)
+    return run / "best.pt"
 
 
-def arm_models(runs: Runs, d: Path, data: dict, seed: int, steps: int, hosts: str = "all",
-               arms=ARMS) -> dict[str, Path]:
-    """Train the arms of one (K, seed) (cached); ``hosts`` names the host subset (scaling curve)."""
-    hosts_dl = runs.hosts_dl[hosts]
-    out: dict[str, Path] = {}
-    stage0 = runs.seg(d / "stage0", data["trainval"], STAGE0_RECIPE, seed, [], steps)
-    tag = "" if hosts == "all" else f"_hosts-{hosts}"
-    unl = [] if hosts_dl is None else ["--unlabeled", hosts_dl]
-    if "stage0" in arms:
-        out["stage0"] = stage0
-    if "none" in arms:
-        out["none"] = runs.seg(d / f"none{tag}", data["trainval"], RECIPE, seed, unl, steps)
-    if "procedural" in arms:
-        out["procedural"] = runs.seg(d / f"procedural{tag}", data["trainval"], RECIPE, seed,
-                                     [*unl, "--synthesis", "profile", "--profile", data["profile"]], steps)
-    if "generator" in arms:
-        gen = runs.synth(d / "stage1", data["labelled"], runs.hosts_dl["all"], stage0, seed)
-        out["generator"] = runs.seg(d / f"generator{tag}", data["trainval"], RECIPE, seed,
-                                    [*unl, "--synthesis", "generator", "--generator", gen, "--qc-segmentor", stage0],
-                                    steps)
+def train_synth(run: Path, labelled: Path, hosts: Path, segmentor: Path, seed: int, steps: int, log: list) -> Path:
+    if not (run / "final.json").exists():
+        resume = ["--resume"] if (run / "last.pt").exists() else []
+        sh(["train-synth", "--config", "lung-cpu-tiny", "--datalist", labelled, "--unlabeled", hosts,
+            "--segmentor", segmentor, "--out", run, "--max-steps", steps,
+            *sets([*GEOMETRY, *SYNTH_RECIPE, f"train.seed={seed}"]), *resume], log, quiet=False)
+    return run / "generator.pt"
+
+
+def best_val(run: Path) -> float | None:
+    p = run / "val.jsonl"
+    scores = [json.loads(x).get("score") for x in p.read_text().splitlines()] if p.exists() else []
+    scores = [s for s in scores if s is not None]
+    return max(scores) if scores else None
+
+
+def arm_model(arm: str, d: Path, data: dict, hosts_dl: Path, seed: int, steps: int, synth_steps: int,
+              log: list) -> Path:
+    """Train (or reuse) one arm of one (K, seed); the generator arm trains its Stage 1 first."""
+    stage0 = train_seg(d / f"stage0_n{steps}", data["trainval"], STAGE0_RECIPE, seed, [], steps, log)
+    if arm == "stage0":
+        return stage0
+    extra = ["--unlabeled", hosts_dl]
+    if arm == "copy_paste":
+        extra += ["--synthesis", "copy_paste"]
+    elif arm == "procedural":
+        extra += ["--synthesis", "profile", "--profile", data["profile"]]
+    elif arm == "generator":
+        gen = train_synth(d / f"stage1_n{synth_steps}", data["labelled"], hosts_dl, stage0, seed, synth_steps, log)
+        extra += ["--synthesis", "generator", "--generator", gen, "--qc-segmentor", stage0]
+    return train_seg(d / f"{arm}_n{steps}", data["trainval"], HOST_RECIPE, seed, extra, steps, log)
+
+
+def run_facts(run_dir: Path) -> dict:
+    """What a run saw: its labelled share, synthesis outcomes per patch and acceptance, best validation."""
+    final = json.loads((run_dir / "final.json").read_text()) if (run_dir / "final.json").exists() else {}
+    tally: dict = {}
+    tries = 0
+    p = run_dir / "metrics.jsonl"
+    if p.exists():
+        for ln in p.read_text().splitlines():
+            row = json.loads(ln)
+            for k, v in (row.get("synth") or {}).items():
+                tally[k] = tally.get(k, 0) + v
+            tries += int(row.get("synth_tries") or 0)
+    drawn = tally.get("accepted", 0) + tally.get("rejected", 0)
+    return {"labelled_share": final.get("labelled_share"), "steps": final.get("steps"),
+            "best_val": best_val(run_dir), "synth_status": tally, "synth_tries": tries,
+            "accepted_per_try": round(tally.get("accepted", 0) / tries, 4) if tries else None,
+            "accepted_per_patch_drawn": round(tally.get("accepted", 0) / drawn, 4) if drawn else None}
+
+
+def choose_budget(data: dict, seed: int, work: Path, log: list, stored: Path | None, signature: str) -> dict:
+    """The step budget: the smallest of BUDGETS whose stage0 best validation Dice (K = 10, seed 0) is within
+    PLATEAU of the best of them. Stored (``stored``) and reused while the signature matches."""
+    if stored is not None and stored.exists():
+        b = json.loads(stored.read_text())
+        if b.get("signature") == signature:
+            return b
+    d = work / "runs" / "k10" / f"s{seed}"
+    vals = {}
+    for n in BUDGETS:
+        train_seg(d / f"stage0_n{n}", data["trainval"], STAGE0_RECIPE, seed, [], n, log)
+        vals[n] = best_val(d / f"stage0_n{n}")
+    top = max(v for v in vals.values() if v is not None)
+    steps = next(n for n in BUDGETS if vals[n] is not None and vals[n] >= top - PLATEAU)
+    out = {"signature": signature, "steps": steps, "validation_dice": {str(n): v for n, v in vals.items()},
+           "rule": f"smallest budget whose stage0 best validation tumour Dice is within {PLATEAU} of the best "
+                   f"(K = 10, seed {seed}, validation crops only)"}
+    if stored is not None:
+        write_json(stored, out)
     return out
 
 
 # ----------------------------------------------------------------------------- scoring
-def score_model(model: Path, test: dict, work: Path, run_id: str, log: list) -> dict:
-    """``predict`` on a test set (crops and whole scans in one call), ``evaluate`` the crops (Dice, NSD,
-    lesions); whole scans: lesion-wise detection as ``evaluate`` counts it (:func:`scan_detection`)."""
+def lesion_background(pred: Path, crops_dl: Path, tumour_id: int) -> dict[str, float | None]:
+    """Per crop: the share of true nodule voxels that the model calls background (class 0, not lung)."""
+    from freetumor.data import load_datalist
+    from freetumor.io import case_name, load_volume
+
+    out = {}
+    for e in load_datalist(crops_dl):
+        case = case_name(e["image"])
+        gt = np.asarray(load_volume(e["label"]).array) == tumour_id
+        p = np.asarray(load_volume(pred / f"{case}.nii.gz").array)
+        out[case] = round(float((p[gt] == 0).mean()), 4) if gt.any() else None
+    return out
+
+
+def score_crops(model: Path, test: dict, work: Path, run_id: str, log: list) -> dict:
     pred = work / "pred" / test["name"] / run_id
     if not pred.exists():
         sh(["predict", "--model", model, "--image", test["images"], "--out", pred, "--device", "cpu"], log)
-    res: dict = {}
-    if test["crops"]:
-        rep = work / "eval" / test["name"] / run_id / "crops"
-        if not (rep / "summary.json").exists():
-            sh(["evaluate", "--pred", pred, "--gt", test["crops"], "--organ", "lung", "--out", rep,
-                "--label-map", test["eval_label_map"], "--pred-label-map", "organ3"], log)
-        res["crops"] = read_report(rep)
-    if test["scans"]:
-        res["scans"] = scan_detection(pred, test, work / "eval" / test["name"] / run_id / "scans.json")
+    rep = work / "eval" / test["name"] / run_id / "crops"
+    if not (rep / "summary.json").exists():
+        sh(["evaluate", "--pred", pred, "--gt", test["crops"], "--organ", "lung", "--out", rep,
+            "--label-map", test["eval_label_map"], "--pred-label-map", "organ3"], log)
+    res = read_report(rep)
+    from freetumor.labels import get_label_map
+
+    bg = lesion_background(pred, Path(test["crops"]), get_label_map(test["label_map"], "lung").tumour_id("lung"))
+    for case, row in res["cases"].items():
+        row["lesion_called_background"] = bg.get(case)
     return res
+
+
+def score_scans(model: Path, test: dict, work: Path, run_id: str, log: list) -> dict:
+    """Whole scans: probability maps, then ``freetumor froc`` in the lung (within LUNG_REACH_MM of the
+    threshold lung mask) and over the whole scan."""
+    from freetumor.data import load_datalist
+    from freetumor.io import case_name, load_volume
+
+    pred = work / "pred" / test["name"] / run_id
+    if not pred.exists():
+        sh(["predict", "--model", model, "--image", test["scan_images"], "--out", pred, "--device", "cpu",
+            "--probabilities"], log)
+    out = {}
+    region = None
+    if test.get("lungs"):
+        for e in load_datalist(test["scans"]):
+            case = case_name(e["image"])
+            near_lung(Path(test["lungs"]), case, load_volume(e["label"]).spacing)
+        region = Path(test["lungs"]).parent / "lungs_near"
+    for where, reg in (("in_lung", region), ("whole", None)):
+        if where == "in_lung" and reg is None:
+            continue
+        rep = work / "eval" / test["name"] / run_id / f"froc_{where}.json"
+        if not rep.exists():
+            sh(["froc", "--prob", pred, "--gt", test["scans"], "--organ", "lung", "--out", rep,
+                "--label-map", test["eval_label_map"], "--min-size-mm3", MIN_CANDIDATE_MM3,
+                *(["--region", reg] if reg is not None else [])], log)
+        r = json.loads(rep.read_text())
+        out[where] = {k: r.get(k) for k in ("sensitivity_at", "cpm", "sensitivity_at_small", "cpm_small", "lesions",
+                                             "small_lesions", "scans", "operating_point")}
+    return out
 
 
 def read_report(rep: Path) -> dict:
@@ -504,227 +753,260 @@ def near_lung(lungs: Path, case: str, spacing) -> np.ndarray:
     return near
 
 
-def scan_detection(pred: Path, test: dict, cache: Path) -> dict:
-    """Per whole scan: lesion-wise detection (:func:`freetumor.evaluation.match_lesions`, what ``evaluate``
-    counts: a nodule is found when a predicted component overlaps it; a component touching no nodule is a
-    false positive) of the raw prediction, and of the prediction kept within LUNG_REACH_MM of the scan's
-    threshold lung mask (``in_lung``), with the false positives of at least 3 mm (LIDC's smallest nodules)."""
-    from freetumor.data import load_datalist
-    from freetumor.evaluation import match_lesions
-    from freetumor.io import case_name, load_volume
-    from freetumor.labels import get_label_map
 
-    if cache.exists():
-        return json.loads(cache.read_text())
-    tumour_id = get_label_map(test["label_map"], "lung").tumour_id("lung")
-    per_case = {}
-    for e in load_datalist(test["scans"]):
-        case = case_name(e["image"])
-        g = load_volume(e["label"])
-        gt = np.asarray(g.array) == tumour_id
-        p = np.asarray(load_volume(pred / f"{case}.nii.gz").array) == 2
-        m = match_lesions(p, gt, g.spacing)
-        row = {"detected": m.tp, "lesions": m.n_gt, "fp": m.fp,
-               "fp_3mm": sum(not r["true_positive"] and r["diameter_mm"] >= 3.0 for r in m.pred)}
-        if test.get("lungs"):
-            m = match_lesions(p & near_lung(Path(test["lungs"]), case, g.spacing), gt, g.spacing)
-            row["in_lung"] = {"detected": m.tp, "lesions": m.n_gt, "fp": m.fp,
-                              "fp_3mm": sum(not r["true_positive"] and r["diameter_mm"] >= 3.0 for r in m.pred)}
-        per_case[case] = row
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(per_case))
-    return per_case
+# ----------------------------------------------------------------------------- run result files
+def write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
+    tmp.replace(path)
 
 
-def scan_summary(per_seed: list[dict]) -> dict:
-    """Lesion-wise sensitivity and false positives per scan, pooled over the seeds' runs."""
-    det = sum(c["detected"] for s in per_seed for c in s.values())
-    n = sum(c["lesions"] for s in per_seed for c in s.values())
-    fp = [sum(c["fp"] for c in s.values()) / max(1, len(s)) for s in per_seed]
-    fp3 = [sum(c["fp_3mm"] for c in s.values()) / max(1, len(s)) for s in per_seed]
-    return {"sensitivity": round(det / n, 4) if n else None, "detected": det, "lesions": n,
-            "fp_per_scan": round(float(np.mean(fp)), 2), "fp_per_scan_by_seed": [round(x, 2) for x in fp],
-            "fp_3mm_per_scan": round(float(np.mean(fp3)), 2)}
+def commit_file(path: Path, message: str) -> None:
+    """``git add`` + ``git commit`` of one file (only it), retried while another git command holds the lock."""
+    for attempt in range(10):
+        a = subprocess.run(["git", "-C", str(REPO), "add", "--", str(path)], capture_output=True, text=True)
+        c = subprocess.run(["git", "-C", str(REPO), "commit", "-q", "-m", message, "--", str(path)],
+                           capture_output=True, text=True) if a.returncode == 0 else a
+        if c.returncode == 0 or "nothing" in (c.stdout + c.stderr):
+            return
+        time.sleep(2 + 3 * attempt)
+    print(f"warning: could not commit {path}: {(c.stderr or c.stdout).strip()[:200]}", file=sys.stderr)
 
 
+def signature(args, split: dict, tests: list[dict], steps: int | None) -> str:
+    """What makes runs comparable: recipes, budgets, split, test sets (names and sizes)."""
+    key = {"geometry": GEOMETRY, "stage0": STAGE0_RECIPE, "host": HOST_RECIPE, "stage1": SYNTH_RECIPE,
+           "steps": steps, "synth_steps": args.synth_steps, "config": "lung-cpu-tiny",
+           "split": {p: split[p]["crops"] for p in ("pool", "val", "test")}, "window_mm": WINDOW_MM,
+           "tests": sorted((t["name"], t["n_crops"], t["n_scans"]) for t in tests),
+           "limit": args.limit, "hosts": args.hosts, "froc_min_mm3": MIN_CANDIDATE_MM3}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_runs(folder: Path, sig: str) -> dict:
+    """(K, seed, arm) -> result of every run file in ``folder`` with the signature ``sig``."""
+    out = {}
+    for p in sorted(folder.glob("k*_s*_*.json")) if folder.is_dir() else []:
+        try:
+            r = json.loads(p.read_text())
+        except ValueError:
+            continue
+        if r.get("signature") == sig:
+            out[(int(r["k"]), int(r["seed"]), r["arm"])] = r
+    return out
+
+
+# ----------------------------------------------------------------------------- summaries and comparisons
 def bin_of(d: float) -> str:
     return next(label for label, lo, hi in BINS if lo <= d < hi)
 
 
-def arm_summary(scores: list[dict]) -> dict:
-    """One arm at one K on one test set: ``scores`` holds one :func:`score_model` result per seed."""
-    out: dict = {"seeds": len(scores)}
-    if "crops" in scores[0]:
-        cases = sorted(scores[0]["crops"]["cases"])
-        for metric in ("dice", "nsd"):
-            per_seed = [[s["crops"]["cases"][c][metric] for c in cases] for s in scores]
-            seed_means = [float(np.nanmean([np.nan if v is None else v for v in row])) for row in per_seed]
-            out[metric] = round(float(np.mean(seed_means)), 4)
-            out[f"{metric}_by_seed"] = [round(v, 4) for v in seed_means]
+def mean_or_none(vals) -> float | None:
+    vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return round(float(np.mean(vals)), 4) if vals else None
+
+
+def per_case_mean(runs: list[dict], test: str, metric: str) -> dict[str, float | None]:
+    cases = sorted(runs[0]["tests"][test]["cases"])
+    return {c: mean_or_none([r["tests"][test]["cases"][c][metric] for r in runs]) for c in cases}
+
+
+def arm_summary(runs: list[dict]) -> dict:
+    """One arm at one K over its seeds: per test set Dice / NSD (seed means), detection by diameter,
+    lesion voxels called background, FROC, and what the runs saw."""
+    out: dict = {"seeds": len(runs), "seed_list": sorted(r["seed"] for r in runs)}
+    names = {"centred": "", "shifted": "_shifted", "composite": "_composite"}
+    for test, suffix in names.items():
+        if test not in runs[0]["tests"]:
+            continue
+        for metric in ("dice", "nsd", "lesion_called_background"):
+            by_seed = [mean_or_none(c[metric] for c in r["tests"][test]["cases"].values()) for r in runs]
+            out[f"{metric}{suffix}"] = mean_or_none(by_seed)
+            if metric == "dice":
+                out[f"dice{suffix}_by_seed"] = by_seed
         by_bin = {label: [0, 0] for label, _, _ in BINS}
-        for s in scores:
-            for les in s["crops"]["lesions"]:
+        for r in runs:
+            for les in r["tests"][test]["lesions"]:
                 b = by_bin[bin_of(les["diameter_mm"])]
                 b[0] += int(les["detected"])
                 b[1] += 1
-        out["detection_by_diameter"] = {k: {"detected": v[0], "lesions": v[1],
-                                            "sensitivity": round(v[0] / v[1], 4) if v[1] else None}
-                                        for k, v in by_bin.items()}
-        out["crop_fp_per_crop"] = round(float(np.mean([np.mean([c["fp"] for c in s["crops"]["cases"].values()])
-                                                       for s in scores])), 3)
-        # predicted / true tumour volume per crop (seed-averaged), median over crops: > 1 is over-segmentation
-        ratios = per_crop_mean(scores, "volume_ratio")
-        vals = [v for v in ratios.values() if v is not None]
-        out["volume_ratio_median"] = round(float(np.median(vals)), 3) if vals else None
-        out["n_crops"] = len(cases)
-    if "scans" in scores[0]:
-        raw = scan_summary([s["scans"] for s in scores])
-        have_lung = all("in_lung" in c for c in scores[0]["scans"].values())
-        lung = scan_summary([{k: c["in_lung"] for k, c in s["scans"].items()} for s in scores]) if have_lung else \
-            {"sensitivity": None, "fp_per_scan": None, "note": "no threshold lung mask"}
-        out.update(sensitivity=raw["sensitivity"], fp_per_scan=raw["fp_per_scan"],
-                   sensitivity_in_lung=lung["sensitivity"], fp_per_scan_in_lung=lung["fp_per_scan"],
-                   fp_3mm_per_scan_in_lung=lung.get("fp_3mm_per_scan"),
-                   whole_scans={"n_scans": len(scores[0]["scans"]), "raw": raw, "in_lung": lung})
+        out[f"detection{suffix}"] = {k: {"detected": v[0], "lesions": v[1],
+                                         "sensitivity": round(v[0] / v[1], 4) if v[1] else None}
+                                     for k, v in by_bin.items()}
+        ratios = [v for v in per_case_mean(runs, test, "volume_ratio").values() if v is not None]
+        out[f"volume_ratio_median{suffix}"] = round(float(np.median(ratios)), 3) if ratios else None
+        out[f"n{suffix or '_centred'}"] = len(runs[0]["tests"][test]["cases"])
+    if out.get("dice") is not None and out.get("dice_shifted") is not None:
+        out["shortcut_gap"] = round(out["dice"] - out["dice_shifted"], 4)
+    scans = [r["tests"].get("scans") for r in runs]
+    if all(scans):
+        for where in ("in_lung", "whole"):
+            if where not in scans[0]:
+                continue
+            f = [s[where] for s in scans]
+            out[f"froc_{where}"] = {
+                "sensitivity_at": {str(k): mean_or_none(x["sensitivity_at"].get(str(k)) for x in f) for k in FP_RATES},
+                "cpm": mean_or_none(x["cpm"] for x in f),
+                "sensitivity_at_small": {str(k): mean_or_none((x.get("sensitivity_at_small") or {}).get(str(k))
+                                                              for x in f) for k in FP_RATES},
+                "lesions": f[0]["lesions"], "small_lesions": f[0].get("small_lesions"), "scans": f[0]["scans"],
+                "operating_point": {"threshold": f[0]["operating_point"]["threshold"],
+                                    "sensitivity": mean_or_none(x["operating_point"]["sensitivity"] for x in f),
+                                    "fp_per_scan": mean_or_none(x["operating_point"]["fp_per_scan"] for x in f)}}
+    out["labelled_share"] = mean_or_none(r["run"].get("labelled_share") for r in runs)
+    status: dict = {}
+    for r in runs:
+        for k, v in (r["run"].get("synth_status") or {}).items():
+            status[k] = status.get(k, 0) + v
+    if status:
+        out["synth_status"] = status
+        out["accepted_per_try"] = mean_or_none(r["run"].get("accepted_per_try") for r in runs)
     return out
 
 
-def per_crop_mean(scores: list[dict], metric: str) -> dict[str, float | None]:
-    cases = sorted(scores[0]["crops"]["cases"])
-    out = {}
-    for c in cases:
-        vals = [s["crops"]["cases"][c][metric] for s in scores]
-        vals = [v for v in vals if v is not None]
-        out[c] = float(np.mean(vals)) if vals else None
-    return out
-
-
-def compare_arms(a: list[dict], b: list[dict]) -> dict:
-    """B minus A on the test crops: per-crop values averaged over seeds, paired tests and a paired
-    bootstrap CI (``freetumor.evaluation.stats``); the seed-paired mean differences too."""
+def compare(a: list[dict], b: list[dict], test: str, metric: str = "dice") -> dict:
+    """B minus A on one crop test set: per-case values averaged over the seeds both arms have, paired
+    t / Wilcoxon tests and a paired bootstrap CI (``freetumor.evaluation.stats``)."""
     from freetumor.evaluation.stats import paired_bootstrap_ci, paired_tests
 
+    seeds = sorted({r["seed"] for r in a} & {r["seed"] for r in b})
+    a = [r for r in a if r["seed"] in seeds]
+    b = [r for r in b if r["seed"] in seeds]
+    ma, mb = per_case_mean(a, test, metric), per_case_mean(b, test, metric)
+    cases = sorted(ma)
+    va, vb = [ma[c] for c in cases], [mb[c] for c in cases]
+    t = paired_tests(va, vb)
+    ci = paired_bootstrap_ci(va, vb) if t["n"] > 1 else (None, None)
+    return {"n": t["n"], "seeds": seeds, "mean_diff": None if t["mean_diff"] is None else round(t["mean_diff"], 4),
+            "ci95": [None if v is None else round(float(v), 4) for v in ci],
+            "t_p": (t.get("t_test") or {}).get("p"), "wilcoxon_p": (t.get("wilcoxon") or {}).get("p")}
+
+
+def comparisons(by_arm: dict[str, list[dict]]) -> dict:
+    """Every arm against every baseline before it, on centred, shifted and composite Dice."""
     out = {}
-    for metric in ("dice", "nsd"):
-        ma, mb = per_crop_mean(a, metric), per_crop_mean(b, metric)
-        cases = sorted(ma)
-        va, vb = [ma[c] for c in cases], [mb[c] for c in cases]
-        t = paired_tests(va, vb)
-        ci = paired_bootstrap_ci(va, vb) if t["n"] > 1 else (None, None)
-        seed_diffs = []
-        for sa, sb in zip(a, b):
-            da = [sa["crops"]["cases"][c][metric] for c in cases]
-            db = [sb["crops"]["cases"][c][metric] for c in cases]
-            pairs = [(x, y) for x, y in zip(da, db) if x is not None and y is not None]
-            seed_diffs.append(round(float(np.mean([y - x for x, y in pairs])), 4) if pairs else None)
-        out[metric] = {"n": t["n"], "mean_a": t["mean_a"], "mean_b": t["mean_b"], "mean_diff": t["mean_diff"],
-                       "ci95": [None if v is None else round(float(v), 4) for v in ci],
-                       "t_p": (t.get("t_test") or {}).get("p"), "wilcoxon_p": (t.get("wilcoxon") or {}).get("p"),
-                       "diff_by_seed": seed_diffs}
+    for i, base in enumerate(ARMS):
+        if base not in BASELINES or base not in by_arm:
+            continue
+        for arm in ARMS[i + 1:]:
+            if arm not in by_arm:
+                continue
+            out[f"{arm}_vs_{base}"] = {test: compare(by_arm[base], by_arm[arm], test)
+                                       for test in CROP_SETS if test in by_arm[arm][0]["tests"]}
     return out
 
 
-def comparisons(scores: dict[str, list[dict]]) -> dict:
-    out = {}
-    for arm in SYNTH_ARMS:
-        for base in ("stage0", "none"):
-            if arm in scores and base in scores and "crops" in scores[arm][0]:
-                out[f"{arm}_vs_{base}"] = compare_arms(scores[base], scores[arm])
+def targets(arms: dict, comps: dict, by_arm: dict) -> dict:
+    """The issue's targets at the headline K, each with its measured value and met / not met."""
+    out: dict = {}
+    have = [a for a in ARMS if a in arms and arms[a].get("dice_shifted") is not None]
+    gaps = {a: arms[a].get("shortcut_gap") for a in have}
+    out["shortcut"] = {"gaps": gaps, "required": f"|centred - shifted| <= {TARGETS['shortcut_gap']} for every arm",
+                       "met": bool(gaps) and all(g is not None and abs(g) <= TARGETS["shortcut_gap"]
+                                                 for g in gaps.values())}
+    if "none" in arms and "stage0" in arms:
+        d = round(arms["none"]["dice_shifted"] - arms["stage0"]["dice_shifted"], 4)
+        out["none_vs_stage0_shifted"] = {"diff": d, "required": f">= {TARGETS['none_vs_stage0']}",
+                                         "met": d >= TARGETS["none_vs_stage0"]}
+    fps = {a: (arms[a].get("froc_in_lung") or {}).get("operating_point", {}).get("fp_per_scan") for a in have}
+    if any(v is not None for v in fps.values()):
+        out["fp_in_lung"] = {"fp_per_scan_at_0.5": fps, "required": f"<= {TARGETS['fp_in_lung']} per scan",
+                             "met_by": [a for a, v in fps.items() if v is not None and v <= TARGETS["fp_in_lung"]]}
+    synth = [a for a in SYNTH_ARMS if a in have]
+    bases = [a for a in BASELINES if a in have]
+    if synth and bases:
+        best = max(synth, key=lambda a: arms[a]["dice_shifted"])
+        base = max(bases, key=lambda a: arms[a]["dice_shifted"])
+        c = compare(by_arm[base], by_arm[best], "shifted")
+        met = c["mean_diff"] is not None and c["mean_diff"] >= TARGETS["gain"] and (c["ci95"][0] or 0) > 0
+        out["gain"] = {"synthesis_arm": best, "baseline_arm": base, "dice_shifted_diff": c["mean_diff"],
+                       "ci95": c["ci95"], "t_p": c["t_p"], "required": f">= +{TARGETS['gain']} with the CI above 0 "
+                       f"(goal +{TARGETS['goal']})", "met": bool(met)}
+        small = {a: (arms[a].get("detection_composite") or {}).get("<10 mm", {}).get("sensitivity") for a in have}
+        if small.get(best) is not None:
+            top = max(v for a, v in small.items() if a in bases and v is not None)
+            out["early_lesions"] = {"composite_sensitivity_below_10mm": small, "required":
+                                    "best synthesis arm not below the best baseline", "met": small[best] >= top}
     return out
 
 
-def target_check(arms: dict, scores: dict) -> dict | None:
-    """At the first K: the better synthesis arm against the better of stage0 and none (mean Dice);
-    met when it is >= 0.05 higher with a paired CI above 0."""
-    if not all(a in arms and "dice" in arms[a] for a in ARMS):
-        return None
-    best = max(SYNTH_ARMS, key=lambda a: arms[a]["dice"])
-    base = max(("stage0", "none"), key=lambda a: arms[a]["dice"])
-    c = compare_arms(scores[base], scores[best])["dice"]
-    met = c["mean_diff"] is not None and c["mean_diff"] >= 0.05 and c["ci95"][0] is not None and c["ci95"][0] > 0
-    return {"synthesis_arm": best, "baseline_arm": base, "dice_diff": round(c["mean_diff"], 4),
-            "ci95": c["ci95"], "t_p": c["t_p"], "wilcoxon_p": c["wilcoxon_p"], "required": ">= 0.05, CI above 0",
-            "met": bool(met)}
-
-
-def synth_counts(run_dir: Path) -> dict:
-    tally: dict = {}
-    p = run_dir / "metrics.jsonl"
-    if p.exists():
-        for ln in p.read_text().splitlines():
-            for k, v in (json.loads(ln).get("synth") or {}).items():
-                tally[k] = tally.get(k, 0) + v
-    return tally
-
-
-# ----------------------------------------------------------------------------- README table
+# ----------------------------------------------------------------------------- README tables
 def fmt(v, digits=3) -> str:
     return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
 def markdown_table(result: dict) -> str:
-    """Markdown tables of a results JSON: per K the arms on the test crops and whole scans, the paired
-    differences of the synthesis arms, and the scaling curve."""
-    lines = []
+    """Markdown tables of a results JSON: per K the arms (centred, shifted, composite Dice, shortcut gap,
+    lesion voxels called background, whole-scan FROC, labelled share, QC acceptance), the paired
+    differences, and the targets."""
+    lines = [f"Runs finished: {result['runs_done']} of {result['runs_planned']} "
+             f"(budget {result['steps']} steps; signature {result['signature']})."]
     for k, byk in result["by_k"].items():
-        tests = byk["tests"]
-        crops, scans = tests["lidc_crops"], tests.get("lidc_full_scans")
-        seeds = crops["arms"]["stage0"]["seeds"]
-        lines += [f"K = {k} labelled crops, {seeds} seed(s); {crops['arms']['stage0'].get('n_crops')} test crops"
-                  + (f", {scans['arms']['stage0']['whole_scans']['n_scans']} whole scans" if scans else "") + ":", "",
-                  "| arm | tumour Dice | NSD (2 mm) | predicted / true volume (median) "
-                  "| detected < 10 / 10-20 / >= 20 mm | whole scans: nodules found "
-                  "| FP / scan | FP / scan in lung (>= 3 mm) |", "|---|---|---|---|---|---|---|---|"]
+        arms = byk["arms"]
+        if not arms:
+            continue
+        seeds = ", ".join(f"{a}: {s['seeds']} seed(s)" for a, s in arms.items())
+        lines += ["", f"K = {k} labelled crops ({seeds}):", "",
+                  "| arm | Dice centred | Dice shifted | gap | Dice composite | nodule voxels called background "
+                  "(shifted) | FROC in lung: sens. @ 1 / 2 / 4 / 8 FP | CPM | FP / scan in lung @ 0.5 "
+                  "| labelled share | accepted / try |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for arm in ARMS:
-            a = crops["arms"][arm]
-            det = " / ".join(f"{d['detected']}/{d['lesions']}" for d in a["detection_by_diameter"].values())
-            if scans:
-                s = scans["arms"][arm]["whole_scans"]
-                w = [f"{s['raw']['detected']}/{s['raw']['lesions']}", fmt(s["raw"]["fp_per_scan"], 0),
-                     f"{fmt(s['in_lung']['fp_per_scan'], 0)} ({fmt(s['in_lung'].get('fp_3mm_per_scan'), 0)})"]
-            else:
-                w = ["-", "-", "-"]
-            dice = f"{fmt(a['dice'])}" + (f" (seeds {', '.join(fmt(x) for x in a['dice_by_seed'])})" if seeds > 1 else "")
-            lines.append(f"| `{arm}` | {dice} | {fmt(a['nsd'])} | {fmt(a.get('volume_ratio_median'), 2)} | {det} | "
-                         + " | ".join(w) + " |")
-        lines += ["", "| paired difference in tumour Dice (per crop, seed-averaged) | mean | 95% CI | t-test p | Wilcoxon p |",
-                  "|---|---|---|---|---|"]
-        for name, c in crops["comparisons"].items():
-            d = c["dice"]
-            lines.append(f"| `{name.replace('_vs_', '` − `')}` | {d['mean_diff']:+.3f} | {fmt(d['ci95'][0])} to "
-                         f"{fmt(d['ci95'][1])} | {d['t_p']:.2g} | {d['wilcoxon_p']:.2g} |")
-        lines.append("")
-    t = result.get("target")
+            if arm not in arms:
+                continue
+            a = arms[arm]
+            f = a.get("froc_in_lung") or {}
+            sens = " / ".join(fmt(f.get("sensitivity_at", {}).get(str(r)), 2) for r in FP_RATES) if f else "-"
+            lines.append(f"| `{arm}` | {fmt(a.get('dice'))} | {fmt(a.get('dice_shifted'))} | {fmt(a.get('shortcut_gap'))} "
+                         f"| {fmt(a.get('dice_composite'))} | {fmt(a.get('lesion_called_background_shifted'), 2)} "
+                         f"| {sens} | {fmt(f.get('cpm'), 2)} | {fmt((f.get('operating_point') or {}).get('fp_per_scan'), 0)} "
+                         f"| {fmt(a.get('labelled_share'), 2)} | {fmt(a.get('accepted_per_try'), 2)} |")
+        comps = byk["comparisons"]
+        if comps:
+            lines += ["", "| paired difference in Dice (per crop, seed-averaged) | centred | shifted (95% CI) | composite |",
+                      "|---|---|---|---|"]
+            for name, c in comps.items():
+                sh_ = c.get("shifted") or {}
+                ci = sh_.get("ci95") or [None, None]
+                lines.append(f"| `{name.replace('_vs_', '` − `')}` | {fmt((c.get('centred') or {}).get('mean_diff'))} "
+                             f"| {fmt(sh_.get('mean_diff'))} ({fmt(ci[0])} to {fmt(ci[1])}) "
+                             f"| {fmt((c.get('composite') or {}).get('mean_diff'))} |")
+    t = result.get("targets") or {}
     if t:
-        lines += [f"Target (K = {result['k']}): `{t['synthesis_arm']}` − `{t['baseline_arm']}` = {t['dice_diff']:+.3f} "
-                  f"(95% CI {fmt(t['ci95'][0])} to {fmt(t['ci95'][1])}); needed >= +0.05 with the CI above 0: "
-                  f"**{'met' if t['met'] else 'not met'}**.", ""]
-    c = result.get("scaling_curve")
-    if c:
-        lines += [f"Scaling curve (`{c['arm']}`, K = {c['k']}): "
-                  + ", ".join(f"{p['host_lung_ml']:.0f} mL of host lung ({p['hosts']}): Dice {fmt(p['dice'])}"
-                              for p in c["points"]) + ".", ""]
+        lines += ["", f"Targets (K = {result['k']}):", ""]
+        for name, v in t.items():
+            met = v.get("met")
+            met = ("met by " + (", ".join(v["met_by"]) or "no arm")) if "met_by" in v else ("met" if met else "not met")
+            shown = {kk: vv for kk, vv in v.items() if kk not in ("met", "met_by", "required")}
+            lines.append(f"- {name}: {json.dumps(shown)}; required {v['required']}: **{met}**")
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- main
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 epilog="See the module docstring and the README section for details.")
+                                 epilog="See the module docstring and docs/benchmarks/fewlabel-lung.md.")
     ap.add_argument("--out", type=Path,
-                    help="a folder (work files + results.json) or a .json file (work folder <stem>_work beside it)")
+                    help="summary JSON (a .json file; work folder <stem>_work beside it) or a folder")
     ap.add_argument("--table", type=Path, metavar="RESULTS.json",
-                    help="only print the markdown tables of an earlier run's results JSON")
+                    help="only print the markdown tables of an earlier run's summary JSON")
     ap.add_argument("--work", type=Path, help="work folder (default: --out, or <stem>_work beside a .json --out)")
-    ap.add_argument("--quick", action="store_true", help="reduced run: one K (10), one seed, fewer steps, no curve")
+    ap.add_argument("--quick", action="store_true",
+                    help="reduced run (K = 10, one seed, 150 steps, every arm; about 15 minutes on 2 cores)")
     ap.add_argument("--test", type=Path, action="append", default=[], metavar="DATALIST",
                     help="also score the trained models on this labelled nodule datalist (repeatable)")
     ap.add_argument("--split", type=Path, default=SPLIT_FILE, help="stored patient-wise split (made when absent)")
+    ap.add_argument("--results", type=Path, help="folder of the per-run result files (default: "
+                    "benchmarks/results/fewlabel_lung, or <work>/results with --quick)")
+    ap.add_argument("--commit", action="store_true", help="git-commit each per-run result file as it is written")
+    ap.add_argument("--summary-only", action="store_true", help="train nothing: rebuild the summary from the run "
+                    "files present (the test sets are prepared to check the signature)")
+    ap.add_argument("--only", type=str, help="comma list of K:seed pairs to run now, e.g. 10:0,10:1 (the summary "
+                    "still covers every finished run)")
     ap.add_argument("--k", type=str, help=argparse.SUPPRESS)
     ap.add_argument("--seeds", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--steps", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--synth-steps", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--curve-seeds", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--limit", type=int, help=argparse.SUPPRESS)          # tests: first N test and val crops
     ap.add_argument("--hosts", type=str, help=argparse.SUPPRESS)          # tests: host subset (comma list)
     ap.add_argument("--no-scans", action="store_true", help=argparse.SUPPRESS)  # tests: skip the whole scans
@@ -735,7 +1017,7 @@ def parse_args(argv=None):
         return args
     base = QUICK if args.quick else FULL
     args.k = [int(x) for x in args.k.split(",")] if args.k else base["k"]
-    for key in ("seeds", "steps", "synth_steps", "curve_seeds"):
+    for key in ("seeds", "steps", "synth_steps"):
         if getattr(args, key) is None:
             setattr(args, key, base[key])
     if args.out.suffix == ".json":
@@ -744,7 +1026,26 @@ def parse_args(argv=None):
     else:
         args.json = args.out / "results.json"
         args.work = args.work or args.out
+    if args.results is None:
+        args.results = args.work / "results" if (args.quick or args.limit) else RESULTS
+    args.only_pairs = None
+    if args.only:
+        try:
+            args.only_pairs = {(int(a), int(b)) for a, b in (x.split(":") for x in args.only.split(","))}
+        except ValueError:
+            ap.error(f"--only: expected K:seed pairs like 10:0,10:1, got {args.only!r}")
     return args
+
+
+def rel(p) -> str:
+    """A path as it may be stored: relative to the repository or to the datasets folder, else its name."""
+    p = Path(p)
+    for root, tag in ((REPO, ""), (DATASETS, "datasets/")):
+        try:
+            return tag + str(p.resolve().relative_to(root.resolve()))
+        except ValueError:
+            pass
+    return p.name
 
 
 def run(args) -> dict:
@@ -756,30 +1057,47 @@ def run(args) -> dict:
         if not t.is_file():
             raise Failure(f"{t}: datalist not found")
         check_test_datalist(t.resolve())
+    entries = {e["case"]: e for e in crop_entries(vois)}
+    split = load_split(args.split, sorted(entries), SPLIT_SEED, store=False)
+    pool = split["pool"]["crops"]
+    pool_patients = len({patient_of(c) for c in pool})
+    for k in args.k:
+        if k > pool_patients:
+            raise Failure(f"K = {k} needs {k} labelled patients, the training pool has {pool_patients}")
+    test_cases = split["test"]["crops"][: args.limit] if args.limit else split["test"]["crops"]
+    check_crops_fit([entries[c] for c in test_cases], "the LIDC test crops")
+    split = load_split(args.split, sorted(entries), SPLIT_SEED)  # now stored (when new)
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     log: list = []
     nodules_map = work / "nodules_label_map.json"
     nodules_map.write_text(json.dumps(NODULES_MAP))
 
-    # 1. split (stored, reused), test sets first: a bad --test datalist fails before any training
-    entries = {e["case"]: e for e in crop_entries(vois)}
-    split = load_split(args.split, sorted(entries), SPLIT_SEED)
+    # 1. test sets: centred crops, shifted crops, composite, whole scans, --test datalists
     test_cases, val_cases = split["test"]["crops"], split["val"]["crops"]
     if args.limit:
         test_cases, val_cases = test_cases[: args.limit], val_cases[: args.limit]
-    tests = []
-    lidc = write_datalist(work / "data" / "lidc_test_crops.json", [entries[c] for c in test_cases], str(nodules_map))
-    tests.append(prepare_test_set("lidc_crops", lidc, work, log, nodules_map))
+    test_entries = [entries[c] for c in test_cases]
+    crop_sets = {}
+    lidc = write_datalist(work / "data" / "lidc_test_crops.json", test_entries, str(nodules_map))
+    crop_sets["centred"] = prepare_test_set("lidc_crops", lidc, work, log, nodules_map)
+    shifted = shifted_crops(test_entries, work / "data" / "lidc_test_crops_shifted.json", nodules_map)
+    crop_sets["shifted"] = prepare_test_set("lidc_crops_shifted", shifted, work, log, nodules_map)
     scans_dir = DATASETS / "lidc_full_scans"
-    if not args.no_scans and scans_dir.is_dir():
-        rows = [{"image": str(scans_dir / p / "image.nii.gz"), "label": str(scans_dir / p / "label.nii.gz"),
-                 "patient": p, "whole_scan": True} for p in TEST_PATIENTS if (scans_dir / p).is_dir()]
+    scan_set = None
+    scan_rows = [(p, scans_dir / p / "image.nii.gz", scans_dir / p / "label.nii.gz") for p in TEST_PATIENTS
+                 if (scans_dir / p).is_dir()]
+    if scan_rows:
+        comp = composite_crops(test_entries, scan_rows, work / "data" / "composite.json", nodules_map)
+        crop_sets["composite"] = prepare_test_set("composite", comp, work, log, nodules_map)
+    if not args.no_scans and scan_rows:
+        rows = [{"image": str(i), "label": str(lab), "patient": p, "whole_scan": True} for p, i, lab in scan_rows]
         dl = write_datalist(work / "data" / "lidc_full_scans.json", rows, str(nodules_map),
                             keep=("image", "label", "patient", "whole_scan"))
-        tests.append(prepare_test_set("lidc_full_scans", dl, work, log, nodules_map))
-    for i, t in enumerate(args.test):
-        tests.append(prepare_test_set(f"test{i + 1}_{t.stem}", t.resolve(), work, log, nodules_map))
+        scan_set = prepare_test_set("lidc_full_scans", dl, work, log, nodules_map)
+    extra_sets = [prepare_test_set(f"test{i + 1}_{t.stem}", t.resolve(), work, log, nodules_map)
+                  for i, t in enumerate(args.test)]
+    all_tests = list(crop_sets.values()) + ([scan_set] if scan_set else []) + extra_sets
 
     # 2. labels (chest3) of the validation crops, hosts
     chest3 = lambda c: work / "labels" / f"{c}.nii.gz"  # noqa: E731
@@ -793,112 +1111,147 @@ def run(args) -> dict:
     if not any(slabs.values()):
         raise Failure(f"{DATASETS}: no host chest found ({', '.join(HOSTS)})")
     all_slabs = [s for n in slabs for s in slabs[n]]
-    hosts_dl: dict[str, Path | None] = {"all": write_datalist(work / "data" / "hosts_all.json", all_slabs, "chest3"),
-                                        "none": None}
-    # scaling curve: none, the largest single host, all
-    largest = max(slabs, key=lambda n: sum(s["lung_ml"] for s in slabs[n]))
-    if len(slabs) > 1:
-        hosts_dl[largest] = write_datalist(work / "data" / f"hosts_{largest}.json", slabs[largest], "chest3")
-    host_ml = {"none": 0.0, "all": round(sum(s["lung_ml"] for s in all_slabs), 1),
-               largest: round(sum(s["lung_ml"] for s in slabs[largest]), 1)}
+    hosts_dl = write_datalist(work / "data" / "hosts_all.json", all_slabs, "chest3")
 
-    runs = Runs(work, args, log, hosts_dl)
-    results_by_k: dict = {}
-    all_scores: dict = {}
+    def seed_data(k: int, seed: int) -> tuple[Path, dict, list[str]]:
+        labelled = labelled_crops(pool, k, seed)
+        for c in labelled:
+            write_crop_chest3(entries[c], chest3(c))
+        d = work / "runs" / f"k{k}" / f"s{seed}"
+        lab_rows = [{"image": entries[c]["image"], "label": str(chest3(c)), "fold": 1} for c in labelled]
+        val_rows = [{"image": entries[c]["image"], "label": str(chest3(c)), "fold": 0} for c in val_cases]
+        data = {"labelled": write_datalist(d / "labelled.json", lab_rows, "chest3"),
+                "trainval": write_datalist(d / "trainval.json", lab_rows + val_rows, "chest3"),
+                "profile": d / "profile.json"}
+        return d, data, labelled
+
+    # 3. the step budget (validation plateau of stage0, K = 10, seed 0), then the signature of the runs
+    budget = None
+    if args.steps is None and args.summary_only:
+        stored = args.results / "budget.json"
+        if not stored.exists():
+            raise Failure(f"{stored}: no step budget chosen yet (run without --summary-only first)")
+        budget = json.loads(stored.read_text())
+        args.steps = budget["steps"]
+    if args.steps is None:
+        d, data, _ = seed_data(10, 0)
+        budget = choose_budget(data, 0, work, log, args.results / "budget.json",
+                               signature(args, split, all_tests, None))
+        args.steps = budget["steps"]
+    sig = signature(args, split, all_tests, args.steps)
+
+    # 4. every (K, seed, arm) without a result file: train (or reuse the work folder's run), score, write
+    results = args.results.resolve() / "runs"
+    done = load_runs(results, sig)
     for k in args.k:
-        scores: dict[str, dict[str, list]] = {t["name"]: {a: [] for a in ARMS} for t in tests}
-        labelled_by_seed = {}
         for seed in range(args.seeds):
-            labelled = labelled_crops(split["pool"]["crops"], k, seed)
-            labelled_by_seed[seed] = labelled
-            for c in labelled:
-                write_crop_chest3(entries[c], chest3(c))
-            d = work / "runs" / f"k{k}" / f"s{seed}"
-            lab_rows = [{"image": entries[c]["image"], "label": str(chest3(c)), "fold": 1} for c in labelled]
-            val_rows = [{"image": entries[c]["image"], "label": str(chest3(c)), "fold": 0} for c in val_cases]
-            data = {"labelled": write_datalist(d / "labelled.json", lab_rows, "chest3"),
-                    "trainval": write_datalist(d / "trainval.json", lab_rows + val_rows, "chest3"),
-                    "profile": d / "profile.json"}
-            if not data["profile"].exists():
+            if args.summary_only or (args.only_pairs is not None and (k, seed) not in args.only_pairs):
+                continue
+            todo = [a for a in ARMS if (k, seed, a) not in done]
+            if not todo:
+                continue
+            d, data, labelled = seed_data(k, seed)
+            if "procedural" in todo and not data["profile"].exists():
                 nod = write_datalist(d / "labelled_nodules.json", [entries[c] for c in labelled], str(nodules_map))
                 sh(["lesions", "fit", "--datalist", nod, "--label-map", nodules_map, "--organ", "lung",
                     "--out", data["profile"]], log)
-            models = arm_models(runs, d, data, seed, args.steps)
-            for t in tests:
-                for arm, model in models.items():
-                    scores[t["name"]][arm].append(score_model(model, t, work, f"k{k}_s{seed}_{arm}", log))
-            print(f"K={k} seed {seed}: done ({time.time() - t_start:.0f} s)", file=sys.stderr, flush=True)
-        all_scores[k] = scores
-        per_test = {}
-        for t in tests:
-            arms = {a: arm_summary(scores[t["name"]][a]) for a in ARMS}
-            per_test[t["name"]] = {"arms": arms, "comparisons": comparisons(scores[t["name"]])}
-        results_by_k[str(k)] = {
-            "labelled_crops": {str(s): v for s, v in labelled_by_seed.items()},
-            "tests": per_test,
-            "synthesis_status_counts": {arm: [synth_counts(work / "runs" / f"k{k}" / f"s{s}" / arm)
-                                              for s in range(args.seeds)] for arm in SYNTH_ARMS},
-        }
+            for arm in todo:
+                t0 = time.time()
+                model = arm_model(arm, d, data, hosts_dl, seed, args.steps, args.synth_steps, log)
+                run_id = f"k{k}_s{seed}_{arm}_n{args.steps}"
+                tests_out = {name: score_crops(model, t, work, run_id, log) for name, t in crop_sets.items()}
+                if scan_set is not None:
+                    tests_out["scans"] = score_scans(model, scan_set, work, run_id, log)
+                for t in extra_sets:
+                    r = {}
+                    if t["crops"]:
+                        r["crops"] = score_crops(model, t, work, run_id, log)
+                    if t["scans"]:
+                        r["scans"] = score_scans(model, t, work, run_id, log)
+                    tests_out[t["name"]] = r
+                rec = {"signature": sig, "k": k, "seed": seed, "arm": arm, "steps": args.steps,
+                       "labelled_crops": labelled, "run": run_facts(model.parent), "tests": tests_out,
+                       "seconds": round(time.time() - t0, 1)}
+                path = results / f"k{k}_s{seed}_{arm}.json"
+                write_json(path, rec)
+                done[(k, seed, arm)] = rec
+                if args.commit:
+                    commit_file(path, f"few-label lung experiment: K = {k}, seed {seed}, {arm} scored "
+                                      f"(Real CT, {args.steps} steps)")
+                print(f"K={k} seed {seed} {arm}: centred Dice "
+                      f"{mean_or_none(c['dice'] for c in tests_out['centred']['cases'].values())}, shifted "
+                      f"{mean_or_none(c['dice'] for c in tests_out['shifted']['cases'].values())} "
+                      f"({time.time() - t_start:.0f} s)", file=sys.stderr, flush=True)
 
-    # 3. the headline K: arms on the test crops (+ whole scans), target
-    k0 = args.k[0]
-    head = results_by_k[str(k0)]["tests"]
-    arms = {a: dict(head["lidc_crops"]["arms"][a]) for a in ARMS}
-    if "lidc_full_scans" in head:
-        for a in ARMS:
-            s = head["lidc_full_scans"]["arms"][a]
-            arms[a].update({k: s[k] for k in ("sensitivity", "fp_per_scan", "sensitivity_in_lung",
-                                               "fp_per_scan_in_lung", "fp_3mm_per_scan_in_lung", "whole_scans")})
-    target = target_check(arms, all_scores[k0]["lidc_crops"])
-
-    # 4. data-scaling curve: the best synthesis arm at the first K, test Dice against host lung volume
-    curve = None
-    if args.curve_seeds > 0:
-        best = max(SYNTH_ARMS, key=lambda a: arms[a]["dice"])
-        points = []
-        for hosts in [h for h in ("none", largest, "all") if h in hosts_dl]:
-            sc = []
-            for seed in range(min(args.curve_seeds, args.seeds)):
-                d = work / "runs" / f"k{k0}" / f"s{seed}"
-                data = {"labelled": d / "labelled.json", "trainval": d / "trainval.json", "profile": d / "profile.json"}
-                model = arm_models(runs, d, data, seed, args.steps, hosts=hosts, arms=(best,))[best]
-                run_id = f"k{k0}_s{seed}_{best}" + ("" if hosts == "all" else f"_hosts-{hosts}")
-                sc.append(score_model(model, tests[0], work, run_id, log))
-            summ = arm_summary(sc)
-            points.append({"hosts": hosts, "host_lung_ml": host_ml[hosts], "dice": summ["dice"],
-                           "dice_by_seed": summ["dice_by_seed"], "nsd": summ["nsd"]})
-        curve = {"arm": best, "k": k0, "x": "host lung volume (mL) in the training pool", "points": points,
-                 "note": "the generator's Stage 1 is the main run's (all hosts) at every point"
-                 if best == "generator" else "procedural: profile fitted on the same K crops at every point"}
-
-    settings = {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if k == "test" else v)
-                for k, v in vars(args).items()}
+    # 5. the summary from every run file present
+    by_k = {}
+    for k in args.k:
+        by_arm = {a: [done[(k, s, a)] for s in range(args.seeds) if (k, s, a) in done] for a in ARMS}
+        by_arm = {a: v for a, v in by_arm.items() if v}
+        arms = {a: arm_summary(v) for a, v in by_arm.items()}
+        extra = {}
+        for t in extra_sets:
+            extra[t["name"]] = {a: arm_summary([{**r, "tests": {"centred": r["tests"][t["name"]]["crops"],
+                                                              **({"scans": r["tests"][t["name"]]["scans"]}
+                                                                 if "scans" in r["tests"][t["name"]] else {})}}
+                                                for r in v]) if "crops" in v[0]["tests"][t["name"]] else {}
+                                for a, v in by_arm.items()}
+        by_k[str(k)] = {"arms": arms, "comparisons": comparisons(by_arm), "tests": extra,
+                        "labelled_crops": {str(s): labelled_crops(pool, k, s) for s in range(args.seeds)}}
+        if k == args.k[0]:
+            head_by_arm = by_arm
+    k0 = str(args.k[0])
+    head = by_k[k0]["arms"]
+    planned = len(args.k) * args.seeds * len(ARMS)
     result = {
         "experiment": "experiment_fewlabel_lung",
+        "data": "Real CT (LIDC-IDRI crops and whole chests; pyradiomics and NSCLC-Radiomics host chests)",
         "mode": "quick" if args.quick else "full",
-        "command": "python benchmarks/experiment_fewlabel_lung.py " + " ".join(sys.argv[1:]),
-        "k": k0,
-        "arms": arms,
-        "target": target,
-        "comparisons": head["lidc_crops"]["comparisons"],
-        "tests": {t["name"]: {"datalist": t["datalist"], "label_map": t["label_map"], "crops": t["n_crops"],
-                              "whole_scans": t["n_scans"], "arms": {str(k): results_by_k[str(k)]["tests"][t["name"]]
-                                                                    ["arms"] for k in args.k}}
-                  for t in tests if t["name"] not in ("lidc_crops", "lidc_full_scans")},
-        "by_k": results_by_k,
-        "scaling_curve": curve,
-        "split": {"file": str(args.split), "seed": split["seed"],
+        "command": "python benchmarks/experiment_fewlabel_lung.py " + " ".join(
+            rel(a) if os.sep in a else a for a in sys.argv[1:]),
+        "k": args.k[0], "steps": args.steps, "synth_steps": args.synth_steps, "signature": sig,
+        "budget": budget, "runs_done": sum(len(v) for v in head_by_arm.values()) + sum(
+            1 for key in done if key[0] != args.k[0] and key[0] in args.k and key[1] < args.seeds),
+        "runs_planned": planned, "complete": len([x for x in done if x[0] in args.k and x[1] < args.seeds]) >= planned,
+        "arms": head, "comparisons": by_k[k0]["comparisons"],
+        "targets": targets(head, by_k[k0]["comparisons"], head_by_arm),
+        "by_k": by_k,
+        "split": {"file": rel(args.split), "seed": split["seed"],
                   **{p: {"crops": len(split[p]["crops"]), "patients": len(split[p]["patients"])}
                      for p in ("pool", "val", "test")},
                   "used": {"test_crops": len(test_cases), "val_crops": len(val_cases)}},
-        "hosts": {"slabs": all_slabs, "lung_ml": host_ml},
-        "recipes": {"geometry": GEOMETRY, "stage0": STAGE0_RECIPE, "shared": RECIPE, "stage1": SYNTH_RECIPE,
+        "test_sets": {name: {"crops": t["n_crops"], "scans": t["n_scans"]} for name, t in
+                      [*crop_sets.items(), *([("lidc_full_scans", scan_set)] if scan_set else []),
+                       *[(t["name"], t) for t in extra_sets]]},
+        "whole_scan_tests": list(TEST_PATIENTS) if scan_set else [],
+        "hosts": {"slabs": [{k: (rel(v) if k in ("image", "label") else v) for k, v in s.items()} for s in all_slabs],
+                  "lung_ml": round(sum(s["lung_ml"] for s in all_slabs), 1)},
+        "recipes": {"geometry": GEOMETRY, "stage0": STAGE0_RECIPE, "host_arms": HOST_RECIPE, "stage1": SYNTH_RECIPE,
                     "config": "lung-cpu-tiny"},
-        "settings": settings,
+        "results_folder": rel(args.results),
         "seconds": round(time.time() - t_start, 1),
-        "commands": log,
+        "commands": [{**c, "cmd": " ".join(rel(x) if os.sep in x else x for x in c["cmd"].split(" "))} for c in log],
     }
     return result
+
+
+def brief(result: dict) -> dict:
+    keys = ("dice", "dice_shifted", "dice_composite", "nsd", "nsd_shifted", "shortcut_gap",
+            "lesion_called_background_shifted", "labelled_share", "accepted_per_try")
+    out = {"arms": {}}
+    for a, s in result["arms"].items():
+        out["arms"][a] = {k: s.get(k) for k in keys}
+        f = s.get("froc_in_lung")
+        if f:
+            out["arms"][a].update(froc_cpm_in_lung=f["cpm"], fp_per_scan_in_lung=f["operating_point"]["fp_per_scan"])
+    out.update(k=result["k"], mode=result["mode"], steps=result["steps"], runs_done=result["runs_done"],
+               runs_planned=result["runs_planned"], targets={n: t.get("met", t.get("met_by")) for n, t in
+                                                             result["targets"].items()},
+               tests={n: {k: {a: {m: v for m, v in s.items() if m in ("dice", "froc_in_lung")} for a, s in arms.items()}
+                          for k, arms in [(k, byk["tests"].get(n, {})) for k, byk in result["by_k"].items()]}
+                      for n in (result["by_k"][str(result["k"])]["tests"])},
+               seconds=result["seconds"])
+    return out
 
 
 def main(argv=None) -> int:
@@ -916,18 +1269,8 @@ def main(argv=None) -> int:
     except Failure as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    text = json.dumps(result, indent=1, default=str) + "\n"
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_name(args.json.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(args.json)
-    # printed: the headline figures, the same values as in the JSON written to --out
-    brief = {"arms": {a: {k: v for k, v in result["arms"][a].items() if k in BRIEF} for a in ARMS},
-             "k": result["k"], "mode": result["mode"], "target": result["target"],
-             "tests": {n: {k: {a: {m: v for m, v in s.items() if m in BRIEF} for a, s in arms.items()}
-                           for k, arms in t["arms"].items()} for n, t in result["tests"].items()},
-             "seconds": result["seconds"], "json": str(args.json)}
-    print(json.dumps(brief, indent=1))
+    write_json(args.json, result)
+    print(json.dumps({**brief(result), "json": str(args.json)}, indent=1))
     return 0
 
 

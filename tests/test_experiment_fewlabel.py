@@ -115,42 +115,61 @@ def test_quick_end_to_end_with_another_test_datalist(tmp_path):
         {"image": f"crops/images_{crop.name}", "label": f"crops/labels_{crop.name}"},
         {"image": "scans/chest.nii.gz", "label": "scans/chest_label.nii.gz"}]}))
     out = tmp_path / "run" / "quick.json"
-    r = run_experiment("--quick", "--out", out, "--split", tmp_path / "split.json", "--limit", 6,
-                       "--hosts", "pyradiomics_lung1", "--no-scans", "--steps", 4, "--synth-steps", 2,
-                       "--test", other / "list.json")
+    common = ["--quick", "--out", out, "--split", tmp_path / "split.json", "--limit", 6, "--hosts",
+              "pyradiomics_lung1", "--no-scans", "--steps", 4, "--synth-steps", 2, "--test", other / "list.json"]
+    r = run_experiment(*common)
     assert r.returncode == 0, r.stderr[-3000:]
     printed = json.loads(r.stdout)
     written = json.loads(out.read_text())
-    assert (tmp_path / "run" / "quick_work").is_dir()
-    assert set(printed["arms"]) == {"stage0", "none", "procedural", "generator"}
+    work = tmp_path / "run" / "quick_work"
+    assert work.is_dir()
+    assert set(printed["arms"]) == {"stage0", "none", "copy_paste", "procedural", "generator"}
     for arm, s in printed["arms"].items():
-        assert 0.0 <= s["dice"] <= 1.0 and s["dice"] == written["arms"][arm]["dice"]
-        assert written["arms"][arm]["n_crops"] == 6
-        assert set(written["arms"][arm]["detection_by_diameter"]) == {"<10 mm", "10-20 mm", ">=20 mm"}
-    assert written["mode"] == "quick" and written["k"] == 10
-    assert set(written["comparisons"]) == {f"{a}_vs_{b}" for a in ("procedural", "generator")
-                                           for b in ("stage0", "none")}
-    (name, extra), = written["tests"].items()
-    assert extra["crops"] == 1 and extra["whole_scans"] == 1
-    for arm, s in extra["arms"]["10"].items():
-        assert 0.0 <= s["dice"] <= 1.0
-        assert s["whole_scans"]["raw"]["lesions"] == 1 and s["fp_per_scan"] >= 0
-        assert s["sensitivity"] in (0.0, 1.0) and s["fp_per_scan_in_lung"] <= s["fp_per_scan"]
-    assert printed["tests"][name]["10"]["stage0"]["fp_per_scan"] == extra["arms"]["10"]["stage0"]["fp_per_scan"]
-    # the padding was masked in a copy, the input is unchanged
+        for key in ("dice", "dice_shifted", "dice_composite"):
+            assert 0.0 <= s[key] <= 1.0 and s[key] == written["arms"][arm][key]
+        assert written["arms"][arm]["n_centred"] == 6 and written["arms"][arm]["n_shifted"] == 6
+        assert set(written["arms"][arm]["detection"]) == {"<10 mm", "10-20 mm", ">=20 mm"}
+        assert s["shortcut_gap"] == pytest.approx(s["dice"] - s["dice_shifted"], abs=1e-3)
+    # equal real-label exposure: one labelled sample per step in stage0, one of two in the host arms
+    assert written["arms"]["stage0"]["labelled_share"] == 1.0
+    assert all(written["arms"][a]["labelled_share"] == 0.5 for a in ("none", "copy_paste", "procedural", "generator"))
+    assert written["arms"]["copy_paste"]["synth_status"].get("accepted", 0) > 0
+    assert written["mode"] == "quick" and written["k"] == 10 and written["runs_done"] == 5
+    assert {"none_vs_stage0", "procedural_vs_copy_paste", "generator_vs_none"} <= set(written["comparisons"])
+    assert set(written["comparisons"]["procedural_vs_stage0"]) == {"centred", "shifted", "composite"}
+    assert {"shortcut", "none_vs_stage0_shifted", "gain"} <= set(written["targets"])
+    # the shifted crops: the same crops, not at the centre of a larger window of noisy air
     from freetumor.io import load_volume
 
-    work = tmp_path / "run" / "quick_work" / "tests" / name / "images" / "scans"
-    (copy,) = list(work.glob("*.nii.gz"))
+    shifted = sorted((work / "data" / "shifted" / "images").glob("*.nii.gz"))
+    assert len(shifted) == 6
+    crop = load_volume(VOIS / "images" / shifted[0].name)
+    big = load_volume(shifted[0])
+    assert all(b > c for b, c in zip(big.shape, crop.shape)) and np.asarray(big.array).min() >= -1024
+    # one result file per run, with what it saw; no machine paths in the summary
+    runs = sorted((work / "results" / "runs").glob("*.json"))
+    assert [p.name for p in runs] == sorted(f"k10_s0_{a}.json" for a in printed["arms"])
+    assert str(tmp_path) not in json.dumps({k: v for k, v in written.items() if k != "commands"})
+    (name, extra), = written["by_k"]["10"]["tests"].items()
+    for arm, s in extra.items():
+        assert 0.0 <= s["dice"] <= 1.0
+        f = s["froc_in_lung"]
+        assert f["lesions"] == 1 and f["scans"] == 1 and set(f["sensitivity_at"]) == {"1", "2", "4", "8"}
+    # the padding was masked in a copy, the input is unchanged
+    padded = work / "tests" / name / "images" / "scans_padded"
+    (copy,) = list(padded.glob("*.nii.gz"))
     assert np.asarray(load_volume(copy).array).min() >= -1024
     assert np.asarray(load_volume(other / "scans" / "chest.nii.gz").array).min() == -2048
-    # a rerun reuses every trained model and prediction (only the statistics are redone)
-    r2 = run_experiment("--quick", "--out", out, "--split", tmp_path / "split.json", "--limit", 6,
-                        "--hosts", "pyradiomics_lung1", "--no-scans", "--steps", 4, "--synth-steps", 2,
-                        "--test", other / "list.json")
+    # a rerun trains and predicts nothing: every run has its result file (only the statistics are redone)
+    r2 = run_experiment(*common)
     assert r2.returncode == 0, r2.stderr[-3000:]
     again = json.loads(out.read_text())
     assert again["commands"] == [] and again["arms"] == written["arms"]
+    # --summary-only from the result files alone, in a fresh work folder
+    r3 = run_experiment(*[c if c != out else tmp_path / "again" / "s.json" for c in common], "--summary-only",
+                        "--results", work / "results")
+    assert r3.returncode == 0, r3.stderr[-3000:]
+    assert json.loads((tmp_path / "again" / "s.json").read_text())["arms"] == written["arms"]
 
 
 def test_bad_test_datalist_is_one_line_and_writes_nothing(tmp_path):
@@ -166,6 +185,34 @@ def test_bad_test_datalist_is_one_line_and_writes_nothing(tmp_path):
     assert not out.exists() and not (tmp_path / "res_work" / "runs").exists()
     r = run_experiment("--quick", "--out", out, "--test", tmp_path / "nope.json")
     assert r.returncode == 1 and "nope.json: datalist not found" in r.stderr and not out.exists()
+
+
+def test_bad_inputs_are_one_line_and_write_nothing(tmp_path):
+    """A --test datalist without lesions, a test crop larger than the window, a K larger than the pool."""
+    need(VOIS)
+    from freetumor.io import Volume, load_volume, save_volume
+
+    crop = sorted((VOIS / "images").glob("*.nii.gz"))[0]
+    other = tmp_path / "other"
+    other.mkdir()
+    lab = load_volume(VOIS / "labels" / crop.name)
+    save_volume(lab.with_array(np.zeros(lab.shape, np.asarray(lab.array).dtype)), other / "empty.nii.gz")
+    (other / "nolesion.json").write_text(json.dumps({"training": [{"image": str(crop), "label": "empty.nii.gz"}]}))
+    big = Volume(np.full((200, 200, 10), -800, np.int16), np.diag([0.5, 0.5, 1.0, 1.0]))  # 100 mm: a crop
+    save_volume(big, other / "big.nii.gz")
+    big_lab = np.zeros((200, 200, 10), np.uint8)
+    big_lab[100:105, 100:105, 4:6] = 1
+    save_volume(Volume(big_lab, big.affine), other / "big_label.nii.gz")
+    (other / "big.json").write_text(json.dumps({"training": [{"image": "big.nii.gz", "label": "big_label.nii.gz"}]}))
+    split = tmp_path / "split.json"
+    for args, expect in ((["--test", other / "nolesion.json"], "nolesion.json: no lesion"),
+                         (["--test", other / "big.json"], "big.nii.gz: crop of 100 x 100 x 10 mm"),
+                         (["--k", "5000"], "K = 5000 needs 5000 labelled patients")):
+        out = tmp_path / "res.json"
+        r = run_experiment("--quick", "--out", out, "--split", split, "--limit", 2, *args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and len(lines) == 1 and expect in lines[0], r.stderr
+        assert not out.exists() and not (tmp_path / "res_work" / "runs").exists() and not split.exists()
 
 
 def test_readme_tables_are_the_scripts_output_from_the_stored_json():

@@ -59,7 +59,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import ConfigError, InputError
-from .lesions import connected_lesions
+from .lesions import connected_lesions, neighbourhood
 from .masks import as_mask, bounding_box, mask_spacing
 
 __all__ = [
@@ -181,13 +181,6 @@ def _check_min_size(min_size_mm3: float) -> float:
     return float(min_size_mm3)
 
 
-def _structure(ndim: int, connectivity: int) -> np.ndarray:
-    """The neighbourhood of candidates and lesions (the connectivity rule of :func:`connected_lesions`)."""
-    if not (isinstance(connectivity, numbers.Integral) and 1 <= int(connectivity) <= ndim):
-        raise ConfigError(f"connectivity must be 1..{ndim} for {ndim}D maps, got {connectivity!r}")
-    return ndimage.generate_binary_structure(ndim, int(connectivity))
-
-
 def label_candidates(
     prob: object,
     spacing: Sequence[float],
@@ -213,7 +206,7 @@ def label_candidates(
     sp = mask_spacing(spacing, p.ndim)
     t = _check_threshold(threshold)
     min_mm3 = _check_min_size(min_size_mm3)
-    structure = _structure(p.ndim, connectivity)
+    structure = neighbourhood(p.ndim, connectivity)
     fg = p >= t
     labels = np.zeros(p.shape, np.int32)
     box = bounding_box(fg)
@@ -407,7 +400,7 @@ def froc(
     rates = _check_rates(fp_rates)
     t0 = _check_threshold(threshold)
     min_mm3 = _check_min_size(min_size_mm3)
-    _structure(3, connectivity)
+    neighbourhood(3, connectivity)
     if not (_real(small_mm) and small_mm > 0):
         raise ConfigError(f"small-lesion diameter must be a positive number of mm, got {small_mm!r}")
     if not (_real(operating_threshold) and 0 <= operating_threshold <= 1):

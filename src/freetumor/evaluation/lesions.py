@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -116,8 +117,9 @@ class Lesion:
         return d
 
 
-def _structure(ndim: int, connectivity: int) -> np.ndarray:
-    if not 1 <= int(connectivity) <= ndim:
+def neighbourhood(ndim: int, connectivity: int) -> np.ndarray:
+    """The structuring element of connected lesions (and FROC candidates): 3 = 26-neighbourhood in 3D."""
+    if not (isinstance(connectivity, numbers.Integral) and 1 <= int(connectivity) <= ndim):
         raise ConfigError(f"connectivity must be 1..{ndim} for {ndim}D masks, got {connectivity!r}")
     return ndimage.generate_binary_structure(ndim, int(connectivity))
 
@@ -190,7 +192,7 @@ def connected_lesions(
     sp = mask_spacing(spacing, m.ndim)
     if m.ndim == 3 and not -3 <= int(axial_axis) < 3:
         raise ConfigError(f"axial_axis must be 0, 1 or 2, got {axial_axis!r}")
-    structure = _structure(m.ndim, connectivity)
+    structure = neighbourhood(m.ndim, connectivity)
     labels = np.zeros(m.shape, np.int32)
     box = bounding_box(m)
     if box is None:
