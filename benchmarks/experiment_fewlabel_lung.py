@@ -117,6 +117,7 @@ PLATEAU = 0.01
 
 FULL = {"k": [10, 30], "seeds": 3, "steps": None, "synth_steps": 100}
 QUICK = {"k": [10], "seeds": 1, "steps": 150, "synth_steps": 30}
+QUICK_EVERY = 3             # --quick: every 3rd test crop (61), a third of the composite nodules, no whole scans
 
 TARGETS = {"shortcut_gap": 0.03, "none_vs_stage0": -0.01, "fp_in_lung": 65.0, "gain": 0.03, "goal": 0.05}
 
@@ -505,7 +506,8 @@ def check_crops_fit(entries: list[dict], source: str) -> None:
                           f"the {' x '.join(f'{w:.0f}' for w in WINDOW_MM)} mm test window")
 
 
-def composite_crops(entries: list[dict], scans: list[tuple[str, Path, Path]], dst: Path, nodules_map: Path) -> Path:
+def composite_crops(entries: list[dict], scans: list[tuple[str, Path, Path]], dst: Path, nodules_map: Path,
+                    n: int = N_COMPOSITE) -> Path:
     """Held-out test nodules pasted into real healthy lung: every n-th test crop, resampled to a whole
     test chest's grid, pasted (1-voxel feather, :func:`freetumor.copy_paste.paste_lesion`) into its
     threshold lung at least ``COMPOSITE_AWAY_MM`` from the chest's own nodules, in a ``WINDOW_MM`` window
@@ -517,7 +519,7 @@ def composite_crops(entries: list[dict], scans: list[tuple[str, Path, Path]], ds
     from freetumor.lung_threshold import threshold_lung_mask
 
     folder = dst.parent / "composite"
-    picked = entries[:: max(1, len(entries) // N_COMPOSITE)][:N_COMPOSITE]
+    picked = entries[:: max(1, len(entries) // n)][:n]  # every 3rd of the 184 test crops
     done = folder / "done.json"
     if done.exists():
         rows = json.loads(done.read_text())
@@ -691,13 +693,46 @@ def score_crops(model: Path, test: dict, work: Path, run_id: str, log: list) -> 
     return res
 
 
+def pooled_set(crop_sets: dict[str, dict], work: Path) -> dict:
+    """The crop test sets as one set (one ``predict`` and one ``evaluate`` per model): every image linked
+    as ``<set>__<case>``, one datalist; :func:`split_sets` splits the scores back."""
+    from freetumor.data import load_datalist
+    from freetumor.io import case_name
+
+    root = work / "tests" / "pooled_crops"
+    images = root / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, t in crop_sets.items():
+        for e in load_datalist(t["crops"]):
+            link = images / f"{name}__{case_name(e['image'])}.nii.gz"
+            if not link.is_symlink():
+                link.symlink_to(Path(e["image"]).resolve())
+            rows.append({"image": str(link), "label": e["label"]})
+    first = next(iter(crop_sets.values()))
+    return {**first, "name": "pooled_crops", "images": str(images), "n_crops": len(rows),
+            "crops": str(write_datalist(root / "crops.json", rows, first["label_map"]))}
+
+
+def split_sets(scores: dict, crop_sets: dict) -> dict:
+    """Scores of the pooled set -> per crop test set, cases under their own names."""
+    out = {name: {"cases": {}, "lesions": []} for name in crop_sets}
+    for case, row in scores["cases"].items():
+        name, _, own = case.partition("__")
+        out[name]["cases"][own] = row
+    for les in scores["lesions"]:
+        name, _, own = les["case"].partition("__")
+        out[name]["lesions"].append({**les, "case": own})
+    return out
+
+
 def score_scans(model: Path, test: dict, work: Path, run_id: str, log: list) -> dict:
     """Whole scans: probability maps, then ``freetumor froc`` in the lung (within LUNG_REACH_MM of the
     threshold lung mask) and over the whole scan."""
     from freetumor.data import load_datalist
     from freetumor.io import case_name, load_volume
 
-    pred = work / "pred" / test["name"] / run_id
+    pred = work / "pred" / test["name"] / f"{run_id}_scans"
     if not pred.exists():
         sh(["predict", "--model", model, "--image", test["scan_images"], "--out", pred, "--device", "cpu",
             "--probabilities"], log)
@@ -781,6 +816,8 @@ def signature(args, split: dict, tests: list[dict], steps: int | None) -> str:
            "split": {p: split[p]["crops"] for p in ("pool", "val", "test")}, "window_mm": WINDOW_MM,
            "tests": sorted((t["name"], t["n_crops"], t["n_scans"]) for t in tests),
            "limit": args.limit, "hosts": args.hosts, "froc_min_mm3": MIN_CANDIDATE_MM3}
+    if args.every != 1:
+        key["every"] = args.every
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -992,7 +1029,7 @@ def parse_args(argv=None):
                     help="only print the markdown tables of an earlier run's summary JSON")
     ap.add_argument("--work", type=Path, help="work folder (default: --out, or <stem>_work beside a .json --out)")
     ap.add_argument("--quick", action="store_true",
-                    help="reduced run (K = 10, one seed, 150 steps, every arm; about 15 minutes on 2 cores)")
+                    help="reduced run: K = 10, one seed, 150 steps, every arm, every 3rd test crop, no whole scans")
     ap.add_argument("--test", type=Path, action="append", default=[], metavar="DATALIST",
                     help="also score the trained models on this labelled nodule datalist (repeatable)")
     ap.add_argument("--split", type=Path, default=SPLIT_FILE, help="stored patient-wise split (made when absent)")
@@ -1020,6 +1057,9 @@ def parse_args(argv=None):
     for key in ("seeds", "steps", "synth_steps"):
         if getattr(args, key) is None:
             setattr(args, key, base[key])
+    args.every = QUICK_EVERY if args.quick else 1
+    if args.quick:
+        args.no_scans = True
     if args.out.suffix == ".json":
         args.json = args.out
         args.work = args.work or args.out.with_name(args.out.stem + "_work")
@@ -1064,7 +1104,8 @@ def run(args) -> dict:
     for k in args.k:
         if k > pool_patients:
             raise Failure(f"K = {k} needs {k} labelled patients, the training pool has {pool_patients}")
-    test_cases = split["test"]["crops"][: args.limit] if args.limit else split["test"]["crops"]
+    test_cases = split["test"]["crops"][:: args.every]
+    test_cases = test_cases[: args.limit] if args.limit else test_cases
     check_crops_fit([entries[c] for c in test_cases], "the LIDC test crops")
     split = load_split(args.split, sorted(entries), SPLIT_SEED)  # now stored (when new)
     work = args.work.resolve()
@@ -1074,7 +1115,7 @@ def run(args) -> dict:
     nodules_map.write_text(json.dumps(NODULES_MAP))
 
     # 1. test sets: centred crops, shifted crops, composite, whole scans, --test datalists
-    test_cases, val_cases = split["test"]["crops"], split["val"]["crops"]
+    test_cases, val_cases = split["test"]["crops"][:: args.every], split["val"]["crops"]
     if args.limit:
         test_cases, val_cases = test_cases[: args.limit], val_cases[: args.limit]
     test_entries = [entries[c] for c in test_cases]
@@ -1088,7 +1129,8 @@ def run(args) -> dict:
     scan_rows = [(p, scans_dir / p / "image.nii.gz", scans_dir / p / "label.nii.gz") for p in TEST_PATIENTS
                  if (scans_dir / p).is_dir()]
     if scan_rows:
-        comp = composite_crops(test_entries, scan_rows, work / "data" / "composite.json", nodules_map)
+        comp = composite_crops(test_entries, scan_rows, work / "data" / "composite.json", nodules_map,
+                               N_COMPOSITE // args.every)
         crop_sets["composite"] = prepare_test_set("composite", comp, work, log, nodules_map)
     if not args.no_scans and scan_rows:
         rows = [{"image": str(i), "label": str(lab), "patient": p, "whole_scan": True} for p, i, lab in scan_rows]
@@ -1097,6 +1139,7 @@ def run(args) -> dict:
         scan_set = prepare_test_set("lidc_full_scans", dl, work, log, nodules_map)
     extra_sets = [prepare_test_set(f"test{i + 1}_{t.stem}", t.resolve(), work, log, nodules_map)
                   for i, t in enumerate(args.test)]
+    pooled = pooled_set(crop_sets, work)
     all_tests = list(crop_sets.values()) + ([scan_set] if scan_set else []) + extra_sets
 
     # 2. labels (chest3) of the validation crops, hosts
@@ -1159,7 +1202,7 @@ def run(args) -> dict:
                 t0 = time.time()
                 model = arm_model(arm, d, data, hosts_dl, seed, args.steps, args.synth_steps, log)
                 run_id = f"k{k}_s{seed}_{arm}_n{args.steps}"
-                tests_out = {name: score_crops(model, t, work, run_id, log) for name, t in crop_sets.items()}
+                tests_out = split_sets(score_crops(model, pooled, work, run_id, log), crop_sets)
                 if scan_set is not None:
                     tests_out["scans"] = score_scans(model, scan_set, work, run_id, log)
                 for t in extra_sets:

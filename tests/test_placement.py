@@ -221,3 +221,28 @@ def test_batch_dice_does_not_demand_total_silence_on_lesion_free_patches():
 
     assert loss(False, -8.0) - loss(False, -30.0) > 0.1
     assert loss(True, -8.0) - loss(True, -30.0) < 0.01
+
+
+def test_host_placement_surrounds_the_crop_with_host_tissue(cases):
+    """crop_placement host: a small labelled crop is pasted into a host's lung, so its patches hold
+    no air padding and the nodule still lands all over the patch; without hosts it falls back to random."""
+    cfg = load_config("lung-cpu-tiny", [*CHEST, "data.crop_placement=host"])
+    entries = [dict(cases["crop"], role="labelled"), dict(cases["host"], role=HOST)]
+    ds = step_dataset(cfg, entries, train_transforms(cfg))
+    assert ds.host_context == ((16, 16, 8), 1.5)
+    centres, padding = [], []
+    for i in range(60):
+        if ds.entries[ds.source(i)[0]][ROLE] == HOST:
+            continue
+        for p in ds[i]:
+            img, lab = np.asarray(p["image"])[0], np.asarray(p["label"])[0]
+            padding.append(float((np.asarray(p[VALID])[0] == 0).mean()))
+            if (lab == 2).any():
+                centres.append(tuple(np.round(ndimage.center_of_mass(lab == 2)).astype(int)))
+                assert img[lab == 2].mean() > img[lab == 1].mean()  # the nodule is the crop's, not the host's
+    assert len(centres) >= 10 and max(padding) == 0.0
+    xs = np.array([c[0] for c in centres])
+    assert xs.max() - xs.min() >= 6
+    alone = step_dataset(cfg, [entries[0]], train_transforms(cfg))
+    p = alone[0][0]
+    assert float((np.asarray(p[VALID])[0] == 0).mean()) > 0  # random placement in air: padding in the patch

@@ -137,7 +137,7 @@ def dynunet_plan(roi_size: Sequence[int], levels: int) -> tuple[list[list[int]],
 # --------------------------------------------------------------------------- sections
 
 
-CROP_PLACEMENTS = ("auto", "centre", "random")
+CROP_PLACEMENTS = ("auto", "centre", "random", "host")
 HOST_PATCHES = ("organ", "any")
 
 
@@ -162,7 +162,8 @@ class DataConfig:
     labelled_share: float | None = None    # Stage 2 with unlabelled cases: share of each step's samples drawn
                                            # from the labelled cases (null: uniform over the pooled cases)
     crop_placement: str = "auto"           # labelled cases smaller than the patch: centre (padded in the middle),
-                                           # random (a random offset in an air canvas), auto (random when smaller)
+                                           # random (a random offset in an air canvas), auto (random when smaller),
+                                           # host (pasted into a healthy host's organ; random without hosts)
     canvas_scale: float = 1.5              # random placement: canvas = roi_size x this (at least the case)
     host_patches: str = "organ"            # unlabelled (host) cases: patches centred in the task's organ (organ)
                                            # or on any voxel as labelled cases (any)

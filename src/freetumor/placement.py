@@ -13,6 +13,9 @@ transform used by :func:`freetumor.transforms.train_transforms`:
   ones (half of them on any body voxel) mostly show non-organ tissue labelled background.
   :class:`HostFocusd` centres every host patch on a voxel of the task's organs
   (``data.host_patches: organ``).
+* **Air around the crop.** With ``data.crop_placement: host`` a small labelled case is pasted, with its
+  label, into a region of a healthy host centred in the organ (:func:`paste_into_host`, called by
+  :class:`~freetumor.training.data.StepDataset`), so that it is surrounded by real tissue, not air.
 * **Lesions cut by padding.** :class:`AddValidMaskd` adds a ``valid`` mask (1 on voxels of the scan,
   0 on padding), carried through crops, flips and rotations, so that online synthesis can keep
   lesions ``data.synth_margin`` voxels away from padding and the scan's edge (:func:`usable_region`).
@@ -47,8 +50,8 @@ ROLE = "role"
 LABELLED, HOST = "labelled", "host"
 FG, BG = "label_fg_idx", "label_bg_idx"
 
-__all__ = ["AddValidMaskd", "HostFocusd", "RandPlaceCased", "usable_region", "placement_of", "VALID", "ROLE",
-           "LABELLED", "HOST"]
+__all__ = ["AddValidMaskd", "HostFocusd", "RandPlaceCased", "usable_region", "placement_of", "paste_into_host",
+           "VALID", "ROLE", "LABELLED", "HOST"]
 
 
 def placement_of(mode: str, shape: Sequence[int], roi: Sequence[int]) -> str:
@@ -62,7 +65,7 @@ def placement_of(mode: str, shape: Sequence[int], roi: Sequence[int]) -> str:
     """
     if all(int(s) >= int(r) for s, r in zip(shape, roi)):
         return "none"
-    return "centre" if mode == "centre" else "random"
+    return "centre" if mode == "centre" else "random"  # host: random where no host context was pasted
 
 
 class AddValidMaskd(MapTransform):
@@ -180,3 +183,53 @@ def usable_region(data: dict, shape: Sequence[int], margin: int) -> np.ndarray |
     if margin <= 0 or valid.all():
         return valid
     return ndimage.binary_erosion(valid, structure=np.ones((3, 3, 3), bool), iterations=int(margin), border_value=1)
+
+
+def paste_into_host(case: dict, host: dict, roi: Sequence[int], canvas_scale: float, rng: np.random.Generator,
+                    feather: int = 2) -> dict | None:
+    """A labelled ``case`` (prepared: ``image``, ``label``, ``valid`` of shape (1, X, Y, Z)) smaller than
+    ``roi`` pasted at a random offset into a canvas cut from a prepared ``host`` around a random organ
+    voxel (its ``label > 0``). The canvas is ``ceil(roi * canvas_scale)`` per axis (at least the case,
+    at most the host). The image is blended over ``feather`` voxels inside the case's box border (a
+    linear ramp, so no hard box edge); the label is the case's inside its box and the host's outside;
+    ``valid`` likewise. Returns a new dict (plain tensors, the case's other keys kept), or ``None`` when
+    the case is not smaller than ``roi`` or the host has no organ voxel or is smaller than the case.
+
+    >>> import torch
+    >>> case = {"image": torch.full((1, 4, 4, 2), 0.9), "label": torch.full((1, 4, 4, 2), 2)}
+    >>> host = {"image": torch.full((1, 20, 20, 10), 0.1), "label": torch.ones(1, 20, 20, 10, dtype=torch.int64)}
+    >>> out = paste_into_host(case, host, (8, 8, 4), 1.5, np.random.default_rng(0))
+    >>> tuple(out["image"].shape), int((out["label"] == 2).sum()), round(float(out["image"].min()), 3)
+    ((1, 12, 12, 6), 32, 0.1)
+    """
+    shape = tuple(int(n) for n in case["image"].shape[1:])
+    hshape = tuple(int(n) for n in host["image"].shape[1:])
+    if all(s >= r for s, r in zip(shape, roi)) or any(s > h for s, h in zip(shape, hshape)):
+        return None
+    organ = np.argwhere(np.asarray(host["label"])[0] > 0)
+    if not len(organ):
+        return None
+    size = [min(h, max(s, int(math.ceil(r * canvas_scale)))) for s, r, h in zip(shape, roi, hshape)]
+    centre = organ[int(rng.integers(len(organ)))]
+    lo = [int(np.clip(c - z // 2, 0, h - z)) for c, z, h in zip(centre, size, hshape)]
+    region = (slice(None),) + tuple(slice(a, a + z) for a, z in zip(lo, size))
+    off = [int(rng.integers(0, z - s + 1)) for z, s in zip(size, shape)]
+    inner = (slice(None),) + tuple(slice(o, o + s) for o, s in zip(off, shape))
+    # alpha: 1 inside the case's box, ramping to 0 over `feather` voxels at its border (edge distance)
+    ramps = [np.minimum(np.arange(s) + 1, np.arange(s)[::-1] + 1) / float(feather + 1) for s in shape]
+    alpha = np.clip(np.minimum.reduce(np.meshgrid(*ramps, indexing="ij")), 0.0, 1.0).astype(np.float32)
+    out = dict(case)
+    img = torch.as_tensor(host["image"])[region].clone().float()
+    img[inner] = img[inner] * torch.from_numpy(1.0 - alpha) + torch.as_tensor(case["image"]).float() * torch.from_numpy(alpha)
+    lab = torch.as_tensor(host["label"])[region].clone()
+    lab[inner] = torch.as_tensor(case["label"]).to(lab.dtype)
+    out["image"], out["label"] = img, lab
+    if VALID in case or VALID in host:
+        valid = (torch.as_tensor(host[VALID])[region].clone() if VALID in host
+                 else torch.ones(img.shape, dtype=torch.uint8))
+        valid[inner] = torch.as_tensor(case[VALID]).to(valid.dtype) if VALID in case else 1
+        out[VALID] = valid
+    if FG in case or BG in case:
+        fg, bg = map_binary_to_indices(out["label"], out["image"], 0)
+        out[FG], out[BG] = fg, bg
+    return out

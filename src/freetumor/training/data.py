@@ -16,7 +16,7 @@ from monai.data import list_data_collate
 from monai.transforms import Compose, Randomizable
 
 from ..errors import ConfigError
-from ..placement import HOST, LABELLED, ROLE
+from ..placement import HOST, LABELLED, ROLE, paste_into_host
 
 SPLIT_SEED = 0  # the k-fold split is the same for every method and seed, so comparisons are paired
 
@@ -57,8 +57,12 @@ class StepDataset(torch.utils.data.Dataset):
     segmentor forward judges all their tumours, and each patch is what :meth:`__getitem__` gives.
     """
 
-    def __init__(self, entries: list[dict], transform, seed: int, cache: bool = False):
+    def __init__(self, entries: list[dict], transform, seed: int, cache: bool = False,
+                 host_context: tuple | None = None):
         self.entries = entries
+        # (roi, canvas_scale): labelled cases smaller than the patch go into host context (placement.paste_into_host)
+        self.host_context = host_context
+        self.host_ids = [k for k, e in enumerate(entries) if e.get(ROLE) == HOST]
         steps = list(transform.transforms)
         first = next((k for k, t in enumerate(steps) if isinstance(t, Randomizable)), len(steps))
         self.pre = Compose(steps[:first])
@@ -91,9 +95,20 @@ class StepDataset(torch.utils.data.Dataset):
         """(entry read, seed of the random transforms) of global sample ``i``."""
         return self.case_index(i), int(np.random.SeedSequence([self.seed, int(i)]).generate_state(1)[0])
 
+    def in_context(self, k: int, seed: int) -> dict:
+        """Entry ``k`` prepared, and with ``host_context`` a labelled case smaller than the patch pasted
+        into a host drawn by the sample's ``seed``."""
+        case = self.prepared(k)
+        if self.host_context is None or not self.host_ids or self.entries[k].get(ROLE) == HOST:
+            return case
+        rng = np.random.default_rng([seed, 11])
+        host = self.prepared(self.host_ids[int(rng.integers(len(self.host_ids)))])
+        pasted = paste_into_host(case, host, self.host_context[0], self.host_context[1], rng)
+        return case if pasted is None else pasted
+
     def __getitem__(self, i: int):
         k, seed = self.source(i)
-        case = self.prepared(k)
+        case = self.in_context(k, seed)
         self.rand.set_random_state(seed=seed)
         out = self.rand(dict(case))
         return out if isinstance(out, list) else [out]
@@ -105,7 +120,7 @@ class StepDataset(torch.utils.data.Dataset):
         samples, rngs = [], []
         for i in indices:
             k, seed = self.source(i)
-            case = self.prepared(k)
+            case = self.in_context(k, seed)
             self.rand.set_random_state(seed=seed)
             out = self.rand_head(dict(case))
             out = out if isinstance(out, list) else [out]
@@ -155,13 +170,13 @@ class SharedStepDataset(StepDataset):
     """
 
     def __init__(self, labelled: list[dict], hosts: list[dict], transform, seed: int, share: float, batch: int,
-                 cache: bool = False):
+                 cache: bool = False, host_context: tuple | None = None):
         if not labelled or not hosts:
             raise ConfigError("data.labelled_share needs labelled and unlabelled cases")
         if batch < 2:
             raise ConfigError(f"data.labelled_share needs train.batch_size of at least 2 (one labelled and one "
                               f"host sample per step), got {batch}")
-        super().__init__(with_role(labelled, LABELLED) + with_role(hosts, HOST), transform, seed, cache)
+        super().__init__(with_role(labelled, LABELLED) + with_role(hosts, HOST), transform, seed, cache, host_context)
         self.n_lab, self.n_host = len(labelled), len(hosts)
         self.batch = int(batch)
         self.k = min(self.batch - 1, max(1, int(round(float(share) * self.batch))))

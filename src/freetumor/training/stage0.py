@@ -237,13 +237,15 @@ def training_pool(cfg: Config, datalist, unlabelled, skip_bad: bool = False,
 
 def step_dataset(cfg: Config, entries: list[dict], transform) -> StepDataset:
     """The run's step-indexed data: with hosts and ``data.labelled_share`` a fixed labelled share per
-    step (:class:`~freetumor.training.data.SharedStepDataset`), else uniform over the entries."""
+    step (:class:`~freetumor.training.data.SharedStepDataset`), else uniform over the entries; with
+    ``data.crop_placement: host`` small labelled cases are pasted into host context."""
     hosts = [e for e in entries if e.get(ROLE) == HOST]
+    context = (tuple(cfg.data.roi_size), float(cfg.data.canvas_scale)) if cfg.data.crop_placement == "host" else None
     if hosts and cfg.data.labelled_share is not None:
         labelled = [e for e in entries if e.get(ROLE) != HOST]
         return SharedStepDataset(labelled, hosts, transform, int(cfg.train.seed), float(cfg.data.labelled_share),
-                                 int(cfg.train.batch_size), cache=cfg.data.cache)
-    return StepDataset(entries, transform, int(cfg.train.seed), cache=cfg.data.cache)
+                                 int(cfg.train.batch_size), cache=cfg.data.cache, host_context=context)
+    return StepDataset(entries, transform, int(cfg.train.seed), cache=cfg.data.cache, host_context=context)
 
 
 def split_writer(train: list[dict], val: list[dict], cfg: Config, resume: bool) -> Callable[[Path], None]:
