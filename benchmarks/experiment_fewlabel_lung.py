@@ -113,6 +113,7 @@ STAGE0_RECIPE = ["train.batch_size=1"]
 HOST_RECIPE = ["train.batch_size=2", "data.labelled_share=0.5", "synth.online_on=hosts", "synth.online_prob=0.5"]
 SYNTH_RECIPE = ["data.num_samples=2", "synth.probe_samples=4", "synth.epoch_steps=50", "train.batch_size=1"]
 BUDGETS = (350, 1000, 2000)
+RENDER_WORKERS = 2
 PLATEAU = 0.01
 
 FULL = {"k": [10, 30], "seeds": 3, "steps": None, "synth_steps": 100}
@@ -613,7 +614,9 @@ def arm_model(arm: str, d: Path, data: dict, hosts_dl: Path, seed: int, steps: i
     if arm == "copy_paste":
         extra += ["--synthesis", "copy_paste"]
     elif arm == "procedural":
-        extra += ["--synthesis", "profile", "--profile", data["profile"]]
+        # rendering lesions costs more than the step: two data-loader workers render in parallel (the
+        # patches are those of the main process: step-indexed data), so the worker count is not in the signature
+        extra += ["--synthesis", "profile", "--profile", data["profile"], "--set", f"data.num_workers={RENDER_WORKERS}"]
     elif arm == "generator":
         gen = train_synth(d / f"stage1_n{synth_steps}", data["labelled"], hosts_dl, stage0, seed, synth_steps, log)
         extra += ["--synthesis", "generator", "--generator", gen, "--qc-segmentor", stage0]
@@ -1181,6 +1184,9 @@ def run(args) -> dict:
         budget = choose_budget(data, 0, work, log, args.results / "budget.json",
                                signature(args, split, all_tests, None))
         args.steps = budget["steps"]
+        if args.commit:
+            commit_file(args.results / "budget.json", f"few-label lung experiment: step budget {args.steps} "
+                                                      f"(stage0 validation plateau, Real CT)")
     sig = signature(args, split, all_tests, args.steps)
 
     # 4. every (K, seed, arm) without a result file: train (or reuse the work folder's run), score, write
