@@ -532,7 +532,13 @@ def composite_crops(entries: list[dict], scans: list[tuple[str, Path, Path]], ds
         hu[hu <= PADDING_HU] = AIR_HU
         lung = threshold_lung_mask(img.with_array(hu.astype(np.int16)))
         own = np.asarray(load_volume(lab_p).array) > 0
-        away = ndimage.distance_transform_edt(~own, sampling=img.spacing) > COMPOSITE_AWAY_MM if own.any() else True
+        away = np.ones(own.shape, bool)
+        if own.any():  # the distance only near the nodules (exact: every nodule voxel is inside the box)
+            idx = np.argwhere(own)
+            reach = [int(np.ceil(COMPOSITE_AWAY_MM / sp)) + 1 for sp in img.spacing]
+            box = tuple(slice(max(0, lo - r), min(n, hi + r + 1))
+                        for lo, hi, r, n in zip(idx.min(0), idx.max(0), reach, own.shape))
+            away[box] = ndimage.distance_transform_edt(~own[box], sampling=img.spacing) > COMPOSITE_AWAY_MM
         allowed = ndimage.binary_erosion(lung, iterations=2) & away
         hosts.append((name, img, hu, allowed))
     rows = []
