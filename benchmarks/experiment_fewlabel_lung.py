@@ -1258,6 +1258,7 @@ def run(args) -> dict:
     k0 = str(args.k[0])
     head = by_k[k0]["arms"]
     planned = len(args.k) * args.seeds * len(ARMS)
+    counted = [key for key in done if key[0] in args.k and key[1] < args.seeds]
     result = {
         "experiment": "experiment_fewlabel_lung",
         "data": "Real CT (LIDC-IDRI crops and whole chests; pyradiomics and NSCLC-Radiomics host chests)",
@@ -1265,9 +1266,7 @@ def run(args) -> dict:
         "command": "python benchmarks/experiment_fewlabel_lung.py " + " ".join(
             rel(a) if os.sep in a else a for a in sys.argv[1:]),
         "k": args.k[0], "steps": args.steps, "synth_steps": args.synth_steps, "signature": sig,
-        "budget": budget, "runs_done": sum(len(v) for v in head_by_arm.values()) + sum(
-            1 for key in done if key[0] != args.k[0] and key[0] in args.k and key[1] < args.seeds),
-        "runs_planned": planned, "complete": len([x for x in done if x[0] in args.k and x[1] < args.seeds]) >= planned,
+        "budget": budget, "runs_done": len(counted), "runs_planned": planned, "complete": len(counted) >= planned,
         "arms": head, "comparisons": by_k[k0]["comparisons"],
         "targets": targets(head, by_k[k0]["comparisons"], head_by_arm),
         "by_k": by_k,

@@ -50,8 +50,17 @@ ROLE = "role"
 LABELLED, HOST = "labelled", "host"
 FG, BG = "label_fg_idx", "label_bg_idx"
 
-__all__ = ["AddValidMaskd", "HostFocusd", "RandPlaceCased", "usable_region", "placement_of", "paste_into_host",
-           "VALID", "ROLE", "LABELLED", "HOST"]
+__all__ = ["AddValidMaskd", "HostFocusd", "RandPlaceCased", "usable_region", "within_scan", "placement_of",
+           "paste_into_host", "canvas_width", "VALID", "ROLE", "LABELLED", "HOST"]
+
+
+def canvas_width(roi: int, canvas_scale: float) -> int:
+    """Voxels of a placement canvas along an axis whose patch is ``roi``: ``ceil(roi * scale)``, at least ``roi``.
+
+    >>> canvas_width(32, 1.5), canvas_width(8, 1.0)
+    (48, 8)
+    """
+    return max(int(roi), int(math.ceil(roi * canvas_scale)))
 
 
 def placement_of(mode: str, shape: Sequence[int], roi: Sequence[int]) -> str:
@@ -121,7 +130,6 @@ class RandPlaceCased(Randomizable, MapTransform):
         self.mode = mode
         self.scale = float(canvas_scale)
         self.focus = HostFocusd(host_focus)
-        self._offsets: tuple[int, ...] | None = None
 
     def randomize(self, data=None) -> None:
         pass
@@ -135,7 +143,7 @@ class RandPlaceCased(Randomizable, MapTransform):
                 size.append(s)
                 offset.append(0)
             elif how == "random":
-                c = max(r, int(math.ceil(r * self.scale)))
+                c = canvas_width(r, self.scale)
                 size.append(c)
                 offset.append(int(self.R.randint(0, c - s + 1)))
             else:
@@ -185,6 +193,12 @@ def usable_region(data: dict, shape: Sequence[int], margin: int) -> np.ndarray |
     return ndimage.binary_erosion(valid, structure=np.ones((3, 3, 3), bool), iterations=int(margin), border_value=1)
 
 
+def within_scan(mask: np.ndarray, data: dict, margin: int) -> np.ndarray:
+    """``mask`` limited to the patch's :func:`usable_region` (``mask`` itself without a ``valid`` mask)."""
+    usable = usable_region(data, mask.shape, margin)
+    return mask if usable is None else mask & usable
+
+
 def paste_into_host(case: dict, host: dict, roi: Sequence[int], canvas_scale: float, rng: np.random.Generator,
                     feather: int = 2) -> dict | None:
     """A labelled ``case`` (prepared: ``image``, ``label``, ``valid`` of shape (1, X, Y, Z)) smaller than
@@ -209,7 +223,7 @@ def paste_into_host(case: dict, host: dict, roi: Sequence[int], canvas_scale: fl
     organ = np.argwhere(np.asarray(host["label"])[0] > 0)
     if not len(organ):
         return None
-    size = [min(h, max(s, int(math.ceil(r * canvas_scale)))) for s, r, h in zip(shape, roi, hshape)]
+    size = [min(h, max(s, canvas_width(r, canvas_scale))) for s, r, h in zip(shape, roi, hshape)]
     centre = organ[int(rng.integers(len(organ)))]
     lo = [int(np.clip(c - z // 2, 0, h - z)) for c, z, h in zip(centre, size, hshape)]
     region = (slice(None),) + tuple(slice(a, a + z) for a, z in zip(lo, size))

@@ -70,7 +70,7 @@ from .grids import Grid
 from .io import is_nifti, load_volume
 from .labels import get_label_map
 from .organs import get_organ
-from .placement import HOST, ROLE, VALID, AddValidMaskd, HostFocusd, RandPlaceCased, usable_region
+from .placement import HOST, ROLE, VALID, AddValidMaskd, HostFocusd, RandPlaceCased, usable_region, within_scan
 from .profiles import LesionProfile, load_profile
 from .quality import QualityControl, judge_patch
 from .shapes import OrganTooSmallError
@@ -400,7 +400,7 @@ class PrepareFakeTumourd(SeededTransform):
         fake = np.zeros(lab.shape, np.float32)
         weight = np.zeros(lab.shape, np.float32)
         channel, organ_class = -1, -1
-        usable = usable_region(d, lab.shape, self.margin)
+        usable = usable_region(d, lab.shape, self.margin)  # once for every organ
         organ_of = {c[0]: (lab == c[0]) if usable is None else (lab == c[0]) & usable for _o, c in self.organs}
         present = [(o, c) for o, c in self.organs if np.count_nonzero(organ_of[c[0]]) >= self.min_voxels]
         if present:
@@ -493,7 +493,6 @@ class RandTumorSynthesisd(SeededTransform):
         self.classes = cfg.organ_classes
         self.organ_by_class = {c: get_organ(n) for n, (c, _t) in self.classes.items()}
         self.tumour_of = {c: t for _n, (c, t) in self.classes.items()}
-        self.region = cfg.organ_info.region
         self.sign = cfg.organ_info.sign
         self.generator: LearnedDifference | None = None
         if mode == "generator":
@@ -653,16 +652,12 @@ class RandTumorSynthesisd(SeededTransform):
         """(x' as a (1, 1, X, Y, Z) tensor in [0, 1], the lesion's label, its organ class) for one lesion
         drawn from the profile and rendered in HU on the patch's grid; ``None`` without room."""
         ocls = self.classes[self.profile.organ][0]
-        allowed = lab == ocls
-        usable = usable_region(d, lab.shape, self.margin)
-        if usable is not None:
-            allowed &= usable
+        allowed = within_scan(lab == ocls, d, self.margin)
         drawn = profile_patch(self.profile, d["image"], allowed, self.cfg.data.hu_window, rng)
         if drawn is None:
             return None
         x01, fake, _weight = drawn
         return torch.from_numpy(x01)[None, None], fake, ocls
-
 
     def _pasted_tumour(self, d: dict, lab: np.ndarray, rng: np.random.Generator):
         """(x', label, organ class) with one real labelled lesion pasted into an organ of the patch that
@@ -749,10 +744,7 @@ class PrepareProfileTumourd(SeededTransform):
         rng = self.next_rng()
         img = d["image"]
         lab = np.asarray(d["label"])[0]
-        allowed = lab == self.organ_class
-        usable = usable_region(d, lab.shape, self.margin)
-        if usable is not None:
-            allowed &= usable
+        allowed = within_scan(lab == self.organ_class, d, self.margin)
         drawn = profile_patch(self.profile, img, allowed, self.window, rng) \
             if np.count_nonzero(allowed) >= self.min_voxels else None
         if drawn is None:
