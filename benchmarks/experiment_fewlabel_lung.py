@@ -112,6 +112,8 @@ GEOMETRY = ["data.spacing=[1.25,1.25,2.5]", "data.roi_size=[32,32,8]", "data.num
 STAGE0_RECIPE = ["train.batch_size=1"]
 HOST_RECIPE = ["train.batch_size=2", "data.labelled_share=0.5", "synth.online_on=hosts", "synth.online_prob=0.5"]
 SYNTH_RECIPE = ["data.num_samples=2", "synth.probe_samples=4", "synth.epoch_steps=50", "train.batch_size=1"]
+PLACEMENTS = ("random", "host")  # --placement: labelled crops at random offsets in air, or pasted into host lung
+JUDGES = ("stage0", "none")      # --judge: the generator arm's frozen segmentor (Stage 1) and QC judge
 BUDGETS = (350, 1000, 2000)
 RENDER_WORKERS = 2
 PLATEAU = 0.01
@@ -583,23 +585,42 @@ def composite_crops(entries: list[dict], scans: list[tuple[str, Path, Path]], ds
     return write_datalist(dst, rows, str(nodules_map))
 
 
+# ----------------------------------------------------------------------------- the protocol
+def geometry(placement: str) -> list[str]:
+    """GEOMETRY with the labelled crops' placement (``random``: the default, or ``host``)."""
+    return [f"data.crop_placement={placement}" if g.startswith("data.crop_placement=") else g for g in GEOMETRY]
+
+
+def stage0_recipe(placement: str) -> list[str]:
+    """stage0 with host placement reads labelled samples only (share 1): the hosts are only their context."""
+    return STAGE0_RECIPE + (["data.labelled_share=1.0"] if placement == "host" else [])
+
+
+def run_tag(arm: str, placement: str, judge: str) -> str:
+    """Suffix of an arm's run folders and result files; empty for the default protocol (random, stage0)."""
+    tag = f"-j{judge}" if arm in ("generator", "stage1") and judge != "stage0" else ""
+    return tag + (f"-{placement}" if placement != "random" else "")
+
+
 # ----------------------------------------------------------------------------- training
-def train_seg(run: Path, datalist: Path, recipe: list[str], seed: int, extra: list, steps: int, log: list) -> Path:
+def train_seg(run: Path, datalist: Path, recipe: list[str], seed: int, extra: list, steps: int, log: list,
+              placement: str = "random") -> Path:
     if not (run / "final.json").exists():
         resume = ["--resume"] if (run / "last.pt").exists() else []
         every = max(1, steps // 5)
         sh(["train-seg", "--config", "lung-cpu-tiny", "--datalist", datalist, "--out", run, "--max-steps", steps,
-            *sets([*GEOMETRY, *recipe, f"train.seed={seed}", f"train.val_every={every}",
+            *sets([*geometry(placement), *recipe, f"train.seed={seed}", f"train.val_every={every}",
                    f"train.checkpoint_every={every}"]), *extra, *resume], log, quiet=False)
     return run / "best.pt"
 
 
-def train_synth(run: Path, labelled: Path, hosts: Path, segmentor: Path, seed: int, steps: int, log: list) -> Path:
+def train_synth(run: Path, labelled: Path, hosts: Path, segmentor: Path, seed: int, steps: int, log: list,
+                placement: str = "random") -> Path:
     if not (run / "final.json").exists():
         resume = ["--resume"] if (run / "last.pt").exists() else []
         sh(["train-synth", "--config", "lung-cpu-tiny", "--datalist", labelled, "--unlabeled", hosts,
             "--segmentor", segmentor, "--out", run, "--max-steps", steps,
-            *sets([*GEOMETRY, *SYNTH_RECIPE, f"train.seed={seed}"]), *resume], log, quiet=False)
+            *sets([*geometry(placement), *SYNTH_RECIPE, f"train.seed={seed}"]), *resume], log, quiet=False)
     return run / "generator.pt"
 
 
@@ -610,13 +631,22 @@ def best_val(run: Path) -> float | None:
     return max(scores) if scores else None
 
 
+def train_stage0(d: Path, data: dict, hosts_dl: Path, seed: int, steps: int, log: list, placement: str) -> Path:
+    context = ["--unlabeled", hosts_dl] if placement == "host" else []
+    return train_seg(d / f"stage0{run_tag('stage0', placement, 'stage0')}_n{steps}", data["trainval"],
+                     stage0_recipe(placement), seed, context, steps, log, placement)
+
+
 def arm_model(arm: str, d: Path, data: dict, hosts_dl: Path, seed: int, steps: int, synth_steps: int,
-              log: list) -> Path:
-    """Train (or reuse) one arm of one (K, seed); the generator arm trains its Stage 1 first."""
-    stage0 = train_seg(d / f"stage0_n{steps}", data["trainval"], STAGE0_RECIPE, seed, [], steps, log)
+              log: list, placement: str = "random", judge: str = "stage0") -> Path:
+    """Train (or reuse) one arm of one (K, seed); the generator arm trains its Stage 1 first, with the
+    ``judge`` arm's model (``stage0`` or ``none``, trained first) as frozen segmentor and QC judge."""
+    stage0 = train_stage0(d, data, hosts_dl, seed, steps, log, placement)
     if arm == "stage0":
         return stage0
     extra = ["--unlabeled", hosts_dl]
+    if arm == "generator" and judge == "none":
+        stage0 = arm_model("none", d, data, hosts_dl, seed, steps, synth_steps, log, placement)
     if arm == "copy_paste":
         extra += ["--synthesis", "copy_paste"]
     elif arm == "procedural":
@@ -624,9 +654,11 @@ def arm_model(arm: str, d: Path, data: dict, hosts_dl: Path, seed: int, steps: i
         # patches are those of the main process: step-indexed data), so the worker count is not in the signature
         extra += ["--synthesis", "profile", "--profile", data["profile"], "--set", f"data.num_workers={RENDER_WORKERS}"]
     elif arm == "generator":
-        gen = train_synth(d / f"stage1_n{synth_steps}", data["labelled"], hosts_dl, stage0, seed, synth_steps, log)
+        gen = train_synth(d / f"stage1{run_tag('stage1', placement, judge)}_n{synth_steps}", data["labelled"],
+                          hosts_dl, stage0, seed, synth_steps, log, placement)
         extra += ["--synthesis", "generator", "--generator", gen, "--qc-segmentor", stage0]
-    return train_seg(d / f"{arm}_n{steps}", data["trainval"], HOST_RECIPE, seed, extra, steps, log)
+    return train_seg(d / f"{arm}{run_tag(arm, placement, judge)}_n{steps}", data["trainval"], HOST_RECIPE, seed,
+                     extra, steps, log, placement)
 
 
 def run_facts(run_dir: Path) -> dict:
@@ -648,7 +680,8 @@ def run_facts(run_dir: Path) -> dict:
             "accepted_per_patch_drawn": round(tally.get("accepted", 0) / drawn, 4) if drawn else None}
 
 
-def choose_budget(data: dict, seed: int, work: Path, log: list, stored: Path | None, signature: str) -> dict:
+def choose_budget(data: dict, seed: int, work: Path, log: list, stored: Path | None, signature: str,
+                  hosts_dl: Path, placement: str = "random") -> dict:
     """The step budget: the smallest of BUDGETS whose stage0 best validation Dice (K = 10, seed 0) is within
     PLATEAU of the best of them. Stored (``stored``) and reused while the signature matches."""
     if stored is not None and stored.exists():
@@ -658,8 +691,7 @@ def choose_budget(data: dict, seed: int, work: Path, log: list, stored: Path | N
     d = work / "runs" / "k10" / f"s{seed}"
     vals = {}
     for n in BUDGETS:
-        train_seg(d / f"stage0_n{n}", data["trainval"], STAGE0_RECIPE, seed, [], n, log)
-        vals[n] = best_val(d / f"stage0_n{n}")
+        vals[n] = best_val(train_stage0(d, data, hosts_dl, seed, n, log, placement).parent)
     top = max(v for v in vals.values() if v is not None)
     steps = next(n for n in BUDGETS if vals[n] is not None and vals[n] >= top - PLATEAU)
     out = {"signature": signature, "steps": steps, "validation_dice": {str(n): v for n, v in vals.items()},
@@ -820,7 +852,7 @@ def commit_file(path: Path, message: str) -> None:
 
 def signature(args, split: dict, tests: list[dict], steps: int | None) -> str:
     """What makes runs comparable: recipes, budgets, split, test sets (names and sizes)."""
-    key = {"geometry": GEOMETRY, "stage0": STAGE0_RECIPE, "host": HOST_RECIPE, "stage1": SYNTH_RECIPE,
+    key = {"geometry": geometry(args.placement), "stage0": stage0_recipe(args.placement), "host": HOST_RECIPE, "stage1": SYNTH_RECIPE,
            "steps": steps, "synth_steps": args.synth_steps, "config": "lung-cpu-tiny",
            "split": {p: split[p]["crops"] for p in ("pool", "val", "test")}, "window_mm": WINDOW_MM,
            "tests": sorted((t["name"], t["n_crops"], t["n_scans"]) for t in tests),
@@ -830,15 +862,16 @@ def signature(args, split: dict, tests: list[dict], steps: int | None) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_runs(folder: Path, sig: str) -> dict:
-    """(K, seed, arm) -> result of every run file in ``folder`` with the signature ``sig``."""
+def load_runs(folder: Path, sig: str, judge: str = "stage0") -> dict:
+    """(K, seed, arm) -> result of every run file in ``folder`` with the signature ``sig`` (generator runs:
+    and the QC ``judge``)."""
     out = {}
     for p in sorted(folder.glob("k*_s*_*.json")) if folder.is_dir() else []:
         try:
             r = json.loads(p.read_text())
         except ValueError:
             continue
-        if r.get("signature") == sig:
+        if r.get("signature") == sig and (r["arm"] != "generator" or r.get("judge", "stage0") == judge):
             out[(int(r["k"]), int(r["seed"]), r["arm"])] = r
     return out
 
@@ -1049,6 +1082,12 @@ def parse_args(argv=None):
                     "files present (the test sets are prepared to check the signature)")
     ap.add_argument("--only", type=str, help="comma list of K:seed pairs to run now, e.g. 10:0,10:1 (the summary "
                     "still covers every finished run)")
+    ap.add_argument("--arms", type=str, help=f"comma list of arms to run now (default: all: {','.join(ARMS)})")
+    ap.add_argument("--placement", choices=PLACEMENTS, default="random",
+                    help="labelled crops at random offsets in an air canvas (default) or pasted into host lung "
+                         "(data.crop_placement=host; stage0 then uses the hosts as context only)")
+    ap.add_argument("--judge", choices=JUDGES, default="stage0",
+                    help="the generator arm's frozen segmentor and QC judge: the stage0 or the none arm's model")
     ap.add_argument("--k", type=str, help=argparse.SUPPRESS)
     ap.add_argument("--seeds", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--steps", type=int, help=argparse.SUPPRESS)
@@ -1077,6 +1116,10 @@ def parse_args(argv=None):
         args.work = args.work or args.out
     if args.results is None:
         args.results = args.work / "results" if (args.quick or args.limit) else RESULTS
+    args.arms = [a.strip() for a in args.arms.split(",")] if args.arms else list(ARMS)
+    for a in args.arms:
+        if a not in ARMS:
+            ap.error(f"--arms: unknown arm {a!r}; choose from {', '.join(ARMS)}")
     args.only_pairs = None
     if args.only:
         try:
@@ -1188,7 +1231,7 @@ def run(args) -> dict:
     if args.steps is None:
         d, data, _ = seed_data(10, 0)
         budget = choose_budget(data, 0, work, log, args.results / "budget.json",
-                               signature(args, split, all_tests, None))
+                               signature(args, split, all_tests, None), hosts_dl, args.placement)
         args.steps = budget["steps"]
         if args.commit:
             commit_file(args.results / "budget.json", f"few-label lung experiment: step budget {args.steps} "
@@ -1197,12 +1240,12 @@ def run(args) -> dict:
 
     # 4. every (K, seed, arm) without a result file: train (or reuse the work folder's run), score, write
     results = args.results.resolve() / "runs"
-    done = load_runs(results, sig)
+    done = load_runs(results, sig, args.judge)
     for k in args.k:
         for seed in range(args.seeds):
             if args.summary_only or (args.only_pairs is not None and (k, seed) not in args.only_pairs):
                 continue
-            todo = [a for a in ARMS if (k, seed, a) not in done]
+            todo = [a for a in args.arms if (k, seed, a) not in done]
             if not todo:
                 continue
             d, data, labelled = seed_data(k, seed)
@@ -1212,8 +1255,10 @@ def run(args) -> dict:
                     "--out", data["profile"]], log)
             for arm in todo:
                 t0 = time.time()
-                model = arm_model(arm, d, data, hosts_dl, seed, args.steps, args.synth_steps, log)
-                run_id = f"k{k}_s{seed}_{arm}_n{args.steps}"
+                model = arm_model(arm, d, data, hosts_dl, seed, args.steps, args.synth_steps, log, args.placement,
+                                  args.judge)
+                tag = run_tag(arm, args.placement, args.judge)
+                run_id = f"k{k}_s{seed}_{arm}{tag}_n{args.steps}"
                 tests_out = split_sets(score_crops(model, pooled, work, run_id, log), crop_sets)
                 if scan_set is not None:
                     tests_out["scans"] = score_scans(model, scan_set, work, run_id, log)
@@ -1225,9 +1270,10 @@ def run(args) -> dict:
                         r["scans"] = score_scans(model, t, work, run_id, log)
                     tests_out[t["name"]] = r
                 rec = {"signature": sig, "k": k, "seed": seed, "arm": arm, "steps": args.steps,
+                       "placement": args.placement, **({"judge": args.judge} if arm == "generator" else {}),
                        "labelled_crops": labelled, "run": run_facts(model.parent), "tests": tests_out,
                        "seconds": round(time.time() - t0, 1)}
-                path = results / f"k{k}_s{seed}_{arm}.json"
+                path = results / f"k{k}_s{seed}_{arm}{tag.replace('-', '_')}.json"
                 write_json(path, rec)
                 done[(k, seed, arm)] = rec
                 if args.commit:
@@ -1280,7 +1326,8 @@ def run(args) -> dict:
         "whole_scan_tests": list(TEST_PATIENTS) if scan_set else [],
         "hosts": {"slabs": [{k: (rel(v) if k in ("image", "label") else v) for k, v in s.items()} for s in all_slabs],
                   "lung_ml": round(sum(s["lung_ml"] for s in all_slabs), 1)},
-        "recipes": {"geometry": GEOMETRY, "stage0": STAGE0_RECIPE, "host_arms": HOST_RECIPE, "stage1": SYNTH_RECIPE,
+        "placement": args.placement, "judge": args.judge,
+        "recipes": {"geometry": geometry(args.placement), "stage0": stage0_recipe(args.placement), "host_arms": HOST_RECIPE, "stage1": SYNTH_RECIPE,
                     "config": "lung-cpu-tiny"},
         "results_folder": rel(args.results),
         "seconds": round(time.time() - t_start, 1),

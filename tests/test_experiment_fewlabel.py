@@ -241,3 +241,28 @@ def test_readme_tables_are_the_scripts_output_from_the_stored_json():
     assert len(blocks) >= 3  # status line; per K: arms and paired differences; targets
     for block in blocks:
         assert block in readme, block
+
+
+def test_protocol_options_name_their_runs_and_keep_the_default_signature(tmp_path):
+    """--placement host and --judge none train into their own run folders and result files, and
+    generator runs of another judge are not counted; the default protocol's names are unchanged."""
+    exp = load_experiment()
+    assert exp.run_tag("none", "random", "stage0") == "" and exp.run_tag("generator", "random", "stage0") == ""
+    assert exp.run_tag("generator", "random", "none") == "-jnone"
+    assert exp.run_tag("none", "random", "none") == ""  # the judge only concerns the generator arm
+    assert exp.run_tag("stage0", "host", "none") == "-host"
+    assert exp.geometry("random") == exp.GEOMETRY
+    assert "data.crop_placement=host" in exp.geometry("host") and "data.crop_placement=random" not in exp.geometry("host")
+    assert exp.stage0_recipe("host") == [*exp.STAGE0_RECIPE, "data.labelled_share=1.0"]
+    for judge in ("stage0", "none"):
+        rec = {"signature": "s", "k": 10, "seed": 0, "arm": "generator", **({"judge": judge} if judge != "stage0" else {})}
+        (tmp_path / f"k10_s0_generator_{judge}.json").write_text(json.dumps(rec))
+    (tmp_path / "k10_s0_none.json").write_text(json.dumps({"signature": "s", "k": 10, "seed": 0, "arm": "none"}))
+    got = exp.load_runs(tmp_path, "s", "none")
+    assert set(got) == {(10, 0, "generator"), (10, 0, "none")} and got[(10, 0, "generator")]["judge"] == "none"
+    assert "judge" not in exp.load_runs(tmp_path, "s")[(10, 0, "generator")]
+    assert exp.load_runs(tmp_path, "other") == {}
+    args = exp.parse_args(["--out", str(tmp_path / "r.json"), "--arms", "none,stage0", "--placement", "host"])
+    assert args.arms == ["none", "stage0"] and args.placement == "host" and args.judge == "stage0"
+    r = run_experiment("--out", tmp_path / "r.json", "--arms", "none,nope")
+    assert r.returncode == 2 and "unknown arm 'nope'" in r.stderr and not (tmp_path / "r.json").exists()

@@ -246,3 +246,19 @@ def test_host_placement_surrounds_the_crop_with_host_tissue(cases):
     alone = step_dataset(cfg, [entries[0]], train_transforms(cfg))
     p = alone[0][0]
     assert float((np.asarray(p[VALID])[0] == 0).mean()) > 0  # random placement in air: padding in the patch
+
+
+def test_share_one_reads_labelled_cases_only_with_hosts_as_context(cases):
+    """data.labelled_share 1 (a labelled-only run with host placement): every sample is a labelled case,
+    pasted into host lung; batch 1 is allowed."""
+    cfg = load_config("lung-cpu-tiny", [*CHEST, "data.crop_placement=host", "data.labelled_share=1.0",
+                                        "train.batch_size=1"])
+    entries = [dict(cases["crop"], role="labelled"), dict(cases["host"], role=HOST)]
+    ds = step_dataset(cfg, entries, train_transforms(cfg))
+    assert isinstance(ds, SharedStepDataset) and ds.share == 1.0
+    assert all(ds.entries[ds.source(i)[0]][ROLE] == "labelled" for i in range(20))
+    for i in range(3):
+        p = ds[i][0]
+        assert float((np.asarray(p[VALID])[0] == 0).mean()) == 0.0  # host tissue around the crop, no air padding
+    with pytest.raises(Exception, match=r"\(0, 1\]"):
+        load_config("lung-cpu-tiny", [*CHEST, "data.labelled_share=1.5"])

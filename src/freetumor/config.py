@@ -160,7 +160,8 @@ class DataConfig:
                                             # a network on the CPU (it then overlaps training), else 0
     labelled_repeat: int = 1               # labelled cases repeated against the unlabelled pool
     labelled_share: float | None = None    # Stage 2 with unlabelled cases: share of each step's samples drawn
-                                           # from the labelled cases (null: uniform over the pooled cases)
+                                           # from the labelled cases (null: uniform over the pooled cases; 1.0:
+                                           # labelled only, the hosts serve as crop_placement: host context)
     crop_placement: str = "auto"           # labelled cases smaller than the patch: centre (padded in the middle),
                                            # random (a random offset in an air canvas), auto (random when smaller),
                                            # host (pasted into a healthy host's organ; random without hosts)
@@ -184,8 +185,8 @@ class DataConfig:
             "an integer of zero or more, or null (automatic)", self.num_workers)
         _require(self.labelled_repeat >= 1, "data.labelled_repeat", source, "at least 1", self.labelled_repeat)
         _require(self.labelled_share is None or (isinstance(self.labelled_share, (int, float))
-                 and not isinstance(self.labelled_share, bool) and 0.0 < self.labelled_share < 1.0),
-                 "data.labelled_share", source, "a number in (0, 1), or null", self.labelled_share)
+                 and not isinstance(self.labelled_share, bool) and 0.0 < self.labelled_share <= 1.0),
+                 "data.labelled_share", source, "a number in (0, 1], or null", self.labelled_share)
         _require(self.crop_placement in CROP_PLACEMENTS, "data.crop_placement", source,
                  "one of " + ", ".join(CROP_PLACEMENTS), self.crop_placement)
         _require(isinstance(self.canvas_scale, (int, float)) and not isinstance(self.canvas_scale, bool)

@@ -154,7 +154,8 @@ class SharedStepDataset(StepDataset):
 
     Global sample ``i = s * batch + p`` (``s`` the step of one rank, ``p`` the position in its batch):
     the first ``n_lab = round(share * batch)`` positions (at least 1, at most ``batch - 1``) read
-    labelled cases, the others hosts. Labelled sample ``j = s * n_lab + p`` reads the entry and the
+    labelled cases, the others hosts. With ``share = 1`` every position reads a labelled case: the hosts
+    are only the context that ``data.crop_placement: host`` pastes small labelled cases into. Labelled sample ``j = s * n_lab + p`` reads the entry and the
     transform seed that sample ``j`` of a :class:`StepDataset` of the labelled cases alone reads, so
     a labelled-only run with ``train.batch_size = n_lab`` sees exactly the same labelled patches at
     every step: the runs differ only by the host samples added. Hosts are drawn from their own
@@ -173,13 +174,14 @@ class SharedStepDataset(StepDataset):
                  cache: bool = False, host_context: tuple | None = None):
         if not labelled or not hosts:
             raise ConfigError("data.labelled_share needs labelled and unlabelled cases")
-        if batch < 2:
-            raise ConfigError(f"data.labelled_share needs train.batch_size of at least 2 (one labelled and one "
-                              f"host sample per step), got {batch}")
+        if batch < 2 and share < 1.0:
+            raise ConfigError(f"data.labelled_share below 1 needs train.batch_size of at least 2 (one labelled and "
+                              f"one host sample per step), got {batch}")
         super().__init__(with_role(labelled, LABELLED) + with_role(hosts, HOST), transform, seed, cache, host_context)
         self.n_lab, self.n_host = len(labelled), len(hosts)
         self.batch = int(batch)
-        self.k = min(self.batch - 1, max(1, int(round(float(share) * self.batch))))
+        # share 1: labelled samples only (the hosts are only the context of data.crop_placement: host)
+        self.k = self.batch if share >= 1.0 else min(self.batch - 1, max(1, int(round(float(share) * self.batch))))
 
     @property
     def share(self) -> float:
