@@ -44,6 +44,19 @@ if not Path(CLI[0]).exists():
     CLI = [sys.executable, "-m", "freetumor.cli"]
 
 
+def portable(text: str) -> str:
+    """A result's text without machine paths: paths inside this repository become repository-relative,
+    those beside it (``../shared/datasets``) relative to it too, and paths under the temporary folder
+    relative to that (``/tmp/run/x`` -> ``run/x``)."""
+    import tempfile
+
+    repo = Path(__file__).resolve().parents[1]
+    text = text.replace(str(repo) + os.sep, "").replace(str(repo.parent) + os.sep, ".." + os.sep)
+    for root in (Path(tempfile.gettempdir()).resolve(), Path(tempfile.gettempdir())):
+        text = text.replace(str(root) + os.sep, "")
+    return text
+
+
 def sh(args: list, log: list) -> str:
     cmd = [*CLI, *map(str, args)]
     t = time.perf_counter()
@@ -256,8 +269,9 @@ def main() -> None:
         "comparisons": comparisons,
         "commands": log,
     }
-    (out / "results.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-    print(json.dumps(result, indent=1, default=str))
+    text = portable(json.dumps(result, indent=1, default=str))
+    (out / "results.json").write_text(text + "\n")
+    print(text)
     print()
     print(stage2_tables(result))
 

@@ -17,7 +17,7 @@ size (network voxels, relative to the patch) and the time per tumour of the segm
 A variant ``passes`` when the decision agreement is >= 0.95 and the mean recall is within 0.03 of
 ``patch`` (issue 14's rule for a default).
 
-Run (the figures in the README)::
+Run (the figures in docs/benchmarks/qc-context.md)::
 
     python benchmarks/qc_context_agreement.py --name phantom --organ liver \\
         --hosts /tmp/demo0/phantom-unlabelled/datalist.json --generator /tmp/demo0/stage1-run/generator.pt \\
@@ -43,6 +43,19 @@ import numpy as np
 
 AGREEMENT_MIN = 0.95
 RECALL_TOLERANCE = 0.03
+
+
+def portable(text: str) -> str:
+    """A result's text without machine paths: paths inside this repository become repository-relative,
+    those beside it (``../shared/datasets``) relative to it too, and paths under the temporary folder
+    relative to that (``/tmp/run/x`` -> ``run/x``)."""
+    import tempfile
+
+    repo = Path(__file__).resolve().parents[1]
+    text = text.replace(str(repo) + os.sep, "").replace(str(repo.parent) + os.sep, ".." + os.sep)
+    for root in (Path(tempfile.gettempdir()).resolve(), Path(tempfile.gettempdir())):
+        text = text.replace(str(root) + os.sep, "")
+    return text
 
 
 def variants(margins: list[int], bbox_margins: list[int]) -> list[tuple[str, str, int]]:
@@ -236,7 +249,7 @@ def main(argv=None) -> int:
     if not args.segmentor or not args.hosts:
         ap.error("--segmentor and --hosts are required (or --table)")
     result = measure(args)
-    text = json.dumps(result, indent=1)
+    text = portable(json.dumps(result, indent=1))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -52,6 +53,19 @@ from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
+
+
+def portable(text: str) -> str:
+    """A result's text without machine paths: paths inside this repository become repository-relative,
+    those beside it (``../shared/datasets``) relative to it too, and paths under the temporary folder
+    relative to that (``/tmp/run/x`` -> ``run/x``)."""
+    import tempfile
+
+    repo = Path(__file__).resolve().parents[1]
+    text = text.replace(str(repo) + os.sep, "").replace(str(repo.parent) + os.sep, ".." + os.sep)
+    for root in (Path(tempfile.gettempdir()).resolve(), Path(tempfile.gettempdir())):
+        text = text.replace(str(root) + os.sep, "")
+    return text
 
 
 def patient_of(path: str) -> str:
@@ -370,7 +384,7 @@ def main() -> int:
         old["seconds_" + "+".join(rows)] = result["seconds"]
         result = old
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    args.out.write_text(portable(json.dumps(result, indent=1)) + "\n")
     for k, r in result["rows"].items():
         print(f"{k:14s} AUC {r['auc']:.3f} ({r['auc_ci95'][0]:.3f}-{r['auc_ci95'][1]:.3f})  max|d| {r['max_abs_d']}  "
               f"median diameter real {r['median_diameter_mm']['real']} synthetic {r['median_diameter_mm']['synthetic']}")
