@@ -41,7 +41,7 @@ Issue 14 (``--learned``, :func:`learned_cost_figures`): the per-tumour cost of t
 
 Run: ``python benchmarks/bench_synthesis.py [--repeats N] [--learned-repeats N] [--generator G.pt --segmentor S.pt]``;
 ``python benchmarks/bench_synthesis.py --learned --quick`` (20 paper-size tumours: about 4 minutes
-on an idle 2-core CPU by the README's per-tumour times; not yet timed as a whole)
+on an idle 2-core CPU by the per-tumour times of docs/benchmarks/performance.md; not yet timed as a whole)
 """
 
 from __future__ import annotations

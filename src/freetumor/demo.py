@@ -336,8 +336,8 @@ _SYNTHESIS_WORDS = {
 
 # Where the stored results of the longer experiments are, in a source checkout (absent after a pip install).
 BENCHMARKS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
-REAL_DATA_README = "the README section on `benchmarks/experiment_fewlabel_lung.py`"
-PHANTOM_README = 'the README section "Does synthesis help? A phantom experiment" (`benchmarks/experiment_stage2.py`)'
+REAL_DATA_README = "docs/benchmarks/fewlabel-lung.md (`benchmarks/experiment_fewlabel_lung.py`)"
+PHANTOM_README = "docs/benchmarks/stage2-phantom.md (`benchmarks/experiment_stage2.py`)"
 
 
 def stage2_summary(baseline: float, stage2: float, cases: int) -> str:
