@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 DEMO_OUT ?= demo-out
 
-.PHONY: demo test venv torch install install-test bench clean browser
+.PHONY: demo test venv torch install install-test install-docs docs docs-build bench clean browser
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ install: torch
 install-test: torch
 	$(PIP) install -q -e '.[test]'
 
+# The docs extra's tools alone: building the site reads src/ without importing it.
+DOCS_TOOLS := 'mkdocs>=1.6' 'mkdocs-material>=9.5' 'mkdocstrings[python]>=0.26'
+install-docs: venv
+	$(PIP) install -q $(DOCS_TOOLS)
+
 demo: install
 	$(VENV)/bin/freetumor demo --out $(DEMO_OUT)
 
@@ -41,9 +46,17 @@ browser:
 test: install-test browser
 	$(PY) -m pytest -n 2 -q
 
+# The documentation site (mkdocs.yml, docs/): `make docs` serves it with live reload at
+# http://127.0.0.1:8000; `make docs-build` builds it into site/, strictly (any warning fails).
+docs: install-docs
+	$(VENV)/bin/mkdocs serve
+
+docs-build: install-docs
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
 bench: install
 	$(PY) benchmarks/bench_synthesis.py
 	$(PY) benchmarks/bench_train.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) build dist src/*.egg-info
+	rm -rf $(VENV) $(DEMO_OUT) build dist site src/*.egg-info
