@@ -98,6 +98,23 @@ def test_every_image_exists_and_says_real_ct_or_phantom():
     assert not problems, "\n".join(problems)
 
 
+def test_readme_links_resolve():
+    """The README is read on its own (GitHub, PyPI): its relative links point at files that exist."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    local = [t.split("#")[0] for t in links if "://" not in t and not t.startswith(("#", "mailto:"))]
+    assert len(local) >= 20
+    missing = sorted({t for t in local if not (REPO / t).exists()})
+    assert not missing, f"README.md links to missing files: {missing}"
+
+
+def test_readme_fits_a_newcomer():
+    lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 220, len(lines)
+    first = "\n".join(lines[:40])
+    assert "make demo" in first and "make test" in first
+
+
 @pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None,
                     reason="mkdocs is not installed (pip install 'freetumor[docs]', or make install-test)")
 def test_site_builds_strictly(tmp_path):
