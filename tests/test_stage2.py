@@ -131,6 +131,8 @@ def test_rejected_tumour_leaves_patch_unchanged_and_generator_mode(patches):
         out = _run(tf, p)
         assert out["synth_status"] in ("rejected", "no-room", "ineligible")
         assert torch.equal(out["image"], p["image"]) and torch.equal(out["label"], p["label"])
+        if out["synth_status"] == "rejected":  # a judge that never sees a tumour: every try fails on recall
+            assert out["synth_rejects"].split().count("recall") == 2
     assert tf.counts.get("rejected", 0) >= 1
     gen = build_generator(cfg).eval()
     tg = RandTumorSynthesisd(cfg, "generator", generator=(gen, cfg), cheap_checks=False)
@@ -270,3 +272,16 @@ def test_default_worker_gives_the_main_process_run(cohort, tmp_path):
     assert [r["synth"] for r in rows["auto"]] == [r["synth"] for r in rows["main"]]
     assert sum(sum(r["synth"].values()) for r in rows["auto"]) == 12
     assert [r["loss"] for r in rows["auto"]] == pytest.approx([r["loss"] for r in rows["main"]], rel=1e-4)
+
+
+def test_step_row_counts_the_failed_checks_of_rejected_tries():
+    """metrics.jsonl says why online lesions were rejected (a weak judge vs implausible lesions)."""
+    from freetumor.training.stage0 import step_row
+
+    batch = {"label": torch.zeros(3, 1, 2, 2, 2), "synth_status": ["rejected", "accepted", "ineligible"],
+             "synth_tries": torch.tensor([2, 2, 0]), "synth_rejects": ["recall recall contrast", "recall", ""]}
+    row = step_row(5, 0.1, 1e-3, batch, synthesis=True)
+    assert row["synth"] == {"accepted": 1, "ineligible": 1, "rejected": 1} and row["synth_tries"] == 4
+    assert row["synth_rejects"] == {"contrast": 1, "recall": 3}
+    batch["synth_rejects"] = ["", "", ""]
+    assert "synth_rejects" not in step_row(5, 0.1, 1e-3, batch, synthesis=True)

@@ -59,9 +59,27 @@ class QCDecision:
     scores: dict
     reasons: list[str] = field(default_factory=list)
 
+    def kinds(self) -> list[str]:
+        """Each failed check as one word (``empty``, ``recall``, ``inside``, ``visible``, ``contrast``):
+        what training logs count, to tell a weak judge from implausible lesions."""
+        return [reason_kind(r) for r in self.reasons]
+
     def as_record(self) -> dict:
         return {"accepted": self.accepted, "reasons": list(self.reasons),
                 **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.scores.items()}}
+
+
+REASON_KINDS = (("empty", "empty"), ("segmentor recall", "recall"), ("only ", "inside"),
+                ("visible volume", "visible"), ("contrast", "contrast"))
+
+
+def reason_kind(reason: str) -> str:
+    """The one-word kind of one of :func:`decide`'s reasons.
+
+    >>> reason_kind("segmentor recall 0.000 <= 0.7"), reason_kind("contrast +6.4 HU outside +50..+1000 HU for lung")
+    ('recall', 'contrast')
+    """
+    return next((kind for prefix, kind in REASON_KINDS if reason.startswith(prefix)), "other")
 
 
 def predicted_tumour(scores, classes, keepdim: bool = False):

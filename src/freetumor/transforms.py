@@ -72,7 +72,7 @@ from .labels import get_label_map
 from .organs import get_organ
 from .placement import HOST, ROLE, VALID, AddValidMaskd, HostFocusd, RandPlaceCased, usable_region, within_scan
 from .profiles import LesionProfile, load_profile
-from .quality import QualityControl, judge_patch
+from .quality import QCDecision, QualityControl, judge_patch
 from .shapes import OrganTooSmallError
 from .synthesis import lesion_soft_mask, lesion_texture, place_lesion, rule_based_difference
 from .tasks import class_mapping
@@ -446,7 +446,9 @@ class RandTumorSynthesisd(SeededTransform):
     ``max_tries`` times, and otherwise leaves the patch unchanged.
 
     Adds ``synth_status`` (``accepted``, ``rejected``, ``ineligible``,
-    ``skipped`` (by ``prob``) or ``no-room``) and ``synth_tries`` to the dict;
+    ``skipped`` (by ``prob``) or ``no-room``), ``synth_tries`` and ``synth_rejects`` (the failed
+    checks of every rejected try, one word each (:meth:`~freetumor.quality.QCDecision.kinds`),
+    space-separated; empty without a rejection) to the dict;
     :attr:`counts` tallies statuses (per process / data-loader worker).
     Randomness comes from the transform's own state (``set_random_state``), so
     MONAI ``Compose`` seeding makes it reproducible per worker.
@@ -540,9 +542,10 @@ class RandTumorSynthesisd(SeededTransform):
         has_tumour = any((lab == t).any() for _c, t in organs)
         return not has_tumour and any((lab == c).any() for c, _t in organs)
 
-    def _status(self, d: dict, status: str, tries: int) -> dict:
+    def _status(self, d: dict, status: str, tries: int, rejects: list | None = None) -> dict:
         d["synth_status"] = status
         d["synth_tries"] = tries
+        d["synth_rejects"] = " ".join(rejects or [])
         self.counts[status] = self.counts.get(status, 0) + 1
         return d
 
@@ -568,6 +571,7 @@ class RandTumorSynthesisd(SeededTransform):
             else:
                 work[i] = (d, rng, lab, torch.as_tensor(np.asarray(d["image"], np.float32))[None])
         dmaps: dict = {}  # (patch, channel) -> the generator's map: x does not change between tries
+        rejects: dict = {i: [] for i in work}  # patch -> the failed checks of its rejected tries
         for attempt in range(1, self.max_tries + 1):
             drawn, prepared = {}, {}
             for i, (d, rng, lab, x) in work.items():
@@ -578,7 +582,7 @@ class RandTumorSynthesisd(SeededTransform):
                 else:
                     t = self._prepare(d, rng)
                 if t is None:
-                    out[i] = self._status(d, "no-room", attempt)
+                    out[i] = self._status(d, "no-room", attempt, rejects[i])
                 elif self.profile is not None or self.banks:
                     drawn[i] = t
                 else:
@@ -593,17 +597,19 @@ class RandTumorSynthesisd(SeededTransform):
                 drawn[i] = (xf, p["fake"][0].numpy() > 0, int(p["organ_class"]))
             verdicts = self._judge({i: (work[i][2], work[i][3], *drawn[i]) for i in drawn})
             for i, (xf, fake, ocls) in drawn.items():
-                if verdicts[i]:  # new tensors (MetaTensors keep their metadata); the input dict is not modified
+                if verdicts[i].accepted:  # new tensors (MetaTensors keep their metadata); the input dict is not modified
                     d = work[i][0]
                     new_img = torch.as_tensor(d["image"]).clone()
                     new_img[0] = xf[0, 0].to(new_img.dtype)
                     new_lab = torch.as_tensor(d["label"]).clone()
                     new_lab[0][torch.from_numpy(fake)] = self.tumour_of[ocls]
                     d["image"], d["label"] = new_img, new_lab
-                    out[i] = self._status(d, "accepted", attempt)
+                    out[i] = self._status(d, "accepted", attempt, rejects[i])
+                else:
+                    rejects[i] += verdicts[i].kinds()
             work = {i: w for i, w in work.items() if out[i] is None}
         for i, (d, *_rest) in work.items():
-            out[i] = self._status(d, "rejected", self.max_tries)
+            out[i] = self._status(d, "rejected", self.max_tries, rejects[i])
         return out
 
     def _prepare(self, d: dict, rng: np.random.Generator):
@@ -630,10 +636,10 @@ class RandTumorSynthesisd(SeededTransform):
         return out
 
     def _judge(self, cands: dict) -> dict:
-        """Patch index -> accepted, for candidates ``(lab, x, x', fake, organ class)``: one batched
-        segmentor forward (per ``qc.batch_size``) for all of them, then each patch's checks."""
+        """Patch index -> :class:`~freetumor.quality.QCDecision`, for candidates ``(lab, x, x', fake, organ
+        class)``: one batched segmentor forward (per ``qc.batch_size``) for all of them, then each patch's checks."""
         if self.qc is None and not self.cheap_checks:
-            return {i: True for i in cands}
+            return {i: QCDecision(True, {}) for i in cands}
         lo, hi = self.cfg.data.hu_window
         spacing = tuple(self.cfg.data.spacing)
         keys = list(cands)
@@ -645,7 +651,7 @@ class RandTumorSynthesisd(SeededTransform):
             lab, x, xf, fake, ocls = cands[i]
             host = (lab == ocls) | (lab == self.tumour_of[ocls])
             verdicts[i] = judge_patch(x[0, 0].numpy(), xf[0, 0].numpy(), fake, host, self.organ_by_class[ocls],
-                                      self.settings, (lo, hi), spacing, pred).accepted
+                                      self.settings, (lo, hi), spacing, pred)
         return verdicts
 
     def _profile_tumour(self, d: dict, lab: np.ndarray, rng: np.random.Generator):

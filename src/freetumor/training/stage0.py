@@ -264,12 +264,17 @@ def split_writer(train: list[dict], val: list[dict], cfg: Config, resume: bool) 
 
 def step_row(step: int, loss: float, lr: float, batch: dict, synthesis: bool) -> dict:
     """The ``metrics.jsonl`` line of one step: loss, learning rate, labelled patches of the step's
-    patches (``labelled``: [k, n]), and the synthesis outcomes per patch in Stage 2."""
+    patches (``labelled``: [k, n]), and the synthesis outcomes per patch in Stage 2 (``synth``), with
+    the checks that failed on rejected tries (``synth_rejects``: kind -> count, see
+    :meth:`~freetumor.quality.QCDecision.kinds`)."""
     row = {"step": step, "loss": loss, "lr": lr, "labelled": list(labelled_share(batch))}
     if synthesis:
         status = list(batch.get("synth_status", []))
         row["synth"] = {k: status.count(k) for k in sorted(set(status))}
         row["synth_tries"] = int(torch.as_tensor(batch["synth_tries"]).sum())
+        kinds = " ".join(batch.get("synth_rejects", [])).split()
+        if kinds:
+            row["synth_rejects"] = {k: kinds.count(k) for k in sorted(set(kinds))}
     return row
 
 
