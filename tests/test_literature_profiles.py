@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from freetumor.appearance import draw_lesion, measure_rendered, render_lesion
 from freetumor.grids import Grid
-from freetumor.profiles import _BOUNDS, FEATURE_ORDER, builtin_names, load_profile
+from freetumor.lesions.profile import _BOUNDS, FEATURE_ORDER, builtin_names, load_profile
+from freetumor.lesions.render import draw_lesion, measure_rendered, render_lesion
 
 ABDOMINAL = ("liver", "pancreas", "kidney")
 

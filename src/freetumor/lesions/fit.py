@@ -1,12 +1,12 @@
 """``freetumor lesions fit``: measure every real lesion of a labelled datalist and write its profile.
 
 Each lesion is cropped and resampled to 1 mm isotropic voxels exactly as the realism scores do
-(:func:`freetumor.evaluation.realism.crops_from_datalist`, 10 mm margin), then measured
-(:func:`measure_crop`; definitions in :data:`freetumor.profiles.PROFILE_FEATURES`):
+(:func:`freetumor.lesions.features.crops_from_datalist`, 10 mm margin), then measured
+(:func:`measure_crop`; definitions in :data:`freetumor.lesions.profile.PROFILE_FEATURES`):
 
 * size and shape: equivalent diameter from the native voxel count; principal semi-axis ratios;
   solidity (volume over convex-hull volume);
-* intensity: the core (:func:`freetumor.lesion_measures.lesion_core`: voxels at least 1.5 mm inside the mask; the quarter farthest from the
+* intensity: the core (:func:`freetumor.lesions.measure.lesion_core`: voxels at least 1.5 mm inside the mask; the quarter farthest from the
   host's HU when the lesion is thinner than that), the host (median of the shell 3-8 mm outside),
   their contrast;
 * edge: the realism edge sharpness (HU/mm) divided by the contrast;
@@ -16,7 +16,7 @@ Each lesion is cropped and resampled to 1 mm isotropic voxels exactly as the rea
 
 Example:
     >>> import numpy as np
-    >>> from freetumor.evaluation.realism import LesionCrop
+    >>> from freetumor.lesions.features import LesionCrop
     >>> z, y, x = np.mgrid[-12:13, -12:13, -12:13]
     >>> ball = x**2 + y**2 + z**2 <= 36
     >>> img = np.where(ball, 0.0, -850.0).astype(np.float32)
@@ -34,14 +34,14 @@ from datetime import datetime, timezone
 import numpy as np
 from scipy import ndimage
 
-from . import __version__
-from .data import checked_labelled_cases, datalist_label_map
-from .errors import InputError
-from .evaluation.realism import LesionCrop, crops_from_datalist, lesion_features
-from .lesion_measures import lesion_core, relative_solidity
-from .labels import get_label_map
-from .organs import get_organ
-from .profiles import FEATURE_ORDER, LesionProfile
+from .. import __version__
+from ..data import checked_labelled_cases, datalist_label_map
+from ..errors import InputError
+from ..labels import get_label_map
+from ..organs import get_organ
+from .features import LesionCrop, crops_from_datalist, lesion_features
+from .measure import lesion_core, relative_solidity
+from .profile import FEATURE_ORDER, LesionProfile
 
 SHELL_MM = (3.0, 8.0)  # host: the shell between these distances outside the mask
 ATTACH_MM = 3.0        # attachment: the shell within this distance
@@ -85,7 +85,7 @@ def _corr_length(values: np.ndarray, region: np.ndarray, spacing, max_lag: int =
 
 
 def measure_crop(crop: LesionCrop) -> dict[str, float]:
-    """The :data:`freetumor.profiles.PROFILE_FEATURES` of one lesion crop (1 mm isotropic advised)."""
+    """The :data:`freetumor.lesions.profile.PROFILE_FEATURES` of one lesion crop (1 mm isotropic advised)."""
     img = np.asarray(crop.image, np.float64)
     mask = np.asarray(crop.mask, bool)
     sp = tuple(float(s) for s in crop.spacing)
