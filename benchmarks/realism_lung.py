@@ -268,7 +268,8 @@ def main() -> int:
 
     from freetumor.lesions.features import extract_crops, lesion_features
     from freetumor.io import case_name, load_volume
-    from freetumor.lesions.fit import FIT_MARGIN_MM, MIN_VOXELS, fit_profile
+    from freetumor.lesions.fit import fit_profile
+    from freetumor.lesions.measure import FIT_MARGIN_MM, MIN_VOXELS
 
     t0 = time.time()
     entries = [{"image": str(p), "label": str(vois / "labels" / p.name)} for p in sorted((vois / "images").glob("*.nii.gz"))]

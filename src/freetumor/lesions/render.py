@@ -53,8 +53,7 @@ from scipy import ndimage
 from ..grids import Grid
 from ..io import Volume
 from .features import extract_crops
-from .fit import FIT_MARGIN_MM, MIN_VOXELS, measure_crop
-from .measure import edge_sharpness, lesion_core, relative_solidity
+from .measure import FIT_MARGIN_MM, MIN_VOXELS, edge_sharpness, lesion_core, measure_crop, relative_solidity
 
 SUBSAMPLE_MM = 0.4      # supersampling step of the occupancy
 STRUCTURE_MM = 1.5      # the host's structure: the host smoothed with this Gaussian sigma
@@ -209,7 +208,7 @@ def _edge_table() -> tuple[np.ndarray, np.ndarray]:
 
 def core_level(f: np.ndarray, label: np.ndarray, spacing) -> float:
     """Mean of ``f`` over the lesion core (:func:`freetumor.lesions.measure.lesion_core`, the core
-    :func:`freetumor.lesions.fit.measure_crop` measures contrast on): the level a measured contrast sees."""
+    :func:`freetumor.lesions.measure.measure_crop` measures contrast on): the level a measured contrast sees."""
     core = lesion_core(label, spacing, f)
     return float(f[core].mean()) if core.any() else 1.0
 
@@ -323,7 +322,7 @@ MAX_CORRECTION = 2.0   # no setting is moved by more than this factor (a grid ca
 
 def measure_rendered(image: np.ndarray, grid: Grid, rendered: RenderedLesion) -> dict | None:
     """The profile features of a rendered lesion, measured exactly as ``freetumor lesions fit`` measures
-    a real one (:func:`freetumor.lesions.fit.measure_crop` on its 1 mm crop); ``None`` if too small."""
+    a real one (:func:`freetumor.lesions.measure.measure_crop` on its 1 mm crop); ``None`` if too small."""
     spacing = tuple(float(s) for s in grid.spacing)
     pad = [int(math.ceil(FIT_MARGIN_MM / s)) + 1 for s in spacing]
     big = tuple(slice(max(0, b.start - p), min(int(n), b.stop + p)) for b, p, n in zip(rendered.box, pad, image.shape))
