@@ -19,7 +19,7 @@ with bootstrap CI; 0.5 = indistinguishable):
 * ``rules_physical``: the same rules with freetumor's default physical shapes (round, sizes
   fitted to real nodules);
 * ``profile``: lesions drawn from the profile fitted on the fit half
-  (:mod:`freetumor.lesion_fit`) and rendered by :mod:`freetumor.appearance`;
+  (:mod:`freetumor.lesions.fit`) and rendered by :mod:`freetumor.lesions.render`;
 * ``generator``: the same profile draws (same seeds as ``profile``, so the lesions are paired) plus the
   learned residual of a Stage-1 generator trained on real data (``train-synth --profile``): labelled =
   the fit half's nodule crops, unlabelled healthy lung = the hosts' threshold lungs (own lesions
@@ -100,7 +100,7 @@ def hosts() -> list[dict]:
 
 
 def crop_features(image, lesion_mask: np.ndarray, case: str, window) -> dict | None:
-    from freetumor.evaluation.realism import extract_crops, lesion_features
+    from freetumor.lesions.features import extract_crops, lesion_features
 
     lab = image.with_array(lesion_mask.astype(np.uint8))
     crops = extract_crops(image, lab, 1, "synthetic", case, min_voxels=8)
@@ -162,7 +162,7 @@ def profile_lesions(image, grid, allowed, lesions, profile, n: int, seed: int, n
                     gen=None) -> list[dict]:
     """Features of ``n`` lesions drawn from ``profile`` into the host; with ``gen`` (a residual generator
     trained with ``train-synth --profile``) the same draws plus the generator's residual on each render."""
-    from freetumor.appearance import draw_lesion
+    from freetumor.lesions.render import draw_lesion
     from freetumor.organs import get_organ
 
     rng = np.random.default_rng(seed)
@@ -280,9 +280,10 @@ def main() -> int:
         print(f"real CT not available: {vois}", file=sys.stderr)
         return 2
 
-    from freetumor.evaluation.realism import extract_crops, lesion_features
+    from freetumor.lesions.features import extract_crops, lesion_features
     from freetumor.io import case_name, load_volume
-    from freetumor.lesion_fit import FIT_MARGIN_MM, MIN_VOXELS, fit_profile
+    from freetumor.lesions.fit import fit_profile
+    from freetumor.lesions.measure import FIT_MARGIN_MM, MIN_VOXELS
 
     t0 = time.time()
     entries = [{"image": str(p), "label": str(vois / "labels" / p.name)} for p in sorted((vois / "images").glob("*.nii.gz"))]

@@ -1,4 +1,5 @@
-"""The package's structure: no import cycle, no private names across modules, no global backend.
+"""The package's structure: no import cycle, no private names across modules, no global backend, and
+no import of a higher layer than the "Layers" table of docs/architecture.md gives (every module in one row).
 
 An AST walk over ``src/freetumor`` (every import statement, at module top or deferred inside a
 function) builds the module import graph; any strongly connected component of more than one
@@ -8,6 +9,7 @@ module, or a module importing itself, is a cycle.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -161,20 +163,114 @@ def test_deferred_imports_say_why():
     assert not bad, f"{len(bad)} imports inside functions without a '# deferred' reason:\n" + "\n".join(bad)
 
 
-def test_architecture_page_names_every_module():
-    """docs/architecture.md stays current: every module (packages aside) is named there, as its
-    dotted name below ``freetumor`` or under a ``parent.*`` wildcard."""
-    import re
+# ----------------------------------------------------------------------------- layers
+ARCHITECTURE = PACKAGE.parents[1] / "docs" / "architecture.md"
+_LAYER_ROW = re.compile(r"^\|\s*(\d+)\b[^|]*\|([^|]*)\|")
 
-    text = (PACKAGE.parents[1] / "docs" / "architecture.md").read_text(encoding="utf-8")
+
+def layer_rows(text: str) -> list[tuple[int, list[str]]]:
+    """(layer, module entries) of each row ``| N name | `a`, `b.*`, ... | what |`` of the page's
+    "Layers" table: every backticked name of the second column."""
+    if "\n## Layers" not in text:
+        return []
+    section = text.split("\n## Layers", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        m = _LAYER_ROW.match(line)
+        if m:
+            rows.append((int(m.group(1)), re.findall(r"`([^`]+)`", m.group(2))))
+    return rows
+
+
+def entry_modules(entry: str, mods) -> set[str]:
+    """The modules one table entry names (dotted below ``freetumor``): ``pkg.*`` is the package and
+    everything under it; ``pkg/__init__`` and a bare ``pkg`` are the package's ``__init__`` alone;
+    ``__init__`` is the package ``freetumor`` itself; ``a.b`` is that module."""
+    entry = entry.strip()
+    if entry == "__init__":
+        return {"freetumor"} & set(mods)
+    if entry.endswith(".*"):
+        base = "freetumor." + entry[:-2]
+        return {m for m in mods if m == base or m.startswith(base + ".")}
+    name = "freetumor." + entry.removesuffix("/__init__").replace("/", ".")
+    return {name} & set(mods)
+
+
+def layer_map(text: str, mods) -> tuple[dict[str, int], list[str]]:
+    """module -> its layer from the table, and the table's problems: an entry that names no module,
+    a module in two rows, a module in no row."""
+    layer: dict[str, int] = {}
+    rows_of: dict[str, set[int]] = {}
+    problems = []
+    for n, entries in layer_rows(text):
+        for entry in entries:
+            found = entry_modules(entry, mods)
+            if not found:
+                problems.append(f"layer {n}: `{entry}` names no module of src/freetumor")
+            for m in found:
+                rows_of.setdefault(m, set()).add(n)
+                layer[m] = n
+    for m in sorted(mods):
+        if m not in rows_of:
+            problems.append(f"{m} is in no layer")
+        elif len(rows_of[m]) > 1:
+            problems.append(f"{m} is in layers {sorted(rows_of[m])}")
+    return layer, problems
+
+
+def upward_imports(layer: dict[str, int], edges) -> list[str]:
+    """Each import (module, imported module, where) whose target, or a package around it (importing
+    ``a.b`` runs ``a/__init__``), sits in a higher layer than the importer."""
+    bad = []
+    for src, target, where in edges:
+        parts = target.split(".")
+        for k in range(len(parts), 0, -1):
+            t = ".".join(parts[:k])
+            if t in layer and src in layer and layer[t] > layer[src]:
+                bad.append(f"{where}: {src} (layer {layer[src]}) imports {t} (layer {layer[t]})")
+    return bad
+
+
+def import_edges(mods) -> list[tuple[str, str, str]]:
+    edges = []
+    for name, path in mods.items():
+        for target, _what, line in imports_of(name, path, mods):
+            if target in mods:
+                edges.append((name, target, f"{path.relative_to(PACKAGE.parent)}:{line}"))
+    return edges
+
+
+def test_layer_table_parser():
+    mods = {m: PACKAGE / "x.py" for m in ("freetumor", "freetumor.io", "freetumor.data", "freetumor.data.catalog",
+                                         "freetumor.ev", "freetumor.ev.a", "freetumor.ev.b.c", "freetumor.cli")}
+    mods["freetumor.data"] = PACKAGE / "data" / "__init__.py"
+    text = ("# Page\n\n## Layers (a module imports only from its own layer or below)\n\n"
+            "| layer | modules | what they hold |\n|---|---|---|\n"
+            "| 0 facts | `__init__`, `io` | the version; volumes (`Grid` is not a module entry) |\n"
+            "| 1 files | `data` (`data/__init__`, `data.catalog`) | datalists |\n"
+            "| 5 runs | `ev.*`, `gone` | evaluation |\n\n## Next\n\n| 7 not | `cli` | other table |\n")
+    layer, problems = layer_map(text, mods)
+    assert layer == {"freetumor": 0, "freetumor.io": 0, "freetumor.data": 1, "freetumor.data.catalog": 1,
+                     "freetumor.ev": 5, "freetumor.ev.a": 5, "freetumor.ev.b.c": 5}
+    assert problems == ["layer 5: `gone` names no module of src/freetumor", "freetumor.cli is in no layer"]
+    edges = [("freetumor.io", "freetumor.data.catalog", "io.py:3"),   # up, through data/__init__ too
+             ("freetumor.ev.a", "freetumor.io", "ev/a.py:1")]        # down: fine
+    assert upward_imports(layer, edges) == [
+        "io.py:3: freetumor.io (layer 0) imports freetumor.data.catalog (layer 1)",
+        "io.py:3: freetumor.io (layer 0) imports freetumor.data (layer 1)"]
+
+
+def test_every_module_is_in_exactly_one_layer():
+    """docs/architecture.md's "Layers" table is the single truth: each module of src/freetumor is in
+    one row, and each entry of the table names a module that exists."""
+    _layer, problems = layer_map(ARCHITECTURE.read_text(encoding="utf-8"), modules())
+    assert not problems, "docs/architecture.md, Layers:\n" + "\n".join(problems)
+
+
+def test_no_module_imports_a_higher_layer():
+    """Every import (at module top, deferred in a function, or for type checking) goes to the
+    importer's own layer or below, as the table of docs/architecture.md says."""
     mods = modules()
-    missing = []
-    for name in mods:
-        if _is_package(name, mods):
-            continue
-        rel = name.split(".", 1)[1]
-        parts = rel.split(".")
-        options = [rel] + [".".join(parts[:k]) + ".*" for k in range(1, len(parts))]
-        if not any(re.search(r"(?<![\w.])" + re.escape(o) + r"(?![\w])", text) for o in options):
-            missing.append(rel)
-    assert not missing, f"docs/architecture.md does not name: {', '.join(missing)}"
+    layer, _problems = layer_map(ARCHITECTURE.read_text(encoding="utf-8"), mods)
+    bad = upward_imports(layer, import_edges(mods))
+    assert not bad, f"{len(bad)} imports of a higher layer:\n" + "\n".join(bad)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from freetumor.appearance import draw_lesion, measure_rendered, render_lesion
 from freetumor.grids import Grid
-from freetumor.profiles import _BOUNDS, FEATURE_ORDER, builtin_names, load_profile
+from freetumor.lesions.profile import _BOUNDS, FEATURE_ORDER, builtin_names, load_profile
+from freetumor.lesions.render import draw_lesion, measure_rendered, render_lesion
 
 ABDOMINAL = ("liver", "pancreas", "kidney")
 
@@ -72,7 +72,7 @@ def liver_params(**kw):
 
 
 def test_rendered_liver_lesion_has_the_drawn_contrast_and_hides_the_vessel():
-    """Measured as real lesions are (lesion_fit.measure_crop), a hypo-attenuating lesion in a liver-like host
+    """Measured as real lesions are (lesions.measure.measure_crop), a hypo-attenuating lesion in a liver-like host
     has the drawn contrast; a +100 HU vessel through it does not show through its core."""
     img, ves, grid = liver_host()
     plain, _, _ = liver_host(vessel=False)

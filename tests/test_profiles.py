@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from freetumor.appearance import (FITTED_STYLE, NEUTRAL_STYLE, _heavy_tailed, choose_centre, draw_lesion, local_depth, measure_rendered,
-                                  render_lesion, sample_centre)
 from freetumor.errors import InputError
-from freetumor.evaluation.realism import LesionCrop, extract_crops
 from freetumor.grids import Grid
 from freetumor.io import load_volume, save_volume
-from freetumor.lesion_fit import fit_profile, measure_crop
-from freetumor.profiles import FEATURE_ORDER, LesionProfile, builtin_names, load_profile
+from freetumor.lesions.features import LesionCrop, extract_crops
+from freetumor.lesions.fit import fit_profile
+from freetumor.lesions.measure import measure_crop
+from freetumor.lesions.profile import FEATURE_ORDER, LesionProfile, builtin_names, load_profile
+from freetumor.lesions.render import (FITTED_STYLE, NEUTRAL_STYLE, _heavy_tailed, choose_centre, draw_lesion, local_depth,
+                                      measure_rendered, render_lesion, sample_centre)
 
 from conftest import DATASETS, need, run_cli
 
@@ -25,7 +26,7 @@ LIDC = DATASETS / "lidc_full_scans" / "LIDC-IDRI-0001"
 
 def nodule_crops(n: int) -> list[LesionCrop]:
     """The first ``n`` real LIDC nodule crops (1 mm, 10 mm margin), or skip."""
-    from freetumor.lesion_fit import FIT_MARGIN_MM, MIN_VOXELS
+    from freetumor.lesions.measure import FIT_MARGIN_MM, MIN_VOXELS
 
     need(VOIS)
     crops = []

@@ -1,4 +1,5 @@
-"""Machine visual Turing test and radiomic feature distance (freetumor.evaluation.realism)."""
+"""Machine visual Turing test and radiomic feature distance (freetumor.evaluation.realism), on the lesion
+crops and features of freetumor.lesions.features."""
 
 from __future__ import annotations
 
@@ -13,18 +14,16 @@ import pytest
 from scipy import ndimage
 
 from freetumor.errors import ConfigError, InputError
-from freetumor.evaluation.realism import (
+from freetumor.evaluation.realism import feature_distance, machine_vtt, run_realism
+from freetumor.io import Volume
+from freetumor.lesions.features import (
     FEATURE_NAMES,
     LesionCrop,
     crops_from_datalist,
     crops_from_synthetic_dir,
     extract_crops,
-    feature_distance,
     lesion_features,
-    machine_vtt,
-    run_realism,
 )
-from freetumor.io import Volume
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("FREETUMOR_DATASETS", REPO.parent / "shared" / "datasets"))

@@ -211,7 +211,7 @@ def test_train_seg_with_online_synthesis_cli(cohort, tmp_path):
     assert r.returncode == 1 and "needs --generator" in r.stderr and r.stderr.strip().count("\n") == 0
     assert not (tmp_path / "bad").exists()
     # Stage 2 with lesions drawn from a profile
-    from freetumor.profiles import LesionProfile
+    from freetumor.lesions.profile import LesionProfile
 
     row = [10.0, 0.85, 0.75, 0.95, -45.0, 0.3, 0.5, 12.0, 8.0, 2.0, 0.0]
     LesionProfile.from_rows("liver", [row, [14.0, *row[1:]]], {"test": True}).save(tmp_path / "liver.json")
@@ -230,7 +230,7 @@ def test_train_seg_with_online_synthesis_cli(cohort, tmp_path):
 
 def test_profile_mode_draws_real_lesions_inside_the_organ(patches):
     """mode="profile": a lesion of the profile rendered in HU on the patch; only organ voxels change."""
-    from freetumor.profiles import LesionProfile
+    from freetumor.lesions.profile import LesionProfile
 
     cfg, data = patches
     row = [10.0, 0.85, 0.75, 0.95, -45.0, 0.3, 0.5, 12.0, 8.0, 2.0, 0.0]  # a hypodense liver lesion

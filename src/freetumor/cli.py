@@ -447,7 +447,7 @@ def lesions_fit(
     skip_bad_cases: bool = typer.Option(False, "--skip-bad-cases", help=SKIP_BAD_HELP),
 ) -> None:
     """Measure every real lesion of a datalist and write its lesion profile (for synthesize --profile)."""
-    from .lesion_fit import fit_datalist  # deferred: loaded when the command runs
+    from .lesions.fit import fit_datalist  # deferred: loaded when the command runs
 
     p = fit_datalist(datalist, organ.value, out, label_map=label_map, name=name, skip_bad_cases=skip_bad_cases,
                      log=typer.echo)

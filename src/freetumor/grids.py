@@ -79,6 +79,23 @@ class Grid:
         return float(np.prod(self.spacing)) / 1000.0
 
 
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """Bounding box of the foreground as slices; ``None`` when the mask is empty.
+
+    Example:
+        >>> bounding_box(np.array([[0, 2], [0, 0]]) != 0), bounding_box(np.zeros((2, 2), bool))
+        ((slice(0, 1, None), slice(1, 2, None)), None)
+    """
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        idx = np.flatnonzero(mask.any(axis=other)) if other else np.flatnonzero(mask)
+        if idx.size == 0:
+            return None
+        box.append(slice(int(idx[0]), int(idx[-1]) + 1))
+    return tuple(box)
+
+
 def inner_slices(box, region) -> tuple[slice, ...]:
     """Where ``box`` sits inside ``region`` (both slices of one volume; ``box`` within ``region``).
 

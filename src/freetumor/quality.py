@@ -45,8 +45,7 @@ from scipy.ndimage import binary_dilation
 from .checkpoints import load_network
 from .config import QC_CONTEXTS, QCConfig
 from .errors import ConfigError
-from .evaluation.masks import bounding_box
-from .grids import Grid, context_region, inner_slices, network_input, resample_to, to_ras
+from .grids import Grid, bounding_box, context_region, inner_slices, network_input, resample_to, to_ras
 from .models import class_argmax
 from .organs import Organ
 

@@ -42,7 +42,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from . import __version__
-from .appearance import draw_lesion
+from .lesions.render import draw_lesion
 from .config import Config
 from .errors import ConfigError, FreeTumorError, InputError
 from .grids import Grid, inner_slices
@@ -51,7 +51,7 @@ from .io import (Volume, case_name, check_ct_intensity, check_same_grid, load_vo
 from .labels import LabelMap, check_integer_labels, get_label_map, label_values
 from .organs import DEFAULT_SHAPE_CONVENTION, SIZE_CHOICES, Organ, check_shape_convention, get_organ
 from .shapes import LesionMask, OrganTooSmallError, nominal_volume_ml, sample_shape
-from .profiles import LesionProfile, load_profile
+from .lesions.profile import LesionProfile, load_profile
 from .texture import SIGMA_A, SIGMA_B, procedural_texture
 
 BLUR_SIGMA_RANGE = (1.0, 2.0)
@@ -212,10 +212,10 @@ class Synthesizer:
             undone and drawn again (new shape, place and texture).
         qc_max_tries: tumours drawn per lesion under QC before giving up
             (:class:`QCRejectedError`).
-        profile: a lesion profile (:mod:`freetumor.profiles`: a JSON path, ``builtin:<name>`` or a
-            :class:`~freetumor.profiles.LesionProfile`): each lesion's size, shape, contrast,
+        profile: a lesion profile (:mod:`freetumor.lesions.profile`: a JSON path, ``builtin:<name>`` or a
+            :class:`~freetumor.lesions.profile.LesionProfile`): each lesion's size, shape, contrast,
             edge and texture are drawn from it and rendered in mm and HU
-            (:mod:`freetumor.appearance`) instead of the rule-based shape and difference map.
+            (:mod:`freetumor.lesions.render`) instead of the rule-based shape and difference map.
         shape_convention: ``physical`` (default: sizes, deformation and blur isotropic in mm) or
             ``released`` (the released code's target voxels per axis, for replication only).
 
@@ -435,7 +435,7 @@ class Synthesizer:
 
     def _profile_lesion(self, img: np.ndarray, free: np.ndarray, grid: Grid, rng: np.random.Generator, seed: int,
                         label_name: str, organ_ml: float):
-        """One lesion drawn from the profile and rendered (:func:`freetumor.appearance.draw_lesion`)."""
+        """One lesion drawn from the profile and rendered (:func:`freetumor.lesions.render.draw_lesion`)."""
         r, params, tries = draw_lesion(self.profile, img, free, grid, rng, tries=self.max_tries)
         if r is None:
             raise OrganTooSmallError(

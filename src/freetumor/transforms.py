@@ -61,7 +61,7 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_dst_type
 
-from .appearance import draw_lesion
+from .lesions.render import draw_lesion
 from .config import Config, DataConfig
 from .copy_paste import LesionBank, host_region, paste_lesion
 from .errors import ConfigError, InputError
@@ -71,7 +71,7 @@ from .io import is_nifti, load_volume
 from .labels import get_label_map
 from .organs import get_organ
 from .placement import HOST, ROLE, VALID, AddValidMaskd, HostFocusd, RandPlaceCased, usable_region, within_scan
-from .profiles import LesionProfile, load_profile
+from .lesions.profile import LesionProfile, load_profile
 from .quality import QCDecision, QualityControl, judge_patch
 from .shapes import OrganTooSmallError
 from .synthesis import lesion_soft_mask, lesion_texture, place_lesion, rule_based_difference
@@ -437,7 +437,7 @@ class RandTumorSynthesisd(SeededTransform):
     fills it with the difference map of a trained generator (``mode="generator"``)
     or the rule-based scalar 0.2 + 0.5 U(0, 1) (``mode="procedural"``) — or, with
     ``mode="profile"``, draws a whole lesion from a lesion profile and renders it in
-    HU on the patch's own grid (:mod:`freetumor.appearance`) — or, with ``mode="copy_paste"``,
+    HU on the patch's own grid (:mod:`freetumor.lesions.render`) — or, with ``mode="copy_paste"``,
     pastes one of the run's real labelled lesions (``banks``, :func:`lesion_banks`; TumorCP /
     CarveMix style, :mod:`freetumor.copy_paste`) — and
     runs quality control (segmentor recall on the patch plus the cheap checks)
@@ -464,7 +464,7 @@ class RandTumorSynthesisd(SeededTransform):
         cfg: the resolved training config (organ, task, data, synth, qc).
         mode: ``procedural``, ``generator`` or ``profile``.
         profile: a lesion profile (JSON path, ``builtin:<name>`` or a
-            :class:`~freetumor.profiles.LesionProfile`) of the config's organ (``mode="profile"``).
+            :class:`~freetumor.lesions.profile.LesionProfile`) of the config's organ (``mode="profile"``).
         banks: tumour class -> :class:`~freetumor.copy_paste.LesionBank` (``mode="copy_paste"``).
         generator: ``generator.pt`` path, ``(model, cfg)`` or a
             :class:`~freetumor.generator.LearnedDifference` (``mode="generator"``).

@@ -6,7 +6,7 @@
   of (early, < 20 mm) tumours.
 * :mod:`.stats`: paired t / Wilcoxon and exact McNemar tests, bootstrap and Wilson intervals,
   k-fold summaries, ROC AUC with a bootstrap interval.
-* :mod:`.masks`: the mask, spacing and bounding-box checks the metrics and lesions share.
+* :mod:`.masks`: the mask and spacing checks the metrics and lesions share.
 
 These need only numpy and scipy (no torch or MONAI) and are re-exported here. The commands
 have their own modules: :mod:`.evaluate` (``freetumor evaluate``), :mod:`.compare`

@@ -59,8 +59,9 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import ConfigError, InputError
+from ..grids import bounding_box
 from .lesions import connected_lesions, neighbourhood
-from .masks import as_mask, bounding_box, mask_spacing
+from .masks import as_mask, mask_spacing
 
 __all__ = [
     "DEFAULT_FP_RATES",

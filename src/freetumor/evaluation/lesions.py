@@ -39,7 +39,8 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
 from ..errors import ConfigError
-from .masks import as_mask, bounding_box, mask_pair, mask_spacing
+from ..grids import bounding_box
+from .masks import as_mask, mask_pair, mask_spacing
 from .stats import poisson_rate_ci, wilson_ci
 
 __all__ = [

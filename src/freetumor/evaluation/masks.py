@@ -1,10 +1,11 @@
-"""Input checks shared by the metrics and the lesion analysis: masks, voxel spacing, bounding box.
+"""Input checks shared by the metrics and the lesion analysis: masks and voxel spacing (a mask's
+bounding box is :func:`freetumor.grids.bounding_box`).
 
 Example:
     >>> import numpy as np
     >>> p, g = mask_pair([[0, 2], [0, 0]], np.zeros((2, 2)))
-    >>> p.dtype, bounding_box(p), bounding_box(g)
-    (dtype('bool'), (slice(0, 1, None), slice(1, 2, None)), None)
+    >>> p.dtype, int(p.sum()), bool(g.any())
+    (dtype('bool'), 1, False)
     >>> mask_spacing(0.8, 3)
     (0.8, 0.8, 0.8)
 """
@@ -18,7 +19,7 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["as_mask", "mask_pair", "mask_spacing", "bounding_box"]
+__all__ = ["as_mask", "mask_pair", "mask_spacing"]
 
 
 def as_mask(a: object) -> np.ndarray:
@@ -45,15 +46,3 @@ def mask_spacing(spacing: Sequence[float] | float, ndim: int) -> tuple[float, ..
     if not all(math.isfinite(s) and s > 0 for s in sp):
         raise ConfigError(f"spacing must be positive finite millimetres, got {sp}")
     return sp
-
-
-def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """Bounding box of the foreground as slices; ``None`` when the mask is empty."""
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        idx = np.flatnonzero(mask.any(axis=other)) if other else np.flatnonzero(mask)
-        if idx.size == 0:
-            return None
-        box.append(slice(int(idx[0]), int(idx[-1]) + 1))
-    return tuple(box)

@@ -57,7 +57,8 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import ConfigError
-from .masks import bounding_box, mask_pair, mask_spacing
+from ..grids import bounding_box
+from .masks import mask_pair, mask_spacing
 
 __all__ = ["dice", "nsd", "hd95", "case_metrics", "surface_distances", "NSD_METHODS"]
 

@@ -57,10 +57,11 @@ from ..errors import ConfigError, InputError
 from ..generator import apply_difference, difference_map
 from ..io import write_bytes_atomic
 from ..labels import get_label_map
+from ..lesions.features import crops_from_datalist, extract_crops, lesion_features
+from ..lesions.profile import load_profile
 from ..models import FAKE, REAL, build_discriminator, build_generator
 from ..organs import get_organ
 from ..quality import judge_patch, predicted_tumour
-from ..profiles import load_profile
 from ..transforms import PrepareFakeTumourd, PrepareProfileTumourd, train_transforms
 from .data import MixedStepDataset, batch_tensors, collate
 from .run import Run, autocast, nan_to_none
@@ -332,7 +333,7 @@ def evaluate_probe(stage: Stage1, probe: dict | None, cfg: Config, settings: QCC
 class Realism:
     """The realism AUC of the current generator each epoch (``train-synth --realism-real``).
 
-    The real side: radiomic features (:func:`freetumor.evaluation.realism.lesion_features`, the
+    The real side: radiomic features (:func:`freetumor.lesions.features.lesion_features`, the
     organ's HU window) of every lesion of a held-aside datalist of real lesions, computed once. The
     synthetic side: the lesions the current generator makes on ``synth.realism_samples`` fixed
     probe patches (their own seed stream). The score is the machine Visual Turing Test's 5-fold
@@ -340,8 +341,6 @@ class Realism:
     """
 
     def __init__(self, real_datalist, cfg: Config, probe: dict | None):
-        from ..evaluation.realism import crops_from_datalist, lesion_features  # deferred: realism loads scikit-learn
-
         self.window = tuple(float(v) for v in cfg.data.hu_window)
         crops = crops_from_datalist(real_datalist, cfg.organ)
         if len(crops) < 5:
@@ -354,7 +353,6 @@ class Realism:
 
     def features(self, xf: np.ndarray, fake: np.ndarray) -> list[dict]:
         """Features of the lesion of each patch: ``xf`` (B, X, Y, Z) windowed, ``fake`` its labels."""
-        from ..evaluation.realism import extract_crops, lesion_features  # deferred: as above
         from ..io import Volume  # deferred: only with a realism set
 
         lo, hi = self.window
@@ -373,7 +371,7 @@ class Realism:
     @torch.no_grad()
     def score(self, stage: Stage1) -> dict:
         """``realism_auc`` (and its CI and lesion count) of the current generator; ``{}`` without probe lesions."""
-        from ..evaluation.realism import machine_vtt  # deferred: as above
+        from ..evaluation.realism import machine_vtt  # deferred: realism loads scikit-learn
 
         if self.probe is None:
             return {}
@@ -462,7 +460,7 @@ def train_synthesis(
     """Stage-1 training; returns the summary written to ``final.json``.
 
     With ``profile`` (a lesion profile of the config's organ: JSON path, ``builtin:<name>`` or a
-    :class:`~freetumor.profiles.LesionProfile`) the fake lesions are the profile's renders and the
+    :class:`~freetumor.lesions.profile.LesionProfile`) the fake lesions are the profile's renders and the
     generator learns a residual on them (``synth.lesions`` is set to ``profile``). With
     ``realism_real`` (a datalist of held-aside real lesions) each epoch line also has the realism
     AUC of the probe lesions, and ``best_realism.pt`` keeps the generator with the lowest one.

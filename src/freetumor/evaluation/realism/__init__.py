@@ -16,10 +16,10 @@ radiomic features of each lesion (pyradiomics is not needed):
 datalist, optionally also against a control datalist of more real lesions (the real-vs-real
 floor), and writes ``realism.json``, ``features.csv``, ``realism.png`` and ``lesions.png``.
 
-Modules: :mod:`.features` (lesion crops and their radiomic features), :mod:`.classifier`
-(the classifier, cross-validation and feature distances), :mod:`.gallery` (``lesions.png``:
-lesions side by side at one physical scale) and :mod:`.run` (the end-to-end run and its
-output files). Their public names are re-exported here.
+Modules: :mod:`.classifier` (the classifier, cross-validation and feature distances),
+:mod:`.gallery` (``lesions.png``: lesions side by side at one physical scale) and :mod:`.run`
+(the end-to-end run and its output files). Their public names are re-exported here. The lesion
+crops and their radiomic features are part of the lesion model: :mod:`freetumor.lesions.features`.
 """
 
 from __future__ import annotations
@@ -34,43 +34,17 @@ from .classifier import (
     feature_matrix,
     machine_vtt,
 )
-from .features import (
-    DEFAULT_WINDOW,
-    FEATURE_DEFINITIONS,
-    FEATURE_NAMES,
-    GLCM_DIRECTIONS,
-    GLCM_LEVELS,
-    HIST_BIN_HU,
-    RIM_MM,
-    LesionCrop,
-    crops_from_datalist,
-    crops_from_synthetic_dir,
-    extract_crops,
-    lesion_features,
-)
 from .gallery import lesion_gallery_png
 from .run import run_realism
 
 __all__ = [
     "BOOTSTRAP",
     "CLASSIFIER",
-    "DEFAULT_WINDOW",
-    "FEATURE_DEFINITIONS",
-    "FEATURE_NAMES",
     "FRECHET_RIDGE",
-    "GLCM_DIRECTIONS",
-    "GLCM_LEVELS",
-    "HIST_BIN_HU",
-    "RIM_MM",
     "CrossValidation",
-    "LesionCrop",
     "cross_validate",
-    "crops_from_datalist",
-    "crops_from_synthetic_dir",
-    "extract_crops",
     "feature_distance",
     "feature_matrix",
-    "lesion_features",
     "lesion_gallery_png",
     "machine_vtt",
     "run_realism",

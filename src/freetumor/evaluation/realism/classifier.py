@@ -29,8 +29,8 @@ from scipy.linalg import sqrtm
 from scipy.stats import ks_2samp
 
 from ...errors import ConfigError
+from ...lesions.features import FEATURE_NAMES
 from ..stats import bootstrap_auc_ci, roc_auc
-from .features import FEATURE_NAMES
 
 __all__ = [
     "BOOTSTRAP",

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from ...io import Volume, load_volume
-from .features import LesionCrop
+from ...lesions.features import LesionCrop
 
 __all__ = ["FOV_STEPS_MM", "GALLERY_PER_SET", "GALLERY_PIXELS", "axial_view", "lesion_gallery_png", "pick_lesions"]
 

@@ -24,8 +24,7 @@ from ...errors import InputError
 from ...io import staged_output, write_bytes_atomic
 from ...labels import LabelMap, get_label_map
 from ...organs import Organ, get_organ
-from .classifier import BOOTSTRAP, cross_validate, feature_distance
-from .features import (
+from ...lesions.features import (
     FEATURE_DEFINITIONS,
     GLCM_DIRECTIONS,
     GLCM_LEVELS,
@@ -36,6 +35,7 @@ from .features import (
     crops_from_synthetic_dir,
     lesion_features,
 )
+from .classifier import BOOTSTRAP, cross_validate, feature_distance
 from .gallery import lesion_gallery_png
 
 __all__ = ["run_realism"]

@@ -1,6 +1,6 @@
 """Render one lesion drawn from a lesion profile into a CT, in millimetres and Hounsfield units.
 
-Given a lesion's parameters (one draw of :meth:`freetumor.profiles.LesionProfile.sample`), a
+Given a lesion's parameters (one draw of :meth:`freetumor.lesions.profile.LesionProfile.sample`), a
 centre and the CT's own voxel grid, :func:`render_lesion`:
 
 1. **shape**: an ellipsoid of the drawn equivalent diameter and principal axis ratios, randomly
@@ -50,11 +50,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .grids import Grid
-from .evaluation.realism import extract_crops
-from .io import Volume
-from .lesion_fit import FIT_MARGIN_MM, MIN_VOXELS, measure_crop
-from .lesion_measures import edge_sharpness, lesion_core, relative_solidity
+from ..grids import Grid
+from ..io import Volume
+from .features import extract_crops
+from .measure import FIT_MARGIN_MM, MIN_VOXELS, edge_sharpness, lesion_core, measure_crop, relative_solidity
 
 SUBSAMPLE_MM = 0.4      # supersampling step of the occupancy
 STRUCTURE_MM = 1.5      # the host's structure: the host smoothed with this Gaussian sigma
@@ -208,8 +207,8 @@ def _edge_table() -> tuple[np.ndarray, np.ndarray]:
 
 
 def core_level(f: np.ndarray, label: np.ndarray, spacing) -> float:
-    """Mean of ``f`` over the lesion core (:func:`freetumor.lesion_measures.lesion_core`, the core
-    :func:`freetumor.lesion_fit.measure_crop` measures contrast on): the level a measured contrast sees."""
+    """Mean of ``f`` over the lesion core (:func:`freetumor.lesions.measure.lesion_core`, the core
+    :func:`freetumor.lesions.measure.measure_crop` measures contrast on): the level a measured contrast sees."""
     core = lesion_core(label, spacing, f)
     return float(f[core].mean()) if core.any() else 1.0
 
@@ -223,7 +222,7 @@ def edge_sigma_for(edge_norm: float) -> float:
 
 @functools.lru_cache(maxsize=None)
 def _lobulation_table() -> tuple[np.ndarray, np.ndarray]:
-    """Relative solidity (as :func:`freetumor.lesion_measures.relative_solidity` measures it on 1 mm
+    """Relative solidity (as :func:`freetumor.lesions.measure.relative_solidity` measures it on 1 mm
     grids) of 12 mm lesions for a range of lobulation amplitudes, averaged over random shapes."""
     amps = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.65, 0.8])
     vals = []
@@ -323,7 +322,7 @@ MAX_CORRECTION = 2.0   # no setting is moved by more than this factor (a grid ca
 
 def measure_rendered(image: np.ndarray, grid: Grid, rendered: RenderedLesion) -> dict | None:
     """The profile features of a rendered lesion, measured exactly as ``freetumor lesions fit`` measures
-    a real one (:func:`freetumor.lesion_fit.measure_crop` on its 1 mm crop); ``None`` if too small."""
+    a real one (:func:`freetumor.lesions.measure.measure_crop` on its 1 mm crop); ``None`` if too small."""
     spacing = tuple(float(s) for s in grid.spacing)
     pad = [int(math.ceil(FIT_MARGIN_MM / s)) + 1 for s in spacing]
     big = tuple(slice(max(0, b.start - p), min(int(n), b.stop + p)) for b, p, n in zip(rendered.box, pad, image.shape))
@@ -528,7 +527,7 @@ def sample_centre(allowed: np.ndarray, spacing, params: dict, rng: np.random.Gen
 
 def draw_lesion(profile, image: np.ndarray, allowed: np.ndarray, grid: Grid, rng: np.random.Generator,
                 tries: int = 1, protect: np.ndarray | None = None):
-    """Draw a lesion from ``profile`` (:class:`freetumor.profiles.LesionProfile`), place it in
+    """Draw a lesion from ``profile`` (:class:`freetumor.lesions.profile.LesionProfile`), place it in
     ``allowed`` (:func:`sample_centre`, up to ``tries`` draws) and render it (:func:`render_lesion`;
     calibrated to the host's grid for a fitted profile).
 

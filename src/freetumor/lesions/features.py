@@ -66,12 +66,12 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy import ndimage
 
-from ...data import datalist_label_map, load_datalist
-from ...errors import ConfigError, FreeTumorError, InputError
-from ...io import Volume, case_name, load_volume
-from ...labels import get_label_map
-from ...lesion_measures import edge_sharpness
-from ...organs import get_organ
+from ..data import datalist_label_map, load_datalist
+from ..errors import ConfigError, FreeTumorError, InputError
+from ..io import Volume, case_name, load_volume
+from ..labels import get_label_map
+from .measure import edge_sharpness
+from ..organs import get_organ
 
 __all__ = [
     "DEFAULT_WINDOW",

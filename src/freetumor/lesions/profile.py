@@ -1,7 +1,7 @@
 """Lesion profiles: what real lesions of one organ look like, as data a synthesiser draws from.
 
 A profile is a versioned JSON document (``format: freetumor-lesion-profile``, ``version: 1``)
-that ``freetumor lesions fit`` writes from a labelled datalist (:mod:`freetumor.lesion_fit`), or
+that ``freetumor lesions fit`` writes from a labelled datalist (:mod:`freetumor.lesions.fit`), or
 that ships with freetumor (``builtin:lung`` ...; :func:`builtin_profile`). It holds, for each
 measured lesion, one row of :data:`PROFILE_FEATURES` (the *empirical joint distribution*, so that
 e.g. small lesions keep their own contrast), a summary of every feature (quantiles), and where the
@@ -32,13 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .io import write_bytes_atomic
-from .organs import ORGAN_NAMES, get_organ
+from ..errors import InputError
+from ..io import write_bytes_atomic
+from ..organs import ORGAN_NAMES, get_organ
 
 PROFILE_FORMAT = "freetumor-lesion-profile"
 PROFILE_VERSION = 1
-BUILTIN_DIR = Path(__file__).resolve().parent / "lesion_profiles"
+BUILTIN_DIR = Path(__file__).resolve().parents[1] / "lesion_profiles"
 
 # Per-lesion features: name -> (definition, unit). The order is the row order of a profile.
 PROFILE_FEATURES: dict[str, str] = {
