@@ -39,23 +39,13 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import portable  # noqa: E402
+
 import numpy as np
 
 AGREEMENT_MIN = 0.95
 RECALL_TOLERANCE = 0.03
-
-
-def portable(text: str) -> str:
-    """A result's text without machine paths: paths inside this repository become repository-relative,
-    those beside it (``../shared/datasets``) relative to it too, and paths under the temporary folder
-    relative to that (``/tmp/run/x`` -> ``run/x``)."""
-    import tempfile
-
-    repo = Path(__file__).resolve().parents[1]
-    text = text.replace(str(repo) + os.sep, "").replace(str(repo.parent) + os.sep, ".." + os.sep)
-    for root in (Path(tempfile.gettempdir()).resolve(), Path(tempfile.gettempdir())):
-        text = text.replace(str(root) + os.sep, "")
-    return text
 
 
 def variants(margins: list[int], bbox_margins: list[int]) -> list[tuple[str, str, int]]:

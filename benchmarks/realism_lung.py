@@ -43,29 +43,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import portable  # noqa: E402
 
 import numpy as np
 from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
-
-
-def portable(text: str) -> str:
-    """A result's text without machine paths: paths inside this repository become repository-relative,
-    those beside it (``../shared/datasets``) relative to it too, and paths under the temporary folder
-    relative to that (``/tmp/run/x`` -> ``run/x``)."""
-    import tempfile
-
-    repo = Path(__file__).resolve().parents[1]
-    text = text.replace(str(repo) + os.sep, "").replace(str(repo.parent) + os.sep, ".." + os.sep)
-    for root in (Path(tempfile.gettempdir()).resolve(), Path(tempfile.gettempdir())):
-        text = text.replace(str(root) + os.sep, "")
-    return text
 
 
 def patient_of(path: str) -> str:

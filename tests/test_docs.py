@@ -127,3 +127,19 @@ def test_site_builds_strictly(tmp_path):
     assert r.returncode == 0, r.stderr[-6000:]
     assert (tmp_path / "site" / "index.html").is_file()
     assert (tmp_path / "site" / "api" / "synthesis" / "index.html").is_file()
+
+
+def test_benchmarks_store_paths_relative():
+    """benchmarks/common.portable: the one rule the benchmark scripts use to keep machine paths out of results."""
+    import tempfile
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from common import portable
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    tmp = tempfile.gettempdir()
+    text = f"--work {tmp}/fl/work/runs {REPO}/benchmarks/results/a.json {REPO.parent}/shared/datasets/b"
+    out = portable(text)
+    assert out == "--work fl/work/runs benchmarks/results/a.json ../shared/datasets/b"
+    assert not MACHINE_PATH.search(out)
