@@ -665,6 +665,7 @@ def run_facts(run_dir: Path) -> dict:
     """What a run saw: its labelled share, synthesis outcomes per patch and acceptance, best validation."""
     final = json.loads((run_dir / "final.json").read_text()) if (run_dir / "final.json").exists() else {}
     tally: dict = {}
+    failed: dict = {}  # checks failed by rejected tries (logged from the lesions/ release on)
     tries = 0
     p = run_dir / "metrics.jsonl"
     if p.exists():
@@ -673,9 +674,12 @@ def run_facts(run_dir: Path) -> dict:
             for k, v in (row.get("synth") or {}).items():
                 tally[k] = tally.get(k, 0) + v
             tries += int(row.get("synth_tries") or 0)
+            for k, v in (row.get("synth_rejects") or {}).items():
+                failed[k] = failed.get(k, 0) + v
     drawn = tally.get("accepted", 0) + tally.get("rejected", 0)
     return {"labelled_share": final.get("labelled_share"), "steps": final.get("steps"),
             "best_val": best_val(run_dir), "synth_status": tally, "synth_tries": tries,
+            **({"failed_checks": failed} if failed else {}),
             "accepted_per_try": round(tally.get("accepted", 0) / tries, 4) if tries else None,
             "accepted_per_patch_drawn": round(tally.get("accepted", 0) / drawn, 4) if drawn else None}
 

@@ -266,3 +266,20 @@ def test_protocol_options_name_their_runs_and_keep_the_default_signature(tmp_pat
     assert args.arms == ["none", "stage0"] and args.placement == "host" and args.judge == "stage0"
     r = run_experiment("--out", tmp_path / "r.json", "--arms", "none,nope")
     assert r.returncode == 2 and "unknown arm 'nope'" in r.stderr and not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("script,results", [
+    ("experiment_fewlabel_lung.py", "fewlabel_lung_host.json"),
+    ("qc_judge_lung.py", "qc_judge_lung.json"),
+])
+def test_pilot_tables_on_the_page_are_the_scripts_output(script, results):
+    """The host-placement pilot and the QC-judge table of docs/benchmarks/fewlabel-lung.md are what
+    `--table` prints from the stored results (Real CT, committed)."""
+    stored = REPO / "benchmarks" / "results" / results
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--table", str(stored)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(stored.read_text())["data"].startswith("Real CT")
+    page = (REPO / "docs" / "benchmarks" / "fewlabel-lung.md").read_text(encoding="utf-8")
+    blocks = [b for b in r.stdout.strip().split("\n\n") if b]
+    assert blocks and all(b in page for b in blocks), [b for b in blocks if b not in page]
