@@ -92,6 +92,8 @@ def kit(tmp_path_factory) -> dict:
     locked.mkdir()
     locked.chmod(0o500)
     k["locked"] = locked
+    os.mkfifo(root / "a_fifo")  # a special file an output must never replace (as /dev/null would be, run as root)
+    k["a_fifo"] = root / "a_fifo"
     k["dummy.pt"] = root / "dummy.pt"  # never reached: every row fails before a network is loaded
     for p in root.rglob("*"):
         if p.is_file():
@@ -224,6 +226,12 @@ FAST = {("synthesize-batch", "4d.nii.gz"), ("synthesize-batch", "shifted_label.n
         ("turing build", "zeros.nii.gz"), ("turing build", "float_label.nii.gz"),
         ("turing build", "two_series"), ("export-nnunet", "notnifti.nii.gz")}
 
+# every writing command: --out a FIFO (a special file) or empty
+OUT_COMMANDS = {"train-seg": _train_seg(), "train-synth": _train_synth(), "synthesize-batch": _batch(),
+                "turing build": _turing(), "synthesize": _synthesize(), "predict": _predict(), "realism": _realism(),
+                "export-nnunet": _export(), "lesions fit": _lesions_fit(), "organs": _organs(),
+                "evaluate": _evaluate("good_label.nii.gz")}
+
 ROWS: list[Row] = []
 for cmd, (maker, torch_start) in DATALIST_COMMANDS.items():
     ROWS += [Row(cmd, f"image {b}", maker(f"dl_image_{b}"), _file(b), slow=(cmd, b) not in FAST) for b in BAD_IMAGES]
@@ -267,6 +275,10 @@ ROWS += [
     *[Row("predict", f"image {b}", _predict(b), _file(b), slow=b != "labelmap_as_image.nii.gz")
       for b in [*BAD_IMAGES, "labelmap_as_image.nii.gz"]],
     Row("predict", "--out is a file", _with_out(_predict(), lambda k: k["a_file"]), _file("a_file"), slow=True),
+    *[Row(cmd, "--out is a FIFO", _with_out(maker, lambda k: k["a_fifo"]), _file("a_fifo"), slow=cmd not in ("lesions fit", "synthesize"))
+      for cmd, maker in OUT_COMMANDS.items()],
+    *[Row(cmd, "--out ''", _with_out(maker, lambda k: ""), lambda k: "--out: empty output path",
+          slow=cmd not in ("synthesize-batch", "predict")) for cmd, maker in OUT_COMMANDS.items()],
     Row("evaluate", "non-integer prediction", _evaluate("float_label.nii.gz"), lambda k: "preds/good_image.nii.gz",
         slow=True),
 ]
@@ -330,7 +342,9 @@ def test_catalogue_covers_every_command_and_input_kind():
     for cmd in ("predict", "organs"):
         assert {f"image {b}" for b in BAD_IMAGES} <= {r.bad for r in ROWS if r.command == cmd}
     assert len({_rid(r) for r in ROWS}) == len(ROWS)
-    assert 8 <= sum(not r.slow for r in ROWS) <= 24  # the fast set stays well under a minute
+    for cmd in OUT_COMMANDS:
+        assert {"--out is a FIFO", "--out ''"} <= {r.bad for r in ROWS if r.command == cmd}
+    assert 8 <= sum(not r.slow for r in ROWS) <= 28  # the fast set stays well under a minute
 
 
 @pytest.mark.parametrize("maker,done", [(_turing, None), (_export, "wrote 1 case(s)")],

@@ -123,3 +123,25 @@ def test_outputs_get_normal_permissions(tmp_path):
         os.umask(mask)
     for name in ("a.nii.gz", "b.json"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
+
+
+def test_outputs_never_replace_a_special_file(tmp_path):
+    """A FIFO (like /dev/null or /dev/full, which a root run would otherwise swap for a regular file)
+    is refused by the output checks and by the atomic write itself; an empty output path is refused."""
+    import os
+
+    from freetumor.errors import InputError
+    from freetumor.io import atomic_path, check_output_file, check_output_folder, special_kind
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    assert special_kind(fifo) == "a FIFO" and special_kind(tmp_path) is None
+    for check in (check_output_file, check_output_folder):
+        with pytest.raises(InputError, match="is a FIFO"):
+            check(fifo)
+        with pytest.raises(InputError, match="empty output path"):
+            check("")
+    with pytest.raises(InputError, match="is a FIFO"):
+        with atomic_path(fifo) as tmp:
+            open(tmp, "w").write("x")
+    assert special_kind(fifo) == "a FIFO" and sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]

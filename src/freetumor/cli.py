@@ -758,7 +758,28 @@ def organs_cmd(
     typer.echo(f"wrote {len(written)} organ mask(s) and {Path(out) / 'datalist.json'}")
 
 
+OUTPUT_OPTIONS = ("--out", "--labelled", "--unlabelled")  # every option that names what a command writes
+
+
+def empty_output(argv: list[str]) -> str | None:
+    """The output option given an empty value (``--out ''`` or ``--out=``), else ``None``: Typer turns
+    ``''`` into ``Path('.')``, the current folder, before any callback sees it.
+
+    >>> empty_output(["synthesize", "--out", ""]), empty_output(["x", "--out=", "y"]), empty_output(["--out", "o"])
+    ('--out', '--out', None)
+    """
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if name in OUTPUT_OPTIONS and (value == "" if eq else i + 1 < len(argv) and argv[i + 1] == ""):
+            return name
+    return None
+
+
 def main() -> None:  # console-script entry point
+    bad = empty_output(sys.argv[1:])
+    if bad:
+        typer.echo(f"error: {bad}: empty output path", err=True)
+        sys.exit(1)
     try:
         app()
     except BrokenPipeError:  # e.g. `freetumor ... | head`

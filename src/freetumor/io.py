@@ -330,6 +330,9 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
         'done'
     """
     path = Path(path)
+    kind = special_kind(path)
+    if kind:  # the last line of defence: os.replace would swap the device node for a regular file
+        raise InputError(path, f"output path is {kind}, not a regular file; nothing is written there")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _make_temp(path, suffix)
     try:
@@ -395,6 +398,26 @@ def _writable_from(path: Path, shown: Path) -> None:
         raise InputError(shown, f"cannot be written: {exc.strerror or type(exc).__name__} in {probe}") from None
 
 
+def special_kind(path: Path) -> str | None:
+    """What ``path`` is when it exists and is neither a regular file nor a folder (a device, FIFO or
+    socket: writing there must never replace it), else ``None``.
+
+    >>> special_kind(Path("/dev/null")), special_kind(Path("/nonexistent-freetumor"))
+    ('a character device', None)
+    """
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    for test, kind in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else "not a regular file"
+
+
 def check_output_folder(out_dir: str | os.PathLike) -> None:
     """Refuse, before any work, an output folder that cannot be made or written (one-line :class:`InputError`).
 
@@ -409,15 +432,26 @@ def check_output_folder(out_dir: str | os.PathLike) -> None:
         ...     print(exc.problem == f"cannot be created: {f} is a file, not a folder")
         True
     """
+    if str(out_dir) == "":
+        raise InputError("--out", "empty output path")
     out = Path(out_dir)
+    kind = special_kind(out)
+    if kind:
+        raise InputError(out, f"output path is {kind}, not a folder; nothing is written there")
     if out.exists() and not out.is_dir():
         raise InputError(out, "output path exists and is not a folder")
     _writable_from(out, out)
 
 
 def check_output_file(path: str | os.PathLike) -> None:
-    """Refuse, before any work, an output file whose folder cannot be made or written, or a folder."""
+    """Refuse, before any work, an output file whose folder cannot be made or written, a folder, or an
+    existing device, FIFO or socket (an atomic write would replace it with a regular file)."""
+    if str(path) == "":
+        raise InputError("--out", "empty output path")
     p = Path(path)
+    kind = special_kind(p)
+    if kind:
+        raise InputError(p, f"output path is {kind}, not a regular file; nothing is written there")
     if p.is_dir():
         raise InputError(p, "output path is a folder, not a file")
     _writable_from(p.parent, p)
