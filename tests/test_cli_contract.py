@@ -53,6 +53,11 @@ def kit(tmp_path_factory) -> dict:
     (root / "empty.nii.gz").write_bytes(b"")
     (root / "corrupt.nii.gz").write_bytes((root / "good_image.nii.gz").read_bytes()[:300])
     (root / "notnifti.nii.gz").write_bytes(gzip.compress(b"just some text, not a NIfTI header\n" * 20))
+    # a 30000^3 header over 8 voxels: refused before any voxel is read (no MemoryError)
+    tiny = nib.Nifti1Image(np.zeros((2, 2, 2), np.int16), image.affine)
+    raw = bytearray(tiny.header.binaryblock + b"\0" * 4 + np.zeros(8, np.int16).tobytes())
+    raw[40:56] = np.array([3, 30000, 30000, 30000, 1, 1, 1, 1], "<i2").tobytes()
+    (root / "false_header.nii.gz").write_bytes(gzip.compress(bytes(raw)))
     put("zeros.nii.gz", image.with_array(np.zeros_like(image.array)))
     put("nonhu.nii.gz", image.with_array((image.array.astype(np.int32) + 1024).astype(np.uint16)))
     put("labelmap_as_image.nii.gz", image.with_array(label.array.astype(np.int16)))
@@ -63,13 +68,13 @@ def kit(tmp_path_factory) -> dict:
     shifted.affine[0, 3] += 1.0
     put("shifted_label.nii.gz", shifted)
     _two_dicom_series(image, root / "two_series")
-    for name in ("4d.nii.gz", "empty.nii.gz", "corrupt.nii.gz", "notnifti.nii.gz", "two_series"):
+    for name in ("4d.nii.gz", "empty.nii.gz", "corrupt.nii.gz", "notnifti.nii.gz", "two_series", "false_header.nii.gz"):
         k[name] = root / name
     k["missing.nii.gz"] = root / "missing.nii.gz"
     # datalists: one good case, then the bad one
     good = {"image": "good_image.nii.gz", "label": "good_label.nii.gz"}
     for bad in ("4d.nii.gz", "empty.nii.gz", "corrupt.nii.gz", "notnifti.nii.gz", "zeros.nii.gz", "nonhu.nii.gz",
-                "two_series", "missing.nii.gz"):
+                "two_series", "missing.nii.gz", "false_header.nii.gz"):
         _datalist(k, f"dl_image_{bad}", [good, {"image": bad, "label": "good2_label.nii.gz"}])
     for bad in ("float_label.nii.gz", "shifted_label.nii.gz", "missing.nii.gz"):
         _datalist(k, f"dl_label_{bad}", [good, {"image": "good2_image.nii.gz", "label": bad}])
@@ -275,10 +280,18 @@ ROWS += [
     *[Row("predict", f"image {b}", _predict(b), _file(b), slow=b != "labelmap_as_image.nii.gz")
       for b in [*BAD_IMAGES, "labelmap_as_image.nii.gz"]],
     Row("predict", "--out is a file", _with_out(_predict(), lambda k: k["a_file"]), _file("a_file"), slow=True),
-    *[Row(cmd, "--out is a FIFO", _with_out(maker, lambda k: k["a_fifo"]), _file("a_fifo"), slow=cmd not in ("lesions fit", "synthesize"))
+    *[Row(cmd, "--out is a FIFO", _with_out(maker, lambda k: k["a_fifo"]), _file("a_fifo"), slow=cmd != "lesions fit")
       for cmd, maker in OUT_COMMANDS.items()],
     *[Row(cmd, "--out ''", _with_out(maker, lambda k: ""), lambda k: "--out: empty output path",
-          slow=cmd not in ("synthesize-batch", "predict")) for cmd, maker in OUT_COMMANDS.items()],
+          slow=cmd != "predict") for cmd, maker in OUT_COMMANDS.items()],
+    Row("synthesize", "image header claims 30000^3 voxels", _synthesize("false_header.nii.gz"),
+        _file("false_header.nii.gz")),
+    Row("synthesize-batch", "image header claims 30000^3 voxels", _batch("dl_image_false_header.nii.gz"),
+        _file("false_header.nii.gz"), slow=True),
+    Row("train-seg", "image header claims 30000^3 voxels", _train_seg("dl_image_false_header.nii.gz"),
+        _file("false_header.nii.gz"), slow=True),
+    Row("predict", "image header claims 30000^3 voxels", _predict("false_header.nii.gz"),
+        _file("false_header.nii.gz"), slow=True),
     Row("evaluate", "non-integer prediction", _evaluate("float_label.nii.gz"), lambda k: "preds/good_image.nii.gz",
         slow=True),
 ]

@@ -140,11 +140,58 @@ def load_volume(path: str | os.PathLike) -> Volume:
     raise InputError(p, "unknown format: expected a .nii/.nii.gz file or a DICOM series folder")
 
 
+DEFLATE_MAX_RATIO = 1100  # a gzip (deflate) stream expands at most about 1032-fold
+
+
+def max_volume_bytes() -> int:
+    """The largest volume read into memory (``FREETUMOR_MAX_VOLUME_GB``, default 16 GiB): a header that
+    claims more is refused before any voxel is read."""
+    try:
+        return int(float(os.environ.get("FREETUMOR_MAX_VOLUME_GB", "16")) * 2**30)
+    except ValueError:
+        return 16 * 2**30
+
+
+def check_claimed_size(p: Path, shape, dtype, offset: int = 0) -> None:
+    """Refuse a NIfTI whose header claims more voxels than its file can hold (uncompressed: the exact
+    size; gzip: deflate's largest ratio) or than the memory budget, before reading any voxel.
+
+    >>> try:
+    ...     check_claimed_size(Path("x.nii.gz"), (30000, 30000, 30000), np.dtype(np.int16))
+    ... except InputError as exc:
+    ...     print(exc.problem[:60])
+    header claims 30000 x 30000 x 30000 voxels (54000.0 GB), mor
+    """
+    n = 1
+    for d in shape:
+        n *= max(int(d), 0)
+    claimed = n * np.dtype(dtype).itemsize
+    in_memory = n * max(np.dtype(dtype).itemsize, 4)  # scaled integers are read as floats
+    dims = " x ".join(str(int(d)) for d in shape)
+    if in_memory > max_volume_bytes():
+        raise InputError(p, f"header claims {dims} voxels ({claimed / 1e9:.1f} GB), more than the "
+                            f"{max_volume_bytes() / 2**30:g} GiB memory budget (FREETUMOR_MAX_VOLUME_GB)")
+    try:
+        size = p.stat().st_size
+    except OSError:
+        return
+    gz = p.name.lower().endswith(".gz")
+    if (gz and claimed > (size + 1) * DEFLATE_MAX_RATIO) or (not gz and claimed + offset > size):
+        raise InputError(p, f"header claims {dims} voxels ({claimed / 1e6:.1f} MB) but the file holds "
+                            f"{size} bytes (truncated or a false header)")
+
+
 def _load_nifti(p: Path) -> Volume:
+    unreadable = (ImageFileError, EOFError, OSError, zlib.error, ValueError)
     try:
         img = nib.load(str(p))
+        header = (img.header.get_data_shape(), img.get_data_dtype(), int(img.header.get("vox_offset", 0) or 0))
+    except unreadable as exc:
+        raise InputError(p, f"cannot read NIfTI (truncated or corrupt): {_short(exc)}") from None
+    check_claimed_size(p, *header)  # before any voxel is read
+    try:
         array = np.asanyarray(img.dataobj)
-    except (ImageFileError, EOFError, OSError, zlib.error, ValueError) as exc:
+    except unreadable as exc:
         raise InputError(p, f"cannot read NIfTI (truncated or corrupt): {_short(exc)}") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(p, f"is not a NIfTI image ({type(img).__name__})")
