@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -71,7 +72,7 @@ def run_demo(
     rule-based tumours, no segmentor QC), ``profile`` (``builtin:liver``, no segmentor QC) or
     ``generator`` (the Stage-1 generator with the baseline as the QC segmentor).
 
-    ``progress``: each phase on stderr with its expected time on 2 CPU cores (:func:`demo_phases`),
+    ``progress``: each phase on stderr with its expected time on 2 idle CPU cores (:func:`demo_phases`),
     the trainers' progress bars, and a heartbeat line whenever 30 s pass without one.
     """
     if stage2_synthesis not in _SYNTHESIS_WORDS:  # refused before minutes of training, not after
@@ -86,11 +87,12 @@ def run_demo(
 
 
 def _minutes(seconds: float) -> str:
-    return "under a minute" if seconds < 60 else f"about {max(1, round(seconds / 60))} min"
+    return f"about {10 * math.ceil(seconds / 10):.0f} s" if seconds < 90 else f"about {round(seconds / 60)} min"
 
 
-# Seconds per training step of the demo's cpu-tiny runs on 2 CPU cores (estimates, for the phase lines).
-SECONDS_PER_STEP = {"baseline": 1.0, "stage1": 4.0, "stage2": 1.5}
+# Seconds per training step of the demo's cpu-tiny runs on an idle 2-core machine (estimates for the phase
+# lines, from the whole demo's 140-147 s there, docs/commands/demo.md; 2-3x that beside another CPU-heavy job).
+SECONDS_PER_STEP = {"baseline": 0.2, "stage1": 0.5, "stage2": 0.25}
 
 
 def demo_phases(train_steps: int = 200, synth_steps: int = 60, stage2_steps: int = 200) -> list[str]:
@@ -98,22 +100,22 @@ def demo_phases(train_steps: int = 200, synth_steps: int = 60, stage2_steps: int
 
     Example:
         >>> demo_phases(200, 60, 200)[4]
-        'Stage 1 generator, 60 iterations (about 4 min on 2 cores)'
+        'Stage 1 generator, 60 iterations (about 30 s on 2 idle cores)'
         >>> len(demo_phases(0, 60, 200))
         4
     """
-    phases = ["phantom cohorts (under a minute)", f"synthetic tumours on {len(DEMO_PLAN)} organs (about 1 min)",
-              "reader study (under a minute)"]
+    phases = ["phantom cohorts (about 10 s)", f"synthetic tumours on {len(DEMO_PLAN)} organs (about 20 s)",
+              "reader study (about 10 s)"]
     if train_steps > 0:
         phases.append(f"Stage 0 baseline, {train_steps} steps, and its prediction "
-                      f"({_minutes(train_steps * SECONDS_PER_STEP['baseline'] + 20)} on 2 cores)")
+                      f"({_minutes(train_steps * SECONDS_PER_STEP['baseline'] + 10)} on 2 idle cores)")
         if synth_steps > 0:
             phases.append(f"Stage 1 generator, {synth_steps} iterations "
-                          f"({_minutes(synth_steps * SECONDS_PER_STEP['stage1'])} on 2 cores)")
+                          f"({_minutes(synth_steps * SECONDS_PER_STEP['stage1'])} on 2 idle cores)")
             if stage2_steps > 0:
                 phases.append(f"Stage 2 segmentor, {stage2_steps} steps, vs the baseline on held-aside cases "
-                              f"({_minutes(stage2_steps * SECONDS_PER_STEP['stage2'] + 40)} on 2 cores)")
-    phases.append("stored results and the page (under a minute)")
+                              f"({_minutes(stage2_steps * SECONDS_PER_STEP['stage2'] + 20)} on 2 idle cores)")
+    phases.append("stored results and the page (about 10 s)")
     return phases
 
 
