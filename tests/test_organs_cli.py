@@ -42,7 +42,7 @@ def test_organs_freetumor_engine(case, tmp_path):
     assert "wrote 1 organ mask(s)" in r.stdout
     # a generic CT name: the case is its folder's name, and the mask says it is one
     mask_name = f"{case.name}_organs.nii.gz"
-    assert sorted(p.name for p in out.iterdir()) == [mask_name, "datalist.json"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([mask_name, "datalist.json"])
     ct, mask = load_volume(case / "ct.nii.gz"), load_volume(out / mask_name)
     assert mask.shape == ct.shape and np.allclose(mask.affine, ct.affine)
     assert mask.array.dtype == np.uint8
