@@ -42,7 +42,7 @@ class _Group(typer.core.TyperGroup):
 def _version(value: bool) -> None:
     """Typer callback of ``--version``: print the package version and exit 0."""
     if value:
-        from . import __version__
+        from . import __version__  # deferred: only for --version
 
         typer.echo(f"freetumor {__version__}")
         raise typer.Exit()
