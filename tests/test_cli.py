@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -140,7 +141,8 @@ def test_bad_inputs_one_line_nonzero_nothing_written(cohort, tmp_path):
         args = ["synthesize", "--image", img, "--label", lab, "--organ", "liver", "--out", out, *extra]
         r = run(*args)
         assert r.returncode == 1, (name, r.stdout, r.stderr)
-        lines = r.stderr.strip().splitlines()
+        # progress lines ("[N s] phase ...", off with --quiet) may come first; the error is one line
+        lines = [ln for ln in r.stderr.strip().splitlines() if not re.match(r"\[\d+ s\] ", ln)]
         assert len(lines) == 1 and lines[0].startswith("error: "), (name, r.stderr)
         assert message in lines[0], (name, lines[0])
         assert "Traceback" not in r.stderr

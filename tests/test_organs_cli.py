@@ -40,19 +40,21 @@ def test_organs_freetumor_engine(case, tmp_path):
     r = run("organs", "--image", case / "ct.nii.gz", "--out", out, "--model", case / "seg.pt", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert "wrote 1 organ mask(s)" in r.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["ct.nii.gz", "datalist.json"]
-    ct, mask = load_volume(case / "ct.nii.gz"), load_volume(out / "ct.nii.gz")
+    # a generic CT name: the case is its folder's name, and the mask says it is one
+    mask_name = f"{case.name}_organs.nii.gz"
+    assert sorted(p.name for p in out.iterdir()) == sorted([mask_name, "datalist.json"])
+    ct, mask = load_volume(case / "ct.nii.gz"), load_volume(out / mask_name)
     assert mask.shape == ct.shape and np.allclose(mask.affine, ct.affine)
     assert mask.array.dtype == np.uint8
     assert set(np.unique(mask.array).tolist()) <= {0, 1, 3, 5}  # tumour classes merged into their organs
     dl = json.loads((out / "datalist.json").read_text())
     assert dl["label_map"] == "abdomen7" and dl["engine"] == "freetumor" and dl["numTraining"] == 1
-    assert dl["training"] == [{"image": str((case / "ct.nii.gz").resolve()), "label": "ct.nii.gz", "tumour": False}]
+    assert dl["training"] == [{"image": str((case / "ct.nii.gz").resolve()), "label": mask_name, "tumour": False}]
 
     from freetumor.data import load_datalist
 
     entries = load_datalist(out / "datalist.json")
-    assert Path(entries[0]["label"]) == out / "ct.nii.gz" and Path(entries[0]["image"]).is_file()
+    assert Path(entries[0]["label"]) == out / mask_name and Path(entries[0]["image"]).is_file()
 
 
 def test_merge_and_engine_mappings():
@@ -113,7 +115,7 @@ def test_threshold_engine_matches_clinical_lung_contours(tmp_path):
     out = tmp_path / "masks"
     r = run("organs", "--image", image, "--out", out, "--engine", "threshold")
     assert r.returncode == 0, r.stderr
-    mask = load_volume(out / "image.nii.gz")
+    mask = load_volume(out / "nsclc_radiomics_lung1_001_organs.nii.gz")
     ref = np.isin(load_volume(NSCLC / "label.nii.gz").array, (2, 3))  # left and right lung
     assert mask.array.dtype == np.uint8 and set(np.unique(mask.array).tolist()) == {0, 1}
     lung = mask.array == 1
@@ -130,7 +132,7 @@ def test_threshold_engine_refuses_a_volume_without_lungs(tmp_path):
 
     save_volume(Volume(x, np.diag([4.0, 4.0, 5.0, 1.0]), None, "solid"), tmp_path / "solid.nii.gz")
     out = tmp_path / "masks"
-    r = run("organs", "--image", tmp_path / "solid.nii.gz", "--out", out, "--engine", "threshold")
+    r = run("organs", "--image", tmp_path / "solid.nii.gz", "--out", out, "--engine", "threshold", "--quiet")
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "solid.nii.gz" in r.stderr and "no lungs found" in r.stderr
     assert not out.exists()

@@ -14,27 +14,67 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+import typer.core
 
 from .errors import CaseErrors, FreeTumorError
 from .labels import PRESET_NAMES
 from .organs import ORGAN_NAMES, SHAPE_CONVENTIONS, SIZE_CHOICES
 from .tasks import TASKS
 
+
+class _Group(typer.core.TyperGroup):
+    """A command group whose listing shows each command's whole first paragraph, wrapped to the
+    terminal, where Click would cut it off with '...'."""
+
+    def format_commands(self, ctx, formatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is None or cmd.hidden:
+                continue
+            text = cmd.short_help or (cmd.help or "").split("\n\n")[0]
+            rows.append((name, " ".join(text.split())))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _version(value: bool) -> None:
+    """Typer callback of ``--version``: print the package version and exit 0."""
+    if value:
+        from . import __version__  # deferred: only for --version
+
+        typer.echo(f"freetumor {__version__}")
+        raise typer.Exit()
+
+
 app = typer.Typer(
+    cls=_Group,
     name="freetumor",
     help="Generative tumour synthesis in CT (FreeTumor): synthetic tumours in healthy organs.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,
 )
-data_app = typer.Typer(help="Datalists: check cases, index public datasets, merge pools.", no_args_is_help=True)
+data_app = typer.Typer(cls=_Group, help="Datalists: check cases, index public datasets, merge pools.", no_args_is_help=True)
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Generative tumour synthesis in CT (FreeTumor): synthetic tumours in healthy organs."""
+
+
 app.add_typer(data_app, name="data")
-turing_app = typer.Typer(help="Visual Turing Test: a blinded reader study of real vs synthetic tumours.",
+turing_app = typer.Typer(cls=_Group, help="Visual Turing Test: a blinded reader study of real vs synthetic tumours.",
                          no_args_is_help=True)
-readers_app = typer.Typer(help="Reader tokens of a study.", no_args_is_help=True)
+readers_app = typer.Typer(cls=_Group, help="Reader tokens of a study.", no_args_is_help=True)
 turing_app.add_typer(readers_app, name="readers")
 app.add_typer(turing_app, name="turing")
-lesions_app = typer.Typer(help="Real lesions: measure them into a lesion profile that synthesis draws from.",
+lesions_app = typer.Typer(cls=_Group, help="Real lesions: measure them into a lesion profile that synthesis draws from.",
                           no_args_is_help=True)
 app.add_typer(lesions_app, name="lesions")
 
@@ -114,6 +154,16 @@ def _out_file(path: Path) -> Path:
     return path
 
 
+QUIET_HELP = "No progress on stderr (phase lines, heartbeats, progress bars); results still print."
+
+
+def _quiet() -> bool:
+    """The ``--quiet`` option of every command that can run for more than a few seconds."""
+    return typer.Option(False, "--quiet", "-q", help=QUIET_HELP)
+
+
+EXCLUDE_CALCIFIED_HELP = ("With --profile: leave out the profile's calcified lesions (contrast above 1200 HU; "
+                         "8.5 % of builtin:lung's LIDC-IDRI nodules), which are labelled as tumour there.")
 SKIP_BAD_HELP = ("Leave out cases that fail the up-front check (as `freetumor data check`) and say how many; "
                  "by default one bad case stops the command before any work.")
 
@@ -152,8 +202,10 @@ def synthesize(
                                           "are drawn from it and rendered in mm and HU."),
     shape_convention: ShapeConvention = typer.Option(ShapeConvention.physical, "--shape-convention",
                                                      help=SHAPE_CONVENTION_HELP),
+    exclude_calcified: bool = typer.Option(False, "--exclude-calcified", help=EXCLUDE_CALCIFIED_HELP),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace this case's outputs from an earlier run "
                                    "in --out (and remove its old figure with --no-png)."),
+    quiet: bool = _quiet(),
 ) -> None:
     """Put synthetic tumours into one organ of a CT.
 
@@ -175,9 +227,17 @@ def synthesize(
         qc_device=qc_device,
         profile=profile,
         shape_convention=shape_convention.value,
+        exclude_calcified=exclude_calcified,
     )
-    record = synthesize_case(build_synthesizer(options), image, label, out, seed=seed, count=options.count,
-                             png=options.png, overwrite=overwrite)
+    from .progress import Progress  # deferred: as above
+
+    with Progress(not quiet) as progress:
+        if generator is not None or qc_segmentor is not None:
+            progress("loading " + " and ".join(n for n, p in (("the generator", generator),
+                                                               ("the QC segmentor", qc_segmentor)) if p))
+        synthesizer = build_synthesizer(options)
+        record = synthesize_case(synthesizer, image, label, out, seed=seed, count=options.count,
+                                 png=options.png, overwrite=overwrite, progress=progress)
     for r in record["lesions"]:
         qc = r.get("qc")
         tail = "" if qc is None else (f"  QC recall {qc['recall']:.2f}" if qc.get("recall") is not None else "  QC") + \
@@ -222,6 +282,7 @@ def data_check(
     from rich.table import Table  # deferred: loaded when the command runs
 
     from .data import check_datalist  # deferred: loaded when the command runs, so that --help and light commands start fast
+    from .io import case_name  # deferred: as above
 
     results = check_datalist(datalist, label_map)
     table = Table(title=f"{datalist}", show_lines=False)
@@ -229,7 +290,7 @@ def data_check(
         table.add_column(col)
     for r in results:
         table.add_row(
-            Path(r.image).name,
+            case_name(r.image),
             "x".join(map(str, r.shape)) if r.shape else "-",
             "x".join(f"{s:.3g}" for s in r.spacing) if r.spacing else "-",
             f"{r.hu_range[0]:.0f}..{r.hu_range[1]:.0f}" if r.hu_range else "-",
@@ -315,12 +376,13 @@ def demo(
     stage2_synthesis: str = typer.Option("procedural", "--stage2-synthesis", help="Stage-2 online synthesis: "
                                          "generator (the Stage-1 generator), procedural, or profile "
                                          "(builtin:liver)."),
+    quiet: bool = _quiet(),
 ) -> None:
     """Phantoms -> synthetic tumours -> reader study -> baseline -> Stage 1 -> Stage 2 vs baseline -> an HTML page."""
     from .demo import run_demo  # deferred: loaded when the command runs, so that --help and light commands start fast
 
     page = run_demo(out, seed=seed, train_steps=train_steps, synth_steps=synth_steps, stage2_steps=stage2_steps,
-                    stage2_synthesis=stage2_synthesis, log=typer.echo)
+                    stage2_synthesis=stage2_synthesis, log=typer.echo, progress=not quiet)
     typer.echo(f"open {page}")
 
 
@@ -350,6 +412,7 @@ def train_seg(
     profile: Optional[str] = typer.Option(None, "--profile", help="Lesion profile (--synthesis profile): lesions "
                                           "drawn from real ones and rendered in HU on each patch."),
     skip_bad_cases: bool = typer.Option(False, "--skip-bad-cases", help=SKIP_BAD_HELP),
+    quiet: bool = _quiet(),
 ) -> None:
     """Train a segmentation model: the Stage-0 baseline, or Stage 2 with online synthesis; torchrun for several
     GPUs; --folds N: k-fold cross-validation, every fold scored on its own validation cases."""
@@ -378,13 +441,13 @@ def train_seg(
 
         result = train_kfold(cfg, datalist, out, folds, resume=resume, log=typer.echo, unlabelled=unlabeled,
                              synthesis=synthesis.value, generator=generator, qc_segmentor=qc_segmentor,
-                             profile=profile, skip_bad_cases=skip_bad_cases)
+                             profile=profile, skip_bad_cases=skip_bad_cases, progress=not quiet)
         typer.echo(format_folds_table(result))
         typer.echo(f"done: {folds} folds; per-case and per-fold metrics in {out / 'folds.json'}")
         return
     summary = train_segmentation(cfg, datalist, out, resume=resume, log=typer.echo, unlabelled=unlabeled,
                                  synthesis=synthesis.value, generator=generator, qc_segmentor=qc_segmentor,
-                                 profile=profile, skip_bad_cases=skip_bad_cases)
+                                 profile=profile, skip_bad_cases=skip_bad_cases, progress=not quiet)
     typer.echo(f"done: {summary['steps']} steps, best score {summary['best_score']:.4f}; checkpoints in {out}")
 
 
@@ -413,7 +476,9 @@ def synthesize_batch_cmd(
                                           "are drawn from it and rendered in mm and HU."),
     shape_convention: ShapeConvention = typer.Option(ShapeConvention.physical, "--shape-convention",
                                                      help=SHAPE_CONVENTION_HELP),
+    exclude_calcified: bool = typer.Option(False, "--exclude-calcified", help=EXCLUDE_CALCIFIED_HELP),
     skip_bad_cases: bool = typer.Option(False, "--skip-bad-cases", help=SKIP_BAD_HELP),
+    quiet: bool = _quiet(),
 ) -> None:
     """Synthesise tumours for a whole cohort on Ray; resumable, one error line per failed case."""
     # deferred: the batch and synthesis stack loads only for this command
@@ -422,10 +487,11 @@ def synthesize_batch_cmd(
 
     options = SynthesisOptions(organ.value, label_map=label_map, size=size.value, count=count, generator=generator,
                                qc_segmentor=qc_segmentor, qc_threshold=qc_threshold, png=False, profile=profile,
-                               qc_device=qc_device,
+                               qc_device=qc_device, exclude_calcified=exclude_calcified,
                                shape_convention=shape_convention.value)
     s = synthesize_batch(datalist, options, out, per_case=per_case, seed=seed, workers=workers,
-                         ray_address=ray_address, log=typer.echo, skip_bad_cases=skip_bad_cases)
+                         ray_address=ray_address, log=typer.echo, skip_bad_cases=skip_bad_cases,
+                         progress=not quiet)
     rate = "" if s["cases_per_s"] is None else f", {s['cases_per_s']:.2f} cases/s"
     typer.echo(f"{s['done']} of {s['tasks']} synthetic cases done ({s['ran']} this run, {s['errors']} failed"
                f"{rate}, {s['engine']}); datalist: {Path(out) / 'datalist.json'}")
@@ -445,12 +511,16 @@ def lesions_fit(
                                             "id alone (lesion-only data such as nodule crops)."),
     name: Optional[str] = typer.Option(None, "--name", help="Name recorded in the profile."),
     skip_bad_cases: bool = typer.Option(False, "--skip-bad-cases", help=SKIP_BAD_HELP),
+    quiet: bool = _quiet(),
 ) -> None:
     """Measure every real lesion of a datalist and write its lesion profile (for synthesize --profile)."""
     from .lesions.fit import fit_datalist  # deferred: loaded when the command runs
 
-    p = fit_datalist(datalist, organ.value, out, label_map=label_map, name=name, skip_bad_cases=skip_bad_cases,
-                     log=typer.echo)
+    from .progress import Progress  # deferred: as above
+
+    with Progress(not quiet) as progress:
+        p = fit_datalist(datalist, organ.value, out, label_map=label_map, name=name, skip_bad_cases=skip_bad_cases,
+                         log=typer.echo, progress=progress)
     s = p.summary
     typer.echo(f"{len(p.rows)} {p.organ} lesions from {p.source['cases']} case(s): diameter median "
                f"{s['diameter_mm']['median']:.1f} mm (5-95%: {s['diameter_mm']['p5']:.1f}-{s['diameter_mm']['p95']:.1f}), "
@@ -477,6 +547,7 @@ def train_synth(
                                                 "each epoch logs the realism AUC of the probe lesions against them "
                                                 "and best_realism.pt keeps the most realistic generator."),
     skip_bad_cases: bool = typer.Option(False, "--skip-bad-cases", help=SKIP_BAD_HELP),
+    quiet: bool = _quiet(),
 ) -> None:
     """Stage 1: train the difference-map generator against a discriminator and the frozen segmentor."""
     from .config import load_config  # deferred: loaded when the command runs, so that --help and light commands start fast
@@ -487,7 +558,8 @@ def train_synth(
     cfg = load_config(config, extra)
     from .training.stage1 import train_synthesis  # deferred: PyTorch loads after the config is checked
     summary = train_synthesis(cfg, datalist, unlabeled, segmentor, out, resume=resume, log=typer.echo,
-                              profile=profile, realism_real=realism_real, skip_bad_cases=skip_bad_cases)
+                              profile=profile, realism_real=realism_real, skip_bad_cases=skip_bad_cases,
+                              progress=not quiet)
     r0, r1 = summary.get("probe_recall_start"), summary.get("probe_recall_end")
     if r0 is not None and r1 is not None:
         typer.echo(f"segmentor recall of fake tumours (probe patches): {r0:.3f} at step 0 -> {r1:.3f}")
@@ -508,12 +580,13 @@ def predict(
     skip_bad_cases: bool = typer.Option(False, "--skip-bad-cases", help=SKIP_BAD_HELP),
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write <case>_prob.nii.gz: the tumour "
                                        "probability on the input grid (for FROC)"),
+    quiet: bool = _quiet(),
 ) -> None:
     """Sliding-window segmentation, written back on each input's native grid."""
     from .inference import predict_files  # deferred: loaded when the command runs, so that --help and light commands start fast
 
     written = predict_files(model, image, out, device=device, skip_bad_cases=skip_bad_cases,
-                            probabilities=probabilities)
+                            probabilities=probabilities, progress=not quiet)
     extra = " and tumour probability map(s)" if probabilities else ""
     typer.echo(f"wrote {len(written)} prediction(s){extra} to {out}")
 
@@ -529,12 +602,13 @@ def evaluate(
     pred_label_map: str = typer.Option("auto", "--pred-label-map", help="Predictions' convention: organ3 "
                                        "(1 organ, 2 tumour), a label map, or auto."),
     nsd_tolerance_mm: float = typer.Option(2.0, "--nsd-tolerance-mm", min=0.0, help="NSD tolerance in mm."),
+    quiet: bool = _quiet(),
 ) -> None:
     """Dice, NSD and lesion-wise detection (early tumours < 20 mm, patient level) of predictions."""
     from .evaluation.evaluate import evaluate_predictions  # deferred: loaded when the command runs, so that --help and light commands start fast
 
     s = evaluate_predictions(pred, gt, organ.value, out, label_map=label_map, pred_label_map=pred_label_map,
-                             tolerance_mm=nsd_tolerance_mm)
+                             tolerance_mm=nsd_tolerance_mm, progress=not quiet)
     m, d = s["metrics"], s["detection"]
 
     def f(v):
@@ -566,12 +640,13 @@ def froc_cmd(
                                     "probability >= this (0 < threshold <= 1)."),
     min_size_mm3: float = typer.Option(0.0, "--min-size-mm3", help="Drop candidates smaller than this "
                                        "volume (mm^3; 0 keeps all)."),
+    quiet: bool = _quiet(),
 ) -> None:
     """Lesion-level FROC of tumour probability maps: sensitivity vs false positives per scan, and CPM."""
     from .evaluation.froc import froc_folders  # deferred: loaded when the command runs, so that --help and light commands start fast
 
     r = froc_folders(prob, gt, organ.value, out, label_map=label_map, region=region, threshold=threshold,
-                     min_size_mm3=min_size_mm3)
+                     min_size_mm3=min_size_mm3, progress=not quiet)
 
     def f(v):
         return "n/a" if v is None else f"{v:.3f}"
@@ -623,12 +698,16 @@ def realism(
     folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds of the classifier."),
     seed: int = typer.Option(0, "--seed", callback=_seed, help="Random seed."),
     skip_bad_cases: bool = typer.Option(False, "--skip-bad-cases", help=SKIP_BAD_HELP),
+    quiet: bool = _quiet(),
 ) -> None:
     """Machine Visual Turing Test: real-vs-synthetic classifier AUC (0.5 = indistinguishable), feature distances."""
     from .evaluation.realism import run_realism  # deferred: scikit-learn, scipy and matplotlib load only for this command
 
-    r = run_realism(real, synthetic, out, organ.value, label_map=label_map, folds=folds, seed=seed, control=control,
-                    skip_bad_cases=skip_bad_cases, log=typer.echo)
+    from .progress import Progress  # deferred: as above
+
+    with Progress(not quiet) as progress:
+        r = run_realism(real, synthetic, out, organ.value, label_map=label_map, folds=folds, seed=seed,
+                        control=control, skip_bad_cases=skip_bad_cases, log=typer.echo, progress=progress)
     sm = r["summary"]
     lo, hi = sm["auc_ci95"]
     floor = ""
@@ -741,19 +820,21 @@ def export_nnunet_cmd(
 @domain_errors
 def organs_cmd(
     image: Path = typer.Option(..., "--image", help="CT file, DICOM series folder, or folder of NIfTI files."),
-    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Output folder (<case>.nii.gz organ masks, datalist.json)."),
+    out: Path = typer.Option(..., "--out", callback=_out_folder, help="Output folder (<case>_organs.nii.gz organ masks, "
+                             "datalist.json)."),
     engine: OrganEngine = typer.Option(OrganEngine.freetumor, "--engine", help="freetumor (a --model checkpoint), "
                                        "threshold (chest CT: model-free lung masks), or the optional "
                                        "totalsegmentator / lungmask packages."),
     model: Optional[Path] = typer.Option(None, "--model", help="Segmentor checkpoint (engine freetumor)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
     skip_bad_cases: bool = typer.Option(False, "--skip-bad-cases", help=SKIP_BAD_HELP),
+    quiet: bool = _quiet(),
 ) -> None:
     """Organ masks (no tumour labels) of unlabelled CT, with a datalist for --unlabeled; tumour predictions
     are merged into their organ."""
     from .organ_masks import segment_organs  # deferred: loaded when the command runs, so that --help and light commands start fast
 
-    written = segment_organs(image, out, engine=engine.value, model=model, device=device, progress=False,
+    written = segment_organs(image, out, engine=engine.value, model=model, device=device, progress=not quiet,
                              skip_bad_cases=skip_bad_cases)
     typer.echo(f"wrote {len(written)} organ mask(s) and {Path(out) / 'datalist.json'}")
 

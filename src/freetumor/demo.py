@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -28,8 +29,9 @@ from .evaluation.compare import compare_reports
 from .evaluation.evaluate import evaluate_predictions
 from .htmlpage import lesion_table, write_html_page
 from .inference import predict_files
-from .io import load_volume, write_bytes_atomic
+from .io import case_name, load_volume, write_bytes_atomic
 from .phantom import write_cohort
+from .progress import Progress
 from .synthesis import QCRejectedError, SynthesisOptions, Synthesizer, build_synthesizer, synthesize_case
 from .training.stage0 import train_segmentation
 from .training.stage1 import train_synthesis
@@ -56,6 +58,7 @@ def run_demo(
     stage2_steps: int | None = None,
     stage2_synthesis: str = "procedural",
     log: Callable[[str], None] = print,
+    progress: bool = True,
 ) -> Path:
     """Run the demo into ``out``; return the path of ``index.html``.
 
@@ -68,6 +71,9 @@ def run_demo(
     held-aside phantom cases (evaluate + compare). ``stage2_synthesis``: ``procedural`` (default,
     rule-based tumours, no segmentor QC), ``profile`` (``builtin:liver``, no segmentor QC) or
     ``generator`` (the Stage-1 generator with the baseline as the QC segmentor).
+
+    ``progress``: each phase on stderr with its expected time on 2 idle CPU cores (:func:`demo_phases`),
+    the trainers' progress bars, and a heartbeat line whenever 30 s pass without one.
     """
     if stage2_synthesis not in _SYNTHESIS_WORDS:  # refused before minutes of training, not after
         raise ConfigError(f"--stage2-synthesis {stage2_synthesis!r}: choose one of {', '.join(_SYNTHESIS_WORDS)}")
@@ -75,6 +81,48 @@ def run_demo(
     # it, and datalist paths are read relative to the datalist's own folder.
     out = Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
+    steps2 = train_steps if stage2_steps is None else stage2_steps
+    with Progress(progress, total=len(demo_phases(train_steps, synth_steps, steps2))) as say:
+        return _run_demo(out, seed, cases, train_steps, synth_steps, steps2, stage2_synthesis, log, say, progress)
+
+
+def _minutes(seconds: float) -> str:
+    return f"about {10 * math.ceil(seconds / 10):.0f} s" if seconds < 90 else f"about {round(seconds / 60)} min"
+
+
+# Seconds per training step of the demo's cpu-tiny runs on an idle 2-core machine (estimates for the phase
+# lines, from the whole demo's 140-147 s there, docs/commands/demo.md; 2-3x that beside another CPU-heavy job).
+SECONDS_PER_STEP = {"baseline": 0.2, "stage1": 0.5, "stage2": 0.25}
+
+
+def demo_phases(train_steps: int = 200, synth_steps: int = 60, stage2_steps: int = 200) -> list[str]:
+    """The demo's phases, each with its expected time on 2 CPU cores.
+
+    Example:
+        >>> demo_phases(200, 60, 200)[4]
+        'Stage 1 generator, 60 iterations (about 30 s on 2 idle cores)'
+        >>> len(demo_phases(0, 60, 200))
+        4
+    """
+    phases = ["phantom cohorts (about 10 s)", f"synthetic tumours on {len(DEMO_PLAN)} organs (about 20 s)",
+              "reader study (about 10 s)"]
+    if train_steps > 0:
+        phases.append(f"Stage 0 baseline, {train_steps} steps, and its prediction "
+                      f"({_minutes(train_steps * SECONDS_PER_STEP['baseline'] + 10)} on 2 idle cores)")
+        if synth_steps > 0:
+            phases.append(f"Stage 1 generator, {synth_steps} iterations "
+                          f"({_minutes(synth_steps * SECONDS_PER_STEP['stage1'])} on 2 idle cores)")
+            if stage2_steps > 0:
+                phases.append(f"Stage 2 segmentor, {stage2_steps} steps, vs the baseline on held-aside cases "
+                              f"({_minutes(stage2_steps * SECONDS_PER_STEP['stage2'] + 20)} on 2 idle cores)")
+    phases.append("stored results and the page (about 10 s)")
+    return phases
+
+
+def _run_demo(out: Path, seed: int, cases: int, train_steps: int, synth_steps: int, steps2: int,
+              stage2_synthesis: str, log: Callable[[str], None], say: Progress, progress: bool) -> Path:
+    phases = iter(demo_phases(train_steps, synth_steps, steps2))
+    say(next(phases))
     healthy: dict[str, list[dict]] = {}
     for region in ("abdomen", "chest"):
         dl = write_cohort(out / f"phantom-{region}", 2 * cases, seed=seed, region=region)
@@ -85,11 +133,12 @@ def run_demo(
     sections: list[dict] = []
     records: list[dict] = []
     syn_dir = out / "synthetic"
+    say(next(phases))
     for region, organ, size, count in DEMO_PLAN:
         images = []
         synthesizer = build_synthesizer(SynthesisOptions(organ, size=size, count=count))
         for k, entry in enumerate(healthy[region]):
-            case = f"{Path(entry['image']).name.split('.')[0]}_{organ}"
+            case = f"{case_name(entry['image'])}_{organ}"
             rec = synthesize_case(synthesizer, entry["image"], entry["label"], syn_dir, seed=seed + k, count=count,
                                   case=case)
             records.extend(rec["lesions"])
@@ -102,14 +151,19 @@ def run_demo(
             "images": images,
         })
     sections.append({"heading": "Lesion records", "table": lesion_table(records)})
+    say(next(phases))
     sections.append(_turing_section(out, seed, log))
     if train_steps > 0:
-        sections.append(_baseline_section(out, train_steps, seed, log))
+        say(next(phases))
+        sections.append(_baseline_section(out, train_steps, seed, log, progress=progress))
         if synth_steps > 0:
-            sections.append(_stage1_section(out, synth_steps, seed, healthy["abdomen"], log))
-            steps2 = train_steps if stage2_steps is None else stage2_steps
+            say(next(phases))
+            sections.append(_stage1_section(out, synth_steps, seed, healthy["abdomen"], log, progress=progress))
             if steps2 > 0:
-                sections.append(_stage2_section(out, steps2, seed, log, synthesis=stage2_synthesis))
+                say(next(phases))
+                sections.append(_stage2_section(out, steps2, seed, log, synthesis=stage2_synthesis,
+                                                progress=progress))
+    say(next(phases))
     sections.append(_stored_section(log))
     page = out / "index.html"
     write_html_page(
@@ -158,7 +212,7 @@ def _demo_seg_cfg(steps: int, seed: int) -> dict:
     ])
 
 
-def _baseline_section(out: Path, steps: int, seed: int, log: Callable[[str], None]) -> dict:
+def _baseline_section(out: Path, steps: int, seed: int, log: Callable[[str], None], *, progress: bool = False) -> dict:
     """Train the cpu-tiny liver baseline on phantoms, predict a held-aside case, draw it."""
     cohort = write_cohort(out / "phantom-train", 5, seed=seed + 100, tumour_fraction=0.8)
     entries = json.loads(cohort.read_text())["training"]
@@ -173,9 +227,10 @@ def _baseline_section(out: Path, steps: int, seed: int, log: Callable[[str], Non
     if (run / "final.json").exists():  # a finished run from an earlier demo in the same folder
         summary = json.loads((run / "final.json").read_text())
     else:  # a fresh run, or one that was interrupted: continue it
-        summary = train_segmentation(cfg, datalist, run, resume=(run / "last.pt").exists(), log=log, progress=False)
+        summary = train_segmentation(cfg, datalist, run, resume=(run / "last.pt").exists(), log=log,
+                                     progress=progress)
     pred_dir = out / "baseline-pred"
-    predict_files(run / "best.pt", cohort.parent / held["image"], pred_dir, progress=False)
+    predict_files(run / "best.pt", cohort.parent / held["image"], pred_dir, progress=progress)
     name = Path(held["image"]).name
     image = load_volume(cohort.parent / held["image"])
     truth = load_volume(cohort.parent / held["label"]).array
@@ -196,7 +251,8 @@ def _baseline_section(out: Path, steps: int, seed: int, log: Callable[[str], Non
     }
 
 
-def _stage1_section(out: Path, steps: int, seed: int, healthy: list[dict], log: Callable[[str], None]) -> dict:
+def _stage1_section(out: Path, steps: int, seed: int, healthy: list[dict], log: Callable[[str], None], *,
+                    progress: bool = False) -> dict:
     """Stage 1 on the phantoms with the demo's baseline as the frozen segmentor; rule-based vs learned."""
     cohort = out / "phantom-train" / "datalist-demo.json"
     entries = json.loads(cohort.read_text())["training"]
@@ -217,7 +273,7 @@ def _stage1_section(out: Path, steps: int, seed: int, healthy: list[dict], log: 
         summary = json.loads((run / "final.json").read_text())
     else:
         summary = train_synthesis(cfg, out / "stage1-labelled.json", out / "stage1-unlabelled.json", segmentor,
-                                  run, resume=(run / "last.pt").exists(), log=log, progress=False)
+                                  run, resume=(run / "last.pt").exists(), log=log, progress=progress)
     epochs = [json.loads(ln) for ln in (run / "epochs.jsonl").read_text().splitlines() if ln]
     # One healthy case, the same tumour shape and place, rule-based vs learned difference map.
     entry = healthy[0]
@@ -265,7 +321,7 @@ STAGE2_UNLABELLED = 6
 
 
 def _stage2_section(out: Path, steps: int, seed: int, log: Callable[[str], None], *,
-                    synthesis: str = "procedural") -> dict:
+                    synthesis: str = "procedural", progress: bool = False) -> dict:
     """Stage 2 (the labelled cases + healthy unlabelled cases with online synthesis) vs the baseline, on
     held-aside cases. Segmentor QC only with the learned generator (its weak CPU baseline as the judge)."""
     test = write_cohort(out / "phantom-test", 4, seed=seed + 300, tumour_fraction=1.0)
@@ -282,7 +338,7 @@ def _stage2_section(out: Path, steps: int, seed: int, log: Callable[[str], None]
         + (" and quality control" if qc else ""))
     if not (run / "final.json").exists():  # a finished run from an earlier demo in the same folder is kept
         train_segmentation(cfg, out / "phantom-train" / "datalist-demo.json", run, resume=(run / "last.pt").exists(),
-                           log=log, progress=False, unlabelled=unlabelled,
+                           log=log, progress=progress, unlabelled=unlabelled,
                            qc_segmentor=out / "baseline-run" / "best.pt" if qc else None,
                            **_stage2_synthesis_args(out, synthesis))
     tally: dict = {}
@@ -292,8 +348,9 @@ def _stage2_section(out: Path, steps: int, seed: int, log: Callable[[str], None]
     reports = {}
     for name, model in (("baseline", out / "baseline-run" / "best.pt"), ("stage2", run / "best.pt")):
         pred = out / f"test-pred-{name}"
-        predict_files(model, test.parent / "imagesTr", pred, progress=False)
-        reports[name] = evaluate_predictions(pred, test, "liver", out / f"eval-{name}", name=name, progress=False)
+        predict_files(model, test.parent / "imagesTr", pred, progress=progress)
+        reports[name] = evaluate_predictions(pred, test, "liver", out / f"eval-{name}", name=name,
+                                             progress=progress)
     cmp = compare_reports(out / "eval-baseline", out / "eval-stage2", out / "compare")
     rows = []
     for k in ("tumour_dice", "tumour_nsd", "organ_dice"):

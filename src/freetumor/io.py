@@ -105,13 +105,31 @@ def is_nifti(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
+# File stems that name no case (``LUNG1-001/image.nii.gz``): the case is the parent folder's name.
+GENERIC_STEMS = frozenset({"image", "images", "ct", "img", "scan", "volume", "data"})
+
+
 def case_name(path: str | os.PathLike) -> str:
-    """The case id of an image path: file name without ``.nii.gz`` / ``.nii``, or folder name."""
+    """The case id of an image path: file name without ``.nii.gz`` / ``.nii`` (or a DICOM folder's
+    name); when that is generic (:data:`GENERIC_STEMS`, any case), the parent folder's name.
+
+    Every case id derived from a file name goes through here (outputs of ``synthesize``,
+    ``synthesize-batch``, ``organs``, ``predict``, ``evaluate``, datalist checks).
+
+    Example:
+        >>> case_name("/d/LUNG1-001/image.nii.gz"), case_name("/d/LUNG1-001/CT.nii"), case_name("/d/a.nii.gz")
+        ('LUNG1-001', 'LUNG1-001', 'a')
+    """
     p = Path(path)
     name = p.name
     for suf in NIFTI_SUFFIXES:
         if name.lower().endswith(suf):
-            return name[: -len(suf)]
+            name = name[: -len(suf)]
+            break
+    if name.lower() in GENERIC_STEMS:
+        parent = Path(os.path.abspath(p)).parent.name  # absolute: ``image.nii.gz`` in the case's folder
+        if parent:
+            return parent
     return name
 
 

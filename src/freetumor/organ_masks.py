@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from tqdm import tqdm
 
 from .errors import ConfigError, InputError
 from . import __version__
@@ -58,6 +57,7 @@ from .data import check_cases
 from .inference import list_inputs, predict_paths, resample_nearest
 from .io import Volume, case_name, load_volume, save_volume, staged_output, to_nifti, write_bytes_atomic
 from .labels import default_label_map, get_label_map
+from .progress import Progress
 from .lung_threshold import threshold_lung_mask
 from .organs import get_organ
 from .tasks import check_task, organ_classes
@@ -198,6 +198,16 @@ def _lungmask_engine(device: str | None):
     return run, "chest3"
 
 
+def mask_name(image: str | os.PathLike) -> str:
+    """The organ mask's file name of a CT: ``<case>_organs.nii.gz``, never the CT's own name.
+
+    Example:
+        >>> mask_name("/d/LUNG1-001/image.nii.gz"), mask_name("/d/ct7.nii.gz")
+        ('LUNG1-001_organs.nii.gz', 'ct7_organs.nii.gz')
+    """
+    return f"{case_name(image)}_organs.nii.gz"
+
+
 def segment_organs(
     image: str | os.PathLike,
     out: str | os.PathLike,
@@ -224,7 +234,7 @@ def segment_organs(
             by default one bad input stops the run before anything is read further or written.
 
     Returns:
-        The written masks ``out/<case>.nii.gz`` (input order).
+        The written masks ``out/<case>_organs.nii.gz`` (input order; :func:`mask_name`).
 
     Raises:
         ConfigError: unknown engine, missing ``model``, missing optional package.
@@ -264,26 +274,30 @@ def segment_organs(
             for p, pred_path in zip(inputs, preds):
                 pred = load_volume(pred_path)
                 vol = pred.with_array(map_labels(pred.array, mapping))
-                save_volume(vol, stage / f"{case_name(p)}.nii.gz")
+                save_volume(vol, stage / mask_name(p))
                 masks.append(p)
                 if log:
-                    log(f"wrote {out / (case_name(p) + '.nii.gz')}")
+                    log(f"wrote {out / mask_name(p)}")
             shutil.rmtree(tmp)
             source = {"engine": engine, "model": str(Path(model).resolve()), "model_task": cfg.get("task")}
         else:
             run, label_map = {"threshold": _threshold_engine, "totalsegmentator": _totalseg_engine,
                               "lungmask": _lungmask_engine}[engine](device)
-            it = inputs
-            if progress:
-                it = tqdm(inputs, desc=engine, unit="case", dynamic_ncols=True)
-            for p in it:
-                vol = load_volume(p)
-                save_volume(Volume(run(vol), vol.affine.copy(), vol.header, vol.path), stage / f"{case_name(p)}.nii.gz")
-                masks.append(p)
-                if log:
-                    log(f"wrote {out / (case_name(p) + '.nii.gz')}")
+            # one line per case and phase, heartbeats while a case runs (the threshold engine takes about
+            # 30 s on a whole chest CT on 2 cores)
+            with Progress(progress, done=None) as say:
+                for k, p in enumerate(inputs, 1):
+                    say(f"{k}/{len(inputs)} {case_name(p)}: reading")
+                    vol = load_volume(p)
+                    say(f"{k}/{len(inputs)} {case_name(p)}: {engine} on {'x'.join(map(str, vol.shape))} voxels")
+                    mask = run(vol)
+                    say(f"{k}/{len(inputs)} {case_name(p)}: writing {mask_name(p)}")
+                    save_volume(Volume(mask, vol.affine.copy(), vol.header, vol.path), stage / mask_name(p))
+                    masks.append(p)
+                    if log:
+                        log(f"wrote {out / mask_name(p)}")
             source = {"engine": engine}
-        entries = [{"image": str(Path(p).resolve()), "label": f"{case_name(p)}.nii.gz", "tumour": False}
+        entries = [{"image": str(Path(p).resolve()), "label": mask_name(p), "tumour": False}
                    for p in masks]
         datalist = {
             "name": "freetumor-organs",

@@ -240,6 +240,7 @@ class Synthesizer:
         qc_max_tries: int = 10,
         profile: str | os.PathLike | LesionProfile | None = None,
         shape_convention: str = DEFAULT_SHAPE_CONVENTION,
+        exclude_calcified: bool = False,
     ):
         self.organ = get_organ(organ)
         self.shape_convention = check_shape_convention(shape_convention)
@@ -262,6 +263,11 @@ class Synthesizer:
         if hasattr(difference, "check_organ"):
             difference.check_organ(self.organ)
         self.profile = None if profile is None else load_profile(profile, self.organ.name)
+        if exclude_calcified:
+            if self.profile is None:
+                raise ConfigError("--exclude-calcified leaves out a lesion profile's calcified lesions: "
+                                  "give the profile too (--profile)")
+            self.profile = self.profile.without_calcified()
         residual = bool(getattr(difference, "residual", False))
         if self.profile is not None and difference is not None and not residual:
             raise ConfigError("a lesion profile renders the whole lesion; it does not combine with a difference map "
@@ -518,6 +524,8 @@ class SynthesisOptions:
             rendered in mm and HU (see :class:`Synthesizer`); with ``generator`` only one trained on
             the profile's renders (``train-synth --profile``), whose residual is added to each lesion.
         shape_convention: ``physical`` (default) or ``released`` (see :class:`Synthesizer`).
+        exclude_calcified: leave out the profile's calcified lesions (contrast above
+            :data:`~freetumor.lesions.profile.CALCIFIED_HU`; 8.5 % of ``builtin:lung``).
     """
 
     organ: str
@@ -535,6 +543,7 @@ class SynthesisOptions:
     png: bool = True
     profile: object = None
     shape_convention: str = DEFAULT_SHAPE_CONVENTION
+    exclude_calcified: bool = False
 
 
 # Networks loaded by build_synthesizer in this process, by kind (see networks_loaded()).
@@ -584,7 +593,7 @@ def build_synthesizer(options: SynthesisOptions) -> Synthesizer:
             _NETWORK_LOADS["segmentor"] += 1
     return Synthesizer(options.organ, label_map=options.label_map, size=options.size, difference=difference, qc=qc,
                        qc_max_tries=options.qc_max_tries, profile=options.profile,
-                       shape_convention=options.shape_convention)
+                       shape_convention=options.shape_convention, exclude_calcified=options.exclude_calcified)
 
 
 def case_outputs(case: str, png: bool = True) -> dict[str, str]:
@@ -623,6 +632,7 @@ def synthesize_case(
     case: str | None = None,
     png: bool = True,
     overwrite: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> dict:
     """Load one case, synthesise ``count`` tumours and write ``<case>_image.nii.gz``,
     ``<case>_label.nii.gz``, ``<case>.json`` and ``<case>.png`` (with ``png``) into ``out_dir``,
@@ -632,14 +642,18 @@ def synthesize_case(
     the input image or label are refused. An earlier run's outputs of the case are replaced, and
     any of them this run does not write (its figure, with ``png=False``) removed; with
     ``overwrite=False`` they are refused instead (one-line :class:`InputError`, nothing written).
+    ``progress`` (e.g. a :class:`~freetumor.progress.Progress`) is called with each phase's text.
     """
     case = case or case_name(image_path)
     check_case_outputs(out_dir, case, (image_path, label_path), overwrite)
+    progress = progress or (lambda text: None)
+    progress(f"reading {case}")
     # Reading and gzip-compressing release the GIL: image and label travel in parallel.
     with ThreadPoolExecutor(1) as pool:
         pending_label = pool.submit(load_volume, label_path)
         image = load_volume(image_path)
         label = pending_label.result()
+    progress(f"placing {count} {synthesizer.organ.name} tumour(s) in {'x'.join(map(str, image.shape))} voxels")
     result = synthesizer(image, label, count=count, seed=seed)
     for rec in result.lesions:
         rec["case"] = case
@@ -664,6 +678,7 @@ def synthesize_case(
         "outputs": case_outputs(case, png),
     }
     names = record["outputs"]
+    progress("writing " + ", ".join(names.values()))
     with staged_output(out_dir) as stage, ThreadPoolExecutor(1) as pool:
         saving_image = pool.submit(save_volume, result.image, stage / names["image"])
         save_volume(result.label, stage / names["label"])

@@ -127,7 +127,7 @@ def patient_id(entry: dict) -> str:
         return str(entry["patient"])
     name = Path(str(entry["image"])).name
     match = _LIDC_PATIENT.match(name)
-    return match.group(1) if match else case_name(name)
+    return match.group(1) if match else case_name(str(entry["image"]))
 
 
 def patient_split(entries: Iterable[dict], fraction: float = 0.5, seed: int = 0) -> tuple[list[dict], list[dict]]:

@@ -317,13 +317,15 @@ def extract_crops(
     return crops
 
 
-def crops_from_datalist(datalist, organ: str, label_map=None, source: str = "real", **kw) -> list[LesionCrop]:
+def crops_from_datalist(datalist, organ: str, label_map=None, source: str = "real", *, progress=None,
+                        **kw) -> list[LesionCrop]:
     """Labelled lesions of ``organ`` in every labelled case of a datalist (source ``source``).
 
     ``datalist`` is a datalist JSON path (all lists of entries are read; cases
     without a ``label`` are skipped) or a list of entries with ``image`` and
     ``label`` paths. ``label_map`` defaults to the datalist's ``label_map``, then
-    the organ's default. ``kw`` goes to :func:`extract_crops`.
+    the organ's default. ``kw`` goes to :func:`extract_crops`. ``progress`` (optional) is called
+    with ``k/n <case>`` before each case is read.
     """
     org = get_organ(organ)
     if isinstance(datalist, (str, os.PathLike)):
@@ -336,13 +338,14 @@ def crops_from_datalist(datalist, organ: str, label_map=None, source: str = "rea
     tid = lm.tumour_id(org.name)
     crops: list[LesionCrop] = []
     seen = set()
-    for entry in entries:
-        if not entry.get("label"):
-            continue
+    labelled = [e for e in entries if e.get("label")]
+    for k, entry in enumerate(labelled, 1):
         key = (str(entry["image"]), str(entry["label"]))
         if key in seen:
             continue
         seen.add(key)
+        if progress is not None:
+            progress(f"{k}/{len(labelled)} {case_name(entry['image'])}")
         image = load_volume(entry["image"])
         label = load_volume(entry["label"])
         for crop in extract_crops(image, label, tid, source, case_name(entry["image"]), **kw):

@@ -42,10 +42,13 @@ def fit_profile(crops: list[LesionCrop], organ: str, source: dict | None = None,
 
 
 def fit_datalist(datalist: str | os.PathLike, organ: str, out: str | os.PathLike, label_map=None,
-                 name: str | None = None, *, skip_bad_cases: bool = False, log=None) -> LesionProfile:
+                 name: str | None = None, *, skip_bad_cases: bool = False, log=None,
+                 progress=None) -> LesionProfile:
     """``freetumor lesions fit``: check every labelled case, measure, fit, write ``out`` (all or nothing).
 
-    ``label_map`` defaults to the datalist's, then the organ's default.
+    ``label_map`` defaults to the datalist's, then the organ's default. ``progress`` (optional, e.g. a
+    :class:`~freetumor.progress.Progress`) is called with each phase's text; its ``log``, when it has
+    one, with each case read.
 
     Raises:
         CaseErrors: one line per bad case (:func:`~freetumor.data.check_cases`), unless
@@ -54,8 +57,12 @@ def fit_datalist(datalist: str | os.PathLike, organ: str, out: str | os.PathLike
     """
     org = get_organ(organ)
     lm = get_label_map(label_map if label_map is not None else datalist_label_map(datalist), org.name)
+    say = progress or (lambda text: None)
+    say(f"checking the cases of {datalist}")
     entries = checked_labelled_cases(datalist, lm, skip_bad=skip_bad_cases, log=log)
-    crops = crops_from_datalist(entries, org.name, lm, margin_mm=FIT_MARGIN_MM, min_voxels=MIN_VOXELS)
+    say(f"measuring {org.name} lesions in {len(entries)} case(s)")
+    crops = crops_from_datalist(entries, org.name, lm, margin_mm=FIT_MARGIN_MM, min_voxels=MIN_VOXELS,
+                                progress=getattr(progress, "log", None))
     if not crops:
         raise InputError(datalist, f"no {org.name} lesions (tumour label of at least {MIN_VOXELS} voxels) "
                                    "in its labelled cases")
@@ -68,6 +75,7 @@ def fit_datalist(datalist: str | os.PathLike, organ: str, out: str | os.PathLike
         "fitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "freetumor_version": __version__,
     }
+    say(f"fitting the profile to {len(crops)} lesion(s)")
     profile = fit_profile(crops, org.name, source, name or f"{org.name}-fitted")
     profile.save(out)  # atomic: a temporary file beside it, then renamed
     return profile

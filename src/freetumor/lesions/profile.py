@@ -65,6 +65,9 @@ _BOUNDS = {"diameter_mm": (1.0, 300.0), "axis_ratio_mid": (0.1, 1.0), "axis_rati
            "interior_sd": (0.0, 1000.0), "noise_sd": (0.0, 1000.0), "corr_length_mm": (0.3, 50.0),
            "attached_fraction": (0.0, 1.0)}
 DISTRIBUTIONS = ("normal", "lognormal", "uniform")
+# Lesions brighter than this above their host (HU) are calcified: of builtin:lung's 738 LIDC-IDRI rows,
+# 63 (8.5 %) are (calcified nodules, benign, labelled as nodules); see LesionProfile.without_calcified.
+CALCIFIED_HU = 1200.0
 # Jitter of a drawn row, in units of each feature's SD: enough that no two lesions are copies, small
 # enough to keep the joint distribution (Scott's multivariate factor, ~0.65 for 11 features and a
 # few hundred lesions, would widen every marginal by ~20 %).
@@ -114,6 +117,33 @@ class LesionProfile:
         summary = {f: summarise(arr[:, j]) for j, f in enumerate(FEATURE_ORDER)}
         clean = tuple(tuple(round(float(x), 5) for x in r) for r in arr)
         return cls(get_organ(organ).name, "fitted", clean, {}, summary, dict(source), name)
+
+    def without_calcified(self, max_contrast_hu: float = CALCIFIED_HU) -> "LesionProfile":
+        """This profile without its calcified rows (``contrast_hu`` above ``max_contrast_hu``): a
+        fitted profile keeps its other rows, and a draw stays inside their range, so no drawn lesion
+        is brighter than ``max_contrast_hu``; a literature profile's ``contrast_hu`` is capped there.
+
+        Example:
+            >>> p = LesionProfile.from_rows("lung", [[6.0, 0.9, 0.8, 0.95, 780.0, 0.12, 0.4, 60.0, 40.0, 2.0, 0.1],
+            ...                                        [9.0, 0.8, 0.7, 0.90, 1500.0, 0.10, 0.45, 70.0, 45.0, 2.5, 0.3]],
+            ...                             source={"kind": "example"}, name="ex")
+            >>> q = p.without_calcified()
+            >>> len(q.rows), q.source["calcified_rows_left_out"], q.source["max_contrast_hu"]
+            (1, 1, 1200.0)
+        """
+        limit = float(max_contrast_hu)
+        j = FEATURE_ORDER.index("contrast_hu")
+        if self.kind == "fitted":
+            keep = [r for r in self.rows if r[j] <= limit]
+            if not keep:
+                raise InputError(self.name or "profile", f"every lesion of the profile is calcified "
+                                                         f"(contrast above {limit:g} HU)")
+            source = {**self.source, "max_contrast_hu": limit, "calcified_rows_left_out": len(self.rows) - len(keep)}
+            return LesionProfile.from_rows(self.organ, keep, source, self.name)
+        spec = dict(self.distributions["contrast_hu"])
+        spec["max"] = min(float(spec.get("max", math.inf)), limit)
+        return LesionProfile(self.organ, self.kind, self.rows, {**self.distributions, "contrast_hu": spec},
+                             self.summary, {**self.source, "max_contrast_hu": limit}, self.name)
 
     # -------------------------------------------------------------- sampling
     def sample(self, rng: np.random.Generator) -> dict[str, float]:

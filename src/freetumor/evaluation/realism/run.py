@@ -114,9 +114,9 @@ def _datalist_cases(path: Path, org: Organ, label_map, option: str, skip_bad: bo
 
 
 def _datalist_crops(path: Path, entries: list[dict], lm: LabelMap, org: Organ, source: str,
-                    crop_kw: dict) -> list[LesionCrop]:
-    """The labelled lesions of one datalist's checked cases."""
-    crops = crops_from_datalist(entries, org.name, label_map=lm, source=source, **crop_kw)
+                    crop_kw: dict, progress=None) -> list[LesionCrop]:
+    """The labelled lesions of one datalist's checked cases (``progress`` called before each case)."""
+    crops = crops_from_datalist(entries, org.name, label_map=lm, source=source, progress=progress, **crop_kw)
     if not crops:
         raise InputError(path, f"no {source} {org.name} tumours (label {lm.tumour_id(org.name)}, at least "
                                f"{crop_kw['min_voxels']} voxels) in the labelled cases")
@@ -152,7 +152,7 @@ def _rows(crops: list[LesionCrop], X: np.ndarray) -> list[list[str]]:
 
 
 def run_realism(real_datalist, synthetic, out_dir, organ: str, label_map=None, folds: int = 5,
-                seed: int = 0, control=None, skip_bad_cases: bool = False, log=None) -> dict:
+                seed: int = 0, control=None, skip_bad_cases: bool = False, log=None, progress=None) -> dict:
     """Score the realism of a set of synthetic tumours against the real tumours of a datalist.
 
     ``synthetic`` is a folder written by ``freetumor synthesize`` (each lesion scored on its own
@@ -185,13 +185,18 @@ def run_realism(real_datalist, synthetic, out_dir, organ: str, label_map=None, f
     control_path = None if control is None else _datalist_path(control, "control datalist")
     crop_kw = {"spacing": (1.0, 1.0, 1.0), "margin_mm": 5.0, "min_voxels": 20}
 
+    say = progress or (lambda text: None)
+    case_log = getattr(progress, "log", None)
     # every datalist's cases checked first, before any lesion is cropped
+    say("checking the cases")
     real_cases, lm = _datalist_cases(dl_path, org, label_map, "--real", skip_bad_cases, log)
     syn_cases, syn_lm = (_datalist_cases(syn_path, org, label_map, "--synthetic", skip_bad_cases, log)
                          if syn_kind == "datalist" else (None, None))
     control_cases, control_lm = (_datalist_cases(control_path, org, label_map, "--control", skip_bad_cases, log)
                                  if control_path is not None else (None, None))
-    real_crops = _datalist_crops(dl_path, real_cases, lm, org, "real", crop_kw)
+    say("cropping the real lesions")
+    real_crops = _datalist_crops(dl_path, real_cases, lm, org, "real", crop_kw, case_log)
+    say("cropping the synthetic lesions")
     tid = lm.tumour_id(org.name)
     if syn_kind == "folder":
         syn_crops = crops_from_synthetic_dir(syn_path, org.name, **crop_kw)
@@ -199,11 +204,13 @@ def run_realism(real_datalist, synthetic, out_dir, organ: str, label_map=None, f
             raise InputError(syn_path, f"no synthetic {org.name} lesions of at least "
                                        f"{crop_kw['min_voxels']} voxels in the folder")
     else:
-        syn_crops = _datalist_crops(syn_path, syn_cases, syn_lm, org, "synthetic", crop_kw)
+        syn_crops = _datalist_crops(syn_path, syn_cases, syn_lm, org, "synthetic", crop_kw, case_log)
     control_crops = []
     if control_path is not None:
-        control_crops = _datalist_crops(control_path, control_cases, control_lm, org, "control", crop_kw)
+        say("cropping the control lesions")
+        control_crops = _datalist_crops(control_path, control_cases, control_lm, org, "control", crop_kw, case_log)
     window = [float(v) for v in org.hu_window]
+    say(f"features of {len(real_crops)} real and {len(syn_crops)} synthetic lesions; {folds}-fold classifier")
     real_f = [lesion_features(c, window) for c in real_crops]
     syn_f = [lesion_features(c, window) for c in syn_crops]
     vtt, y, oof, names, X = cross_validate(real_f, syn_f, folds, seed)
@@ -248,6 +255,7 @@ def run_realism(real_datalist, synthetic, out_dir, organ: str, label_map=None, f
     rows = _rows(real_crops + syn_crops, X)
     roc_control = None
     if control_path is not None:
+        say("the real-vs-control floor")
         control_f = [lesion_features(c, window) for c in control_crops]
         vtt_c, y_c, oof_c, names_c, X_c = cross_validate(real_f, control_f, folds, seed)
         dist_c = feature_distance(real_f, control_f)
@@ -270,6 +278,7 @@ def run_realism(real_datalist, synthetic, out_dir, organ: str, label_map=None, f
         rows += _rows(control_crops, X_c[len(real_crops):])
 
     buf = io.StringIO()
+    say("writing the report and figures")
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["source", "case", "index", "volume_ml", *names])
     writer.writerows(rows)
