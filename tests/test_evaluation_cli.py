@@ -198,7 +198,7 @@ def test_realism_cli_bad_inputs(realism_sets, tmp_path, case):
         args["--synthetic"], match = unl, "no synthetic liver tumours"
     before = _digest(root)
     r = run("realism", "--real", real, *[str(x) for kv in args.items() for x in kv], "--organ", "liver",
-            "--out", tmp_path / "out", "--folds", 3)
+            "--out", tmp_path / "out", "--folds", 3, "--quiet")  # --quiet: no progress line before the error
     assert r.returncode == 1, r.stdout + r.stderr
     assert r.stderr.startswith("error: ") and r.stderr.strip().count("\n") == 0 and match in r.stderr, r.stderr
     assert not (tmp_path / "out").exists() and _digest(root) == before

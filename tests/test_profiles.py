@@ -282,12 +282,12 @@ def test_lesions_fit_cli_and_synthesize_with_the_profile(tmp_path):
     from freetumor.phantom import make_case
 
     image, label = make_case("chest", seed=4, tumour=False)
-    save_volume(image, tmp_path / "ct.nii.gz")
+    save_volume(image, tmp_path / "chest.nii.gz")
     save_volume(label, tmp_path / "lab.nii.gz")
-    r = run_cli("synthesize", "--image", tmp_path / "ct.nii.gz", "--label", tmp_path / "lab.nii.gz", "--organ", "lung",
+    r = run_cli("synthesize", "--image", tmp_path / "chest.nii.gz", "--label", tmp_path / "lab.nii.gz", "--organ", "lung",
                 "--out", tmp_path / "syn", "--profile", tmp_path / "p.json", "--no-png", "--seed", "3")
     assert r.returncode == 0, r.stderr
-    rec = json.loads((tmp_path / "syn" / "ct.json").read_text())
+    rec = json.loads((tmp_path / "syn" / "chest.json").read_text())
     les = rec["lesions"][0]
     assert les["size_class"] == "profile" and les["difference_source"] == "profile"
     assert les["mean_hu_after"] > les["mean_hu_before"] + 200  # solid tissue in lung
