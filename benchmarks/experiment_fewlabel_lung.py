@@ -826,7 +826,8 @@ def near_lung(lungs: Path, case: str, spacing) -> np.ndarray:
     dst = lungs.parent / "lungs_near" / f"{case}.nii.gz"
     if dst.exists():
         return np.asarray(load_volume(dst).array) > 0
-    vol = load_volume(lungs / f"{case}.nii.gz")
+    mask = lungs / f"{case}_organs.nii.gz"  # organs' name for a case's mask (<case>.nii.gz before it)
+    vol = load_volume(mask if mask.exists() else lungs / f"{case}.nii.gz")
     near = ndimage.binary_dilation(np.asarray(vol.array) > 0, structure=ball(LUNG_REACH_MM, spacing))
     dst.parent.mkdir(parents=True, exist_ok=True)
     save_volume(vol.with_array(near.astype(np.uint8)), dst)

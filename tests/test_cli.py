@@ -114,7 +114,7 @@ def _bad_cases(src: Path, tmp: Path):
     shifted = im.affine.copy()
     shifted[0, 3] += 7
     return [
-        ("truncated", trunc, lab, [], "trunc.nii.gz: cannot read NIfTI"),
+        ("truncated", trunc, lab, [], "trunc.nii.gz: header claims"),
         ("shape", img, save("short.nii.gz", la[:-2]), [], "short.nii.gz: shape"),
         ("affine", img, save("shifted.nii.gz", la, shifted), [], "shifted.nii.gz: affine"),
         ("organ absent", img, save("noliver.nii.gz", no_liver), [], "noliver.nii.gz: no liver"),

@@ -336,20 +336,20 @@ def test_predict_probabilities_on_the_input_grid(tmp_path):
     from freetumor.phantom import make_case
 
     image, _ = make_case("abdomen", seed=5, tumour=True, shape=(48, 40, 24), spacing=(7.0, 7.0, 9.0))
-    save_volume(image, tmp_path / "ct.nii.gz")
+    save_volume(image, tmp_path / "case1.nii.gz")
     cfg = load_config("abdomen7-cpu-tiny", ["data.roi_size=[32,32,32]", "val.overlap=0.25"])
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "seg.pt", model=build_model(cfg), cfg=cfg, step=0)
     out = tmp_path / "pred"
-    r = run("predict", "--model", tmp_path / "seg.pt", "--image", tmp_path / "ct.nii.gz", "--out", out,
+    r = run("predict", "--model", tmp_path / "seg.pt", "--image", tmp_path / "case1.nii.gz", "--out", out,
             "--device", "cpu", "--probabilities")
     assert r.returncode == 0, r.stderr
     assert "and tumour probability map(s)" in r.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["ct.nii.gz", "ct_prob.nii.gz"]
-    ct, prob, labels = load_volume(tmp_path / "ct.nii.gz"), load_volume(out / "ct_prob.nii.gz"), load_volume(out / "ct.nii.gz")
+    assert sorted(p.name for p in out.iterdir()) == ["case1.nii.gz", "case1_prob.nii.gz"]
+    ct, prob, labels = load_volume(tmp_path / "case1.nii.gz"), load_volume(out / "case1_prob.nii.gz"), load_volume(out / "case1.nii.gz")
     import nibabel as nib
 
-    assert nib.load(str(out / "ct_prob.nii.gz")).get_data_dtype() == np.float32
+    assert nib.load(str(out / "case1_prob.nii.gz")).get_data_dtype() == np.float32
     assert prob.shape == ct.shape and np.allclose(prob.affine, ct.affine)
     p = prob.array
     assert p.dtype == np.float32 and p.min() >= 0.0 and p.max() <= 1.0 and p.max() > 0.0

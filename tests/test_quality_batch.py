@@ -14,6 +14,7 @@ from freetumor.models import build_model
 from freetumor.phantom import make_case
 from freetumor.quality import QualityControl
 from freetumor.synthesis import Synthesizer
+from freetumor.progress import without_progress
 
 
 @pytest.fixture(scope="module")
@@ -206,12 +207,12 @@ def test_qc_device_bad_values_are_one_line_errors(tmp_path, abdomen_case):
     base = ["synthesize", "--image", tmp_path / "ct.nii.gz", "--label", tmp_path / "lab.nii.gz", "--organ", "liver",
             "--out", tmp_path / "out"]
     r = run_cli(*base, "--qc-segmentor", tmp_path / "seg.pt", "--qc-device", "gpu")
-    assert r.returncode == 1 and "qc.device" in r.stderr and "gpu" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.returncode == 1 and "qc.device" in r.stderr and "gpu" in r.stderr and len(without_progress(r.stderr)) == 1
     r = run_cli(*base, "--qc-device", "cpu")
     assert r.returncode == 1 and "--qc-device needs --qc-segmentor" in r.stderr
     r = run_cli("train-seg", "--config", "liver-cpu-tiny", "--datalist", tmp_path / "none.json", "--out",
                 tmp_path / "run", "--qc-device", "gpu0")
-    assert r.returncode == 1 and "qc.device" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.returncode == 1 and "qc.device" in r.stderr and len(without_progress(r.stderr)) == 1
     assert not (tmp_path / "out").exists()
 
 

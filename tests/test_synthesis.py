@@ -271,9 +271,10 @@ def test_released_shape_convention_stretches_chest_lesions_head_foot():
 # ------------------------------------------------------------ reruns into one --out
 @pytest.fixture()
 def small_case(tmp_path):
-    """A small abdominal phantom saved as src/ct.nii.gz and src/ct_seg.nii.gz (case ``ct``)."""
+    """A small abdominal phantom saved as ct/ct.nii.gz and ct/ct_seg.nii.gz (case ``ct``: a generic file
+    name takes its folder's name)."""
     image, label = make_case("abdomen", seed=21, shape=(96, 80, 48))
-    src = tmp_path / "src"
+    src = tmp_path / "ct"
     src.mkdir()
     save_volume(image, src / "ct.nii.gz")
     save_volume(label, src / "ct_seg.nii.gz")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 import zlib
 from dataclasses import dataclass, field
@@ -470,8 +471,6 @@ def special_kind(path: Path) -> str | None:
     >>> special_kind(Path("/dev/null")), special_kind(Path("/nonexistent-freetumor"))
     ('a character device', None)
     """
-    import stat
-
     try:
         mode = path.stat().st_mode
     except OSError:

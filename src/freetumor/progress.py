@@ -21,12 +21,25 @@ Example:
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
 from typing import Callable, Iterable, TextIO
 
 HEARTBEAT_S = 30.0
+
+
+PROGRESS_LINE = re.compile(r"^\[\d+ s\] ")  # what :class:`Progress` writes: "[12 s] phase ..."
+
+
+def without_progress(stderr: str) -> list[str]:
+    """The lines of a command's stderr that are not progress lines (its error line, warnings).
+
+    >>> without_progress("[0 s] reading ct.nii.gz ...\\nerror: ct.nii.gz: not a NIfTI\\n")
+    ['error: ct.nii.gz: not a NIfTI']
+    """
+    return [ln for ln in stderr.strip().splitlines() if ln and not PROGRESS_LINE.match(ln)]
 
 
 def bar(iterable: Iterable | None = None, *, desc: str, enabled: bool = True, unit: str = "it", **kw):
