@@ -6,7 +6,11 @@ that ships with freetumor (``builtin:lung`` ...; :func:`builtin_profile`). It ho
 measured lesion, one row of :data:`PROFILE_FEATURES` (the *empirical joint distribution*, so that
 e.g. small lesions keep their own contrast), a summary of every feature (quantiles), and where the
 numbers came from. A literature-based profile has no rows but independent ``distributions``
-(``normal`` / ``lognormal`` / ``uniform`` with bounds) and its citations.
+(``normal`` / ``lognormal`` / ``uniform`` with bounds) and its citations. A *combined* profile
+(``kind: combined``, e.g. ``builtin:liver``) has both: measured rows for most features and literature
+``distributions`` for the features its few real lesions cannot pin down (size, say); a draw takes a
+row and replaces those features by independent draws. ``source.provenance`` then says, per feature,
+which of the two each number comes from.
 
 :meth:`LesionProfile.sample` draws one lesion's parameters: a real row chosen at random plus a
 small Gaussian jitter (:data:`JITTER` of each feature's SD), kept inside the observed range.
@@ -93,9 +97,11 @@ class LesionProfile:
 
     Attributes:
         organ: the tumour type it describes.
-        kind: ``fitted`` (rows measured on real lesions) or ``literature`` (distributions).
-        rows: per-lesion feature rows in :data:`FEATURE_ORDER` (fitted), else empty.
-        distributions: feature -> ``{"dist": ..., parameters, "min", "max"}`` (literature).
+        kind: ``fitted`` (rows measured on real lesions), ``literature`` (distributions) or
+            ``combined`` (rows, with some features drawn from distributions instead).
+        rows: per-lesion feature rows in :data:`FEATURE_ORDER` (fitted, combined), else empty.
+        distributions: feature -> ``{"dist": ..., parameters, "min", "max"}`` (literature: every
+            feature; combined: the features drawn from the literature instead of the rows).
         summary: feature -> quantiles.
         source: where the numbers came from (datalist, lesion count, date, citations, ...).
     """
@@ -133,22 +139,38 @@ class LesionProfile:
         """
         limit = float(max_contrast_hu)
         j = FEATURE_ORDER.index("contrast_hu")
-        if self.kind == "fitted":
+        if self.kind in ("fitted", "combined") and "contrast_hu" not in self.distributions:
             keep = [r for r in self.rows if r[j] <= limit]
             if not keep:
                 raise InputError(self.name or "profile", f"every lesion of the profile is calcified "
                                                          f"(contrast above {limit:g} HU)")
             source = {**self.source, "max_contrast_hu": limit, "calcified_rows_left_out": len(self.rows) - len(keep)}
+            if self.kind == "combined":
+                return LesionProfile.combined(self.organ, keep, self.distributions, source, self.name)
             return LesionProfile.from_rows(self.organ, keep, source, self.name)
         spec = dict(self.distributions["contrast_hu"])
         spec["max"] = min(float(spec.get("max", math.inf)), limit)
         return LesionProfile(self.organ, self.kind, self.rows, {**self.distributions, "contrast_hu": spec},
                              self.summary, {**self.source, "max_contrast_hu": limit}, self.name)
+    @classmethod
+    def combined(cls, organ: str, rows, distributions: dict, source: dict, name: str = "",
+                 summary_draws: int = 20000) -> "LesionProfile":
+        """Measured ``rows`` with the features of ``distributions`` drawn from those instead; the
+        summary of such a feature is that of ``summary_draws`` draws (seed 0), the others the rows'."""
+        fitted = cls.from_rows(organ, rows, source, name)
+        dists = {f: dict(distributions[f]) for f in FEATURE_ORDER if f in distributions}
+        if not dists or set(distributions) - set(dists):
+            raise ValueError(f"combined profile distributions must name some of: {', '.join(FEATURE_ORDER)}")
+        rng = np.random.default_rng(0)
+        summary = dict(fitted.summary)
+        for f, spec in dists.items():
+            summary[f] = summarise([_draw(spec, f, rng) for _ in range(summary_draws)])
+        return cls(fitted.organ, "combined", fitted.rows, dists, summary, dict(source), name)
 
     # -------------------------------------------------------------- sampling
     def sample(self, rng: np.random.Generator) -> dict[str, float]:
         """One lesion's parameters (every feature of :data:`FEATURE_ORDER`)."""
-        if self.kind == "fitted":
+        if self.kind in ("fitted", "combined"):
             arr = np.asarray(self.rows, np.float64)
             n, d = arr.shape
             row = arr[int(rng.integers(n))].copy()
@@ -159,20 +181,11 @@ class LesionProfile:
             for j, f in enumerate(FEATURE_ORDER):
                 b_lo, b_hi = _BOUNDS.get(f, (-math.inf, math.inf))
                 out[f] = float(np.clip(row[j], max(lo[j], b_lo), min(hi[j], b_hi)))
+            for f in FEATURE_ORDER:  # combined: these features from the literature (same order every draw)
+                if f in self.distributions:
+                    out[f] = _draw(self.distributions[f], f, rng)
             return out
-        out = {}
-        for f in FEATURE_ORDER:
-            spec = self.distributions[f]
-            dist = spec["dist"]
-            if dist == "normal":
-                v = rng.normal(spec["mean"], spec["sd"])
-            elif dist == "lognormal":
-                v = float(np.exp(rng.normal(math.log(spec["median"]), spec["sigma"])))
-            else:
-                v = rng.uniform(spec["low"], spec["high"])
-            b_lo, b_hi = _BOUNDS.get(f, (-math.inf, math.inf))
-            out[f] = float(np.clip(v, max(spec.get("min", -math.inf), b_lo), min(spec.get("max", math.inf), b_hi)))
-        return out
+        return {f: _draw(self.distributions[f], f, rng) for f in FEATURE_ORDER}
 
     # -------------------------------------------------------------- files
     def to_json(self) -> dict:
@@ -185,8 +198,8 @@ class LesionProfile:
             "features": dict(PROFILE_FEATURES),
             "source": self.source,
             "summary": self.summary,
-            **({"rows": [list(r) for r in self.rows]} if self.kind == "fitted" else {}),
-            **({"distributions": self.distributions} if self.kind == "literature" else {}),
+            **({"rows": [list(r) for r in self.rows]} if self.kind in ("fitted", "combined") else {}),
+            **({"distributions": self.distributions} if self.kind in ("literature", "combined") else {}),
         }
 
     def save(self, path: str | os.PathLike) -> None:
@@ -205,7 +218,7 @@ class LesionProfile:
         if organ not in ORGAN_NAMES:
             raise InputError(where, f"lesion profile organ {organ!r} is not one of {', '.join(ORGAN_NAMES)}")
         kind = doc.get("kind")
-        if kind == "fitted":
+        if kind in ("fitted", "combined"):
             rows = doc.get("rows")
             ok = isinstance(rows, list) and rows and all(
                 isinstance(r, list) and len(r) == len(FEATURE_ORDER)
@@ -214,20 +227,49 @@ class LesionProfile:
             if not ok:
                 raise InputError(where, f"lesion profile rows must be a non-empty list of {len(FEATURE_ORDER)} "
                                         f"finite numbers each ({', '.join(FEATURE_ORDER)})")
-            return cls.from_rows(organ, rows, doc.get("source") or {}, str(doc.get("name") or ""))
+            fitted = cls.from_rows(organ, rows, doc.get("source") or {}, str(doc.get("name") or ""))
+            if kind == "fitted":
+                return fitted
+            dists = _checked_distributions(doc.get("distributions"), where, partial=True)
+            summary = dict(fitted.summary)
+            stored = doc.get("summary") if isinstance(doc.get("summary"), dict) else {}
+            summary.update({f: stored[f] for f in dists if f in stored})
+            return cls(organ, "combined", fitted.rows, dists, summary, fitted.source, fitted.name)
         if kind == "literature":
-            dists = doc.get("distributions")
-            if not isinstance(dists, dict) or set(dists) != set(FEATURE_ORDER):
-                raise InputError(where, f"lesion profile distributions must give exactly: {', '.join(FEATURE_ORDER)}")
-            need = {"normal": ("mean", "sd"), "lognormal": ("median", "sigma"), "uniform": ("low", "high")}
-            for f, spec in dists.items():
-                if not isinstance(spec, dict) or spec.get("dist") not in need or not all(
-                        isinstance(spec.get(k), (int, float)) for k in need[spec.get("dist")]):
-                    raise InputError(where, f"lesion profile distribution of {f!r} must be one of "
-                                            f"{', '.join(DISTRIBUTIONS)} with its parameters, got {spec!r}")
+            dists = _checked_distributions(doc.get("distributions"), where, partial=False)
             summary = doc.get("summary") if isinstance(doc.get("summary"), dict) else {}
             return cls(organ, "literature", (), dists, summary, doc.get("source") or {}, str(doc.get("name") or ""))
-        raise InputError(where, f"lesion profile kind must be fitted or literature, got {kind!r}")
+        raise InputError(where, f"lesion profile kind must be fitted, literature or combined, got {kind!r}")
+
+
+def _draw(spec: dict, feature: str, rng: np.random.Generator) -> float:
+    """One value of a literature distribution, kept in its bounds and the feature's physical ones."""
+    dist = spec["dist"]
+    if dist == "normal":
+        v = rng.normal(spec["mean"], spec["sd"])
+    elif dist == "lognormal":
+        v = float(np.exp(rng.normal(math.log(spec["median"]), spec["sigma"])))
+    else:
+        v = rng.uniform(spec["low"], spec["high"])
+    b_lo, b_hi = _BOUNDS.get(feature, (-math.inf, math.inf))
+    return float(np.clip(v, max(spec.get("min", -math.inf), b_lo), min(spec.get("max", math.inf), b_hi)))
+
+
+def _checked_distributions(dists, where: str, partial: bool) -> dict:
+    """A profile's ``distributions``: every feature (literature) or a non-empty subset (combined)."""
+    names = ", ".join(FEATURE_ORDER)
+    if partial:
+        if not isinstance(dists, dict) or not dists or not set(dists) <= set(FEATURE_ORDER):
+            raise InputError(where, f"combined lesion profile distributions must give some of: {names}")
+    elif not isinstance(dists, dict) or set(dists) != set(FEATURE_ORDER):
+        raise InputError(where, f"lesion profile distributions must give exactly: {names}")
+    need = {"normal": ("mean", "sd"), "lognormal": ("median", "sigma"), "uniform": ("low", "high")}
+    for f, spec in dists.items():
+        if not isinstance(spec, dict) or spec.get("dist") not in need or not all(
+                isinstance(spec.get(k), (int, float)) for k in need[spec.get("dist")]):
+            raise InputError(where, f"lesion profile distribution of {f!r} must be one of "
+                                    f"{', '.join(DISTRIBUTIONS)} with its parameters, got {spec!r}")
+    return dists
 
 
 def builtin_names() -> list[str]:

@@ -14,8 +14,10 @@ centre and the CT's own voxel grid, :func:`render_lesion`:
    HU plus the drawn contrast — plus a spatially coherent texture T (Gaussian random field with
    the drawn SD and correlation length), plus the host's own fine-scale noise N (the host minus
    its 1.5 mm smoothing, where that residual looks like noise; noise of the same SD where it does
-   not, so vessels and fissures never show through a solid lesion); extra fine noise brings the
-   lesion's fine-scale SD up to the drawn one:
+   not, so vessels and fissures never show through a solid lesion; in abdominal organs,
+   ``hide_wide_structure``, stand-in noise of the host's SD everywhere: the lesion replaces the
+   host's texture, vessels included); extra fine noise brings the lesion's fine-scale SD up to the
+   drawn one:
 
        x' = x + f * (host + contrast + T + N - x)
 
@@ -436,7 +438,11 @@ def _render_once(image, allowed, grid: Grid, centre, params: dict, settings: dic
         noise_like &= np.abs(smooth - host_hu) <= 2.5 * max(host_noise, 1.0)
     stand_in = _gaussian_mm(rng.standard_normal(shape).astype(np.float32), 0.35, spacing)
     stand_in *= np.float32(host_noise / max(float(stand_in.std()), 1e-6))
-    kept_noise = np.where(noise_like, residual, stand_in)
+    # Abdominal hosts: a hypodense lesion replaces the host, texture included. A vessel only a few noise SDs
+    # brighter than the liver has partial-volume edges that pass any noise test, so none of the host's fine
+    # residual is kept: the lesion gets stand-in noise of the host's SD (issue 23: vessels showed through
+    # IRCAD liver lesions, +16 HU on the vessel voxels of a 25 mm lesion's core).
+    kept_noise = stand_in if hide_wide_structure else np.where(noise_like, residual, stand_in)
 
     coh_sd = knob.get("coherent_sd", math.sqrt(max(0.0, params["interior_sd"] ** 2 - params["noise_sd"] ** 2)))
     coh_sd *= style.coherent_gain  # recorded with the gain: the calibration corrects the rendered amplitude
@@ -541,6 +547,6 @@ def draw_lesion(profile, image: np.ndarray, allowed: np.ndarray, grid: Grid, rng
             # abdominal hosts: vessels only a few noise SDs bright must not leave a trace (see render_lesion)
             return (render_lesion(image, allowed, grid, centre, params, rng, protect=protect,
                                   hide_wide_structure=profile.organ != "lung",
-                                  calibrate=profile.kind == "fitted",
+                                  calibrate=profile.kind in ("fitted", "combined"),
                                   style=FITTED_STYLE if profile.kind == "fitted" else NEUTRAL_STYLE), params, draws)
     return None, params, tries
