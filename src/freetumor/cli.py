@@ -197,8 +197,8 @@ def synthesize(
     qc_device: Optional[str] = typer.Option(None, "--qc-device", help="cpu, cuda or cuda:N for the QC segmentor "
                                             "alone (default: --device)."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Lesion profile (profile.json of `freetumor lesions "
-                                          "fit`, or builtin:lung, fitted to LIDC nodules; builtin:liver|pancreas|kidney, "
-                                          "literature-based): each lesion's size, shape, contrast, edge and texture "
+                                          "fit`, or builtin:lung, fitted to LIDC nodules; builtin:liver, IRCAD tumours with "
+                                          "literature sizes; builtin:pancreas|kidney, literature-based): each lesion's size, shape, contrast, edge and texture "
                                           "are drawn from it and rendered in mm and HU."),
     shape_convention: ShapeConvention = typer.Option(ShapeConvention.physical, "--shape-convention",
                                                      help=SHAPE_CONVENTION_HELP),
@@ -471,8 +471,8 @@ def synthesize_batch_cmd(
     ray_address: str = typer.Option("local", "--ray-address", help="local (a Ray instance on this machine), "
                                     "auto or a cluster address."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Lesion profile (profile.json of `freetumor lesions "
-                                          "fit`, or builtin:lung, fitted to LIDC nodules; builtin:liver|pancreas|kidney, "
-                                          "literature-based): each lesion's size, shape, contrast, edge and texture "
+                                          "fit`, or builtin:lung, fitted to LIDC nodules; builtin:liver, IRCAD tumours with "
+                                          "literature sizes; builtin:pancreas|kidney, literature-based): each lesion's size, shape, contrast, edge and texture "
                                           "are drawn from it and rendered in mm and HU."),
     shape_convention: ShapeConvention = typer.Option(ShapeConvention.physical, "--shape-convention",
                                                      help=SHAPE_CONVENTION_HELP),
