@@ -16,8 +16,8 @@ from freetumor.lesions.fit import fit_profile
 from freetumor.lesions.measure import measure_crop
 from freetumor.lesions.profile import FEATURE_ORDER, LesionProfile, builtin_names, load_profile
 from freetumor.lesions.render import (FITTED_STYLE, NEUTRAL_STYLE, _heavy_tailed, choose_centre, draw_lesion, local_depth,
-from freetumor.progress import without_progress
                                       measure_rendered, render_lesion, sample_centre)
+from freetumor.progress import without_progress
 
 from conftest import DATASETS, need, run_cli
 
