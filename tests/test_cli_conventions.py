@@ -77,7 +77,8 @@ def chest(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("cases") / "LUNG1-001"
     d.mkdir()
-    image, label = make_case("chest", seed=3, tumour=False)
+    image, label = make_case("chest", seed=3, tumour=False, shape=(118, 96, 38),
+                             spacing=(3.0, 3.0, 7.4))  # the same body on a coarser grid: fast
     save_volume(image, d / "image.nii.gz")
     save_volume(label, d / "label.nii.gz")
     return d
