@@ -145,3 +145,22 @@ def test_outputs_never_replace_a_special_file(tmp_path):
         with atomic_path(fifo) as tmp:
             open(tmp, "w").write("x")
     assert special_kind(fifo) == "a FIFO" and sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+
+
+def test_deeply_nested_json_and_yaml_are_one_line_errors(tmp_path):
+    """5,000 levels of nesting (a RecursionError in the parsers) in a datalist, a label map, a lesion
+    profile and a config: an InputError naming the file, not a traceback."""
+    from freetumor.config import load_config
+    from freetumor.data import load_datalist
+    from freetumor.errors import InputError
+    from freetumor.labels import load_label_map
+    from freetumor.lesions.profile import load_profile
+
+    deep = "[" * 5000 + "]" * 5000
+    (tmp_path / "deep.json").write_text(deep)
+    (tmp_path / "deep.yaml").write_text(deep)
+    for load, name in ((load_datalist, "deep.json"), (load_label_map, "deep.json"), (load_profile, "deep.json"),
+                       (load_config, "deep.yaml")):
+        with pytest.raises(InputError, match="nested too deeply") as info:
+            load(str(tmp_path / name))
+        assert name in str(info.value)

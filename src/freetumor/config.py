@@ -747,6 +747,8 @@ def load_config(spec: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
         data = _yaml_load(text)
     except yaml.YAMLError as exc:
         raise InputError(shown, f"not valid YAML ({_one_line(exc)})") from None
+    except RecursionError:
+        raise InputError(shown, "YAML nested too deeply to be a config") from None
     if data is None or data == {}:
         # all defaults would be the full paper network: refuse rather than run it unasked
         raise InputError(shown, "config is empty (it would run the full paper SwinUNETR on defaults); "

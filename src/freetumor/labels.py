@@ -204,6 +204,8 @@ def load_label_map(path: str | os.PathLike) -> LabelMap:
         raise InputError(p, "label map file not found") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(p, f"not a readable JSON label map ({type(exc).__name__})") from None
+    except RecursionError:
+        raise InputError(p, "JSON nested too deeply to be a label map") from None
     if not isinstance(data, dict) or not isinstance(data.get("organs"), dict) or not data["organs"]:
         raise InputError(p, 'label map needs an "organs" object, e.g. {"liver": {"organ": [1], "tumor": 2}}')
     organs: dict[str, tuple[tuple[int, ...], int]] = {}

@@ -44,6 +44,8 @@ def load_datalist(path: str | os.PathLike, keys: tuple[str, ...] | None = None) 
         raise InputError(p, "datalist not found") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(p, f"not a readable JSON datalist ({type(exc).__name__})") from None
+    except RecursionError:
+        raise InputError(p, "JSON nested too deeply to be a datalist") from None
     if isinstance(data, list):
         data = {"training": data}
     if not isinstance(data, dict):
@@ -101,7 +103,7 @@ def datalist_label_map(path: str | os.PathLike) -> str | None:
     """
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     value = data.get("label_map") if isinstance(data, dict) else None
     if not isinstance(value, str) or not value:

@@ -300,6 +300,8 @@ def load_profile(spec: str | os.PathLike | LesionProfile, organ: str | None = No
             doc = json.loads(p.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InputError(where, f"not a readable JSON lesion profile ({type(exc).__name__})") from None
+        except RecursionError:
+            raise InputError(where, "JSON nested too deeply to be a lesion profile") from None
         profile = LesionProfile.from_json(doc, where)
     if organ is not None and profile.organ != get_organ(organ).name:
         raise InputError(where, f"lesion profile is for {profile.organ}, not {get_organ(organ).name}")
