@@ -162,6 +162,9 @@ def _quiet() -> bool:
     return typer.Option(False, "--quiet", "-q", help=QUIET_HELP)
 
 
+PROFILE_HELP = ("Lesion profile (profile.json of `freetumor lesions fit`, or builtin:lung, fitted to LIDC nodules; "
+                "builtin:liver, IRCAD tumours with literature sizes; builtin:pancreas|kidney, literature-based): each "
+                "lesion's size, shape, contrast, edge and texture are drawn from it and rendered in mm and HU.")
 EXCLUDE_CALCIFIED_HELP = ("With --profile: leave out the profile's calcified lesions (contrast above 1200 HU; "
                          "8.5 % of builtin:lung's LIDC-IDRI nodules), which are labelled as tumour there.")
 SKIP_BAD_HELP = ("Leave out cases that fail the up-front check (as `freetumor data check`) and say how many; "
@@ -196,10 +199,7 @@ def synthesize(
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda for the generator and QC segmentor."),
     qc_device: Optional[str] = typer.Option(None, "--qc-device", help="cpu, cuda or cuda:N for the QC segmentor "
                                             "alone (default: --device)."),
-    profile: Optional[str] = typer.Option(None, "--profile", help="Lesion profile (profile.json of `freetumor lesions "
-                                          "fit`, or builtin:lung, fitted to LIDC nodules; builtin:liver, IRCAD tumours with "
-                                          "literature sizes; builtin:pancreas|kidney, literature-based): each lesion's size, shape, contrast, edge and texture "
-                                          "are drawn from it and rendered in mm and HU."),
+    profile: Optional[str] = typer.Option(None, "--profile", help=PROFILE_HELP),
     shape_convention: ShapeConvention = typer.Option(ShapeConvention.physical, "--shape-convention",
                                                      help=SHAPE_CONVENTION_HELP),
     exclude_calcified: bool = typer.Option(False, "--exclude-calcified", help=EXCLUDE_CALCIFIED_HELP),
@@ -470,10 +470,7 @@ def synthesize_batch_cmd(
                                           "one per GPU); 0 runs serially without Ray."),
     ray_address: str = typer.Option("local", "--ray-address", help="local (a Ray instance on this machine), "
                                     "auto or a cluster address."),
-    profile: Optional[str] = typer.Option(None, "--profile", help="Lesion profile (profile.json of `freetumor lesions "
-                                          "fit`, or builtin:lung, fitted to LIDC nodules; builtin:liver, IRCAD tumours with "
-                                          "literature sizes; builtin:pancreas|kidney, literature-based): each lesion's size, shape, contrast, edge and texture "
-                                          "are drawn from it and rendered in mm and HU."),
+    profile: Optional[str] = typer.Option(None, "--profile", help=PROFILE_HELP),
     shape_convention: ShapeConvention = typer.Option(ShapeConvention.physical, "--shape-convention",
                                                      help=SHAPE_CONVENTION_HELP),
     exclude_calcified: bool = typer.Option(False, "--exclude-calcified", help=EXCLUDE_CALCIFIED_HELP),

@@ -187,9 +187,10 @@ def check_claimed_size(p: Path, shape, dtype, offset: int = 0) -> None:
     claimed = n * np.dtype(dtype).itemsize
     in_memory = n * max(np.dtype(dtype).itemsize, 4)  # scaled integers are read as floats
     dims = " x ".join(str(int(d)) for d in shape)
-    if in_memory > max_volume_bytes():
+    budget = max_volume_bytes()
+    if in_memory > budget:
         raise InputError(p, f"header claims {dims} voxels ({claimed / 1e9:.1f} GB), more than the "
-                            f"{max_volume_bytes() / 2**30:g} GiB memory budget (FREETUMOR_MAX_VOLUME_GB)")
+                            f"{budget / 2**30:g} GiB memory budget (FREETUMOR_MAX_VOLUME_GB)")
     try:
         size = p.stat().st_size
     except OSError:
@@ -396,9 +397,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
         'done'
     """
     path = Path(path)
-    kind = special_kind(path)
-    if kind:  # the last line of defence: os.replace would swap the device node for a regular file
-        raise InputError(path, f"output path is {kind}, not a regular file; nothing is written there")
+    refuse_special(path, "a regular file")  # the last line of defence: os.replace would swap a device node
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _make_temp(path, suffix)
     try:
@@ -482,6 +481,14 @@ def special_kind(path: Path) -> str | None:
     return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else "not a regular file"
 
 
+def refuse_special(path: Path, wanted: str) -> None:
+    """One-line :class:`InputError` when ``path`` is a device, FIFO or socket (:func:`special_kind`),
+    where ``wanted`` (``"a folder"``, ``"a regular file"``) was to be written."""
+    kind = special_kind(path)
+    if kind:
+        raise InputError(path, f"output path is {kind}, not {wanted}; nothing is written there")
+
+
 def check_output_folder(out_dir: str | os.PathLike) -> None:
     """Refuse, before any work, an output folder that cannot be made or written (one-line :class:`InputError`).
 
@@ -499,9 +506,7 @@ def check_output_folder(out_dir: str | os.PathLike) -> None:
     if str(out_dir) == "":
         raise InputError("--out", "empty output path")
     out = Path(out_dir)
-    kind = special_kind(out)
-    if kind:
-        raise InputError(out, f"output path is {kind}, not a folder; nothing is written there")
+    refuse_special(out, "a folder")
     if out.exists() and not out.is_dir():
         raise InputError(out, "output path exists and is not a folder")
     _writable_from(out, out)
@@ -513,9 +518,7 @@ def check_output_file(path: str | os.PathLike) -> None:
     if str(path) == "":
         raise InputError("--out", "empty output path")
     p = Path(path)
-    kind = special_kind(p)
-    if kind:
-        raise InputError(p, f"output path is {kind}, not a regular file; nothing is written there")
+    refuse_special(p, "a regular file")
     if p.is_dir():
         raise InputError(p, "output path is a folder, not a file")
     _writable_from(p.parent, p)

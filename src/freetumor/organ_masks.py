@@ -287,15 +287,16 @@ def segment_organs(
             # 30 s on a whole chest CT on 2 cores)
             with Progress(progress, done=None) as say:
                 for k, p in enumerate(inputs, 1):
-                    say(f"{k}/{len(inputs)} {case_name(p)}: reading")
+                    case, name = f"{k}/{len(inputs)} {case_name(p)}", mask_name(p)
+                    say(f"{case}: reading")
                     vol = load_volume(p)
-                    say(f"{k}/{len(inputs)} {case_name(p)}: {engine} on {'x'.join(map(str, vol.shape))} voxels")
+                    say(f"{case}: {engine} on {'x'.join(map(str, vol.shape))} voxels")
                     mask = run(vol)
-                    say(f"{k}/{len(inputs)} {case_name(p)}: writing {mask_name(p)}")
-                    save_volume(Volume(mask, vol.affine.copy(), vol.header, vol.path), stage / mask_name(p))
+                    say(f"{case}: writing {name}")
+                    save_volume(Volume(mask, vol.affine.copy(), vol.header, vol.path), stage / name)
                     masks.append(p)
                     if log:
-                        log(f"wrote {out / mask_name(p)}")
+                        log(f"wrote {out / name}")
             source = {"engine": engine}
         entries = [{"image": str(Path(p).resolve()), "label": mask_name(p), "tumour": False}
                    for p in masks]

@@ -57,28 +57,13 @@ class QCDecision:
     accepted: bool
     scores: dict
     reasons: list[str] = field(default_factory=list)
-
-    def kinds(self) -> list[str]:
-        """Each failed check as one word (``empty``, ``recall``, ``inside``, ``visible``, ``contrast``):
-        what training logs count, to tell a weak judge from implausible lesions."""
-        return [reason_kind(r) for r in self.reasons]
+    # each failed check as one word, beside its reason (``empty``, ``recall``, ``inside``, ``visible``,
+    # ``contrast``): what training logs count, to tell a weak judge from implausible lesions
+    kinds: list[str] = field(default_factory=list)
 
     def as_record(self) -> dict:
         return {"accepted": self.accepted, "reasons": list(self.reasons),
                 **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.scores.items()}}
-
-
-REASON_KINDS = (("empty", "empty"), ("segmentor recall", "recall"), ("only ", "inside"),
-                ("visible volume", "visible"), ("contrast", "contrast"))
-
-
-def reason_kind(reason: str) -> str:
-    """The one-word kind of one of :func:`decide`'s reasons.
-
-    >>> reason_kind("segmentor recall 0.000 <= 0.7"), reason_kind("contrast +6.4 HU outside +50..+1000 HU for lung")
-    ('recall', 'contrast')
-    """
-    return next((kind for prefix, kind in REASON_KINDS if reason.startswith(prefix)), "other")
 
 
 def predicted_tumour(scores, classes, keepdim: bool = False):
@@ -155,23 +140,32 @@ def cheap_scores(before_hu: np.ndarray, after_hu: np.ndarray, fake: np.ndarray, 
 
 
 def decide(scores: dict, organ: Organ, settings: QCConfig) -> QCDecision:
-    """Apply the thresholds to ``scores`` (from :func:`cheap_scores`, optionally with ``recall``)."""
-    reasons = []
+    """Apply the thresholds to ``scores`` (from :func:`cheap_scores`, optionally with ``recall``).
+
+    >>> from freetumor.organs import get_organ
+    >>> d = decide({"voxels": 10, "inside_fraction": 1.0, "visible_mm3": 5.0, "contrast_hu": 80.0, "recall": 0.0},
+    ...            get_organ("liver"), QCConfig())
+    >>> d.kinds
+    ['recall', 'visible', 'contrast']
+    """
+    failed: list[tuple[str, str]] = []  # (kind, reason)
     if scores.get("voxels", 0) == 0:
-        reasons.append("empty tumour mask")
+        failed.append(("empty", "empty tumour mask"))
     recall = scores.get("recall")
     if recall is not None and not recall > settings.threshold:
-        reasons.append(f"segmentor recall {recall:.3f} <= {settings.threshold:g}")
+        failed.append(("recall", f"segmentor recall {recall:.3f} <= {settings.threshold:g}"))
     if scores.get("voxels", 0):
         if scores["inside_fraction"] < settings.min_inside:
-            reasons.append(f"only {scores['inside_fraction']:.1%} inside the organ (need {settings.min_inside:.0%})")
+            failed.append(("inside", f"only {scores['inside_fraction']:.1%} inside the organ "
+                                     f"(need {settings.min_inside:.0%})"))
         if scores["visible_mm3"] < settings.min_visible_mm3:
-            reasons.append(f"visible volume {scores['visible_mm3']:.1f} mm3 < {settings.min_visible_mm3:g} mm3")
+            failed.append(("visible", f"visible volume {scores['visible_mm3']:.1f} mm3 < "
+                                      f"{settings.min_visible_mm3:g} mm3"))
         lo, hi = settings.contrast_hu or organ.tumour_contrast_hu
         c = scores.get("contrast_hu")
         if c is not None and not lo <= c <= hi:
-            reasons.append(f"contrast {c:+.1f} HU outside {lo:+g}..{hi:+g} HU for {organ.name}")
-    return QCDecision(not reasons, dict(scores), reasons)
+            failed.append(("contrast", f"contrast {c:+.1f} HU outside {lo:+g}..{hi:+g} HU for {organ.name}"))
+    return QCDecision(not failed, dict(scores), [r for _k, r in failed], [k for k, _r in failed])
 
 
 @dataclass

@@ -447,7 +447,7 @@ class RandTumorSynthesisd(SeededTransform):
 
     Adds ``synth_status`` (``accepted``, ``rejected``, ``ineligible``,
     ``skipped`` (by ``prob``) or ``no-room``), ``synth_tries`` and ``synth_rejects`` (the failed
-    checks of every rejected try, one word each (:meth:`~freetumor.quality.QCDecision.kinds`),
+    checks of every rejected try, one word each (:attr:`~freetumor.quality.QCDecision.kinds`),
     space-separated; empty without a rejection) to the dict;
     :attr:`counts` tallies statuses (per process / data-loader worker).
     Randomness comes from the transform's own state (``set_random_state``), so
@@ -606,7 +606,7 @@ class RandTumorSynthesisd(SeededTransform):
                     d["image"], d["label"] = new_img, new_lab
                     out[i] = self._status(d, "accepted", attempt, rejects[i])
                 else:
-                    rejects[i] += verdicts[i].kinds()
+                    rejects[i] += verdicts[i].kinds
             work = {i: w for i, w in work.items() if out[i] is None}
         for i, (d, *_rest) in work.items():
             out[i] = self._status(d, "rejected", self.max_tries, rejects[i])

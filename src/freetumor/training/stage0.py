@@ -266,7 +266,7 @@ def step_row(step: int, loss: float, lr: float, batch: dict, synthesis: bool) ->
     """The ``metrics.jsonl`` line of one step: loss, learning rate, labelled patches of the step's
     patches (``labelled``: [k, n]), and the synthesis outcomes per patch in Stage 2 (``synth``), with
     the checks that failed on rejected tries (``synth_rejects``: kind -> count, see
-    :meth:`~freetumor.quality.QCDecision.kinds`)."""
+    :attr:`~freetumor.quality.QCDecision.kinds`)."""
     row = {"step": step, "loss": loss, "lr": lr, "labelled": list(labelled_share(batch))}
     if synthesis:
         status = list(batch.get("synth_status", []))
