@@ -50,24 +50,17 @@ def qc_threshold() -> float:
     return float(load_config("lung-cpu-tiny").qc.threshold)
 
 
-def tally(run: Path) -> dict:
-    status: dict = {}
-    rejects: dict = {}
-    tries = 0
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        for k, v in (row.get("synth") or {}).items():
-            status[k] = status.get(k, 0) + v
-        for k, v in (row.get("synth_rejects") or {}).items():
-            rejects[k] = rejects.get(k, 0) + v
-        tries += int(row.get("synth_tries") or 0)
-    drawn = status.get("accepted", 0) + status.get("rejected", 0)
-    failed = sum(rejects.values())
-    return {"status": status, "tries": tries, "patches_drawn": drawn, "accepted": status.get("accepted", 0),
-            "accepted_per_try": round(status.get("accepted", 0) / tries, 4) if tries else None,
-            "accepted_per_patch_drawn": round(status.get("accepted", 0) / drawn, 4) if drawn else None,
-            "failed_checks": rejects,
-            "recall_share_of_failed_checks": round(rejects.get("recall", 0) / failed, 4) if failed else None}
+def tally(exp, run: Path) -> dict:
+    """What the judged steps of ``run`` logged (the experiment's own :func:`run_facts`), with the share of
+    failed checks that were the judge missing the nodule."""
+    facts = exp.run_facts(run)
+    status, failed = facts["synth_status"], facts.get("failed_checks", {})
+    n_failed = sum(failed.values())
+    return {"status": status, "tries": facts["synth_tries"],
+            "patches_drawn": status.get("accepted", 0) + status.get("rejected", 0),
+            "accepted": status.get("accepted", 0), "accepted_per_try": facts["accepted_per_try"],
+            "accepted_per_patch_drawn": facts["accepted_per_patch_drawn"], "failed_checks": failed,
+            "recall_share_of_failed_checks": round(failed.get("recall", 0) / n_failed, 4) if n_failed else None}
 
 
 def fmt(v, digits=2) -> str:
@@ -134,7 +127,7 @@ def main(argv=None) -> int:
                             "--qc-segmentor", model], [], quiet=False)
                 best = exp.best_val(d / f"{judge}_n{budget}")
                 rows.append({"lesions": kind, "judge": judge, "context": context, "judge_model": portable(str(model)),
-                             "judge_val_dice": best, **tally(run)})
+                             "judge_val_dice": best, **tally(exp, run)})
                 print(f"{kind:9s} {judge:12s} {context:5s} accepted {rows[-1]['accepted']}/{rows[-1]['tries']} "
                       f"tries, failed checks {rows[-1]['failed_checks']}", file=sys.stderr, flush=True)
     composite = {}

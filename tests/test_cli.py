@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import os
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 
 from freetumor.io import load_volume
+from freetumor.progress import without_progress
 
 from conftest import need
 
@@ -142,7 +142,7 @@ def test_bad_inputs_one_line_nonzero_nothing_written(cohort, tmp_path):
         r = run(*args)
         assert r.returncode == 1, (name, r.stdout, r.stderr)
         # progress lines ("[N s] phase ...", off with --quiet) may come first; the error is one line
-        lines = [ln for ln in r.stderr.strip().splitlines() if not re.match(r"\[\d+ s\] ", ln)]
+        lines = without_progress(r.stderr)
         assert len(lines) == 1 and lines[0].startswith("error: "), (name, r.stderr)
         assert message in lines[0], (name, lines[0])
         assert "Traceback" not in r.stderr

@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import freetumor
 from freetumor.io import case_name, load_volume
+from freetumor.progress import PROGRESS_LINE
 
 from conftest import run_cli as run
 
-PROGRESS = re.compile(r"^\[\d+ s\] ")
 
 
 def test_version():
@@ -86,7 +82,7 @@ def chest(tmp_path_factory):
 
 def _split(stderr: str) -> tuple[list[str], list[str]]:
     lines = stderr.splitlines()
-    return [ln for ln in lines if PROGRESS.match(ln)], [ln for ln in lines if not PROGRESS.match(ln)]
+    return [ln for ln in lines if PROGRESS_LINE.match(ln)], [ln for ln in lines if not PROGRESS_LINE.match(ln)]
 
 
 def test_synthesize_progress_on_stderr_and_quiet(chest, tmp_path):
