@@ -24,6 +24,11 @@ def portable(text: str) -> str:
     """
     roots = [(str(REPO) + os.sep, ""), (str(REPO.parent) + os.sep, ".." + os.sep)]
     roots += [(str(t) + os.sep, "") for t in (Path(tempfile.gettempdir()).resolve(), Path(tempfile.gettempdir()))]
-    for root, new in sorted(set(roots), key=lambda r: -len(r[0])):  # the longest root first
+    # the longest root first; of equal ones the first listed (a repository kept directly in the temporary
+    # folder: its siblings are ``../<name>``)
+    first: dict[str, str] = {}
+    for root, new in roots:
+        first.setdefault(root, new)
+    for root, new in sorted(first.items(), key=lambda r: -len(r[0])):
         text = re.sub(r"(?<![\w.~/-])" + re.escape(root), lambda _m: new, text)
     return text
