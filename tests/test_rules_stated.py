@@ -129,3 +129,21 @@ def test_case_check_cache_is_keyed_by_the_label_too(tmp_path):
         check_cases([bad_entry], "abdomen7", tmp_path / "dl.json")
     assert check_cases([good_entry], "abdomen7", tmp_path / "dl.json") == [good_entry]
     assert Path(bad_entry["label"]).exists()
+
+
+# ----------------------------------------------------------------------------- duplicate cases
+def test_a_datalist_listing_one_image_twice_is_refused_unless_allowed(tmp_path):
+    """Rule: one image listed twice (one list or two) is an error naming the datalist; a datalist
+    that means it says "allow_duplicates": true and is read as written."""
+    from freetumor.data import load_datalist
+
+    case = {"image": "a.nii.gz", "label": "a_label.nii.gz"}
+    for body in ({"training": [case, case]}, {"training": [case], "validation": [case]}):
+        dl = tmp_path / "dl.json"
+        dl.write_text(json.dumps(body))
+        with pytest.raises(InputError, match=r"dl.json: lists .*a.nii.gz twice"):
+            load_datalist(dl)
+        dl.write_text(json.dumps({**body, "allow_duplicates": True}))
+        assert len(load_datalist(dl)) == 2
+    dl.write_text(json.dumps({"training": [case, {"image": "b.nii.gz"}]}))
+    assert len(load_datalist(dl)) == 2
