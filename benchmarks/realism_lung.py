@@ -11,7 +11,7 @@ Data (all real, from ../shared/datasets; the script exits with a message when it
   (``freetumor organs --engine threshold``), each host's own lesions (grown by 5 mm) excluded.
 
 Rows (each scored against held-out quarter A with the machine Visual Turing Test of
-``freetumor realism``: 24 radiomic features on 1 mm crops, logistic regression, 5-fold CV AUC
+``freetumor realism``: 30 radiomic features (24 before the shape features) on 1 mm crops, logistic regression, 5-fold CV AUC
 with bootstrap CI; 0.5 = indistinguishable):
 
 * ``released``: the released rule-based synthesis (``Synthesizer("lung")``, size mix, the
