@@ -79,6 +79,11 @@ def kit(tmp_path_factory) -> dict:
     for bad in ("float_label.nii.gz", "shifted_label.nii.gz", "missing.nii.gz"):
         _datalist(k, f"dl_label_{bad}", [good, {"image": "good2_image.nii.gz", "label": bad}])
     _datalist(k, "dl_good", [good, {"image": "good2_image.nii.gz", "label": "good2_label.nii.gz"}])
+    # a case with a few liver tumours (realism --reader cnn: far fewer than 20 lesions)
+    t_image, t_label = make_case("abdomen", seed=6, tumour=True, shape=SHAPE)
+    put("tumour_image.nii.gz", t_image)
+    put("tumour_label.nii.gz", t_label)
+    _datalist(k, "dl_tumour", [{"image": "tumour_image.nii.gz", "label": "tumour_label.nii.gz"}])
     # configs
     (root / "empty.yaml").write_text("# nothing set\n")
     (root / "list.yaml").write_text("- organ: liver\n")
@@ -257,6 +262,10 @@ ROWS += [
     Row("lesions fit", "--out under a file", _with_out(_lesions_fit(), lambda k: k["a_file"] / "profile.json"),
         _file("a_file"), slow=True),
     Row("realism", "--out on /proc", _with_out(_realism(), lambda k: PROC_OUT), lambda k: str(PROC_OUT), slow=True),
+    Row("realism", "--reader cnn with fewer than 20 lesions per side",
+        lambda k, out: ["realism", "--real", k["dl_tumour"], "--synthetic", k["dl_tumour"], "--out", out,
+                        "--reader", "cnn"],
+        lambda k: "--reader cnn needs at least 20 lesions per side, got 1 real and 1 synthetic"),
     Row("train-seg", "empty config", _train_seg(config="empty.yaml"), _file("empty.yaml")),
     Row("train-seg", "config not a mapping", _train_seg(config="list.yaml"), _file("list.yaml")),
     Row("train-synth", "empty config", _train_synth(config="empty.yaml"), _file("empty.yaml")),

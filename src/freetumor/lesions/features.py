@@ -6,9 +6,9 @@ Lesion crops (:func:`extract_crops`)
     bounding box plus ``margin_mm`` and resampled to a common isotropic grid
     (default 1 mm; image trilinear, mask nearest neighbour) so that features are
     comparable across scans. Other tumour voxels in the crop are kept out of the
-    rim. Shape is deliberately not a feature (synthetic shapes are rule-based by
-    design; the question is about appearance), but the volume is kept in
-    ``crop.meta["volume_ml"]`` (native voxels).
+    rim. The volume is kept in ``crop.meta["volume_ml"]`` (native voxels), and the
+    lesion's native image and mask in ``crop.native_image`` / ``crop.native_mask``
+    (shape is measured on them, and the CNN reader of ``freetumor realism`` crops them).
 
 Features (:func:`lesion_features`; names as in :data:`FEATURE_NAMES`, IBSI
 identifiers in brackets). Intensities are HU of the resampled crop inside the
@@ -42,6 +42,16 @@ lesion mask, N voxels:
   (angular second moment) [8ZQL], ``glcm_correlation`` [NI2N] (1 for a
   constant lesion), ``glcm_joint_entropy`` (log2) [TU9B], ``glcm_cluster_shade``
   [7NFM] and ``glcm_cluster_prominence`` [AE86].
+* Shape (:mod:`freetumor.lesions.shape`; their names prefixed ``shape_``):
+  ``shape_sphericity``, ``shape_compactness``, ``shape_elongation``,
+  ``shape_flatness``, ``shape_surface_roughness`` and ``shape_convexity``.
+  They are measured on the lesion's **native** mask (not the 1 mm crop: a
+  nearest-neighbour upsampled mask keeps the native staircase), at the native
+  in-plane spacing and with slices thinner than :data:`SHAPE_SLICE_MM` = 2.5 mm
+  re-sliced to 2.5 mm (mask linearly interpolated along the slice axis,
+  thresholded at 0.5), so that lesions of thin-slice and 2.5 mm scans are
+  compared at one slice thickness. A crop without a native mask (built by hand)
+  is measured on its own grid. ``lesion_features(..., shape=False)`` leaves them out.
 
 Example:
     >>> import numpy as np
@@ -71,6 +81,7 @@ from ..errors import ConfigError, FreeTumorError, InputError
 from ..io import Volume, case_name, load_volume
 from ..labels import get_label_map
 from .measure import edge_sharpness
+from .shape import SHAPE_DEFINITIONS, SHAPE_FEATURES, shape_descriptors
 from ..organs import get_organ
 
 __all__ = [
@@ -81,16 +92,20 @@ __all__ = [
     "GLCM_LEVELS",
     "HIST_BIN_HU",
     "RIM_MM",
+    "SHAPE_FEATURE_NAMES",
+    "SHAPE_SLICE_MM",
     "LesionCrop",
     "crops_from_datalist",
     "crops_from_synthetic_dir",
     "extract_crops",
     "lesion_features",
+    "shape_features",
 ]
 
 HIST_BIN_HU = 25.0
 GLCM_LEVELS = 32
 RIM_MM = 3.0
+SHAPE_SLICE_MM = 2.5  # shape is measured on the native mask with thinner slices re-sliced to this
 DEFAULT_WINDOW = (-175.0, 250.0)
 
 FEATURE_DEFINITIONS: dict[str, str] = {
@@ -118,7 +133,10 @@ FEATURE_DEFINITIONS: dict[str, str] = {
     "glcm_joint_entropy": "GLCM joint entropy, log2 (IBSI TU9B)",
     "glcm_cluster_shade": "GLCM cluster shade (IBSI 7NFM)",
     "glcm_cluster_prominence": "GLCM cluster prominence (IBSI AE86)",
+    **{f"shape_{k}": f"{v}; native mask, slices re-sliced to >= {SHAPE_SLICE_MM} mm"
+       for k, v in SHAPE_DEFINITIONS.items()},
 }
+SHAPE_FEATURE_NAMES: tuple[str, ...] = tuple(f"shape_{k}" for k in SHAPE_FEATURES)
 FEATURE_NAMES: tuple[str, ...] = tuple(FEATURE_DEFINITIONS)
 
 # The 13 unique directions of a 3D 26-neighbourhood (one of each +/- pair).
@@ -143,6 +161,8 @@ class LesionCrop:
         meta: ``volume_ml`` and ``voxels`` (native grid), ``bbox_voxel`` (native,
             stop exclusive), ``native_spacing``, and ``hu_window`` when known.
         other: bool mask of other tumours' voxels in the crop (kept out of the rim), or ``None``.
+        native_image: the same crop on the native grid (HU, spacing ``meta["native_spacing"]``), or ``None``.
+        native_mask: the lesion on the native grid, or ``None``.
     """
 
     source: str
@@ -153,6 +173,8 @@ class LesionCrop:
     spacing: tuple[float, float, float]
     meta: dict = field(default_factory=dict)
     other: np.ndarray | None = None
+    native_image: np.ndarray | None = None
+    native_mask: np.ndarray | None = None
 
 
 # ----------------------------------------------------------------------------- crops
@@ -313,7 +335,7 @@ def extract_crops(
             "image": image.name,
         }
         crops.append(LesionCrop(source, case, int(index), r_img, r_mask, tuple(float(t) for t in target),
-                                meta, r_other if r_other.any() else None))
+                                meta, r_other if r_other.any() else None, img, m))
     return crops
 
 
@@ -521,8 +543,25 @@ def _glcm_features(q: np.ndarray, mask: np.ndarray, levels: int) -> dict[str, fl
     return {k: float(np.mean(v)) for k, v in per_dir.items()}
 
 
-def lesion_features(crop: LesionCrop, window=None) -> dict[str, float]:
-    """The features of :data:`FEATURE_NAMES` for one lesion crop (all finite floats).
+def shape_features(crop: LesionCrop) -> dict[str, float]:
+    """The ``shape_*`` features of one crop: :func:`freetumor.lesions.shape.shape_descriptors` of its
+    native mask, slices thinner than :data:`SHAPE_SLICE_MM` re-sliced to it (the module doc)."""
+    if crop.native_mask is None or "native_spacing" not in crop.meta:
+        mask, sp = np.asarray(crop.mask, bool), tuple(float(v) for v in crop.spacing)
+    else:
+        mask, sp = np.asarray(crop.native_mask, bool), tuple(float(v) for v in crop.meta["native_spacing"])
+        if sp[2] < SHAPE_SLICE_MM - 1e-6 and mask.shape[2] > 1:
+            target = np.array([sp[0], sp[1], SHAPE_SLICE_MM])
+            thick = _resample(mask.astype(np.float32), np.asarray(sp), target, order=1) >= 0.5
+            if thick.sum() >= 4:
+                mask, sp = thick, tuple(float(v) for v in target)
+    d = shape_descriptors(mask, sp)
+    return {f"shape_{k}": float(d[k]) for k in SHAPE_FEATURES}
+
+
+def lesion_features(crop: LesionCrop, window=None, shape: bool = True) -> dict[str, float]:
+    """The features of :data:`FEATURE_NAMES` for one lesion crop (all finite floats); without
+    ``shape`` the ``shape_*`` ones are left out.
 
     ``window`` (HU low, high) is the GLCM quantisation range; default the crop's
     ``meta["hu_window"]`` (set from the organ by :func:`crops_from_datalist` and
@@ -582,4 +621,6 @@ def lesion_features(crop: LesionCrop, window=None) -> dict[str, float]:
     q = np.floor((np.clip(img, lo, hi) - lo) / (hi - lo) * GLCM_LEVELS).astype(np.int64)
     np.clip(q, 0, GLCM_LEVELS - 1, out=q)
     feats.update(_glcm_features(q, mask, GLCM_LEVELS))
-    return {k: float(feats[k]) for k in FEATURE_NAMES}
+    if shape:
+        feats.update(shape_features(crop))
+    return {k: float(feats[k]) for k in FEATURE_NAMES if k in feats}

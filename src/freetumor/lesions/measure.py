@@ -2,7 +2,8 @@
 
 * :func:`edge_sharpness`: mean gradient magnitude (HU/mm) on the lesion's boundary band;
 * :func:`lesion_core`: the voxels a lesion's contrast is measured on;
-* :func:`solidity` and :func:`relative_solidity`: volume over convex-hull volume, and the same
+* :func:`solidity` and :func:`relative_solidity` (defined in :mod:`freetumor.lesions.shape`, the
+  home of shape descriptors, and re-exported here): volume over convex-hull volume, and the same
   relative to a ball of equal volume on the same grid (so voxelisation does not make small
   lesions look lobulated);
 * :func:`measure_crop`: the profile features of one lesion crop, as ``freetumor lesions fit``
@@ -32,7 +33,11 @@ import math
 
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import ConvexHull, QhullError
+
+from .shape import principal_ratios, relative_solidity, solidity, sphere_mask
+
+__all__ = ["ATTACH_MM", "CORE_MM", "FIT_MARGIN_MM", "MIN_VOXELS", "SHELL_MM", "edge_sharpness", "lesion_core",
+           "measure_crop", "relative_solidity", "solidity", "sphere_mask"]
 
 from ..errors import InputError
 
@@ -74,36 +79,6 @@ def edge_sharpness(img: np.ndarray, mask: np.ndarray, other: np.ndarray | None, 
     return float(np.mean(np.sqrt(g2)))
 
 
-def sphere_mask(diameter_mm: float, spacing) -> np.ndarray:
-    """A ball of ``diameter_mm`` rasterised (voxel centres) on a grid of ``spacing``."""
-    r = diameter_mm / 2.0
-    half = [int(math.ceil(r / s)) + 1 for s in spacing]
-    g = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
-    return sum((gi * s) ** 2 for gi, s in zip(g, spacing)) <= r * r
-
-
-def solidity(mask: np.ndarray, spacing) -> float:
-    """Voxel volume over the volume of the convex hull of the voxels' corners."""
-    idx = np.argwhere(mask).astype(np.float64)
-    if len(idx) < 2:
-        return 1.0
-    corners = (idx[:, None, :] + np.array([[a, b, c] for a in (-.5, .5) for b in (-.5, .5) for c in (-.5, .5)]))
-    pts = corners.reshape(-1, 3) * np.asarray(spacing, np.float64)
-    try:
-        hull = ConvexHull(np.unique(pts, axis=0))
-    except QhullError:
-        return 1.0
-    vol = float(mask.sum()) * float(np.prod(spacing))
-    return float(min(1.0, vol / hull.volume)) if hull.volume > 0 else 1.0
-
-
-def relative_solidity(mask: np.ndarray, spacing, volume_mm3: float) -> float:
-    """Solidity over that of a ball of the same volume on the same grid (1 = as convex as a ball),
-    so that voxelisation does not make small lesions look lobulated."""
-    ref = solidity(sphere_mask((6.0 * volume_mm3 / math.pi) ** (1.0 / 3.0), spacing), spacing)
-    return float(min(1.0, solidity(mask, spacing) / ref)) if ref > 0 else 1.0
-
-
 SHELL_MM = (3.0, 8.0)  # host: the shell between these distances outside the mask
 ATTACH_MM = 3.0        # attachment: the shell within this distance
 HOST_MIN_VOXELS = 8    # host voxels (outside every lesion) a measurement needs: fewer is refused
@@ -112,12 +87,7 @@ MIN_VOXELS = 8         # native voxels: smaller labels are not lesions one can m
 
 
 def _principal_ratios(mask: np.ndarray, spacing) -> tuple[float, float]:
-    pts = np.argwhere(mask) * np.asarray(spacing, np.float64)
-    if len(pts) < 4:
-        return 1.0, 1.0
-    ev = np.sort(np.linalg.eigvalsh(np.cov(pts.T)))[::-1]
-    ev = np.maximum(ev, 1e-6)
-    return float(math.sqrt(ev[1] / ev[0])), float(math.sqrt(ev[2] / ev[0]))
+    return principal_ratios(mask, spacing, voxel_extent=False)  # voxel centres, as profiles were fitted
 
 
 def _corr_length(values: np.ndarray, region: np.ndarray, spacing, max_lag: int = 8) -> float:
