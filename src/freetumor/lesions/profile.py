@@ -39,6 +39,7 @@ import numpy as np
 from ..errors import InputError
 from ..io import write_bytes_atomic
 from ..organs import ORGAN_NAMES, get_organ
+from ..structured import read_json
 
 PROFILE_FORMAT = "freetumor-lesion-profile"
 PROFILE_VERSION = 1
@@ -281,7 +282,7 @@ def builtin_profile(name: str) -> LesionProfile:
     path = BUILTIN_DIR / f"{name}.json"
     if not path.is_file():
         raise InputError(f"builtin:{name}", f"no such built-in profile (built-in: {', '.join(builtin_names()) or 'none'})")
-    return LesionProfile.from_json(json.loads(path.read_text(encoding="utf-8")), f"builtin:{name}")
+    return LesionProfile.from_json(read_json(path, "lesion profile"), f"builtin:{name}")
 
 
 def load_profile(spec: str | os.PathLike | LesionProfile, organ: str | None = None) -> LesionProfile:
@@ -296,12 +297,7 @@ def load_profile(spec: str | os.PathLike | LesionProfile, organ: str | None = No
         p = Path(spec)
         if not p.is_file():
             raise InputError(where, "lesion profile not found" if not p.exists() else "not a file")
-        try:
-            doc = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(where, f"not a readable JSON lesion profile ({type(exc).__name__})") from None
-        except RecursionError:
-            raise InputError(where, "JSON nested too deeply to be a lesion profile") from None
+        doc = read_json(p, "lesion profile")  # size and depth bounded before parsing
         profile = LesionProfile.from_json(doc, where)
     if organ is not None and profile.organ != get_organ(organ).name:
         raise InputError(where, f"lesion profile is for {profile.organ}, not {get_organ(organ).name}")
