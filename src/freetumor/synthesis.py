@@ -54,6 +54,11 @@ from .shapes import LesionMask, OrganTooSmallError, nominal_volume_ml, sample_sh
 from .lesions.profile import LesionProfile, load_profile
 from .texture import SIGMA_A, SIGMA_B, procedural_texture
 
+# Lesions per case: each is drawn, placed where no other lesion is, rendered and (with QC) judged in
+# turn, about 0.1-1 s each on a CPU, and all must fit side by side in one organ; 1000 is a quarter of
+# an hour or more per case, far beyond any real tumour burden. Past it, --count is refused up front
+# (10**12 would have asked for 4 TB of per-lesion seeds).
+MAX_LESIONS_PER_CASE = 1000
 BLUR_SIGMA_RANGE = (1.0, 2.0)
 _BLUR_TRUNCATE = 3.0
 
@@ -316,8 +321,7 @@ class Synthesizer:
 
     # -------------------------------------------------------------- synthesis
     def __call__(self, image: Volume, label: Volume, *, count: int = 1, seed: int = 0) -> SynthesisResult:
-        if count < 1:
-            raise ConfigError(f"count must be at least 1, got {count}")
+        check_count(count)
         organ_mask = self.validate(image, label)
         grid = Grid.of(image)
         organ_ml = float(organ_mask.sum()) * grid.voxel_volume_ml
@@ -498,6 +502,28 @@ def synthesize(
     return Synthesizer(organ, label_map=label_map, size=size)(image, label, count=count, seed=seed)
 
 
+def check_count(count: int, option: str = "--count") -> int:
+    """Lesions per case within 1..:data:`MAX_LESIONS_PER_CASE` (one-line :class:`ConfigError`, naming the
+    option, the limit and why; checked before any work).
+
+    Example:
+        >>> try:
+        ...     check_count(10**12)
+        ... except ConfigError as exc:
+        ...     print(str(exc)[:62])
+        --count 1000000000000 is above the limit of 1000 lesions per
+    """
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)):
+        raise ConfigError(f"{option} must be a whole number of lesions, got {count!r}")
+    if count < 1:
+        raise ConfigError(f"{option} must be at least 1, got {count}")
+    if count > MAX_LESIONS_PER_CASE:
+        raise ConfigError(f"{option} {count} is above the limit of {MAX_LESIONS_PER_CASE} lesions per case "
+                          "(each lesion is drawn, placed apart from the others and checked in turn, up to about "
+                          "a second each, and all must fit in one organ)")
+    return int(count)
+
+
 @dataclass(frozen=True)
 class SynthesisOptions:
     """Everything that configures synthesis independently of the case (the options of ``synthesize``).
@@ -544,6 +570,9 @@ class SynthesisOptions:
     profile: object = None
     shape_convention: str = DEFAULT_SHAPE_CONVENTION
     exclude_calcified: bool = False
+
+    def __post_init__(self):
+        check_count(self.count)  # before any work: --count 2**70 is one line, not a ValueError
 
 
 # Networks loaded by build_synthesizer in this process, by kind (see networks_loaded()).
