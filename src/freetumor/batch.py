@@ -146,6 +146,10 @@ def synthesize_batch(
     worker process of this run, its tasks and the networks it loaded.
     """
     per_case = check_per_case(per_case)
+    if options.qc_device is not None:
+        from .checkpoints import check_device  # deferred: torch loads only when a device is named
+
+        check_device(options.qc_device, "--qc-device")  # up front, not once per case in errors.log
     dl = Path(datalist)
     if options.label_map is None:
         options = dataclasses.replace(options, label_map=datalist_label_map(dl))

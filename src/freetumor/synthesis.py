@@ -601,6 +601,11 @@ def build_synthesizer(options: SynthesisOptions) -> Synthesizer:
     cfg = Config()
     if options.qc_device is not None and options.qc_segmentor is None:
         raise ConfigError("--qc-device needs --qc-segmentor (the network it places)")
+    if options.device is not None or options.qc_device is not None:
+        from .checkpoints import check_device  # deferred: torch loads only when a device is named
+
+        check_device(options.device, "--device")
+        check_device(options.qc_device, "--qc-device")
     if options.generator is not None:
         from .generator import LearnedDifference  # deferred: torch and MONAI load only when a network is used
 

@@ -326,10 +326,26 @@ def create_app(study: str | Path) -> FastAPI:
     return app
 
 
+def check_port(port: int, option: str = "--port") -> int:
+    """A TCP port, 1..65535, else a one-line :class:`ConfigError` naming ``option``.
+
+    Example:
+        >>> try:
+        ...     check_port(70000)
+        ... except ConfigError as exc:
+        ...     print(exc)
+        --port 70000 is not a TCP port; use 1..65535 (8000 by default)
+    """
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"{option} {port!r} is not a TCP port; use 1..65535 (8000 by default)")
+    return port
+
+
 def serve(study: str | Path, host: str = "127.0.0.1", port: int = 8000, log: Callable[[str], None] = print) -> None:
-    """Check the study folder, then run the web app with uvicorn until interrupted."""
+    """Check the port and the study folder, then run the web app with uvicorn until interrupted."""
     import uvicorn  # deferred: the web server is needed only by turing serve
 
+    check_port(port)
     app = create_app(study)
     n_readers = len(db.readers(study))
     log(f"Visual Turing Test: {study} ({app.state.n_cases} cases, {n_readers} readers)")
