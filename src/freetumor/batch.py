@@ -40,6 +40,7 @@ from .data import datalist_entries, datalist_label_map
 from .errors import ConfigError, FreeTumorError, InputError
 from .io import case_name, check_output_folder, clean_staging, write_bytes_atomic
 from .labels import default_label_map, get_label_map
+from .lesions.profile import load_profile
 from .synthesis import SynthesisOptions, build_synthesizer, networks_loaded, synthesize_case
 
 
@@ -150,6 +151,8 @@ def synthesize_batch(
         from .checkpoints import check_device  # deferred: torch loads only when a device is named
 
         check_device(options.qc_device, "--qc-device")  # up front, not once per case in errors.log
+    if options.profile is not None:  # its values range-checked up front, not once per case in errors.log
+        load_profile(options.profile, options.organ)
     dl = Path(datalist)
     if options.label_map is None:
         options = dataclasses.replace(options, label_map=datalist_label_map(dl))
