@@ -106,7 +106,7 @@ def range_text(feature: str) -> str:
         ('0 < x <= 500 mm', '-5000 <= x <= 5000 HU')
     """
     lo, hi, lo_ok, unit = FEATURE_RANGES[feature]
-    return f"{lo:g} {'<=' if lo_ok else '<'} x <= {hi:g}{' ' + unit if unit else ''}"
+    return f"{lo:g} {'<=' if lo_ok else '<'} x <= {hi:.0f}{' ' + unit if unit else ''}"
 
 
 def _value_problem(feature: str, x) -> str | None:
