@@ -510,8 +510,8 @@ def check_count(count: int, option: str = "--count") -> int:
         >>> try:
         ...     check_count(10**12)
         ... except ConfigError as exc:
-        ...     print(str(exc)[:62])
-        --count 1000000000000 is above the limit of 1000 lesions per
+        ...     print(str(exc)[:65])
+        --count 1000000000000 is above the limit of 1000 lesions per case
     """
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)):
         raise ConfigError(f"{option} must be a whole number of lesions, got {count!r}")

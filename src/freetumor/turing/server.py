@@ -56,6 +56,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ConfigError, InputError
+from ..structured import read_json
 from . import db
 
 STUDY_FORMAT = "freetumor-turing-study"
@@ -160,12 +161,12 @@ def load_study(study: str | Path) -> dict:
     if not root.is_dir():
         raise InputError(root, "is not a study folder (expected study.json and cases/)")
     path = root / "study.json"
+    if not path.exists():
+        raise InputError(path, "not found; is this a study folder made by `freetumor turing build`?")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(path, "not found; is this a study folder made by `freetumor turing build`?") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(path, f"unreadable: {exc}") from None
+        meta = read_json(path, "study file")  # size and depth bounded before parsing
+    except InputError as exc:
+        raise InputError(path, f"unreadable: {exc.problem}") from None
     if not isinstance(meta, dict) or meta.get("format") != STUDY_FORMAT:
         raise InputError(path, f'not a study file ("format" must be "{STUDY_FORMAT}")')
     if meta.get("version") != STUDY_VERSION:
