@@ -41,7 +41,7 @@ from .errors import ConfigError, FreeTumorError, InputError
 from .io import case_name, check_output_folder, clean_staging, write_bytes_atomic
 from .labels import default_label_map, get_label_map
 from .lesions.profile import load_profile
-from .synthesis import SynthesisOptions, build_synthesizer, networks_loaded, synthesize_case
+from .synthesis import SynthesisOptions, build_synthesizer, check_devices, networks_loaded, synthesize_case
 
 
 # Synthetic variants per input case: each is a whole synthetic CT (seconds of work, tens of MB on disk),
@@ -147,10 +147,7 @@ def synthesize_batch(
     worker process of this run, its tasks and the networks it loaded.
     """
     per_case = check_per_case(per_case)
-    if options.qc_device is not None:
-        from .checkpoints import check_device  # deferred: torch loads only when a device is named
-
-        check_device(options.qc_device, "--qc-device")  # up front, not once per case in errors.log
+    check_devices(options)  # up front, not once per case in errors.log
     if options.profile is not None:  # its values range-checked up front, not once per case in errors.log
         load_profile(options.profile, options.organ)
     dl = Path(datalist)

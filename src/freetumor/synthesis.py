@@ -584,6 +584,18 @@ def networks_loaded() -> dict[str, int]:
     return {"generator": _NETWORK_LOADS["generator"], "segmentor": _NETWORK_LOADS["segmentor"]}
 
 
+def check_devices(options: SynthesisOptions) -> None:
+    """``--device`` and ``--qc-device`` before any work: the QC device spelled as the ``qc.device``
+    setting allows, then each one present on this machine (one-line :class:`ConfigError`)."""
+    if options.qc_device is not None:
+        dataclasses.replace(Config().qc, device=options.qc_device).checked("option --qc-device")
+    if options.device is not None or options.qc_device is not None:
+        from .checkpoints import check_device  # deferred: torch loads only when a device is named
+
+        check_device(options.device, "--device")
+        check_device(options.qc_device, "--qc-device")
+
+
 def build_synthesizer(options: SynthesisOptions) -> Synthesizer:
     """A :class:`Synthesizer` for ``options``, its networks loaded once (reuse it for every case).
 
@@ -601,11 +613,7 @@ def build_synthesizer(options: SynthesisOptions) -> Synthesizer:
     cfg = Config()
     if options.qc_device is not None and options.qc_segmentor is None:
         raise ConfigError("--qc-device needs --qc-segmentor (the network it places)")
-    if options.device is not None or options.qc_device is not None:
-        from .checkpoints import check_device  # deferred: torch loads only when a device is named
-
-        check_device(options.device, "--device")
-        check_device(options.qc_device, "--qc-device")
+    check_devices(options)
     if options.generator is not None:
         from .generator import LearnedDifference  # deferred: torch and MONAI load only when a network is used
 
