@@ -54,6 +54,7 @@ from .labels import default_label_map
 from .labels import get_label_map
 from .labels import label_values
 from .organs import get_organ
+from .structured import read_json
 
 __all__ = ["export_nnunet", "dataset_name", "task_labels", "safe_case_names", "default_task"]
 
@@ -197,7 +198,7 @@ def export_nnunet(
     ds_id, ds_name = dataset_name(out)
     dl_path = Path(datalist)
     entries = load_datalist(dl_path)
-    meta = json.loads(dl_path.read_text())
+    meta = read_json(dl_path, "datalist")  # bounded, as load_datalist read it
     meta = meta if isinstance(meta, dict) else {}
 
     if organ is not None:

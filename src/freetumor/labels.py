@@ -50,6 +50,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from .errors import ConfigError, InputError
+from .structured import read_json
 from .organs import ORGAN_NAMES, get_organ
 
 
@@ -198,14 +199,9 @@ def _as_id(path: str, value, what: str) -> int:
 def load_label_map(path: str | os.PathLike) -> LabelMap:
     """Read a user label map from JSON (format in the module docstring)."""
     p = str(path)
-    try:
-        data = json.loads(Path(p).read_text())
-    except FileNotFoundError:
-        raise InputError(p, "label map file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(p, f"not a readable JSON label map ({type(exc).__name__})") from None
-    except RecursionError:
-        raise InputError(p, "JSON nested too deeply to be a label map") from None
+    if not Path(p).exists():
+        raise InputError(p, "label map file not found")
+    data = read_json(p, "label map")  # size and depth bounded before parsing
     if not isinstance(data, dict) or not isinstance(data.get("organs"), dict) or not data["organs"]:
         raise InputError(p, 'label map needs an "organs" object, e.g. {"liver": {"organ": [1], "tumor": 2}}')
     organs: dict[str, tuple[tuple[int, ...], int]] = {}

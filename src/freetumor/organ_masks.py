@@ -52,7 +52,7 @@ import numpy as np
 
 from .errors import ConfigError, InputError
 from . import __version__
-from .checkpoints import check_kind, load_checkpoint
+from .checkpoints import check_device, check_kind, load_checkpoint
 from .data import check_cases
 from .inference import list_inputs, predict_paths, resample_nearest
 from .io import Volume, case_name, load_volume, save_volume, staged_output, to_nifti, write_bytes_atomic
@@ -248,6 +248,8 @@ def segment_organs(
         raise ConfigError("engine freetumor needs --model SEG.pt (a segmentor checkpoint of `freetumor train-seg`)")
     if engine in _PACKAGES:
         _need_package(engine)
+    if engine != "threshold":
+        check_device(device)  # before any work; the threshold engine uses no device
     inputs = list_inputs(image)
     names = [case_name(p) for p in inputs]
     dup = sorted({n for n in names if names.count(n) > 1})

@@ -45,12 +45,12 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 from scipy import ndimage
-import yaml
 
 from ..errors import ConfigError, FreeTumorError, InputError
 from ..io import (Volume, check_ct_intensity, check_same_grid, load_volume, save_volume, staged_output,
                   write_bytes_atomic)
 from ..labels import label_values
+from ..structured import read_yaml
 from . import datalist_label_map, load_datalist
 
 CATALOG_PATH = Path(__file__).resolve().with_name("catalog.yaml")
@@ -201,10 +201,7 @@ def validate_entry(name: str, raw: dict) -> Source:
 
 @functools.lru_cache(maxsize=4)
 def _load(path: str) -> dict[str, Source]:
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(path, f"cannot read the source catalog ({type(exc).__name__})") from None
+    raw = read_yaml(path, "source catalog")  # size and depth bounded before parsing
     if not isinstance(raw, dict) or not raw:
         raise InputError(path, "the source catalog must map source names to entries")
     return {str(k): validate_entry(str(k), v) for k, v in raw.items()}
