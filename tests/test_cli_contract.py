@@ -357,7 +357,7 @@ def _issue25_kit(k: dict) -> dict:
     return k
 
 
-ISSUE25_ROWS = [  # all but one slow: the fast set is full (see test_catalogue_covers_every_command_and_input_kind)
+ISSUE25_ROWS = [  # all slow: the fast set is full (see test_catalogue_covers_every_command_and_input_kind)
     Row("data check", "duplicate case", lambda k, out: ["data", "check", k["dl_duplicate"]], _file("dl_duplicate")),
     Row("data check", "duplicate case in two lists", lambda k, out: ["data", "check", k["dl_duplicate_across_lists"]],
         _file("dl_duplicate_across_lists")),
@@ -387,8 +387,7 @@ ISSUE25_ROWS = [  # all but one slow: the fast set is full (see test_catalogue_c
                                                               "--profile", "builtin:lung"),
         lambda k: "builtin:lung: lesion profile is for lung, not liver", slow=True),
 ]
-ISSUE25_ROWS = [r if r.slow or r.command == "phantom" and "radius" in r.bad else Row(r.command, r.bad, r.argv, r.names, slow=True)
-                for r in ISSUE25_ROWS]
+ISSUE25_ROWS = [r if r.slow else Row(r.command, r.bad, r.argv, r.names, slow=True) for r in ISSUE25_ROWS]
 ROWS += ISSUE25_ROWS
 # ----------------------------------------------------------------------------- end of issue 25's rows
 
