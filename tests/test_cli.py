@@ -172,6 +172,7 @@ def test_data_check(cohort, tmp_path):
     bad["training"].append({"image": str(cohort / bad["training"][0]["image"]), "label": str(tmp_path / "vals.nii.gz")})
     for e in bad["training"][:2]:
         e["image"], e["label"] = str(cohort / e["image"]), str(cohort / e["label"])
+    bad["allow_duplicates"] = True  # the failing entries reuse a good image on purpose
     p = tmp_path / "bad.json"
     p.write_text(json.dumps(bad))
     r = run("data", "check", p)

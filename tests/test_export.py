@@ -25,6 +25,7 @@ def cohort(tmp_path_factory):
     data["reference"] = "https://example.org/phantom"
     data["licence"] = "CC0"
     data["test"] = [{"image": data["training"][0]["image"]}]  # unlabelled: skipped and counted
+    data["allow_duplicates"] = True  # that test image is a training image on purpose
     dl.write_text(json.dumps(data))
     return dl
 
@@ -119,7 +120,7 @@ def test_api_errors_write_nothing(cohort, tmp_path):
     aff[0, 3] += 5.0
     nib.save(nib.Nifti1Image(np.asarray(src.dataobj), aff), shifted)
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"label_map": "abdomen7", "training": [
+    bad.write_text(json.dumps({"label_map": "abdomen7", "allow_duplicates": True, "training": [
         {"image": str(img_src), "label": str(lab_src)}, {"image": str(img_src), "label": str(shifted)}]}))
     with pytest.raises(CaseErrors, match="shifted.nii.gz: affine does not match"):
         export_nnunet(bad, tmp_path / "Dataset002_Bad")

@@ -60,7 +60,7 @@ def test_overfit_single_phantom_case(tmp_path):
     save_volume(lab, tmp_path / "lab.nii.gz")
     dl = tmp_path / "single.json"
     case = {"image": "img.nii.gz", "label": "lab.nii.gz"}
-    dl.write_text(json.dumps({"training": [dict(case, fold=1), dict(case, fold=0)]}))
+    dl.write_text(json.dumps({"allow_duplicates": True, "training": [dict(case, fold=1), dict(case, fold=0)]}))
     cfg = load_config("liver-cpu-tiny", [
         "data.roi_size=[48,48,48]", "data.num_samples=4", "data.pos=3.0", "data.neg=1.0",
         "data.flip_prob=0.0", "data.rot90_prob=0.0", "data.scale_intensity=false", "data.shift_intensity=false",
