@@ -131,7 +131,7 @@ def test_api_errors_write_nothing(cohort, tmp_path):
         export_nnunet(bad, tmp_path / "Dataset002_Bad")
     corrupt = tmp_path / "corrupt.nii.gz"  # the second case: refused by the check before any write
     corrupt.write_bytes(b"\x1f\x8b not really gzip")
-    bad.write_text(json.dumps({"label_map": "abdomen7", "training": [
+    bad.write_text(json.dumps({"label_map": "abdomen7", "allow_duplicates": True, "training": [
         {"image": str(img_src), "label": str(lab_src)}, {"image": str(img_src), "label": str(corrupt)}]}))
     with pytest.raises(CaseErrors, match="corrupt.nii.gz: cannot read NIfTI"):
         export_nnunet(bad, tmp_path / "Dataset002_Bad")
