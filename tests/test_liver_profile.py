@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from freetumor.errors import InputError
-from freetumor.lesions.profile import BUILTIN_DIR, FEATURE_ORDER, LesionProfile, load_profile
+from freetumor.lesions.profile import BUILTIN_DIR, FEATURE_ORDER, OPTIONAL_ORDER, LesionProfile, load_profile
 
 from conftest import DATASETS, REPO, need
 
@@ -28,7 +28,7 @@ def test_builtin_liver_is_combined_with_per_feature_provenance():
     p = load_profile("builtin:liver", "liver")
     assert p.kind == "combined" and len(p.rows) == 6 and set(p.distributions) == {"diameter_mm"}
     prov = p.source["provenance"]
-    assert set(prov) == set(FEATURE_ORDER)
+    assert set(prov) == set(FEATURE_ORDER + OPTIONAL_ORDER)
     assert {f for f, v in prov.items() if v["from"] == "literature"} == {"diameter_mm"}
     assert all(v["from"] == "fit" for f, v in prov.items() if f != "diameter_mm")
     assert p.source["count"]["from"] == "literature" and "Real CT" in p.source["data"]

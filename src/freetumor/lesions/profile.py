@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,11 +64,23 @@ PROFILE_FEATURES: dict[str, str] = {
                          "(more than half-way from host to core HU): contact with a wall or vessel",
 }
 FEATURE_ORDER: tuple[str, ...] = tuple(PROFILE_FEATURES)
+# Optional per-lesion features: a profile may hold them as extra columns after FEATURE_ORDER (in this
+# order); a profile without one (fitted before it existed, or a literature profile) still loads, with a
+# one-time notice on stderr, and its draws lack the feature: the renderer then uses its default, which
+# is derived from the mandatory features (surface_roughness: the surface noise that gives the drawn
+# solidity, freetumor.lesions.render.amplitude_for).
+OPTIONAL_FEATURES: dict[str, str] = {
+    "surface_roughness": "area-weighted RMS radial distance between the lesion's surface and its moment "
+                         "ellipsoid, over the equivalent radius (0 = an ellipsoid; "
+                         ":func:`freetumor.lesions.shape.shape_descriptors`)",
+}
+OPTIONAL_ORDER: tuple[str, ...] = tuple(OPTIONAL_FEATURES)
+_NOTIFIED: set[str] = set()
 # Physical bounds a drawn value is kept in (besides the observed range).
 _BOUNDS = {"diameter_mm": (1.0, 300.0), "axis_ratio_mid": (0.1, 1.0), "axis_ratio_min": (0.05, 1.0),
            "solidity": (0.3, 1.0), "edge_norm": (0.005, 2.0), "occupancy_outer": (0.0, 1.0),
            "interior_sd": (0.0, 1000.0), "noise_sd": (0.0, 1000.0), "corr_length_mm": (0.3, 50.0),
-           "attached_fraction": (0.0, 1.0)}
+           "attached_fraction": (0.0, 1.0), "surface_roughness": (0.0, 1.0)}
 DISTRIBUTIONS = ("normal", "lognormal", "uniform")
 # Lesions brighter than this above their host (HU) are calcified: of builtin:lung's 738 LIDC-IDRI rows,
 # 63 (8.5 %) are (calcified nodules, benign, labelled as nodules); see LesionProfile.without_calcified.
@@ -113,16 +126,28 @@ class LesionProfile:
     summary: dict = field(default_factory=dict)
     source: dict = field(default_factory=dict)
     name: str = ""
+    optional: tuple[str, ...] = ()  # the optional features (OPTIONAL_ORDER) whose columns follow FEATURE_ORDER
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The features of a row: :data:`FEATURE_ORDER`, then the optional ones this profile measured."""
+        return FEATURE_ORDER + tuple(self.optional)
 
     # -------------------------------------------------------------- building
     @classmethod
-    def from_rows(cls, organ: str, rows, source: dict, name: str = "") -> "LesionProfile":
+    def from_rows(cls, organ: str, rows, source: dict, name: str = "", optional=()) -> "LesionProfile":
+        """A fitted profile of ``rows`` (each :data:`FEATURE_ORDER`, then the ``optional`` features,
+        a subset of :data:`OPTIONAL_ORDER` in that order)."""
+        optional = tuple(optional)
+        if optional != tuple(f for f in OPTIONAL_ORDER if f in optional):
+            raise ValueError(f"optional profile features must be some of {OPTIONAL_ORDER} in that order, got {optional}")
+        columns = FEATURE_ORDER + optional
         arr = np.asarray(rows, np.float64)
-        if arr.ndim != 2 or arr.shape[1] != len(FEATURE_ORDER) or arr.shape[0] == 0:
-            raise ValueError(f"profile rows must be N x {len(FEATURE_ORDER)}, got {arr.shape}")
-        summary = {f: summarise(arr[:, j]) for j, f in enumerate(FEATURE_ORDER)}
+        if arr.ndim != 2 or arr.shape[1] != len(columns) or arr.shape[0] == 0:
+            raise ValueError(f"profile rows must be N x {len(columns)}, got {arr.shape}")
+        summary = {f: summarise(arr[:, j]) for j, f in enumerate(columns)}
         clean = tuple(tuple(round(float(x), 5) for x in r) for r in arr)
-        return cls(get_organ(organ).name, "fitted", clean, {}, summary, dict(source), name)
+        return cls(get_organ(organ).name, "fitted", clean, {}, summary, dict(source), name, optional)
 
     def without_calcified(self, max_contrast_hu: float = CALCIFIED_HU) -> "LesionProfile":
         """This profile without its calcified rows (``contrast_hu`` above ``max_contrast_hu``): a
@@ -146,18 +171,18 @@ class LesionProfile:
                                                          f"(contrast above {limit:g} HU)")
             source = {**self.source, "max_contrast_hu": limit, "calcified_rows_left_out": len(self.rows) - len(keep)}
             if self.kind == "combined":
-                return LesionProfile.combined(self.organ, keep, self.distributions, source, self.name)
-            return LesionProfile.from_rows(self.organ, keep, source, self.name)
+                return LesionProfile.combined(self.organ, keep, self.distributions, source, self.name, optional=self.optional)
+            return LesionProfile.from_rows(self.organ, keep, source, self.name, self.optional)
         spec = dict(self.distributions["contrast_hu"])
         spec["max"] = min(float(spec.get("max", math.inf)), limit)
         return LesionProfile(self.organ, self.kind, self.rows, {**self.distributions, "contrast_hu": spec},
-                             self.summary, {**self.source, "max_contrast_hu": limit}, self.name)
+                             self.summary, {**self.source, "max_contrast_hu": limit}, self.name, self.optional)
     @classmethod
     def combined(cls, organ: str, rows, distributions: dict, source: dict, name: str = "",
-                 summary_draws: int = 20000) -> "LesionProfile":
+                 summary_draws: int = 20000, optional=()) -> "LesionProfile":
         """Measured ``rows`` with the features of ``distributions`` drawn from those instead; the
         summary of such a feature is that of ``summary_draws`` draws (seed 0), the others the rows'."""
-        fitted = cls.from_rows(organ, rows, source, name)
+        fitted = cls.from_rows(organ, rows, source, name, optional)
         dists = {f: dict(distributions[f]) for f in FEATURE_ORDER if f in distributions}
         if not dists or set(distributions) - set(dists):
             raise ValueError(f"combined profile distributions must name some of: {', '.join(FEATURE_ORDER)}")
@@ -165,11 +190,12 @@ class LesionProfile:
         summary = dict(fitted.summary)
         for f, spec in dists.items():
             summary[f] = summarise([_draw(spec, f, rng) for _ in range(summary_draws)])
-        return cls(fitted.organ, "combined", fitted.rows, dists, summary, dict(source), name)
+        return cls(fitted.organ, "combined", fitted.rows, dists, summary, dict(source), name, fitted.optional)
 
     # -------------------------------------------------------------- sampling
     def sample(self, rng: np.random.Generator) -> dict[str, float]:
-        """One lesion's parameters (every feature of :data:`FEATURE_ORDER`)."""
+        """One lesion's parameters: every feature of :data:`FEATURE_ORDER`, and the optional features
+        (:data:`OPTIONAL_ORDER`) this profile measured."""
         if self.kind in ("fitted", "combined"):
             arr = np.asarray(self.rows, np.float64)
             n, d = arr.shape
@@ -178,7 +204,7 @@ class LesionProfile:
                 row += rng.normal(0.0, 1.0, d) * JITTER * arr.std(axis=0)
             lo, hi = arr.min(axis=0), arr.max(axis=0)
             out = {}
-            for j, f in enumerate(FEATURE_ORDER):
+            for j, f in enumerate(self.columns):
                 b_lo, b_hi = _BOUNDS.get(f, (-math.inf, math.inf))
                 out[f] = float(np.clip(row[j], max(lo[j], b_lo), min(hi[j], b_hi)))
             for f in FEATURE_ORDER:  # combined: these features from the literature (same order every draw)
@@ -195,7 +221,7 @@ class LesionProfile:
             "name": self.name,
             "organ": self.organ,
             "kind": self.kind,
-            "features": dict(PROFILE_FEATURES),
+            "features": {**PROFILE_FEATURES, **{f: OPTIONAL_FEATURES[f] for f in self.optional}},
             "source": self.source,
             "summary": self.summary,
             **({"rows": [list(r) for r in self.rows]} if self.kind in ("fitted", "combined") else {}),
@@ -218,28 +244,41 @@ class LesionProfile:
         if organ not in ORGAN_NAMES:
             raise InputError(where, f"lesion profile organ {organ!r} is not one of {', '.join(ORGAN_NAMES)}")
         kind = doc.get("kind")
+        named = doc.get("features") if isinstance(doc.get("features"), dict) else {}
+        optional = tuple(f for f in OPTIONAL_ORDER if f in named) if kind in ("fitted", "combined") else ()
+        _notify_missing(where, optional)
         if kind in ("fitted", "combined"):
             rows = doc.get("rows")
+            columns = FEATURE_ORDER + optional
             ok = isinstance(rows, list) and rows and all(
-                isinstance(r, list) and len(r) == len(FEATURE_ORDER)
+                isinstance(r, list) and len(r) == len(columns)
                 and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in r)
                 for r in rows)
             if not ok:
-                raise InputError(where, f"lesion profile rows must be a non-empty list of {len(FEATURE_ORDER)} "
-                                        f"finite numbers each ({', '.join(FEATURE_ORDER)})")
-            fitted = cls.from_rows(organ, rows, doc.get("source") or {}, str(doc.get("name") or ""))
+                raise InputError(where, f"lesion profile rows must be a non-empty list of {len(columns)} "
+                                        f"finite numbers each ({', '.join(columns)})")
+            fitted = cls.from_rows(organ, rows, doc.get("source") or {}, str(doc.get("name") or ""), optional)
             if kind == "fitted":
                 return fitted
             dists = _checked_distributions(doc.get("distributions"), where, partial=True)
             summary = dict(fitted.summary)
             stored = doc.get("summary") if isinstance(doc.get("summary"), dict) else {}
             summary.update({f: stored[f] for f in dists if f in stored})
-            return cls(organ, "combined", fitted.rows, dists, summary, fitted.source, fitted.name)
+            return cls(organ, "combined", fitted.rows, dists, summary, fitted.source, fitted.name, optional)
         if kind == "literature":
             dists = _checked_distributions(doc.get("distributions"), where, partial=False)
             summary = doc.get("summary") if isinstance(doc.get("summary"), dict) else {}
             return cls(organ, "literature", (), dists, summary, doc.get("source") or {}, str(doc.get("name") or ""))
         raise InputError(where, f"lesion profile kind must be fitted, literature or combined, got {kind!r}")
+
+
+def _notify_missing(where: str, present: tuple[str, ...]) -> None:
+    """Say once per profile (per process) which optional features it lacks and what a draw uses instead."""
+    missing = [f for f in OPTIONAL_ORDER if f not in present]
+    if missing and where not in _NOTIFIED:
+        _NOTIFIED.add(where)
+        print(f"note: lesion profile {where} has no {', '.join(missing)} (fitted before it was measured, or "
+              f"literature-based): lesion surfaces follow its solidity instead", file=sys.stderr)
 
 
 def _draw(spec: dict, feature: str, rng: np.random.Generator) -> float:
