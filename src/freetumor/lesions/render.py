@@ -73,6 +73,7 @@ from .shape import shape_descriptors
 
 SUBSAMPLE_MM = 0.4      # supersampling step of the occupancy
 STRUCTURE_MM = 1.5      # the host's structure: the host smoothed with this Gaussian sigma
+UNION_MM = 0.6          # vessels meeting a lesion: the host denoised with this Gaussian sigma
 MAX_SUB = 6
 
 
@@ -156,8 +157,8 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
 # phase and a wave number drawn in the band (radians per unit of the direction vector: 2 ~ a lobe per
 # hemisphere, 10 ~ bumps a tenth of the circumference apart); the bands' SDs are in _BAND_SD's ratio.
 # Many random waves per band (not 7 smooth lobes) leave no regular petals.
-_BANDS = ((1.2, 2.6), (3.5, 6.0), (8.0, 13.0))
-_BAND_SD = (1.0, 0.6, 0.35)
+_BANDS = ((1.2, 2.6), (3.5, 6.5), (9.0, 15.0))
+_BAND_SD = (1.0, 0.8, 0.6)
 _WAVES = 24
 _TABLE = (48, 96)  # the log-radius is tabulated on this (polar, azimuth) grid of directions
 
@@ -309,9 +310,9 @@ def edge_sigma_for(edge_norm: float) -> float:
 # (surface-noise amplitude, mean relative solidity, mean surface roughness) of 14 mm lesions on 1 mm grids,
 # 8 random shapes each: measure_amplitude_table(AMPLITUDE_TABLE_AMPS) (tests/test_lesion_surfaces.py
 # re-measures some entries). Real LIDC nodules (builtin:lung): roughness median 0.088, 5-95 % 0.05-0.21.
-AMPLITUDE_TABLE = ((0.0, 1.0000, 0.0199), (0.03, 0.9985, 0.0195), (0.06, 1.0000, 0.0297), (0.1, 0.9800, 0.0450),
-                   (0.14, 0.9619, 0.0620), (0.19, 0.8869, 0.0818), (0.25, 0.8106, 0.1074), (0.32, 0.7692, 0.1367),
-                   (0.4, 0.6987, 0.1667), (0.5, 0.6307, 0.2039), (0.6, 0.5879, 0.2386))
+AMPLITUDE_TABLE = ((0.0, 1.0000, 0.0199), (0.03, 0.9967, 0.0212), (0.06, 0.9984, 0.0336), (0.1, 0.9490, 0.0530),
+                   (0.14, 0.8939, 0.0743), (0.19, 0.8025, 0.1042), (0.25, 0.7164, 0.1402), (0.32, 0.6233, 0.1858),
+                   (0.4, 0.5405, 0.2368), (0.5, 0.4560, 0.3008), (0.6, 0.4028, 0.3615))
 
 
 def measure_amplitude_table(amps, shapes: int = 8) -> list[tuple[float, float, float]]:
@@ -485,7 +486,10 @@ def _render_once(image, allowed, grid: Grid, centre, params: dict, settings: dic
     spacing = np.asarray(grid.spacing, np.float64)
     axes = _semi_axes(params["diameter_mm"], params["axis_ratio_mid"], params["axis_ratio_min"])
     amp = amplitude_for(knob["solidity"], knob.get("surface_roughness", math.nan))
-    sigma_edge = edge_sigma_for(knob["edge_norm"])
+    # A soft edge is a margin of the lesion, not a blur wider than the lesion: a small lesion measures a low
+    # edge_norm because partial volume flattens it, which the host's grid reproduces by itself (a 2.7 mm edge
+    # on a 3 mm lesion made a broad faint blob, or a label twice the drawn size).
+    sigma_edge = min(edge_sigma_for(knob["edge_norm"]), EDGE_MAX_RADII * params["diameter_mm"] / 2.0)
     rotation = random_rotation(rng)
     surface_rng = np.random.default_rng(rng.integers(2**63))
     c = np.asarray(centre, int)
@@ -575,10 +579,11 @@ def _render_once(image, allowed, grid: Grid, centre, params: dict, settings: dic
     texture = np.float32(coh_sd) * g + np.float32(fine_sd) * extra
     values = x + f * (np.float32(core_hu) + texture + kept_noise - x)
     if not hide_wide_structure and knob["contrast_hu"] > 0:
-        # Vessels run into the lesion: a soft union of the host's structure (its 1.5 mm smoothing) and the
-        # lesion at the margin, instead of the lesion's partial volume darkening a vessel where they meet.
-        # 0 outside (f = 0) and in the core (f = 1), so the core stays the lesion's own.
-        over = np.maximum(np.float32(0.0), smooth - np.float32(core_hu))
+        # Vessels run into the lesion: a soft union of the host's structure (denoised by a 0.6 mm smoothing,
+        # which keeps a 2-3 mm vessel's HU) and the lesion at the margin, instead of the lesion's partial volume
+        # darkening a vessel where they meet. 0 outside (f = 0) and in the core (f = 1): the core is the lesion's.
+        vessel = _gaussian_mm(x, UNION_MM, spacing)
+        over = np.maximum(np.float32(0.0), vessel - np.float32(core_hu))
         values = values + f * (np.float32(1.0) - f * f) * over
 
     record = {
@@ -598,7 +603,8 @@ def _render_once(image, allowed, grid: Grid, centre, params: dict, settings: dic
     return RenderedLesion(box, tuple(int(v) for v in c), values.astype(np.float32), label, f, record)
 
 
-PSF_VOXELS = 0.4  # the scanner's in-plane blur (Gaussian sigma, voxels) that a rendered lesion gets too
+EDGE_MAX_RADII = 0.3  # the edge's Gaussian width is at most this fraction of the lesion's equivalent radius
+PSF_VOXELS = 0.5  # the scanner's in-plane blur (Gaussian sigma, voxels) that a rendered lesion gets too
 
 
 def scanner_psf(f: np.ndarray, spacing) -> np.ndarray:
