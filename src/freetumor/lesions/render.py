@@ -87,10 +87,10 @@ class RenderStyle:
     features (``freetumor realism``) of rendered lesions with those of the profile's own *fit*
     lesions (never the held-out ones); see ``docs/method-notes.md``:
 
-    * ``plateau``: the blurred occupancy f saturates at this value (f -> min(1, f / plateau)), so a
-      lesion is a plateau of solid tissue with a steep margin, as real solid nodules are, instead of
-      a blurred dome;
-    * ``texture_tail``: the texture fields' marginal is made heavier-tailed (g -> sign(g) |g|^tail,
+    * ``plateau``: the lesion's edge profile (in mm, before the host's voxels average it) saturates at
+      this value (s -> min(1, s / plateau)), so a lesion is a plateau of solid tissue with a steep
+      margin, as real solid nodules are, instead of a blurred dome;
+    * ``texture_tail``: the coherent texture field's marginal is made heavier-tailed (g -> sign(g) |g|^tail,
       rescaled to unit SD): real nodules hold bright specks and dark clefts a Gaussian field lacks;
     * ``corr_scale`` and ``coherent_gain``: the coherent texture's correlation length and SD relative
       to the drawn ones (the fitted values are measured on the 1.5 mm core only, which hides the
@@ -603,7 +603,7 @@ def _render_once(image, allowed, grid: Grid, centre, params: dict, settings: dic
     return RenderedLesion(box, tuple(int(v) for v in c), values.astype(np.float32), label, f, record)
 
 
-EDGE_MAX_RADII = 0.3  # the edge's Gaussian width is at most this fraction of the lesion's equivalent radius
+EDGE_MAX_RADII = 0.45  # the edge's Gaussian width is at most this fraction of the lesion's equivalent radius
 PSF_VOXELS = 0.5  # the scanner's in-plane blur (Gaussian sigma, voxels) that a rendered lesion gets too
 
 
