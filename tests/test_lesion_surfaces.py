@@ -14,9 +14,9 @@ from scipy import ndimage
 from freetumor.grids import Grid
 from freetumor.lesions import profile as profile_mod
 from freetumor.lesions.profile import FEATURE_ORDER, OPTIONAL_ORDER, LesionProfile, load_profile
-from freetumor.lesions.render import (AMPLITUDE_TABLE, FITTED_STYLE, NEUTRAL_STYLE, Surface, _sphere_noise,
-                                      amplitude_for, draw_lesion, label_diameter_mm, measure_amplitude_table,
-                                      random_rotation, render_lesion, soft_tissue_noise, visibility)
+from freetumor.lesions.render import (AMPLITUDE_TABLE, FITTED_STYLE, NEUTRAL_STYLE, _sphere_noise, amplitude_for,
+                                      draw_lesion, label_diameter_mm, measure_amplitude_table, render_lesion,
+                                      soft_tissue_noise, visibility)
 from freetumor.lesions.shape import shape_descriptors
 
 ROW = [6.0, 0.9, 0.8, 0.95, 780.0, 0.12, 0.4, 60.0, 40.0, 2.0, 0.1]

@@ -577,7 +577,13 @@ def _render_once(image, allowed, grid: Grid, centre, params: dict, settings: dic
     g = _heavy_tailed(g / max(float(g.std()), 1e-6), style.texture_tail)
     extra = _scanner_noise(rng, shape, spacing)
     texture = np.float32(coh_sd) * g + np.float32(fine_sd) * extra
-    values = x + f * (np.float32(core_hu) + texture + kept_noise - x)
+    if hide_wide_structure:
+        # the host's structures (vessels) fade under the lesion as f^2 instead of f: a vessel crossing a hypodense
+        # lesion leaves no bright trace in its core (f just below 1 there), yet does not stop at its outer edge
+        base = x - f * (x - np.where(noise_like, x, np.float32(host_hu) + stand_in))
+    else:
+        base = x
+    values = base + f * (np.float32(core_hu) + texture + kept_noise - base)
     if not hide_wide_structure and knob["contrast_hu"] > 0:
         # Vessels run into the lesion: a soft union of the host's structure (denoised by a 0.6 mm smoothing,
         # which keeps a 2-3 mm vessel's HU) and the lesion at the margin, instead of the lesion's partial volume
