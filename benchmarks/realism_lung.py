@@ -11,7 +11,7 @@ Data (all real, from ../shared/datasets; the script exits with a message when it
   (``freetumor organs --engine threshold``), each host's own lesions (grown by 5 mm) excluded.
 
 Rows (each scored against held-out quarter A with the machine Visual Turing Test of
-``freetumor realism``: 24 radiomic features on 1 mm crops, logistic regression, 5-fold CV AUC
+``freetumor realism``: 30 radiomic features (24 before the shape features) on 1 mm crops, logistic regression, 5-fold CV AUC
 with bootstrap CI; 0.5 = indistinguishable):
 
 * ``released``: the released rule-based synthesis (``Synthesizer("lung")``, size mix, the
@@ -30,6 +30,15 @@ with bootstrap CI; 0.5 = indistinguishable):
 * ``control``: real quarter B against real quarter A (the floor).
 
 ``--rows generator`` runs only that row and merges it into an existing results JSON (other rows kept).
+
+Readers (``--readers``, default ``radiomics``): ``radiomics`` is the machine VTT above (its rows are
+``rows``; the features now include the 6 ``shape_*`` descriptors of :mod:`freetumor.lesions.shape`);
+``cnn`` adds the CNN reader of ``freetumor realism --reader cnn``
+(:mod:`freetumor.evaluation.realism.cnn`) under ``readers.cnn``: each synthetic row against quarter
+A, and its own control (quarter B vs A), at **matched slice thickness** (every crop re-sliced to the
+synthetic hosts' 2.5 mm; only the LIDC hosts' lesions, the hosts with 2.5 mm slices, so no lesion is
+re-sliced to thinner slices than it has) and native in-plane spacing, patient-wise (real) and
+host-wise (synthetic) group k-fold.
 
 For every row: AUC and CI (pooled over hosts, and per host), per-feature Cohen's d, and the
 lesion size distribution (median equivalent diameter). Writes
@@ -89,6 +98,8 @@ def hosts() -> list[dict]:
 
 
 def crop_features(image, lesion_mask: np.ndarray, case: str, window) -> dict | None:
+    """The radiomic features of the largest lesion of ``lesion_mask``, its diameter (``_diameter_mm``) and
+    its crop (``_crop``, for the CNN reader; ``_`` keys are not features)."""
     from freetumor.lesions.features import extract_crops, lesion_features
 
     lab = image.with_array(lesion_mask.astype(np.uint8))
@@ -98,6 +109,8 @@ def crop_features(image, lesion_mask: np.ndarray, case: str, window) -> dict | N
     crop = max(crops, key=lambda c: c.meta["voxels"])
     f = lesion_features(crop, window=window)
     f["_diameter_mm"] = float((6.0 * crop.meta["volume_ml"] * 1000.0 / np.pi) ** (1.0 / 3.0))
+    crop.image = crop.mask = None  # the CNN reads the native crop only
+    f["_crop"] = crop
     return f
 
 
@@ -249,6 +262,35 @@ def score(real: list[dict], synthetic: list[dict], seed: int) -> dict:
 
 
 ALL_ROWS = ("released", "rules_physical", "profile", "generator")
+CNN_HOSTS = ("lidc-idri-0001", "lidc-idri-0003")  # the 2.5 mm hosts: the CNN compares at 2.5 mm slices
+
+
+def group_of(crop) -> str:
+    """Patient of a real crop (``LIDC-IDRI-0001_1_2`` -> ``LIDC-IDRI-0001``), host of a synthetic one."""
+    return patient_of(crop.case) if crop.source == "real" else crop.case.rsplit("-", 1)[0]
+
+
+def cnn_rows(real_a: list[dict], real_b: list[dict], pooled: dict, seed: int, window) -> dict:
+    """The CNN reader's rows: each synthetic row (LIDC hosts' lesions) against quarter A, and B vs A."""
+    from freetumor.evaluation.realism.cnn import cnn_grid, cnn_reader
+
+    crops = lambda fs: [f["_crop"] for f in fs]  # noqa: E731
+    a, b = crops(real_a), crops(real_b)
+    for c in b:
+        c.source = "real"  # quarter B is real: grouped by patient
+    syn = {k: [c for c in crops(v) if group_of(c) in CNN_HOSTS] for k, v in pooled.items()}
+    grid = cnn_grid([a, *[v for v in syn.values() if v]], slice_mm=2.5)
+    out = {"grid": grid, "hosts": list(CNN_HOSTS), "rows": {}}
+    for k, v in {**syn, "control": b}.items():
+        t = time.time()
+        r = cnn_reader(a, v, window, folds=5, seed=seed, group_of=group_of, grid=grid)
+        r.pop("oof")
+        r["auc"], r["auc_ci95"] = round(r["auc"], 4), [round(x, 4) for x in r["auc_ci95"]]
+        r["seconds"] = round(time.time() - t, 1)
+        out["rows"][k] = r
+        print(f"cnn {k}: AUC {r['auc']:.3f} ({r['auc_ci95'][0]:.3f}-{r['auc_ci95'][1]:.3f}), "
+              f"{r['n_real']} vs {r['n_synthetic']}, {r['folds']} folds", flush=True)
+    return out
 
 
 def main() -> int:
@@ -260,10 +302,16 @@ def main() -> int:
                     help="synthetic rows to run (control always); a subset is merged into an existing --out")
     ap.add_argument("--generator", type=Path, help="a trained generator (train-synth --profile) for the generator row")
     ap.add_argument("--train-generator", type=Path, help="train the generator row's generator in this folder")
+    ap.add_argument("--readers", default="radiomics", help="radiomics, cnn or radiomics,cnn (radiomics always runs)")
     ap.add_argument("--seg-steps", type=int, default=150)
     ap.add_argument("--gen-steps", type=int, default=300)
     args = ap.parse_args()
     rows = [r for r in args.rows.split(",") if r]
+    readers = [r for r in args.readers.split(",") if r]
+    if not set(readers) <= {"radiomics", "cnn"}:
+        print(f"error: --readers: unknown reader(s) {', '.join(sorted(set(readers) - {'radiomics', 'cnn'}))}",
+              file=sys.stderr)
+        return 2
     vois = DATASETS / "lidc_nodule_vois"
     if not vois.is_dir():
         print(f"real CT not available: {vois}", file=sys.stderr)
@@ -287,6 +335,7 @@ def main() -> int:
         return out
 
     fit_crops = crops_of(fit_e)
+    print(f"{len(fit_crops)} fit crops ({time.time() - t0:.0f} s)", flush=True)
     profile = fit_profile(fit_crops, "lung", {"split": "fit half of the shared LIDC crops", "seed": args.seed})
 
     def feats_of(crops):
@@ -294,6 +343,8 @@ def main() -> int:
         for c in crops:
             f = lesion_features(c, window=window)
             f["_diameter_mm"] = float((6.0 * c.meta["volume_ml"] * 1000.0 / np.pi) ** (1.0 / 3.0))
+            c.image = c.mask = None  # the CNN reads the native crop only
+            f["_crop"] = c
             out.append(f)
         return out
 
@@ -349,6 +400,10 @@ def main() -> int:
         "profile_summary": {k: v.get("median") for k, v in profile.summary.items()},
         "seconds": round(time.time() - t0, 1),
     }
+    result["features"] = "radiomics reader: the 24 appearance features + 6 shape_* descriptors of `freetumor realism`"
+    if "cnn" in readers:
+        result["readers"] = {"cnn": cnn_rows(real_a, real_b, pooled, args.seed, window)}
+        result["seconds"] = round(time.time() - t0, 1)
     if gen is not None:
         final = json.loads((Path(gen.path).parent / "final.json").read_text()) if gen.path else {}
         result["generator"] = {
@@ -371,6 +426,8 @@ def main() -> int:
             old["generator"] = result["generator"]
             old.pop("not_measured", None)
         old.setdefault("row_commands", {}).update({k: result["command"] for k in rows})
+        if "readers" in result:
+            old["readers"] = result["readers"]
         old["seconds_" + "+".join(rows)] = result["seconds"]
         result = old
     args.out.parent.mkdir(parents=True, exist_ok=True)

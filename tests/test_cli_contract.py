@@ -79,6 +79,11 @@ def kit(tmp_path_factory) -> dict:
     for bad in ("float_label.nii.gz", "shifted_label.nii.gz", "missing.nii.gz"):
         _datalist(k, f"dl_label_{bad}", [good, {"image": "good2_image.nii.gz", "label": bad}])
     _datalist(k, "dl_good", [good, {"image": "good2_image.nii.gz", "label": "good2_label.nii.gz"}])
+    # a case with a few liver tumours (realism --reader cnn: far fewer than 20 lesions)
+    t_image, t_label = make_case("abdomen", seed=6, tumour=True, shape=SHAPE)
+    put("tumour_image.nii.gz", t_image)
+    put("tumour_label.nii.gz", t_label)
+    _datalist(k, "dl_tumour", [{"image": "tumour_image.nii.gz", "label": "tumour_label.nii.gz"}])
     # configs
     (root / "empty.yaml").write_text("# nothing set\n")
     (root / "list.yaml").write_text("- organ: liver\n")
@@ -257,6 +262,10 @@ ROWS += [
     Row("lesions fit", "--out under a file", _with_out(_lesions_fit(), lambda k: k["a_file"] / "profile.json"),
         _file("a_file"), slow=True),
     Row("realism", "--out on /proc", _with_out(_realism(), lambda k: PROC_OUT), lambda k: str(PROC_OUT), slow=True),
+    Row("realism", "--reader cnn with fewer than 20 lesions per side",
+        lambda k, out: ["realism", "--real", k["dl_tumour"], "--synthetic", k["dl_tumour"], "--out", out,
+                        "--reader", "cnn"],
+        lambda k: "--reader cnn needs at least 20 lesions per side, got 1 real and 1 synthetic"),
     Row("train-seg", "empty config", _train_seg(config="empty.yaml"), _file("empty.yaml")),
     Row("train-seg", "config not a mapping", _train_seg(config="list.yaml"), _file("list.yaml")),
     Row("train-synth", "empty config", _train_synth(config="empty.yaml"), _file("empty.yaml")),
@@ -297,6 +306,93 @@ ROWS += [
 ]
 
 
+# ----------------------------------------------------------------------------- issue 25, items 3 and 4
+# Nothing partial and no silent wrongs: run-level options checked before the run folder, duplicate
+# cases, values outside the label map, a synthetic label off its image's grid, unbounded phantom
+# options, air that is not lungs, a lesion that fills its image. (Made on first use: the kit above
+# stays as it was.)
+def _issue25_kit(k: dict) -> dict:
+    if "dl_duplicate" in k:
+        return k
+    root = k["root"] / "issue25"
+    root.mkdir()
+    image = nib.load(k["good_image.nii.gz"])
+    good = {"image": "../good_image.nii.gz", "label": "../good_label.nii.gz"}
+    for name, entries in (("dl_duplicate", [good, good]),
+                          ("dl_duplicate_across_lists", None)):
+        path = root / f"{name}.json"
+        body = {"label_map": "abdomen7", "training": [good]}
+        body.update({"training": entries} if entries else {"validation": [good]})
+        path.write_text(json.dumps(body))
+        k[name] = path
+    lab = np.asarray(nib.load(k["good_label.nii.gz"]).dataobj).astype(np.int16)
+    lab[0, 0, 0], lab[1, 0, 0] = -1, 9
+    nib.save(nib.Nifti1Image(lab, image.affine), root / "pred_out_of_map.nii.gz")
+    k["pred_out_of_map.nii.gz"] = root / "pred_out_of_map.nii.gz"
+    syn = root / "synthetic_badlabel"
+    syn.mkdir()
+    (syn / "s_image.nii.gz").write_bytes(k["good_image.nii.gz"].read_bytes())
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.uint8), image.affine), syn / "s_label.nii.gz")
+    (syn / "s.json").write_text(json.dumps({"organ": "liver", "outputs": {"image": "s_image.nii.gz",
+                                                                         "label": "s_label.nii.gz"},
+                                            "lesions": [{"index": 1, "centre_voxel": [28, 24, 12]}]}))
+    k["synthetic_badlabel"], k["s_label.nii.gz"] = syn, syn / "s_label.nii.gz"
+    gas = np.full((40, 30, 40), -1000, np.int16)  # a body with two lungs and a pocket of bowel gas
+    gas[3:37, 3:27, :] = 40
+    gas[6:18, 8:22, 20:38] = gas[22:34, 8:22, 20:38] = -850
+    gas[12:28, 8:22, 4:14] = -1000
+    nib.save(nib.Nifti1Image(gas, np.diag([5.0, 5.0, 5.0, 1.0])), root / "bowel_gas_ct.nii.gz")
+    k["bowel_gas_ct.nii.gz"] = root / "bowel_gas_ct.nii.gz"
+    rng = np.random.default_rng(0)
+    nib.save(nib.Nifti1Image(rng.integers(-100, 150, (12, 12, 12)).astype(np.int16), np.eye(4)),
+             root / "filled_image.nii.gz")
+    nib.save(nib.Nifti1Image(np.full((12, 12, 12), 2, np.uint8), np.eye(4)), root / "filled_label.nii.gz")
+    k["filled_label.nii.gz"] = root / "filled_label.nii.gz"
+    (root / "dl_filled.json").write_text(json.dumps({"label_map": "abdomen7", "training": [
+        {"image": "filled_image.nii.gz", "label": "filled_label.nii.gz"}]}))
+    k["dl_filled"] = root / "dl_filled.json"
+    for p in root.rglob("*"):
+        if p.is_file():
+            p.chmod(0o444)
+    return k
+
+
+ISSUE25_ROWS = [  # all but one slow: the fast set is full (see test_catalogue_covers_every_command_and_input_kind)
+    Row("data check", "duplicate case", lambda k, out: ["data", "check", k["dl_duplicate"]], _file("dl_duplicate")),
+    Row("data check", "duplicate case in two lists", lambda k, out: ["data", "check", k["dl_duplicate_across_lists"]],
+        _file("dl_duplicate_across_lists")),
+    Row("synthesize-batch", "duplicate case", _batch("dl_duplicate"), _file("dl_duplicate")),
+    Row("turing build", "duplicate case", _turing("dl_duplicate"), _file("dl_duplicate")),
+    Row("train-seg", "duplicate case", _train_seg("dl_duplicate"), _file("dl_duplicate"), slow=True),
+    Row("evaluate", "prediction values -1 and 9", _evaluate("pred_out_of_map.nii.gz"),
+        lambda k: "prediction values -1, 9 are not in label map", slow=True),
+    Row("turing build", "synthetic label shape differs from its image",
+        lambda k, out: ["turing", "build", "--real", k["dl_good"], "--synthetic", k["synthetic_badlabel"],
+                        "--out", out], _file("s_label.nii.gz")),
+    Row("phantom", "--tumour-radius-mm 1 1e6", lambda k, out: ["phantom", "--out", out, "--cases", 1,
+                                                               "--tumour-radius-mm", 1, 1e6],
+        lambda k: "--tumour-radius-mm"),
+    Row("phantom", "--cases 10**9", lambda k, out: ["phantom", "--out", out, "--cases", 10**9], lambda k: "--cases"),
+    Row("organs", "threshold engine on bowel gas", _organs("bowel_gas_ct.nii.gz"), _file("bowel_gas_ct.nii.gz"),
+        slow=True),
+    Row("lesions fit", "lesion fills its image", _lesions_fit("dl_filled"), _file("filled_label.nii.gz"), slow=True),
+    Row("synthesize-batch", "--profile of another organ", _batch("dl_good", "--profile", "builtin:lung"),
+        lambda k: "builtin:lung: lesion profile is for lung, not liver"),
+    Row("synthesize-batch", "--generator missing", _batch("dl_good", "--generator", "missing.pt"),
+        lambda k: "missing.pt: checkpoint not found", slow=True),
+    Row("train-seg", "--generator missing", _train_seg("dl_good", "liver-cpu-tiny", "--synthesis", "generator",
+                                                       "--generator", "missing.pt"),
+        lambda k: "missing.pt: checkpoint not found", slow=True),
+    Row("train-seg", "--profile of another organ", _train_seg("dl_good", "liver-cpu-tiny", "--synthesis", "profile",
+                                                              "--profile", "builtin:lung"),
+        lambda k: "builtin:lung: lesion profile is for lung, not liver", slow=True),
+]
+ISSUE25_ROWS = [r if r.slow or r.command == "phantom" and "radius" in r.bad else Row(r.command, r.bad, r.argv, r.names, slow=True)
+                for r in ISSUE25_ROWS]
+ROWS += ISSUE25_ROWS
+# ----------------------------------------------------------------------------- end of issue 25's rows
+
+
 def _rid(row: Row) -> str:
     return f"{row.command}: {row.bad}"
 
@@ -321,6 +417,8 @@ def test_bad_input_one_line_exit_1_nothing_written(kit, row, tmp_path):
         pytest.skip("running as root: a folder without write permission is still writable (see the /proc rows)")
     if "/proc" in row.bad and not Path("/proc/self").is_dir():
         pytest.skip("no /proc file system here")
+    if row in ISSUE25_ROWS:
+        _issue25_kit(kit)
     if row.command == "evaluate" and "dl_one_case" not in kit:
         _datalist(kit, "dl_one_case", [{"image": "good_image.nii.gz", "label": "good_label.nii.gz"}])
     work = tmp_path / "work"

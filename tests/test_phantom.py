@@ -334,5 +334,7 @@ def test_tumour_radius_option_makes_early_tumours():
         _, lab = make_case("abdomen", seed=seed, tumour=True, tumour_radius_mm=(3.0, 6.0))
         _, lesions = connected_lesions(np.isin(lab.array, [2, 4, 6]), lab.spacing)
         assert lesions and all(les.diameter_mm < 20 for les in lesions)
-    with pytest.raises(ConfigError, match="tumour radius range"):
-        make_case("abdomen", seed=0, tumour=True, tumour_radius_mm=(5.0, 2.0))
+    for bad in ((5.0, 2.0), (1.0, 1e6), (0.5, 2.0), (float("nan"), 3.0), (2.0, float("inf"))):
+        with pytest.raises(ConfigError, match=r"--tumour-radius-mm must be MIN MAX with 1 <= MIN <= MAX <= 50 mm"):
+            make_case("abdomen", seed=0, tumour=True, tumour_radius_mm=bad)
+    _, lab = make_case("abdomen", seed=0, tumour=True, tumour_radius_mm=(1.0, 50.0))  # the bounds themselves

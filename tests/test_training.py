@@ -43,7 +43,7 @@ def _single_case_datalist(cohort: Path, tmp: Path) -> Path:
     case = next(e for e in data["training"] if e["tumour"])
     img, lab = str(cohort.parent / case["image"]), str(cohort.parent / case["label"])
     p = tmp / "single.json"
-    p.write_text(json.dumps({"training": [{"image": img, "label": lab, "fold": 1},
+    p.write_text(json.dumps({"allow_duplicates": True, "training": [{"image": img, "label": lab, "fold": 1},
                                           {"image": img, "label": lab, "fold": 0}]}))
     return p
 

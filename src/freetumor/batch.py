@@ -38,7 +38,8 @@ from .data import datalist_entries, datalist_label_map
 from .errors import ConfigError, FreeTumorError, InputError
 from .io import case_name, check_output_folder, clean_staging, write_bytes_atomic
 from .labels import default_label_map, get_label_map
-from .synthesis import SynthesisOptions, build_synthesizer, networks_loaded, synthesize_case
+from .synthesis import (SynthesisOptions, build_synthesizer, check_synthesis_options, networks_loaded,
+                        synthesize_case)
 
 
 def plan_tasks(entries: list[dict], per_case: int, seed: int) -> list[dict]:
@@ -66,8 +67,9 @@ def _error_text(exc: Exception) -> str:
 class _Runner:
     """Runs tasks with one synthesizer, built once (the body of a Ray actor, or the serial path).
 
-    A synthesizer that cannot be built (a missing checkpoint, say) fails every task with that
-    error, as a failing case does: the run goes on and ``errors.log`` says why.
+    The run-level options are checked once before any output (:func:`~freetumor.synthesis.check_synthesis_options`);
+    a synthesizer that still cannot be built in a worker fails every task with that error, as a
+    failing case does: the run goes on and ``errors.log`` says why.
     """
 
     def __init__(self, options: SynthesisOptions, out: str):
@@ -131,6 +133,7 @@ def synthesize_batch(
         options = dataclasses.replace(options, label_map=datalist_label_map(dl))
     entries = datalist_entries(dl, "cases with organ masks", keys=None, skip_bad=skip_bad_cases, log=log,
                                label_map=get_label_map(options.label_map, options.organ))
+    check_synthesis_options(options)  # once, up front: a bad --generator, --qc-segmentor or --profile writes nothing
     out = Path(out)
     check_output_folder(out)
     clean_staging(out / "cases")  # an interrupted run's staging folders (a restart redoes their task)

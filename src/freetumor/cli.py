@@ -695,6 +695,8 @@ def realism(
     folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds of the classifier."),
     seed: int = typer.Option(0, "--seed", callback=_seed, help="Random seed."),
     skip_bad_cases: bool = typer.Option(False, "--skip-bad-cases", help=SKIP_BAD_HELP),
+    reader: str = typer.Option("radiomics", "--reader", help="radiomics (features + logistic regression), or cnn: "
+                               "also a small 3D CNN on the crops, case-wise folds (>= 20 lesions per side)."),
     quiet: bool = _quiet(),
 ) -> None:
     """Machine Visual Turing Test: real-vs-synthetic classifier AUC (0.5 = indistinguishable), feature distances."""
@@ -704,7 +706,8 @@ def realism(
 
     with Progress(not quiet) as progress:
         r = run_realism(real, synthetic, out, organ.value, label_map=label_map, folds=folds, seed=seed,
-                        control=control, skip_bad_cases=skip_bad_cases, log=typer.echo, progress=progress)
+                        control=control, skip_bad_cases=skip_bad_cases, log=typer.echo, progress=progress,
+                        reader=reader)
     sm = r["summary"]
     lo, hi = sm["auc_ci95"]
     floor = ""
@@ -713,6 +716,9 @@ def realism(
         floor = f"; real-vs-control (real-vs-real floor) AUC {sm['control_auc']:.3f} (95% CI {c_lo:.3f}-{c_hi:.3f})"
     typer.echo(f"real-vs-synthetic classifier AUC {sm['auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}; 0.5 = indistinguishable)"
                f"{floor}, mean |d| over features {sm['mean_abs_d']:.3f}; report: {out / 'realism.json'}")
+    if "cnn_auc" in sm:
+        c = f"; its real-vs-control AUC {sm['cnn_control_auc']:.3f}" if "cnn_control_auc" in sm else ""
+        typer.echo(f"CNN reader AUC {sm['cnn_auc']:.3f} (95% CI {sm['cnn_auc_ci95'][0]:.3f}-{sm['cnn_auc_ci95'][1]:.3f}){c}")
 
 
 @turing_app.command("build")

@@ -14,8 +14,13 @@ for synthetic lung lesions. Steps, on the volume reoriented to RAS (axis 2 runs 
 4. **holes**: vessels and nodules inside the lung are filled slice by slice, after a closing with
    a ball of ``CLOSING_MM`` so that vessels on the lung's edge join it.
 
-The result is one lung mask (both lungs); a volume without air inside the body is a one-line
-:class:`~freetumor.errors.InputError`.
+The result is one lung mask (both lungs). A scan whose air is not lungs is a one-line
+:class:`~freetumor.errors.InputError` (:func:`check_lung_candidates`), never a mask of something
+else: no air region inside the body of at least ``MIN_LUNG_ML``; a candidate that is gas (median
+below ``GAS_HU``: bowel or stomach gas reads about -1000 HU, lung parenchyma about -850 HU, with
+its vessels and walls); a candidate that lies below the largest one (its centre under that
+region's lowest slice: under the diaphragm, where lungs cannot be). An upper-abdomen CT, whose
+lung bases come with colon gas, is refused so, not turned into a "lung" of bowel.
 
 Example:
     >>> import numpy as np
@@ -42,6 +47,7 @@ BODY_HU = -500.0
 AIR_HU = -320.0
 MIN_LUNG_ML = 50.0
 MIN_SHARE = 0.1
+GAS_HU = -950.0
 AIRWAY_MAX_CM2 = 6.0
 CLOSING_MM = 4.0
 
@@ -101,11 +107,47 @@ def airway_mask(air: np.ndarray, spacing) -> np.ndarray:
     return out
 
 
+def check_lung_candidates(name: str, x: np.ndarray, lbl: np.ndarray, keep, sizes_ml: np.ndarray) -> None:
+    """Refuse lung candidates that are not lungs (RAS axes; ``keep``: the labels of ``lbl`` kept as
+    candidates, ``sizes_ml`` every label's volume).
+
+    Rules, each a one-line :class:`~freetumor.errors.InputError` naming the scan: a candidate whose
+    median is below ``GAS_HU`` is gas (bowel, stomach), not lung parenchyma; a candidate other than
+    the largest whose centre lies below the largest one's lowest slice is under the diaphragm.
+
+    Example:
+        >>> x = np.full((10, 10, 30), 40.0); x[1:5, 2:8, 12:28] = -850; x[6:9, 2:8, 1:10] = -850
+        >>> lbl, n = ndi.label(x < AIR_HU)
+        >>> check_lung_candidates("ct.nii.gz", x, lbl, [1, 2], np.array([384.0, 162.0]))
+        Traceback (most recent call last):
+        ...
+        freetumor.errors.InputError: ct.nii.gz: an air region of 162 mL lies below the lungs (under the diaphragm: bowel gas?); not a chest CT
+    """
+    order = sorted((int(i) for i in keep), key=lambda i: -float(sizes_ml[i - 1]))
+    boxes = ndi.find_objects(lbl)
+    largest = order[0]
+    bottom = boxes[largest - 1][2].start
+    for i in order:
+        box = boxes[i - 1]
+        region = lbl[box] == i
+        median = float(np.median(x[box][region]))
+        if median < GAS_HU:
+            raise InputError(name, f"an air region of {sizes_ml[i - 1]:.0f} mL reads {median:.0f} HU (median), "
+                                   f"below {GAS_HU:g} HU: gas in the bowel or stomach, not lung (lung reads about "
+                                   "-850 HU); not a chest CT")
+        if i != largest:
+            centre = box[2].start + float(np.nonzero(region.any(axis=(0, 1)))[0].mean())
+            if centre < bottom:
+                raise InputError(name, f"an air region of {sizes_ml[i - 1]:.0f} mL lies below the lungs (under "
+                                       "the diaphragm: bowel gas?); not a chest CT")
+
+
 def threshold_lung_mask(volume: Volume) -> np.ndarray:
     """A boolean lung mask (both lungs) on the volume's own grid.
 
     Raises:
-        InputError: no air inside the body, so no lungs (not a chest CT, or not in HU).
+        InputError: no air inside the body, so no lungs (not a chest CT, or not in HU); air that is
+            not lungs (:func:`check_lung_candidates`).
     """
     grid = Grid.of(volume)
     x = to_ras(np.asarray(volume.array), grid)
@@ -122,6 +164,7 @@ def threshold_lung_mask(volume: Volume) -> np.ndarray:
         raise InputError(volume.name, f"no lungs found: the largest air region inside the body is {found} "
                                       f"(need at least {MIN_LUNG_ML:g} mL below {AIR_HU:g} HU); not a chest CT in HU?")
     keep = 1 + np.nonzero((sizes >= MIN_LUNG_ML) & (sizes >= MIN_SHARE * sizes.max()))[0]
+    check_lung_candidates(volume.name, x, lbl, keep, sizes)
     lungs = np.isin(lbl, keep)
     airways = airway_mask(lungs, spacing)
     if airways.any():

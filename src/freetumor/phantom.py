@@ -872,6 +872,32 @@ def _triple(value, what: str, kind) -> tuple:
     return tuple(out)
 
 
+TUMOUR_RADIUS_MM = (1.0, 50.0)  # a phantom tumour's radius: at least a voxel's worth, at most a large liver tumour
+MAX_CASES = 10000               # a phantom cohort's cases (about 1 MB each)
+
+
+def check_tumour_radius(value) -> tuple[float, float]:
+    """``(min, max)`` tumour radius in mm within :data:`TUMOUR_RADIUS_MM`, else a one-line :class:`ConfigError`
+    naming ``--tumour-radius-mm`` (a radius of 1e6 mm would label the whole organ as tumour).
+
+    >>> check_tumour_radius((3, 9))
+    (3.0, 9.0)
+    >>> check_tumour_radius((1, 1e6))
+    Traceback (most recent call last):
+    ...
+    freetumor.errors.ConfigError: --tumour-radius-mm must be MIN MAX with 1 <= MIN <= MAX <= 50 mm, got (1, 1000000.0)
+    """
+    lo_ok, hi_ok = TUMOUR_RADIUS_MM
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        lo = hi = float("nan")
+    if not lo_ok <= lo <= hi <= hi_ok:  # NaN fails every comparison
+        raise ConfigError(f"--tumour-radius-mm must be MIN MAX with {lo_ok:g} <= MIN <= MAX <= {hi_ok:g} mm, "
+                          f"got {tuple(value) if isinstance(value, (list, tuple)) else value!r}")
+    return lo, hi
+
+
 def make_case(
     region: str = "abdomen",
     *,
@@ -923,10 +949,7 @@ def make_case(
     cv = _Canvas(shape, spacing, offset, field_seeds)
     _render(cv, pt, spec)
     if tumour_radius_mm is not None:
-        lo, hi = (float(v) for v in tumour_radius_mm)
-        if not 0 < lo <= hi:
-            raise ConfigError(f"tumour radius range must be 0 < min <= max mm, got {tumour_radius_mm!r}")
-        tumour_radius_mm = (lo, hi)
+        tumour_radius_mm = check_tumour_radius(tumour_radius_mm)
     if tumour:
         _place_tumours(cv, pt, region, tumour_rng, tumour_radius_mm)
 
@@ -973,7 +996,8 @@ def write_cohort(
     Everything is written to a staging folder first, so a failure writes nothing.
 
     Raises:
-        ConfigError: ``cases < 1``, unknown region, fraction outside [0, 1], bad seed.
+        ConfigError: ``cases`` outside 1..:data:`MAX_CASES`, unknown region, fraction outside [0, 1], bad seed,
+            a tumour radius outside :data:`TUMOUR_RADIUS_MM`.
 
     Example:
         >>> import json, tempfile, os
@@ -984,8 +1008,10 @@ def write_cohort(
         >>> (dl.parent / data["training"][0]["image"]).is_file()
         True
     """
-    if isinstance(cases, (bool, np.bool_)) or not isinstance(cases, (int, np.integer)) or cases < 1:
-        raise ConfigError(f"cases must be an integer of at least 1, got {cases!r}")
+    if isinstance(cases, (bool, np.bool_)) or not isinstance(cases, (int, np.integer)) or not 1 <= cases <= MAX_CASES:
+        raise ConfigError(f"--cases must be an integer in 1..{MAX_CASES}, got {cases!r}")
+    if tumour_radius_mm is not None:
+        check_tumour_radius(tumour_radius_mm)  # before the output folder is made
     if region not in REGIONS:
         raise ConfigError(f"unknown phantom region {region!r}; choose abdomen or chest")
     try:

@@ -555,6 +555,37 @@ def networks_loaded() -> dict[str, int]:
     return {"generator": _NETWORK_LOADS["generator"], "segmentor": _NETWORK_LOADS["segmentor"]}
 
 
+def check_synthesis_options(options: SynthesisOptions) -> None:
+    """Refuse, before any output exists, the run-level options :func:`build_synthesizer` would refuse
+    in every worker: a generator or QC segmentor file that is missing, unreadable or another kind
+    of checkpoint, a lesion profile that is unreadable or for another organ, a label map without
+    the organ, ``--qc-device`` without ``--qc-segmentor``, a threshold out of range. The networks
+    are not built (``synthesize-batch`` checks once in the driver; each worker builds its own).
+
+    Example:
+        >>> check_synthesis_options(SynthesisOptions("liver", profile="builtin:lung"))
+        Traceback (most recent call last):
+        ...
+        freetumor.errors.InputError: builtin:lung: lesion profile is for lung, not liver
+    """
+    if options.qc_device is not None and options.qc_segmentor is None:
+        raise ConfigError("--qc-device needs --qc-segmentor (the network it places)")
+    for source, kind, option in ((options.generator, "generator", "--generator"),
+                                 (options.qc_segmentor, "segmentor", "--qc-segmentor")):
+        if isinstance(source, (str, os.PathLike)):
+            from .checkpoints import check_kind, load_checkpoint  # deferred: torch loads only with a network
+
+            check_kind(load_checkpoint(source), source, kind)
+    settings = Config().qc
+    if options.qc_threshold is not None:
+        settings = dataclasses.replace(settings, threshold=options.qc_threshold).checked("option --qc-threshold")
+    if options.qc_device is not None:
+        dataclasses.replace(settings, device=options.qc_device).checked("option --qc-device")
+    Synthesizer(options.organ, label_map=options.label_map, size=options.size, qc_max_tries=options.qc_max_tries,
+                profile=options.profile, shape_convention=options.shape_convention,
+                exclude_calcified=options.exclude_calcified)
+
+
 def build_synthesizer(options: SynthesisOptions) -> Synthesizer:
     """A :class:`Synthesizer` for ``options``, its networks loaded once (reuse it for every case).
 

@@ -69,7 +69,31 @@ def load_datalist(path: str | os.PathLike, keys: tuple[str, ...] | None = None) 
             entries.append(entry)
     if not entries:
         raise InputError(p, "datalist has no entries with an \"image\" key")
+    if data.get("allow_duplicates") is not True:
+        check_no_duplicates(entries, p)
     return entries
+
+
+def check_no_duplicates(entries: list[dict], source: str | os.PathLike) -> None:
+    """Refuse a datalist that lists one image file twice (in one list or in two): trained on twice,
+    and possibly in training and validation both, a leak. A datalist that means it (several labels
+    of one image, say) says ``"allow_duplicates": true``.
+
+    Example:
+        >>> check_no_duplicates([{"image": "/d/a.nii.gz", "id": "training[0]"},
+        ...                      {"image": "/d/a.nii.gz", "id": "validation[3]"}], "dl.json")
+        Traceback (most recent call last):
+        ...
+        freetumor.errors.InputError: dl.json: lists /d/a.nii.gz twice (training[0] and validation[3]): a case listed twice is trained on twice and can be validated on too; remove one, or set "allow_duplicates": true in the datalist
+    """
+    seen: dict[str, str] = {}
+    for e in entries:
+        key = os.path.realpath(e["image"]) if isinstance(e["image"], str) else str(e["image"])
+        if key in seen:
+            raise InputError(source, f"lists {e['image']} twice ({seen[key]} and {e['id']}): a case listed twice is "
+                                     "trained on twice and can be validated on too; remove one, or set "
+                                     "\"allow_duplicates\": true in the datalist")
+        seen[key] = e["id"]
 
 
 def datalist_entries(datalist: str | os.PathLike, what: str = "labelled cases",

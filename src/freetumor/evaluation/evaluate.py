@@ -53,13 +53,33 @@ def gt_cases(gt: str | os.PathLike) -> tuple[dict[str, Path], str | None]:
     return {case_name(e["image"]): Path(e["label"]) for e in entries}, label_map
 
 
-def _pred_ids(pred_map: str, values: set[int], lm, organ: str) -> tuple[list[int], list[int]]:
+def _shown(values: list[int]) -> str:
+    return ", ".join(str(v) for v in values[:8]) + (" ..." if len(values) > 8 else "")
+
+
+def _pred_ids(pred_map: str, values: set[int], lm, organ: str, name: str = "prediction") -> tuple[list[int], list[int]]:
+    """(organ ids, tumour ids) of a prediction in ``pred_map``; a value outside that map (e.g. -1
+    or 9 in an ``organ3`` or ``abdomen7`` prediction) is a one-line :class:`InputError` naming it.
+
+    >>> _pred_ids("organ3", {0, 1, 2}, None, "liver")
+    ([1], [2])
+    >>> _pred_ids("auto", {-1, 0, 1, 9}, get_label_map("abdomen7"), "liver", "p.nii.gz")
+    Traceback (most recent call last):
+    ...
+    freetumor.errors.InputError: p.nii.gz: prediction values -1, 9 are not in label map 'abdomen7' (--pred-label-map auto)
+    """
+    given = pred_map
     if pred_map == "auto":
         pred_map = ORGAN3 if values <= {0, 1, 2} else lm.name
     if pred_map == ORGAN3:
-        return [1], [2]
-    plm = get_label_map(pred_map, organ)
-    return list(plm.organ_ids(organ)), [plm.tumour_id(organ)]
+        unknown, ids = sorted(v for v in values if v not in (0, 1, 2)), ([1], [2])
+    else:
+        plm = get_label_map(pred_map, organ)
+        unknown, ids = plm.unknown_values(values), (list(plm.organ_ids(organ)), [plm.tumour_id(organ)])
+    if unknown:
+        raise InputError(name, f"prediction values {_shown(unknown)} are not in label map {pred_map!r} "
+                               f"(--pred-label-map {given})")
+    return ids
 
 
 def evaluate_predictions(
@@ -113,7 +133,10 @@ def evaluate_predictions(
         check_integer_labels(p.array, p.name)  # a probability map is not a segmentation
         gv = np.asarray(g.array)
         pv = np.rint(np.asarray(p.array)).astype(np.int64)
-        p_org, p_tum = _pred_ids(pred_label_map, set(np.unique(pv).tolist()), lm, organ)
+        unknown = lm.unknown_values(np.unique(gv).tolist())
+        if unknown:
+            raise InputError(g.name, f"label values {_shown(unknown)} are not in label map {lm.name!r}")
+        p_org, p_tum = _pred_ids(pred_label_map, set(np.unique(pv).tolist()), lm, organ, p.name)
         m = case_metrics(pv, gv, g.spacing, organ_ids, [tumour_id], p_org, p_tum, tolerance_mm=tolerance_mm,
                          nsd_method=nsd_method)
         match = match_lesions(np.isin(pv, p_tum), gv == tumour_id, g.spacing)

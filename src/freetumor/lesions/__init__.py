@@ -6,8 +6,10 @@ drawn from a profile is rendered into a CT.
 * :mod:`.measure`: the measurements of one lesion that fitting, rendering and the realism scores
   share (core, edge sharpness, solidity, and :func:`~.measure.measure_crop`, a crop's profile
   features);
+* :mod:`.shape`: shape descriptors of a lesion mask in mm (sphericity, compactness, elongation,
+  flatness, surface roughness, convexity), and solidity;
 * :mod:`.features`: lesion crops (a lesion cropped and resampled to 1 mm) and their hand-made
-  radiomic features, the input of the realism scores (:mod:`freetumor.evaluation.realism`);
+  radiomic and shape features, the input of the realism scores (:mod:`freetumor.evaluation.realism`);
 * :mod:`.fit`: ``freetumor lesions fit``, measuring the real lesions of a datalist into a profile;
 * :mod:`.render`: rendering a lesion drawn from a profile in mm and HU on a CT's own grid.
 

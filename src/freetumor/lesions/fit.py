@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from .. import __version__
 from ..data import checked_labelled_cases, datalist_label_map
 from ..errors import InputError
+from ..io import case_name
 from ..labels import get_label_map
 from ..organs import get_organ
 from .features import LesionCrop, crops_from_datalist
@@ -76,6 +77,12 @@ def fit_datalist(datalist: str | os.PathLike, organ: str, out: str | os.PathLike
         "freetumor_version": __version__,
     }
     say(f"fitting the profile to {len(crops)} lesion(s)")
-    profile = fit_profile(crops, org.name, source, name or f"{org.name}-fitted")
+    try:
+        profile = fit_profile(crops, org.name, source, name or f"{org.name}-fitted")
+    except InputError as exc:  # a lesion that cannot be measured: name its label file, not only its case
+        labels = {case_name(e["image"]): e["label"] for e in entries}
+        if exc.path not in labels:
+            raise
+        raise InputError(labels[exc.path], exc.problem) from None
     profile.save(out)  # atomic: a temporary file beside it, then renamed
     return profile

@@ -39,6 +39,8 @@ from .shape import principal_ratios, relative_solidity, shape_descriptors, solid
 __all__ = ["ATTACH_MM", "CORE_MM", "FIT_MARGIN_MM", "MIN_VOXELS", "SHELL_MM", "edge_sharpness", "lesion_core",
            "measure_crop", "relative_solidity", "solidity", "sphere_mask"]
 
+from ..errors import InputError
+
 CORE_MM = 1.5  # a lesion's core: voxels at least this far inside its label
 
 
@@ -79,6 +81,7 @@ def edge_sharpness(img: np.ndarray, mask: np.ndarray, other: np.ndarray | None, 
 
 SHELL_MM = (3.0, 8.0)  # host: the shell between these distances outside the mask
 ATTACH_MM = 3.0        # attachment: the shell within this distance
+HOST_MIN_VOXELS = 8    # host voxels (outside every lesion) a measurement needs: fewer is refused
 FIT_MARGIN_MM = 10.0   # a lesion is measured on its 1 mm crop with this margin
 MIN_VOXELS = 8         # native voxels: smaller labels are not lesions one can measure
 
@@ -123,7 +126,8 @@ def measure_crop(crop) -> dict[str, float]:
       solidity relative to a ball (:func:`relative_solidity`);
     * intensity: the core (:func:`lesion_core`: voxels at least 1.5 mm inside the mask; the quarter
       farthest from the host's HU when the lesion is thinner than that), the host (median of the
-      shell 3-8 mm outside, :data:`SHELL_MM`), their contrast;
+      shell 3-8 mm outside, :data:`SHELL_MM`, other lesions left out; all tissue outside every
+      lesion when that shell has fewer than :data:`HOST_MIN_VOXELS`), their contrast;
     * edge: the realism edge sharpness (HU/mm, :func:`edge_sharpness`) divided by the contrast;
     * the label's generosity: the mean partial-volume occupancy of the label's outer voxel layer;
     * texture: core SD, fine-scale residual SD, and the autocorrelation length of core HU;
@@ -132,17 +136,26 @@ def measure_crop(crop) -> dict[str, float]:
     * the optional ``surface_roughness`` (:data:`freetumor.lesions.profile.OPTIONAL_FEATURES`): RMS radial
       deviation of the surface from the moment ellipsoid over the equivalent radius
       (:func:`freetumor.lesions.shape.shape_descriptors`).
+
+    Raises:
+        InputError: (named by ``crop.case``) the lesion and other lesions fill the crop: fewer than
+            :data:`HOST_MIN_VOXELS` voxels of host tissue, so no contrast can be measured.
     """
     img = np.asarray(crop.image, np.float64)
     mask = np.asarray(crop.mask, bool)
     sp = tuple(float(s) for s in crop.spacing)
     other = np.zeros_like(mask) if crop.other is None else np.asarray(crop.other, bool)
     volume_mm3 = float(crop.meta.get("volume_ml", mask.sum() * np.prod(sp) / 1000.0)) * 1000.0
+    tissue = ~mask & ~other  # the host: never the lesion, never another lesion
+    if tissue.sum() < HOST_MIN_VOXELS:
+        raise InputError(crop.case, f"lesion {crop.index} fills its image: fewer than {HOST_MIN_VOXELS} voxels of "
+                                    "host tissue around it, so no host HU to measure its contrast against (give "
+                                    "the image with tissue around the lesion)")
     outside = ndimage.distance_transform_edt(~mask, sampling=sp)
-    shell = ~mask & ~other & (outside > SHELL_MM[0]) & (outside <= SHELL_MM[1])
-    if shell.sum() < 8:
-        shell = ~mask & ~other
-    host = float(np.median(img[shell])) if shell.any() else float(np.median(img[~mask])) if (~mask).any() else 0.0
+    shell = tissue & (outside > SHELL_MM[0]) & (outside <= SHELL_MM[1])
+    if shell.sum() < HOST_MIN_VOXELS:
+        shell = tissue
+    host = float(np.median(img[shell]))
     core = lesion_core(mask, sp, np.abs(img - host))  # thin lesion: the quarter farthest from the host's HU
     core_hu = float(img[core].mean())
     contrast = core_hu - host

@@ -97,6 +97,8 @@ class Run:
 
     Constructing it joins the process group, picks the device and (rank 0) refuses an
     existing checkpoint without ``resume`` or ``resume`` without one; nothing is written yet.
+    A trainer calls :meth:`restore` and loads every network it needs before :meth:`create`, so
+    that a refused checkpoint or option leaves the run folder exactly as it was.
     """
 
     def __init__(self, out: str | os.PathLike, cfg: Config, *, resume: bool = False,
@@ -140,10 +142,15 @@ class Run:
             return {}
         ck = load_checkpoint(self.last)
         check_kind(ck, self.last, kind)
-        model.load_state_dict(ck["model"])
-        for key, obj in states.items():
-            if obj is not None and ck.get(key):
-                obj.load_state_dict(ck[key])
+        try:
+            model.load_state_dict(ck["model"])
+            for key, obj in states.items():
+                if obj is not None and ck.get(key):
+                    obj.load_state_dict(ck[key])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            first = " ".join(str(exc).split())[:160]
+            raise InputError(self.last, "does not fit this run (was a model or optimiser setting changed with "
+                                        f"--set?): {type(exc).__name__}: {first}") from None
         extra = ck.get("extra") or {}
         set_rng_state(extra.get("rng", {}))
         self.start = self.step = int(ck["step"])

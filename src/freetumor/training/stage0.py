@@ -332,7 +332,6 @@ def train_segmentation(
     tr = cfg.train
     train_entries, val_entries = training_pool(cfg, datalist, unlabelled, skip_bad_cases, log, checked)
     run = Run(out, cfg, resume=resume, log=log)
-    run.create(split_writer(train_entries, val_entries, cfg, resume))
 
     torch.manual_seed(int(tr.seed))
     model = build_model(cfg).to(run.device)
@@ -340,9 +339,12 @@ def train_segmentation(
     extra = run.restore(model, "segmentor", optimizer=optimizer, scheduler=scheduler, scaler=scaler)
     best = float(extra.get("best", -1.0))
     train_model = run.parallel(model)
-    metrics_path, val_log = run.open_logs("metrics.jsonl", "val.jsonl")
     synth_tf = synthesis_transform(cfg, synthesis, generator, qc_segmentor, profile,
                                    labelled=[e for e in train_entries if e.get(ROLE) != HOST])
+    # Only now, with the checkpoint to resume and every network and profile accepted, is the run
+    # folder made or touched (a refusal above leaves it as it was).
+    run.create(split_writer(train_entries, val_entries, cfg, resume))
+    metrics_path, val_log = run.open_logs("metrics.jsonl", "val.jsonl")
     ds = step_dataset(cfg, train_entries, train_transforms(cfg, synthesis=synth_tf))
     workers = loader_workers(cfg, synth_tf)
     if cfg.data.num_workers is None and workers and run.main:

@@ -479,7 +479,6 @@ def train_synthesis(
                                    skip_bad=skip_bad_cases, log=log) if unlabelled else []
     run = Run(out, cfg, resume=resume, log=log)
     seg = _load_segmentor(segmentor, cfg, run.device)
-    run.create(lambda folder: (folder / "samples").mkdir(exist_ok=True))
 
     torch.manual_seed(cfg.train.seed)
     stage = Stage1(cfg, seg, run.device)
@@ -499,6 +498,9 @@ def train_synthesis(
         realism = Realism(realism_real, cfg, probe_batch(cfg, lab_entries, unl_entries, transform, s.realism_samples,
                                                          REALISM_SEED_OFFSET))
     best = dict(extra.get("best_realism") or {})
+    # Only now, with the segmentor, the checkpoint to resume and the realism lesions accepted, is the
+    # run folder made or touched (a refusal above leaves it as it was).
+    run.create(lambda folder: (folder / "samples").mkdir(exist_ok=True))
     metrics_path, epochs_path = run.open_logs("metrics.jsonl", "epochs.jsonl")
 
     def keep_best(rec: dict) -> None:

@@ -20,6 +20,7 @@ import secrets
 from datetime import datetime, timezone
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from scipy.ndimage import map_coordinates
 
@@ -73,6 +74,20 @@ def _real_lesions(datalist, label_map, organs, log, skip_bad: bool = False) -> d
     return out
 
 
+def check_synthetic_grid(image: Path, label: Path) -> None:
+    """Refuse a synthetic case whose label is not on its image's grid (shape, or voxel-to-mm map by
+    more than 1e-3 mm), from the NIfTI headers alone, as ``realism`` refuses it: the record's lesion
+    positions would not be where the reader is shown them."""
+    try:
+        a, b = nib.load(str(image)), nib.load(str(label))
+    except Exception as exc:  # nibabel's ImageFileError, OSError, ...: one line naming the file
+        raise InputError(label, f"not a readable NIfTI label ({type(exc).__name__})") from None
+    if tuple(a.shape) != tuple(b.shape):
+        raise InputError(label, f"shape {tuple(b.shape)} does not match its image {tuple(a.shape)} ({image.name})")
+    if not np.allclose(a.affine, b.affine, atol=1e-3):
+        raise InputError(label, f"grid (affine) does not match its image ({image.name})")
+
+
 def _synthetic_lesions(folder) -> dict[str, list[dict]]:
     d = Path(folder)
     if not d.is_dir():
@@ -88,6 +103,11 @@ def _synthetic_lesions(folder) -> dict[str, list[dict]]:
         image = d / rec["outputs"]["image"]
         if not image.is_file():
             raise InputError(image, "listed in a synthesis record but missing")
+        if isinstance(rec["outputs"].get("label"), str):
+            label = d / rec["outputs"]["label"]
+            if not label.is_file():
+                raise InputError(label, "listed in a synthesis record but missing")
+            check_synthetic_grid(image, label)
         for les in rec["lesions"]:
             out.setdefault(rec["organ"], []).append({"image": str(image), "organ": rec["organ"],
                                                       "centre_voxel": [float(v) for v in les["centre_voxel"]],

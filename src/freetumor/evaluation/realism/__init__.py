@@ -16,7 +16,12 @@ radiomic features of each lesion (pyradiomics is not needed):
 datalist, optionally also against a control datalist of more real lesions (the real-vs-real
 floor), and writes ``realism.json``, ``features.csv``, ``realism.png`` and ``lesions.png``.
 
-Modules: :mod:`.classifier` (the classifier, cross-validation and feature distances),
+With ``reader="cnn"`` (``freetumor realism --reader cnn``) a third score sits beside them:
+:func:`.cnn.cnn_reader`, a small 3D CNN on the lesion crops (one crop geometry for both sets,
+matched slice thickness, native in-plane spacing, case-wise folds), with its own control.
+
+Modules: :mod:`.classifier` (the classifier, cross-validation and feature distances), :mod:`.cnn`
+(the CNN reader),
 :mod:`.gallery` (``lesions.png``: lesions side by side at one physical scale) and :mod:`.run`
 (the end-to-end run and its output files). Their public names are re-exported here. The lesion
 crops and their radiomic features are part of the lesion model: :mod:`freetumor.lesions.features`.
@@ -34,6 +39,7 @@ from .classifier import (
     feature_matrix,
     machine_vtt,
 )
+from .cnn import CNN_MIN_LESIONS, cnn_reader
 from .gallery import lesion_gallery_png
 from .run import run_realism
 
@@ -41,7 +47,9 @@ __all__ = [
     "BOOTSTRAP",
     "CLASSIFIER",
     "FRECHET_RIDGE",
+    "CNN_MIN_LESIONS",
     "CrossValidation",
+    "cnn_reader",
     "cross_validate",
     "feature_distance",
     "feature_matrix",

@@ -20,7 +20,7 @@ import numpy as np
 
 from ... import __version__
 from ...data import checked_labelled_cases, datalist_label_map, load_datalist
-from ...errors import InputError
+from ...errors import ConfigError, InputError
 from ...io import staged_output, write_bytes_atomic
 from ...labels import LabelMap, get_label_map
 from ...organs import Organ, get_organ
@@ -36,6 +36,7 @@ from ...lesions.features import (
     lesion_features,
 )
 from .classifier import BOOTSTRAP, cross_validate, feature_distance
+from .cnn import CNN_MIN_LESIONS, cnn_reader
 from .gallery import lesion_gallery_png
 
 __all__ = ["run_realism"]
@@ -152,7 +153,8 @@ def _rows(crops: list[LesionCrop], X: np.ndarray) -> list[list[str]]:
 
 
 def run_realism(real_datalist, synthetic, out_dir, organ: str, label_map=None, folds: int = 5,
-                seed: int = 0, control=None, skip_bad_cases: bool = False, log=None, progress=None) -> dict:
+                seed: int = 0, control=None, skip_bad_cases: bool = False, log=None, progress=None,
+                reader: str = "radiomics") -> dict:
     """Score the realism of a set of synthetic tumours against the real tumours of a datalist.
 
     ``synthetic`` is a folder written by ``freetumor synthesize`` (each lesion scored on its own
@@ -164,6 +166,12 @@ def run_realism(real_datalist, synthetic, out_dir, organ: str, label_map=None, f
     the organ's default. Every case of every datalist is checked before any is read for
     features (:func:`~freetumor.data.check_cases`): a bad one stops the run before anything is
     written, or with ``skip_bad_cases`` is left out and counted through ``log``.
+
+    ``reader="cnn"`` adds, beside the radiomics reader, the CNN reader (:mod:`.cnn`: a small 3D CNN
+    on crops of one geometry for both sets, matched slice thickness, native in-plane spacing,
+    group-wise folds with one group per case) against the synthetic set and, with a control,
+    against the control: the ``cnn`` block of ``realism.json`` and ``summary["cnn_auc"]``. It needs
+    at least :data:`.cnn.CNN_MIN_LESIONS` (20) lesions on each side.
 
     Writes (all or nothing) into ``out_dir``: ``realism.json`` (the returned dict:
     ``machine_vtt`` and ``distance`` blocks, ``summary``, ``counts``, ``features``
@@ -177,8 +185,11 @@ def run_realism(real_datalist, synthetic, out_dir, organ: str, label_map=None, f
         InputError: missing / unreadable datalist, folder or image; a JSON file that is not a
             datalist; no lesions in a set.
         CaseErrors: one line per bad case of the datalists (unless ``skip_bad_cases``).
-        ConfigError: bad organ / label map, fewer than 3 lesions in a class.
+        ConfigError: bad organ / label map, fewer than 3 lesions in a class; an unknown ``reader``;
+            with the CNN reader fewer than 20 lesions on a side or lesions of a single case.
     """
+    if reader not in ("radiomics", "cnn"):
+        raise ConfigError(f"--reader must be radiomics or cnn, got {reader!r}")
     org = get_organ(organ)
     syn_path, syn_kind = _synthetic_kind(synthetic)
     dl_path = _datalist_path(real_datalist, "datalist")
@@ -209,6 +220,11 @@ def run_realism(real_datalist, synthetic, out_dir, organ: str, label_map=None, f
     if control_path is not None:
         say("cropping the control lesions")
         control_crops = _datalist_crops(control_path, control_cases, control_lm, org, "control", crop_kw, case_log)
+    if reader == "cnn":
+        sides = [("real", real_crops), ("synthetic", syn_crops)] + ([("control", control_crops)] if control_crops else [])
+        if min(len(c) for _, c in sides) < CNN_MIN_LESIONS:
+            raise ConfigError(f"--reader cnn needs at least {CNN_MIN_LESIONS} lesions per side, got "
+                              + " and ".join(f"{len(c)} {name}" for name, c in sides))
     window = [float(v) for v in org.hu_window]
     say(f"features of {len(real_crops)} real and {len(syn_crops)} synthetic lesions; {folds}-fold classifier")
     real_f = [lesion_features(c, window) for c in real_crops]
@@ -276,6 +292,19 @@ def run_realism(real_datalist, synthetic, out_dir, organ: str, label_map=None, f
             "distance": dist_c,
         }
         rows += _rows(control_crops, X_c[len(real_crops):])
+    if reader == "cnn":
+        say(f"CNN reader: {len(real_crops)} real vs {len(syn_crops)} synthetic lesions")
+        cnn = cnn_reader(real_crops, syn_crops, window, folds, seed)
+        cnn.pop("oof")
+        result["cnn"] = cnn
+        result["summary"].update(cnn_auc=cnn["auc"], cnn_auc_ci95=cnn["auc_ci95"])
+        if control_crops:
+            say("CNN reader: the real-vs-control floor")
+            cnn_c = cnn_reader(real_crops, control_crops, window, folds, seed, grid=cnn["grid"])
+            cnn_c.pop("oof")
+            result["cnn"]["control"] = cnn_c
+            result["summary"].update(cnn_control_auc=cnn_c["auc"], cnn_control_auc_ci95=cnn_c["auc_ci95"])
+    result["settings"]["reader"] = reader
 
     buf = io.StringIO()
     say("writing the report and figures")
