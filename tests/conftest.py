@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +64,35 @@ def chest_case():
     from freetumor.phantom import make_case
 
     return make_case("chest", seed=13, tumour=False)
+
+
+@dataclass(frozen=True)
+class PhantomCohorts:
+    """Abdominal phantom cohorts for the tests of realism, evaluation and reader studies (all phantoms:
+    ``real`` is the role these commands give the labelled tumours, not real CT)."""
+
+    root: Path
+    real: Path       # datalist: 4 phantoms with liver tumours (the "real" side of realism / a reader study)
+    other: Path      # datalist: 4 more phantoms with tumours, another seed (a control)
+    healthy: Path    # datalist: 2 healthy phantoms
+    synthetic: Path  # folder: 2 synthetic liver tumours on each healthy phantom (cases syn0, syn1), no figures
+
+
+@pytest.fixture(scope="session")
+def phantom_cohorts(tmp_path_factory) -> PhantomCohorts:
+    """One real-plus-synthetic cohort, built once per test process; tests read it and never write into it."""
+    from freetumor.phantom import write_cohort
+    from freetumor.synthesis import SynthesisOptions, build_synthesizer, synthesize_case
+
+    root = tmp_path_factory.mktemp("cohorts")
+    real = write_cohort(root / "real", 4, seed=3, tumour_fraction=1.0)
+    other = write_cohort(root / "other", 4, seed=8, tumour_fraction=1.0)
+    healthy = write_cohort(root / "healthy", 2, seed=4, tumour_fraction=0.0)
+    synth = build_synthesizer(SynthesisOptions("liver"))
+    for k, e in enumerate(json.loads(healthy.read_text())["training"]):
+        synthesize_case(synth, healthy.parent / e["image"], healthy.parent / e["label"], root / "synthetic",
+                        count=2, seed=k, case=f"syn{k}", png=False)
+    return PhantomCohorts(root, real, other, healthy, root / "synthetic")
 
 
 @pytest.fixture()

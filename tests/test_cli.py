@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -179,6 +180,7 @@ def test_data_check(cohort, tmp_path):
     assert "missing.nii.gz: no such file" in r.stderr and "label values 77" in r.stderr
 
 
+@pytest.mark.slow
 def test_demo(tmp_path):
     out = tmp_path / "demo"
     # training quality is tested in test_training and test_stage1; here the pieces are wired together
@@ -207,10 +209,21 @@ def test_demo(tmp_path):
     dice = json.loads((out / "compare" / "compare.json").read_text())["metrics"]["tumour_dice"]
     base, stage2 = f"{dice['mean_a']:.3f}", f"{dice['mean_b']:.3f}"
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("stage 2 vs baseline"))
-    assert f"tumour Dice baseline {base}, stage 2 {stage2} (difference {float(stage2) - float(base):+.3f})" in line
+    from freetumor.demo import significance, signed
+
+    diff = float(stage2) - float(base)
+    assert f"tumour Dice baseline {base}, stage 2 {stage2} (difference {signed(diff)}, " in line
+    assert significance(diff, dice["t_test"]["p"]) in line  # the words follow compare.json's p-value
     no_gain = f"This short CPU run shows no gain from synthesis: Stage 2 {stage2} is not above the baseline {base}."
     assert (no_gain in line) == (float(stage2) <= float(base))
+    ahead = diff > 0 and dice["t_test"]["p"] < 0.05
+    assert ("Stage 2 is ahead" in line) <= ahead  # never "ahead" without a significant gain
     assert f"tumour Dice baseline {base}, stage 2 {stage2}" in page and (no_gain in page) == (no_gain in line)
-    # the stored results of the longer experiments (real-data and phantom), read from benchmarks/results
-    assert "real-data experiment" in r.stdout and "Stored results of the longer experiments" in page
-    assert "phantom experiment" in r.stdout and "tumour Dice per arm" in r.stdout
+    # an honest page: phantoms are not called real, a trained generator is not denied, no raw dicts or long numbers
+    text = re.sub(r"<[^>]+>", " ", page)
+    assert "real labels" not in text and "no trained generator" not in text and "not on real CT" in text
+    assert "{'" not in text and "{&#x27;" not in page and not re.search(r"\d\.\d{5,}", text)
+    # the stored results of the longer experiments (real CT first, then phantoms), read from benchmarks/results
+    assert "Real CT, the few-label lung experiment" in r.stdout and "Stored results of the longer experiments" in page
+    assert r.stdout.index("Real CT, the few-label") < r.stdout.index("Phantom experiment")
+    assert "tumour Dice per arm" in r.stdout

@@ -111,19 +111,10 @@ def test_evaluate_bad_inputs(study, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def realism_sets(tmp_path_factory):
-    """Two real phantom cohorts with tumours, a healthy one, and a folder of synthetic liver tumours."""
-    from freetumor.synthesis import SynthesisOptions, build_synthesizer, synthesize_case
-
-    root = tmp_path_factory.mktemp("realismcli")
-    real = write_cohort(root / "real", 4, seed=5, tumour_fraction=1.0)
-    other = write_cohort(root / "other", 4, seed=8, tumour_fraction=1.0)
-    healthy = write_cohort(root / "healthy", 2, seed=6, tumour_fraction=0.0)
-    synth = build_synthesizer(SynthesisOptions("liver"))
-    for k, e in enumerate(json.loads(healthy.read_text())["training"]):
-        synthesize_case(synth, healthy.parent / e["image"], healthy.parent / e["label"], root / "syn",
-                        count=2, seed=k, case=f"syn{k}", png=False)
-    return root, real, other, healthy
+def realism_sets(phantom_cohorts):
+    """Two phantom cohorts with tumours, a healthy one, and a folder of synthetic liver tumours (conftest's)."""
+    c = phantom_cohorts
+    return c.root, c.real, c.other, c.healthy
 
 
 def _digest(folder: Path) -> dict:
@@ -134,7 +125,7 @@ def _digest(folder: Path) -> dict:
 
 def test_realism_cli(realism_sets, tmp_path):
     root, real, _, _ = realism_sets
-    r = run("realism", "--real", real, "--synthetic", root / "syn", "--organ", "liver", "--out", tmp_path / "rl",
+    r = run("realism", "--real", real, "--synthetic", root / "synthetic", "--organ", "liver", "--out", tmp_path / "rl",
             "--folds", 3)
     assert r.returncode == 0, r.stderr
     assert "AUC" in r.stdout and (tmp_path / "rl" / "realism.json").is_file()
@@ -165,7 +156,7 @@ def test_realism_cli_datalist_and_control(realism_sets, tmp_path):
     assert set(data["lesion_figure"]["shown"]) == {"real", "synthetic", "control"}
     assert (tmp_path / "rl" / "lesions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # A control next to a synthesis folder.
-    r = run("realism", "--real", real, "--synthetic", root / "syn", "--control", other, "--organ", "liver",
+    r = run("realism", "--real", real, "--synthetic", root / "synthetic", "--control", other, "--organ", "liver",
             "--out", tmp_path / "r2", "--folds", 3)
     assert r.returncode == 0, r.stderr
     d2 = json.loads((tmp_path / "r2" / "realism.json").read_text())
@@ -177,17 +168,17 @@ def test_realism_cli_datalist_and_control(realism_sets, tmp_path):
                                   "unlabelled_synthetic"])
 def test_realism_cli_bad_inputs(realism_sets, tmp_path, case):
     root, real, other, healthy = realism_sets
-    args = {"--synthetic": root / "syn"}
+    args = {"--synthetic": root / "synthetic"}
     if case == "record":  # a synthesis record is a JSON file but not a datalist
-        args["--synthetic"], match = root / "syn" / "syn0.json", "--synthetic takes a datalist or a folder"
+        args["--synthetic"], match = root / "synthetic" / "syn0.json", "--synthetic takes a datalist or a folder"
     elif case == "not_json":
-        args["--synthetic"], match = root / "syn" / "syn0_label.nii.gz", "not a folder written by"
+        args["--synthetic"], match = root / "synthetic" / "syn0_label.nii.gz", "not a folder written by"
     elif case == "healthy_control":
         args["--control"], match = healthy, "no control liver tumours"
     elif case == "missing_control":
         args["--control"], match = tmp_path / "nope.json", "control datalist not found"
     elif case == "folder_control":
-        args["--control"], match = root / "syn", "not a control datalist file"
+        args["--control"], match = root / "synthetic", "not a control datalist file"
     else:  # a datalist without labels
         data = json.loads(other.read_text())
         for e in data["training"]:

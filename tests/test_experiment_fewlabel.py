@@ -27,7 +27,7 @@ def load_experiment():
     return mod
 
 
-def run_experiment(*args, timeout=900):
+def run_experiment(*args, timeout=1800):  # minutes of CPU work on a busy machine: a generous limit
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
                FREETUMOR_DATASETS=str(DATASETS))
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
@@ -96,13 +96,8 @@ def mini_scan(folder: Path) -> None:
     save_volume(Volume(np.ascontiguousarray(lab.array[::2, ::2, z0:z0 + 40]), affine), folder / "scans" / "chest_label.nii.gz")
 
 
-@pytest.mark.slow
-def test_quick_end_to_end_with_another_test_datalist(tmp_path):
-    """--quick on a tiny subset (6 test / 6 validation crops, one host, a few steps) plus --test on a datalist
-    in another folder with relative image / label / label-map paths: a crop and a small whole chest."""
-    need(VOIS)
-    need(DATASETS / "pyradiomics_lung")
-    other = tmp_path / "elsewhere" / "nodules"
+def another_test_datalist(other: Path) -> Path:
+    """A datalist in another folder with relative image / label / label-map paths: a crop and a small whole chest."""
     mini_scan(other)
     crop = sorted((VOIS / "images").glob("LIDC-IDRI-0003_*.nii.gz"))[0]
     (other / "crops").mkdir()
@@ -114,9 +109,20 @@ def test_quick_end_to_end_with_another_test_datalist(tmp_path):
     (other / "list.json").write_text(json.dumps({"label_map": "maps/nodule.json", "training": [
         {"image": f"crops/images_{crop.name}", "label": f"crops/labels_{crop.name}"},
         {"image": "scans/chest.nii.gz", "label": "scans/chest_label.nii.gz"}]}))
+    return other / "list.json"
+
+
+@pytest.mark.slow
+def test_quick_end_to_end_with_another_test_datalist(tmp_path):
+    """--quick on a tiny subset (6 test / 6 validation crops, one host, 4 steps) through the CLI, every arm;
+    a rerun and --summary-only train nothing. Then --test on a datalist in another folder (a crop and a small
+    whole chest), scored with the stage0 model of the same work folder (reused, not trained again): the
+    --test path costs one arm's scoring, not five (the arms' training and pooled scoring are the first run's)."""
+    need(VOIS)
+    need(DATASETS / "pyradiomics_lung")
     out = tmp_path / "run" / "quick.json"
     common = ["--quick", "--out", out, "--split", tmp_path / "split.json", "--limit", 6, "--hosts",
-              "pyradiomics_lung1", "--no-scans", "--steps", 4, "--synth-steps", 2, "--test", other / "list.json"]
+              "pyradiomics_lung1", "--no-scans", "--steps", 4, "--synth-steps", 2]
     r = run_experiment(*common)
     assert r.returncode == 0, r.stderr[-3000:]
     printed = json.loads(r.stdout)
@@ -150,7 +156,29 @@ def test_quick_end_to_end_with_another_test_datalist(tmp_path):
     runs = sorted((work / "results" / "runs").glob("*.json"))
     assert [p.name for p in runs] == sorted(f"k10_s0_{a}.json" for a in printed["arms"])
     assert str(tmp_path) not in json.dumps({k: v for k, v in written.items() if k != "commands"})
-    (name, extra), = written["by_k"]["10"]["tests"].items()
+    trained = [c["cmd"].split()[1] for c in written["commands"]]
+    assert trained.count("train-seg") == 5 and trained.count("train-synth") == 1
+    # a rerun trains and predicts nothing: every run has its result file (only the statistics are redone)
+    r2 = run_experiment(*common)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    again = json.loads(out.read_text())
+    assert again["commands"] == [] and again["arms"] == written["arms"]
+
+    # --test on a datalist in another folder, relative paths: the same work folder, so the stage0 model and its
+    # pooled scores are reused and only the new test set is scored (its own results folder: another signature)
+    other = tmp_path / "elsewhere" / "nodules"
+    test_list = another_test_datalist(other)
+    with_test = tmp_path / "run" / "with_test.json"
+    r4 = run_experiment(*[c if c != out else with_test for c in common], "--work", work, "--test", test_list,
+                        "--arms", "stage0", "--results", tmp_path / "results_with_test")
+    assert r4.returncode == 0, r4.stderr[-3000:]
+    scored = json.loads(with_test.read_text())
+    cmds = [c["cmd"].split()[1] for c in scored["commands"]]
+    assert "train-seg" not in cmds and "train-synth" not in cmds and cmds.count("predict") == 2, cmds
+    assert scored["signature"] != written["signature"] and scored["runs_done"] == 1
+    assert scored["arms"]["stage0"]["dice"] == written["arms"]["stage0"]["dice"]  # the same model, the same scores
+    (name, extra), = scored["by_k"]["10"]["tests"].items()
+    assert set(extra) == {"stage0"}
     for arm, s in extra.items():
         assert 0.0 <= s["dice"] <= 1.0
         f = s["froc_in_lung"]
@@ -160,11 +188,7 @@ def test_quick_end_to_end_with_another_test_datalist(tmp_path):
     (copy,) = list(padded.glob("*.nii.gz"))
     assert np.asarray(load_volume(copy).array).min() >= -1024
     assert np.asarray(load_volume(other / "scans" / "chest.nii.gz").array).min() == -2048
-    # a rerun trains and predicts nothing: every run has its result file (only the statistics are redone)
-    r2 = run_experiment(*common)
-    assert r2.returncode == 0, r2.stderr[-3000:]
-    again = json.loads(out.read_text())
-    assert again["commands"] == [] and again["arms"] == written["arms"]
+
     # --summary-only: the summary from the result files alone (the trained models removed), nothing trained
     import shutil
 

@@ -19,6 +19,7 @@ from freetumor.config import load_config  # noqa: E402
 from freetumor.errors import FreeTumorError, InputError  # noqa: E402
 from freetumor.models import build_generator, build_model  # noqa: E402
 from freetumor.phantom import write_cohort  # noqa: E402
+from freetumor.synthesis import SynthesisOptions  # noqa: E402
 from freetumor.training.stage0 import train_segmentation  # noqa: E402
 
 QUIET = dict(progress=False, log=lambda *a: None)
@@ -59,8 +60,10 @@ def test_train_seg_refuses_a_bad_run_option_before_making_the_run_folder(kit, tm
     given = {k: v if v.startswith("builtin:") or k == "synthesis" else str(kit["root"] / v)
              for k, v in options.items()}
     out = tmp_path / "run"
+    synthesis = given.pop("synthesis")
     with pytest.raises(FreeTumorError, match=names):
-        train_segmentation(kit["cfg"], kit["dl"], out, **given, **QUIET)
+        train_segmentation(kit["cfg"], kit["dl"], out, synthesis=synthesis,
+                           options=SynthesisOptions(kit["cfg"].organ, **given), **QUIET)
     assert not out.exists()
 
 

@@ -113,3 +113,44 @@ def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown label map"):
         get_label_map("abdomen9")
     assert set(ORGAN_NAMES) == {"liver", "pancreas", "kidney", "lung", "covid"}
+
+
+def test_conventions_are_stated_once_and_read_everywhere():
+    """abdomen7 / chest3 come from labels.CONVENTIONS: presets, task classes, catalog targets, export names,
+    organ-mask names and the concept page's tables all agree with it."""
+    from pathlib import Path
+
+    from freetumor import export, organ_masks, tasks
+    from freetumor.data import catalog
+    from freetumor.labels import CONVENTIONS, convention_names
+
+    abd = convention_names("abdomen7")
+    assert abd == {0: "background", 1: "liver", 2: "liver tumour", 3: "pancreas", 4: "pancreas tumour",
+                   5: "kidney", 6: "kidney tumour"}
+    assert convention_names("chest3") == {0: "background", 1: "lung", 2: "lesion"}
+    for name, organs in CONVENTIONS.items():
+        lm = get_label_map(name)
+        assert lm.known == frozenset(convention_names(name))
+        for organ, (oid, tid) in organs.items():
+            assert lm.organ_ids(organ) == (oid,) and lm.tumour_id(organ) == tid
+            assert catalog.TARGETS[name]["organs"][organ] == (oid, tid)
+        assert export.task_labels(name) == {v: k for k, v in convention_names(name).items()}
+        assert tasks.num_classes(name) == len(convention_names(name))
+        assert organ_masks._LABEL_NAMES[name] == {"0": "background", **{str(o[0]): n for n, o in organs.items()}}
+    assert tasks.organ_classes("abdomen7", "liver") == dict(CONVENTIONS["abdomen7"])
+    assert tasks.organ_classes("chest3", "lung") == dict(CONVENTIONS["chest3"])
+    assert get_label_map("chest3").tumour_id("covid") == CONVENTIONS["chest3"]["lung"][1]
+    with pytest.raises(ConfigError, match="unknown convention"):
+        convention_names("totalseg")
+    # the concept page's rows say the same, in words
+    page = (Path(__file__).resolve().parents[1] / "docs" / "concepts" / "label-conventions.md").read_text()
+    for name in CONVENTIONS:
+        words = ", ".join(f"{i} {'bg' if n == 'background' else n}" for i, n in convention_names(name).items())
+        assert f"| `{name}` | {words}" in page, words
+    assert "freetumor.labels.CONVENTIONS" in page
+    # no module but labels states the ids again
+    src = Path(__file__).resolve().parents[1] / "src" / "freetumor"
+    for path in src.rglob("*.py"):
+        if path.name != "labels.py":
+            text = path.read_text()
+            assert '"liver": (1, 2), "pancreas": (3, 4)' not in text and "5 kidney, 6 kidney tumour" not in text, path

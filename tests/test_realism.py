@@ -287,19 +287,9 @@ def test_lidc_patient_halves_control(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def phantom_setup(tmp_path_factory):
-    from freetumor.phantom import write_cohort
-    from freetumor.synthesis import SynthesisOptions, build_synthesizer, synthesize_case
-
-    root = tmp_path_factory.mktemp("realism")
-    real = write_cohort(root / "real", 4, seed=3, tumour_fraction=1.0)
-    healthy = write_cohort(root / "healthy", 2, seed=4, tumour_fraction=0.0)
-    data = json.loads(healthy.read_text())
-    synth = build_synthesizer(SynthesisOptions("liver"))
-    for k, entry in enumerate(data["training"]):
-        synthesize_case(synth, healthy.parent / entry["image"], healthy.parent / entry["label"],
-                        root / "synthetic", count=2, seed=k, case=f"syn{k}", png=False)
-    return root, real
+def phantom_setup(phantom_cohorts):
+    """(folder with synthetic/, datalist of phantoms with tumours): the shared cohort of conftest."""
+    return phantom_cohorts.root, phantom_cohorts.real
 
 
 def test_crops_from_cohorts(phantom_setup):

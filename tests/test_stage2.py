@@ -257,6 +257,7 @@ def test_profile_mode_draws_real_lesions_inside_the_organ(patches):
 def test_default_worker_gives_the_main_process_run(cohort, tmp_path):
     """Issue 14: with networks in the online synthesis a run prepares its batches in one data-loader
     worker by default; its metrics.jsonl (synthesis counts, losses) is the main process's."""
+    from freetumor.synthesis import SynthesisOptions
     from freetumor.training.stage0 import train_segmentation
 
     ph, root = cohort
@@ -264,8 +265,8 @@ def test_default_worker_gives_the_main_process_run(cohort, tmp_path):
     for name, extra in (("auto", []), ("main", ["data.num_workers=0"])):
         cfg = cfg_for(extra=["train.max_steps=3", "train.val_every=3", *extra])
         train_segmentation(cfg, ph / "labelled.json", tmp_path / name, unlabelled=ph / "unlabelled.json",
-                           synthesis="generator", generator=root / "gen.pt", qc_segmentor=root / "seg.pt",
-                           progress=False, log=logs[name].append)
+                           synthesis="generator", progress=False, log=logs[name].append,
+                           options=SynthesisOptions("liver", generator=root / "gen.pt", qc_segmentor=root / "seg.pt"))
         rows[name] = [json.loads(ln) for ln in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
     assert cfg_for().data.num_workers is None
     assert any("1 data-loader worker" in m for m in logs["auto"]) and not any("worker" in m for m in logs["main"])
@@ -285,3 +286,32 @@ def test_step_row_counts_the_failed_checks_of_rejected_tries():
     assert row["synth_rejects"] == {"contrast": 1, "recall": 3}
     batch["synth_rejects"] = ["", "", ""]
     assert "synth_rejects" not in step_row(5, 0.1, 1e-3, batch, synthesis=True)
+
+
+def test_stage2_takes_the_synthesis_options_of_synthesize():
+    """train-seg --synthesis reads the SynthesisOptions of `synthesize`: the profile without its calcified rows
+    with exclude_calcified; fields Stage 2 does not use, another organ or a profile-less exclusion are refused."""
+    from freetumor.lesions.profile import CALCIFIED_HU, FEATURE_ORDER, load_profile
+    from freetumor.synthesis import SynthesisOptions
+    from freetumor.training.stage0 import check_synthesis, stage2_config, synthesis_transform
+
+    cfg = load_config("lung-cpu-tiny")
+    full = load_profile("builtin:lung", "lung")
+    j = FEATURE_ORDER.index("contrast_hu")
+    kept = synthesis_transform(cfg, "profile", SynthesisOptions("lung", profile="builtin:lung", exclude_calcified=True))
+    assert len(kept.profile.rows) == len(full.without_calcified().rows) < len(full.rows)
+    assert max(r[j] for r in kept.profile.rows) <= CALCIFIED_HU < max(r[j] for r in full.rows)
+    assert synthesis_transform(cfg, "profile", SynthesisOptions("lung", profile="builtin:lung")).profile == full
+    assert synthesis_transform(cfg, "none", SynthesisOptions("lung")) is None
+    for synthesis, options, match in (
+            ("profile", SynthesisOptions("lung", profile="builtin:lung", size="small"), "does not read SynthesisOptions.size"),
+            ("procedural", SynthesisOptions("lung", qc_threshold=0.3), "does not read SynthesisOptions.qc_threshold"),
+            ("procedural", SynthesisOptions("liver"), "options are for 'liver', the training config for 'lung'"),
+            ("procedural", SynthesisOptions("lung", exclude_calcified=True), "give the profile too"),
+            ("none", SynthesisOptions("lung", qc_segmentor="seg.pt"), "need --synthesis procedural or generator"),
+            ("generator", SynthesisOptions("lung"), "needs --generator")):
+        with pytest.raises(ConfigError, match=match):
+            check_synthesis(synthesis, options, cfg)
+    check_synthesis("procedural", None, cfg)  # Stage 2 without options: the rule-based tumours
+    assert stage2_config(cfg, SynthesisOptions("lung", qc_device="cpu")).qc.device == "cpu"
+    assert stage2_config(cfg, None) is cfg

@@ -48,6 +48,7 @@ def _single_case_datalist(cohort: Path, tmp: Path) -> Path:
     return p
 
 
+@pytest.mark.slow
 def test_overfit_single_phantom_case(tmp_path):
     """A cpu-tiny U-Net learns one phantom case (trained and validated on it): tumour Dice > 0.8."""
     from freetumor.io import save_volume

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from freetumor.io import Volume
-from freetumor.phantom import write_cohort
 from freetumor.turing import db
 from freetumor.turing.build import COLS, ROWS, SLICES, stack_around
 from freetumor.turing.score import score_study
@@ -17,22 +16,14 @@ from freetumor.turing.score import score_study
 from conftest import run_cli as run
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory):
-    from freetumor.synthesis import SynthesisOptions, build_synthesizer, synthesize_case
-
-    root = tmp_path_factory.mktemp("turing")
-    real = write_cohort(root / "real", 4, seed=21, tumour_fraction=1.0)
-    healthy = write_cohort(root / "healthy", 2, seed=22, tumour_fraction=0.0)
-    synth = build_synthesizer(SynthesisOptions("liver"))
-    for k, e in enumerate(json.loads(healthy.read_text())["training"]):
-        synthesize_case(synth, healthy.parent / e["image"], healthy.parent / e["label"], root / "syn",
-                        count=2, seed=k, case=f"h{k}", png=False)
-    return root, real
+def sources(phantom_cohorts):
+    """(folder with syn/, datalist of phantoms with tumours): the shared cohort of conftest."""
+    return phantom_cohorts.root, phantom_cohorts.real
 
 
 def test_build_is_balanced_and_blinded(sources, tmp_path):
     root, real = sources
-    r = run("turing", "build", "--real", real, "--synthetic", root / "syn", "--out", tmp_path / "study",
+    r = run("turing", "build", "--real", real, "--synthetic", root / "synthetic", "--out", tmp_path / "study",
             "--per-type", 3, "--seed", 1)
     assert r.returncode == 0, r.stderr
     study = json.loads((tmp_path / "study" / "study.json").read_text())
@@ -68,7 +59,7 @@ def test_score_per_reader_pooled_and_passed(sources, tmp_path):
     root, real = sources
     from freetumor.turing.build import build_study
 
-    build_study(real, root / "syn", tmp_path / "study", per_type=3, seed=2)
+    build_study(real, root / "synthetic", tmp_path / "study", per_type=3, seed=2)
     study = tmp_path / "study"
     key = json.loads((study / "key.json").read_text())["cases"]
     syn = sorted(c for c, v in key.items() if v["truth"] == "synthetic")
@@ -112,7 +103,7 @@ def test_readers_cli_and_bad_inputs(sources, tmp_path):
     assert r.returncode == 1 and "not a study folder" in r.stderr
     from freetumor.turing.build import build_study
 
-    build_study(real, root / "syn", tmp_path / "study", per_type=1)
+    build_study(real, root / "synthetic", tmp_path / "study", per_type=1)
     r = run("turing", "readers", "add", "ann", "--study", tmp_path / "study")
     assert r.returncode == 0 and re.search(r"http://127\.0\.0\.1:8000/r/\S+", r.stdout)
     token = r.stdout.strip().rsplit("/r/", 1)[1]

@@ -25,11 +25,13 @@ address): the outputs must be on storage every node can write (a shared file sys
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
+import socket
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -38,23 +40,42 @@ from .data import datalist_entries, datalist_label_map
 from .errors import ConfigError, FreeTumorError, InputError
 from .io import case_name, check_output_folder, clean_staging, write_bytes_atomic
 from .labels import default_label_map, get_label_map
-from .synthesis import (SynthesisOptions, build_synthesizer, check_synthesis_options, networks_loaded,
-                        synthesize_case)
+from .synthesis import (SynthesisOptions, build_synthesizer, check_devices, check_synthesis_options,
+                        networks_loaded, synthesize_case)
 
 
-def plan_tasks(entries: list[dict], per_case: int, seed: int) -> list[dict]:
-    """One task per (case, k): a stable name and seed."""
-    tasks = []
-    for i, e in enumerate(entries):
-        base = case_name(e["image"])
-        for k in range(per_case):
-            s = int(np.random.SeedSequence([int(seed), i, k]).generate_state(1)[0])
-            tasks.append({"name": f"{base}_syn{k}", "image": str(e["image"]), "label": str(e["label"]),
-                          "seed": s, "source_case": base})
-    names = [t["name"] for t in tasks]
-    if len(set(names)) != len(names):
+# Synthetic variants per input case: each is a whole synthetic CT (seconds of work, tens of MB on disk),
+# so 10000 variants of one case are already hours of work and hundreds of GB; past it, --per-case is
+# refused up front (10**9 would be petabytes).
+MAX_PER_CASE = 10_000
+
+
+def check_per_case(per_case: int) -> int:
+    """``--per-case`` within 1..:data:`MAX_PER_CASE` (one-line :class:`ConfigError` with the limit and why)."""
+    if isinstance(per_case, bool) or not isinstance(per_case, (int, np.integer)) or per_case < 1:
+        raise ConfigError(f"--per-case must be at least 1, got {per_case!r}")
+    if per_case > MAX_PER_CASE:
+        raise ConfigError(f"--per-case {per_case} is above the limit of {MAX_PER_CASE} synthetic variants per case "
+                          "(each is a whole synthetic CT: seconds of work and tens of MB on disk)")
+    return int(per_case)
+
+
+def plan_tasks(entries: list[dict], per_case: int, seed: int) -> Iterator[dict]:
+    """One task per (case, k), made as they are used (lazily: memory does not grow with
+    ``per_case``): a stable name and seed. Names are unique when the cases' file names are
+    (checked first: ``<case>_syn<k>`` of two cases collide only when their names do)."""
+    bases = [case_name(e["image"]) for e in entries]
+    if len(set(bases)) != len(bases):
         raise InputError("datalist", "two cases share a file name; synthetic case names would collide")
-    return tasks
+
+    def tasks() -> Iterator[dict]:
+        for i, (e, base) in enumerate(zip(entries, bases)):
+            for k in range(per_case):
+                s = int(np.random.SeedSequence([int(seed), i, k]).generate_state(1)[0])
+                yield {"name": f"{base}_syn{k}", "image": str(e["image"]), "label": str(e["label"]),
+                       "seed": s, "source_case": base}
+
+    return tasks()
 
 
 def _error_text(exc: Exception) -> str:
@@ -126,8 +147,8 @@ def synthesize_batch(
     when it has them). Every worker builds one synthesizer; the summary's ``workers`` gives, per
     worker process of this run, its tasks and the networks it loaded.
     """
-    if per_case < 1:
-        raise ConfigError(f"--per-case must be at least 1, got {per_case}")
+    per_case = check_per_case(per_case)
+    check_devices(options)  # up front, not once per case in errors.log
     dl = Path(datalist)
     if options.label_map is None:
         options = dataclasses.replace(options, label_map=datalist_label_map(dl))
@@ -136,17 +157,23 @@ def synthesize_batch(
     check_synthesis_options(options)  # once, up front: a bad --generator, --qc-segmentor or --profile writes nothing
     out = Path(out)
     check_output_folder(out)
+    tasks = plan_tasks(entries, per_case, seed)  # lazy; names checked now, before anything is written
+    n_tasks = len(entries) * per_case
+    done_dir = out / "done"
+    done = {p.stem for p in done_dir.glob("*.json")} if done_dir.is_dir() else set()
+    n_done = sum(1 for t in plan_tasks(entries, per_case, seed) if t["name"] in done) if done else 0
+    n_todo = n_tasks - n_done
+    ray_session = None
+    if workers != 0 and n_todo:
+        ray_session = _ray_connect(workers, ray_address)  # an unreachable cluster: one line, nothing written
     clean_staging(out / "cases")  # an interrupted run's staging folders (a restart redoes their task)
-    (out / "done").mkdir(parents=True, exist_ok=True)
-    tasks = plan_tasks(entries, per_case, seed)
-    done = {p.stem for p in (out / "done").glob("*.json")}
-    todo = [t for t in tasks if t["name"] not in done]
-    if done:
-        log(f"resuming: {len(done)} of {len(tasks)} synthetic cases already done")
+    done_dir.mkdir(parents=True, exist_ok=True)
+    todo = (t for t in tasks if t["name"] not in done)
+    if n_done:
+        log(f"resuming: {n_done} of {n_tasks} synthetic cases already done")
     bar = None
     if progress:
-        bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc="synthesize-batch", unit="case",
-                   dynamic_ncols=True)
+        bar = tqdm(total=n_tasks, initial=n_done, desc="synthesize-batch", unit="case", dynamic_ncols=True)
     errors = 0
     workers_seen: dict[int, dict] = {}
     t0 = time.perf_counter()
@@ -166,13 +193,13 @@ def synthesize_batch(
             bar.update(1)
 
     engine = "serial"
-    if workers == 0 or not todo:
+    if ray_session is None:
         runner = _Runner(options, str(out))
         for t in todo:
             record(runner.run(t))
     else:
         engine = "ray"
-        for res in _run_ray(todo, options, out, workers, ray_address):
+        for res in _run_ray(ray_session, todo, n_todo, options, out, workers):
             record(res)
     if bar is not None:
         bar.close()
@@ -184,33 +211,80 @@ def synthesize_batch(
                     "training": [{"image": f["image"], "label": f["label"], "tumour": True,
                                   "source_case": f["source_case"], "record": f["record"]} for f in finished]}
     write_bytes_atomic(out / "datalist.json", (json.dumps(datalist_out, indent=1) + "\n").encode())
-    summary = {"tasks": len(tasks), "done": len(finished), "ran": len(todo), "errors": errors,
+    summary = {"tasks": n_tasks, "done": len(finished), "ran": n_todo, "errors": errors,
                "seconds": round(elapsed, 2), "engine": engine,
-               "cases_per_s": round(len(todo) / elapsed, 3) if todo and elapsed > 0 else None,
+               "cases_per_s": round(n_todo / elapsed, 3) if n_todo and elapsed > 0 else None,
                "workers": {str(pid): w for pid, w in sorted(workers_seen.items())}}
     return summary
 
 
-def _run_ray(todo: list[dict], options: SynthesisOptions, out: Path, workers: int | None, address: str):
-    """Yield task results as the Ray actor pool finishes them."""
+def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """A ``host:port`` (or ``ray://host:port``) address must accept a connection within ``timeout_s``
+    before Ray is asked (Ray itself retries an unreachable address for a minute or more); one line
+    naming ``--ray-address`` otherwise. ``local`` and ``auto`` are left to Ray.
+
+    Example:
+        >>> try:
+        ...     check_ray_address("head-node:99999")
+        ... except ConfigError as exc:
+        ...     print(exc)
+        --ray-address head-node:99999: not local, auto or HOST:PORT with a port in 1..65535
+    """
+    if address in ("local", "auto"):
+        return
+    hostport = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"--ray-address {address}: not local, auto or HOST:PORT with a port in 1..65535")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
+        raise ConfigError(f"--ray-address {address}: cannot connect to a Ray cluster there ({why}); start one "
+                          "with `ray start --head`, or run serially with --workers 0") from None
+
+
+def _ray_connect(workers: int | None, address: str):
+    """Start local Ray or connect to ``address``; the ``ray`` module. Refused in one line, naming
+    ``--ray-address``, when the cluster cannot be reached."""
+    check_ray_address(address)
     try:
         import ray  # deferred: optional dependency, and only the Ray path needs it
-        from ray.util import ActorPool  # deferred: as above
     except ImportError:
         raise ConfigError("Ray is not installed (pip install 'ray>=2.9'); or run serially with --workers 0") from None
     init = {"ignore_reinit_error": True, "include_dashboard": False, "log_to_driver": False,
             "configure_logging": False}
-    if address == "local":
-        ray.init(num_cpus=max(1, workers or os.cpu_count() or 1), **init)
-    else:
-        ray.init(address=address, **init)
+    try:
+        if address == "local":
+            ray.init(num_cpus=max(1, workers or os.cpu_count() or 1), **init)
+        else:
+            ray.init(address=address, **init)
+    except (ConnectionError, OSError, RuntimeError, ValueError, TimeoutError) as exc:
+        ray.shutdown()
+        raise ConfigError(f"--ray-address {address}: cannot connect to a Ray cluster there "
+                          f"({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); start one with "
+                          "`ray start --head`, or run serially with --workers 0") from None
+    return ray
+
+
+def _run_ray(ray, todo: Iterator[dict], n_todo: int, options: SynthesisOptions, out: Path, workers: int | None):
+    """Yield task results as the Ray actor pool finishes them. Tasks are handed out as actors free up
+    (two in flight per actor), so the driver never holds more than a few of them."""
+    from ray.util import ActorPool  # deferred: as above
+
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         n = workers or (gpus if gpus else int(ray.cluster_resources().get("CPU", 1)))
-        n = max(1, min(n, len(todo)))
+        n = max(1, min(n, n_todo))
         actor = ray.remote(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)(_Runner)
         actor_options = dataclasses.replace(options, device="cuda" if gpus else options.device)
         pool = ActorPool([actor.remote(actor_options, str(out)) for _ in range(n)])
-        yield from pool.map_unordered(lambda a, t: a.run.remote(t), todo)
+        submit = lambda t: pool.submit(lambda a, task: a.run.remote(task), t)  # noqa: E731
+        for t in itertools.islice(todo, 2 * n):
+            submit(t)
+        while pool.has_next():
+            yield pool.get_next_unordered()
+            for t in itertools.islice(todo, 1):
+                submit(t)
     finally:
         ray.shutdown()

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .config import Config, resolve_config
+from .config import DEVICE_RE, Config, resolve_config
 from .errors import ConfigError, InputError
 from .io import atomic_path
 from .models import build_network
@@ -198,6 +198,56 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:120]}" if text else type(exc).__name__
 
 
+def check_device(device: str | None, option: str = "--device") -> str | None:
+    """A device the networks can run on, else a one-line :class:`ConfigError` naming ``option``:
+    not a device name (``bogus``), CUDA asked on a machine without it, a GPU index past the last.
+    ``None`` (the command's default) passes.
+
+    Example:
+        >>> check_device("cpu"), check_device(None)
+        ('cpu', None)
+        >>> try:
+        ...     check_device("bogus")
+        ... except ConfigError as exc:
+        ...     print(exc)
+        --device 'bogus' is not a device; use cpu, cuda, cuda:N or mps
+    """
+    if device is None:
+        return None
+    if not isinstance(device, str) or not DEVICE_RE.fullmatch(device):
+        raise ConfigError(f"{option} {device!r} is not a device; use cpu, cuda, cuda:N or mps")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{option} {device}: no CUDA on this machine (PyTorch sees no GPU); use {option} cpu")
+        n = torch.cuda.device_count()
+        if ":" in device and int(device.split(":")[1]) >= n:
+            raise ConfigError(f"{option} {device}: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"{option} mps: no MPS (Apple GPU) on this machine; use {option} cpu")
+    return device
+
+
+def _not_a_checkpoint(path: str) -> str | None:
+    """What the file is when its first bytes show it is no PyTorch file at all (an empty file, a
+    text file, another format), else ``None``. ``torch.save`` writes a zip archive (``PK\\3\\4``);
+    the legacy format and plain pickles start with the PROTO opcode (``\\x80``). Text fed to the
+    unpickler would otherwise read as opcodes and be blamed as "pickled Python code"."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return None  # torch.load reports it
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return None
+    if not head:
+        return "an empty file"
+    try:
+        head.decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError as exc:
+        return "a text file" if exc.start >= len(head) - 3 else "another kind of file"
+
+
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Read a checkpoint with ``torch.load(weights_only=True)`` and check it is ours.
 
@@ -212,6 +262,9 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise InputError(p, "checkpoint not found")
     if os.path.isdir(p):
         raise InputError(p, "is a folder, not a checkpoint file")
+    not_ours = _not_a_checkpoint(p)
+    if not_ours:
+        raise InputError(p, f"not a checkpoint ({not_ours}; a checkpoint is a PyTorch file such as RUNDIR/best.pt)")
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")  # a plain pickle file
@@ -228,7 +281,11 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise InputError(p, "not a readable PyTorch checkpoint (corrupt, truncated or another kind of file)") from None
     except MemoryError:
         raise
-    except Exception as exc:  # zipfile.BadZipFile, EOFError, RuntimeError, OSError, KeyError, ...
+    except RuntimeError as exc:
+        if re.search(r"CUDA|cuda", str(exc)) and not torch.cuda.is_available():  # map_location cuda, no GPU
+            raise ConfigError(f"{p}: cannot be loaded onto {map_location}: no CUDA on this machine") from None
+        raise InputError(p, f"truncated or corrupt checkpoint ({_short(exc)})") from None
+    except Exception as exc:  # zipfile.BadZipFile, EOFError, OSError, KeyError, ...
         raise InputError(p, f"truncated or corrupt checkpoint ({_short(exc)})") from None
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         if isinstance(ck, dict) and ck and all(isinstance(v, torch.Tensor) for v in ck.values()):

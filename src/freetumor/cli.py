@@ -411,6 +411,7 @@ def train_seg(
                                              "added to the training pool."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Lesion profile (--synthesis profile): lesions "
                                           "drawn from real ones and rendered in HU on each patch."),
+    exclude_calcified: bool = typer.Option(False, "--exclude-calcified", help=EXCLUDE_CALCIFIED_HELP),
     skip_bad_cases: bool = typer.Option(False, "--skip-bad-cases", help=SKIP_BAD_HELP),
     quiet: bool = _quiet(),
 ) -> None:
@@ -435,19 +436,24 @@ def train_seg(
         extra.append(f"qc.device={qc_device}")
     cfg = load_config(config, extra)
     # deferred: PyTorch loads after the config is checked, so a bad config fails at once
+    from .synthesis import SynthesisOptions  # deferred: as above
     from .training.stage0 import train_segmentation
+
+    # the options of `synthesize` that Stage 2 reads (the rest of its synthesis settings are the config's)
+    options = SynthesisOptions(cfg.organ, generator=generator, qc_segmentor=qc_segmentor, qc_device=qc_device,
+                               profile=profile, exclude_calcified=exclude_calcified)
     if folds is not None:
         from .training.kfold import format_folds_table, train_kfold  # deferred: as above
 
         result = train_kfold(cfg, datalist, out, folds, resume=resume, log=typer.echo, unlabelled=unlabeled,
-                             synthesis=synthesis.value, generator=generator, qc_segmentor=qc_segmentor,
-                             profile=profile, skip_bad_cases=skip_bad_cases, progress=not quiet)
+                             synthesis=synthesis.value, options=options, skip_bad_cases=skip_bad_cases,
+                             progress=not quiet)
         typer.echo(format_folds_table(result))
         typer.echo(f"done: {folds} folds; per-case and per-fold metrics in {out / 'folds.json'}")
         return
     summary = train_segmentation(cfg, datalist, out, resume=resume, log=typer.echo, unlabelled=unlabeled,
-                                 synthesis=synthesis.value, generator=generator, qc_segmentor=qc_segmentor,
-                                 profile=profile, skip_bad_cases=skip_bad_cases, progress=not quiet)
+                                 synthesis=synthesis.value, options=options, skip_bad_cases=skip_bad_cases,
+                                 progress=not quiet)
     typer.echo(f"done: {summary['steps']} steps, best score {summary['best_score']:.4f}; checkpoints in {out}")
 
 

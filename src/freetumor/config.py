@@ -56,6 +56,7 @@ from .errors import ConfigError, InputError
 from .io import write_bytes_atomic
 from .labels import PRESET_NAMES, PRESETS
 from .organs import ORGAN_NAMES, SIZE_CHOICES, Organ, get_organ
+from .structured import check_yaml_text, read_text_bounded
 from .tasks import TASKS, num_classes, organ_classes, tumour_classes
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -635,6 +636,7 @@ def _parse_override(text: str) -> dict:
         if not isinstance(node_schema, dict) or part not in node_schema:
             raise _unknown(".".join(parts[: i + 1]) if isinstance(node_schema, dict) else key, f"override {text!r}")
         node_schema = node_schema[part]
+    check_yaml_text(raw, f"--set {key}", "value", _Loader)  # depth bounded before any object is built
     try:
         value = _yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
@@ -740,9 +742,10 @@ def load_config(spec: str | os.PathLike, overrides: Sequence[str] = ()) -> Confi
     """
     path, shown = _resolve_spec(spec)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(shown, f"cannot read config ({_one_line(exc)})") from None
+        text = read_text_bounded(path, "config")
+    except InputError as exc:
+        raise InputError(shown, exc.problem) from None
+    check_yaml_text(text, shown, "config", _Loader)  # size and depth bounded before any object is built
     try:
         data = _yaml_load(text)
     except yaml.YAMLError as exc:

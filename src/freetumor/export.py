@@ -13,9 +13,8 @@ Labels are converted to the consecutive training classes of ``task`` with
 :func:`freetumor.tasks.class_mapping` (the same mapping training uses):
 
 * ``organ3``: 0 background, 1 ``<organ>``, 2 ``<organ> tumour``;
-* ``abdomen7``: 0 background, 1 liver, 2 liver tumour, 3 pancreas, 4 pancreas
-  tumour, 5 kidney, 6 kidney tumour;
-* ``chest3``: 0 background, 1 lung, 2 lesion.
+* ``abdomen7`` and ``chest3``: the ids and names of FreeTumor's label conventions
+  (:data:`freetumor.labels.CONVENTIONS`, :func:`freetumor.labels.convention_names`).
 
 Entries without a label (test cases) are skipped and counted. Case names come
 from the image file names, made nnU-Net-safe (``[A-Za-z0-9_-]``, no trailing
@@ -50,15 +49,15 @@ from .io import Volume, case_name, check_same_grid, is_nifti, load_volume, save_
     write_bytes_atomic
 from . import __version__
 from .data import check_cases, load_datalist
-from .labels import default_label_map
+from .labels import convention_names, default_label_map
 from .labels import get_label_map
 from .labels import label_values
 from .organs import get_organ
+from .structured import read_json
 
 __all__ = ["export_nnunet", "dataset_name", "task_labels", "safe_case_names", "default_task"]
 
 _DATASET_RE = re.compile(r"^Dataset(\d{3})_([A-Za-z0-9_-]+)$")
-_ABDOMEN7_NAMES = ("background", "liver", "liver tumour", "pancreas", "pancreas tumour", "kidney", "kidney tumour")
 _COPY_KEYS = ("reference", "licence", "release", "tensorImageSize")
 
 
@@ -78,10 +77,8 @@ def task_labels(task: str, organ: str | None = None) -> dict[str, int]:
         if not organ:
             raise ConfigError("task organ3 needs an organ (e.g. --organ liver)")
         return {"background": 0, organ: 1, f"{organ} tumour": 2}
-    if task == "abdomen7":
-        return {n: i for i, n in enumerate(_ABDOMEN7_NAMES)}
-    if task == "chest3":
-        return {"background": 0, "lung": 1, "lesion": 2}
+    if task in ("abdomen7", "chest3"):
+        return {n: i for i, n in convention_names(task).items()}
     raise ConfigError(f"unknown task {task!r}; choose one of organ3, abdomen7, chest3")
 
 
@@ -197,7 +194,7 @@ def export_nnunet(
     ds_id, ds_name = dataset_name(out)
     dl_path = Path(datalist)
     entries = load_datalist(dl_path)
-    meta = json.loads(dl_path.read_text())
+    meta = read_json(dl_path, "datalist")  # bounded, as load_datalist read it
     meta = meta if isinstance(meta, dict) else {}
 
     if organ is not None:

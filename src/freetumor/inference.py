@@ -36,7 +36,7 @@ import torch
 from .data import check_cases
 from .errors import ConfigError, InputError
 from .io import NIFTI_SUFFIXES, Volume, case_name, check_output_folder, load_volume, save_volume, staged_output
-from .checkpoints import load_model
+from .checkpoints import check_device, load_model
 from .models import class_argmax
 
 
@@ -174,6 +174,7 @@ def predict_files(
     Every input is checked first (readable, 3D, CT in HU); a bad one stops the run before
     anything is written, or is left out with ``skip_bad_cases``. With ``probabilities`` each
     case also gets ``out_dir/<case>_prob.nii.gz`` (see :func:`predict_paths`)."""
+    check_device(device)  # before any work: --device bogus or cuda without a GPU is one line
     inputs = list_inputs(image)
     entries = check_cases([{"image": str(p)} for p in inputs], None, image, skip_bad=skip_bad_cases,
                           log=log or print)

@@ -489,6 +489,59 @@ def refuse_special(path: Path, wanted: str) -> None:
         raise InputError(path, f"output path is {kind}, not {wanted}; nothing is written there")
 
 
+STAGING_SUFFIX_BYTES = 16  # what staging adds to an output's name: ".NAME.tmp-XXXXXXXX"
+
+
+def check_name_lengths(path: str | os.PathLike) -> None:
+    """Refuse (one line) an output path the file system cannot hold: a name longer than its
+    ``NAME_MAX`` (255 bytes on most), the output's own name less the room its staging copy
+    (``.NAME.tmp-*``) needs, or a whole path past ``PATH_MAX``; checked before anything is touched
+    (the system's ENAMETOOLONG would otherwise surface from the first ``stat``).
+
+    Example:
+        >>> try:
+        ...     check_name_lengths("out/" + "a" * 300)
+        ... except InputError as exc:
+        ...     print(exc.problem)
+        the name 'aaaaaaaaaaaaaaaaaaaa...' is 300 bytes long; the file system allows 239 for an output (255 less 16 for its staging copy)
+    """
+    p = Path(path)
+    name_max, path_max = 255, 4096
+    try:
+        name_max = os.pathconf(_existing_ancestor(p), "PC_NAME_MAX")
+        path_max = os.pathconf(_existing_ancestor(p), "PC_PATH_MAX")
+    except (OSError, ValueError):
+        pass
+    parts = p.parts
+    for i, part in enumerate(parts):
+        n = len(os.fsencode(part))
+        last = i == len(parts) - 1
+        limit = name_max - STAGING_SUFFIX_BYTES if last else name_max
+        if n > limit:
+            shown = part if len(part) <= 20 else part[:20] + "..."
+            room = f" for an output ({name_max} less {STAGING_SUFFIX_BYTES} for its staging copy)" if last else ""
+            raise InputError(p, f"the name {shown!r} is {n} bytes long; the file system allows {limit}{room}")
+    total = len(os.fsencode(os.path.abspath(p))) + STAGING_SUFFIX_BYTES
+    if total >= path_max:
+        raise InputError(p, f"the path is {total - STAGING_SUFFIX_BYTES} bytes long; the file system allows "
+                            f"{path_max - 1 - STAGING_SUFFIX_BYTES} for an output")
+
+
+def _existing_ancestor(p: Path) -> str:
+    """The nearest folder above ``p`` (or ``p``) that exists, without stat'ing names that are too long."""
+    probe = os.path.abspath(p)
+    while True:
+        parent = os.path.dirname(probe)
+        try:
+            if os.path.isdir(probe):
+                return probe
+        except (OSError, ValueError):
+            pass
+        if parent == probe:
+            return probe
+        probe = parent
+
+
 def check_output_folder(out_dir: str | os.PathLike) -> None:
     """Refuse, before any work, an output folder that cannot be made or written (one-line :class:`InputError`).
 
@@ -506,6 +559,7 @@ def check_output_folder(out_dir: str | os.PathLike) -> None:
     if str(out_dir) == "":
         raise InputError("--out", "empty output path")
     out = Path(out_dir)
+    check_name_lengths(out)
     refuse_special(out, "a folder")
     if out.exists() and not out.is_dir():
         raise InputError(out, "output path exists and is not a folder")
@@ -518,6 +572,7 @@ def check_output_file(path: str | os.PathLike) -> None:
     if str(path) == "":
         raise InputError("--out", "empty output path")
     p = Path(path)
+    check_name_lengths(p)
     refuse_special(p, "a regular file")
     if p.is_dir():
         raise InputError(p, "output path is a folder, not a file")

@@ -6,6 +6,12 @@ up the host organ and which id a tumour in that organ gets. Presets:
 * ``abdomen7`` — FreeTumor's abdomen convention: 0 bg, 1 liver, 2 liver tumour,
   3 pancreas, 4 pancreas tumour, 5 kidney, 6 kidney tumour.
 * ``chest3`` — 0 bg, 1 lung, 2 lesion (lung tumour or COVID-19 lesion).
+
+These two are FreeTumor's own conventions, and this module is the one place that states them
+(:data:`CONVENTIONS`, :func:`convention_names`): the training classes of the ``abdomen7`` and
+``chest3`` tasks (:mod:`freetumor.tasks`), the catalog's target ids (:mod:`freetumor.data.catalog`),
+the nnU-Net export's label names (:mod:`freetumor.export`) and the organ masks
+(:mod:`freetumor.organ_masks`) all read them from here.
 * ``totalseg`` — TotalSegmentator ``total`` task ids: liver 5, pancreas 7,
   kidneys 2 and 3, lung lobes 10-14. TotalSegmentator has no tumour class, so new
   tumours get ids above its 117 classes: 201 liver tumour, 202 pancreas tumour,
@@ -50,6 +56,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from .errors import ConfigError, InputError
+from .structured import read_json
 from .organs import ORGAN_NAMES, get_organ
 
 
@@ -141,6 +148,34 @@ def label_values(label: np.ndarray) -> list[int]:
     return [int(v) for v in np.unique(flat)]
 
 
+#: FreeTumor's own label conventions: per host organ, (organ id, tumour id). ``chest3``'s lesion id
+#: serves the lung tumour and the COVID-19 lesion alike (the ``covid`` organ of the preset is the lung).
+CONVENTIONS: Mapping[str, Mapping[str, tuple[int, int]]] = {
+    "abdomen7": {"liver": (1, 2), "pancreas": (3, 4), "kidney": (5, 6)},
+    "chest3": {"lung": (1, 2)},
+}
+#: The tumour class's name in ``chest3`` (a lung tumour or a COVID-19 lesion).
+CHEST3_LESION = "lesion"
+
+
+def convention_names(name: str) -> dict[int, str]:
+    """Id -> name of every label of one of FreeTumor's own conventions (:data:`CONVENTIONS`).
+
+    Example:
+        >>> convention_names("abdomen7")
+        {0: 'background', 1: 'liver', 2: 'liver tumour', 3: 'pancreas', 4: 'pancreas tumour', 5: 'kidney', 6: 'kidney tumour'}
+        >>> convention_names("chest3")
+        {0: 'background', 1: 'lung', 2: 'lesion'}
+    """
+    if name not in CONVENTIONS:
+        raise ConfigError(f"unknown convention {name!r}; choose one of {', '.join(CONVENTIONS)}")
+    out = {0: "background"}
+    for organ, (oid, tid) in CONVENTIONS[name].items():
+        out[oid] = organ
+        out[tid] = CHEST3_LESION if name == "chest3" else f"{organ} tumour"
+    return dict(sorted(out.items()))
+
+
 def _preset(name: str, organs: dict, known: Iterable[int]) -> LabelMap:
     return LabelMap(name, {k: (tuple(v[0]), int(v[1])) for k, v in organs.items()}, frozenset(known))
 
@@ -148,10 +183,12 @@ def _preset(name: str, organs: dict, known: Iterable[int]) -> LabelMap:
 PRESETS: Mapping[str, LabelMap] = {
     "abdomen7": _preset(
         "abdomen7",
-        {"liver": ((1,), 2), "pancreas": ((3,), 4), "kidney": ((5,), 6)},
-        range(7),
+        {o: ((oid,), tid) for o, (oid, tid) in CONVENTIONS["abdomen7"].items()},
+        convention_names("abdomen7"),
     ),
-    "chest3": _preset("chest3", {"lung": ((1,), 2), "covid": ((1,), 2)}, range(3)),
+    # the lung tumour and the COVID-19 lesion share chest3's lung and lesion ids
+    "chest3": _preset("chest3", {o: ((CONVENTIONS["chest3"]["lung"][0],), CONVENTIONS["chest3"]["lung"][1])
+                                 for o in ("lung", "covid")}, convention_names("chest3")),
     "totalseg": _preset(
         "totalseg",
         {
@@ -198,14 +235,9 @@ def _as_id(path: str, value, what: str) -> int:
 def load_label_map(path: str | os.PathLike) -> LabelMap:
     """Read a user label map from JSON (format in the module docstring)."""
     p = str(path)
-    try:
-        data = json.loads(Path(p).read_text())
-    except FileNotFoundError:
-        raise InputError(p, "label map file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(p, f"not a readable JSON label map ({type(exc).__name__})") from None
-    except RecursionError:
-        raise InputError(p, "JSON nested too deeply to be a label map") from None
+    if not Path(p).exists():
+        raise InputError(p, "label map file not found")
+    data = read_json(p, "label map")  # size and depth bounded before parsing
     if not isinstance(data, dict) or not isinstance(data.get("organs"), dict) or not data["organs"]:
         raise InputError(p, 'label map needs an "organs" object, e.g. {"liver": {"organ": [1], "tumor": 2}}')
     organs: dict[str, tuple[tuple[int, ...], int]] = {}

@@ -52,11 +52,11 @@ import numpy as np
 
 from .errors import ConfigError, InputError
 from . import __version__
-from .checkpoints import check_kind, load_checkpoint
+from .checkpoints import check_device, check_kind, load_checkpoint
 from .data import check_cases
 from .inference import list_inputs, predict_paths, resample_nearest
 from .io import Volume, case_name, load_volume, save_volume, staged_output, to_nifti, write_bytes_atomic
-from .labels import default_label_map, get_label_map
+from .labels import CONVENTIONS, default_label_map, get_label_map
 from .progress import Progress
 from .lung_threshold import threshold_lung_mask
 from .organs import get_organ
@@ -76,10 +76,9 @@ _PACKAGES = {  # engine -> (module, pip name)
     "totalsegmentator": ("totalsegmentator", "TotalSegmentator"),
     "lungmask": ("lungmask", "lungmask"),
 }
-_LABEL_NAMES = {
-    "abdomen7": {"0": "background", "1": "liver", "3": "pancreas", "5": "kidney"},
-    "chest3": {"0": "background", "1": "lung"},
-}
+# The organ ids of a mask (tumours are merged into their organ): abdomen7 / chest3 without the tumour ids.
+_LABEL_NAMES = {name: {"0": "background", **{str(oid): organ for organ, (oid, _t) in CONVENTIONS[name].items()}}
+                for name in ("abdomen7", "chest3")}
 
 
 def map_labels(array: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
@@ -248,6 +247,8 @@ def segment_organs(
         raise ConfigError("engine freetumor needs --model SEG.pt (a segmentor checkpoint of `freetumor train-seg`)")
     if engine in _PACKAGES:
         _need_package(engine)
+    if engine != "threshold":
+        check_device(device)  # before any work; the threshold engine uses no device
     inputs = list_inputs(image)
     names = [case_name(p) for p in inputs]
     dup = sorted({n for n in names if names.count(n) > 1})

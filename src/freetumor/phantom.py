@@ -10,12 +10,11 @@ Right, +y = Anterior, +z = Superior, i.e. NIfTI RAS+), so a seed is one
 "patient" whatever the grid: ``shape`` and ``spacing`` only choose the field of
 view (centred on the region) and the resolution. Two regions:
 
-* ``abdomen`` (label map ``abdomen7``: 0 bg, 1 liver, 2 liver tumour,
-  3 pancreas, 4 pancreas tumour, 5 kidney, 6 kidney tumour), portal-venous
+* ``abdomen`` (label map ``abdomen7``, :data:`freetumor.labels.CONVENTIONS`), portal-venous
   contrast: body wall (subcutaneous fat, muscle), spine and ribs, liver on the
   patient's right, spleen, stomach, gallbladder, two kidneys, pancreas, aorta,
   IVC and portal system, bowel and colon, lung bases in the top slices.
-* ``chest`` (label map ``chest3``: 0 bg, 1 lung, 2 lesion), no contrast: body
+* ``chest`` (label map ``chest3``), no contrast: body
   wall, ribs, spine, sternum, scapulae, heart and mediastinum, great vessels,
   trachea and bronchi, two lungs with vessel and airway trees.
 
@@ -43,6 +42,7 @@ from scipy.ndimage import gaussian_filter
 
 from .errors import ConfigError
 from .io import Volume, save_volume, staged_output, write_bytes_atomic
+from .labels import CONVENTIONS, convention_names
 
 __all__ = ["REGIONS", "LABEL_NAMES", "make_case", "write_cohort"]
 
@@ -61,19 +61,18 @@ REGIONS = {
     "chest": _Region("chest3", (176, 144, 56), (2.0, 2.0, 5.0), 100.0, False),
 }
 
-LABEL_NAMES = {
-    "abdomen7": {0: "background", 1: "liver", 2: "liver tumour", 3: "pancreas", 4: "pancreas tumour",
-                 5: "kidney", 6: "kidney tumour"},
-    "chest3": {0: "background", 1: "lung", 2: "lesion"},
-}
+LABEL_NAMES = {name: convention_names(name) for name in ("abdomen7", "chest3")}
 
 # Tissue classes painted into the phantom; the label map is a look-up on these.
 (AIR, FAT, MUSCLE, SOFT, GAS, FLUID, BONE, LUNG, LIVER, LIVER_VES, SPLEEN, KIDNEY, PANCREAS, VESSEL,
  T_LIVER, T_PANC, T_KIDNEY, T_LUNG) = range(18)
 
+_ABD, _CHEST = CONVENTIONS["abdomen7"], CONVENTIONS["chest3"]
 _LABEL_OF = {
-    "abdomen7": {LIVER: 1, LIVER_VES: 1, T_LIVER: 2, PANCREAS: 3, T_PANC: 4, KIDNEY: 5, T_KIDNEY: 6},
-    "chest3": {LUNG: 1, T_LUNG: 2},
+    "abdomen7": {LIVER: _ABD["liver"][0], LIVER_VES: _ABD["liver"][0], T_LIVER: _ABD["liver"][1],
+                 PANCREAS: _ABD["pancreas"][0], T_PANC: _ABD["pancreas"][1],
+                 KIDNEY: _ABD["kidney"][0], T_KIDNEY: _ABD["kidney"][1]},
+    "chest3": {LUNG: _CHEST["lung"][0], T_LUNG: _CHEST["lung"][1]},
 }
 
 # Amplitude (HU, 1 std) of the low-frequency texture added to each class.

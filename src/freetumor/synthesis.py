@@ -54,6 +54,11 @@ from .shapes import LesionMask, OrganTooSmallError, nominal_volume_ml, sample_sh
 from .lesions.profile import LesionProfile, load_profile
 from .texture import SIGMA_A, SIGMA_B, procedural_texture
 
+# Lesions per case: each is drawn, placed where no other lesion is, rendered and (with QC) judged in
+# turn, about 0.1-1 s each on a CPU, and all must fit side by side in one organ; 1000 is a quarter of
+# an hour or more per case, far beyond any real tumour burden. Past it, --count is refused up front
+# (10**12 would have asked for 4 TB of per-lesion seeds).
+MAX_LESIONS_PER_CASE = 1000
 BLUR_SIGMA_RANGE = (1.0, 2.0)
 _BLUR_TRUNCATE = 3.0
 
@@ -316,8 +321,7 @@ class Synthesizer:
 
     # -------------------------------------------------------------- synthesis
     def __call__(self, image: Volume, label: Volume, *, count: int = 1, seed: int = 0) -> SynthesisResult:
-        if count < 1:
-            raise ConfigError(f"count must be at least 1, got {count}")
+        check_count(count)
         organ_mask = self.validate(image, label)
         grid = Grid.of(image)
         organ_ml = float(organ_mask.sum()) * grid.voxel_volume_ml
@@ -498,6 +502,28 @@ def synthesize(
     return Synthesizer(organ, label_map=label_map, size=size)(image, label, count=count, seed=seed)
 
 
+def check_count(count: int, option: str = "--count") -> int:
+    """Lesions per case within 1..:data:`MAX_LESIONS_PER_CASE` (one-line :class:`ConfigError`, naming the
+    option, the limit and why; checked before any work).
+
+    Example:
+        >>> try:
+        ...     check_count(10**12)
+        ... except ConfigError as exc:
+        ...     print(str(exc)[:65])
+        --count 1000000000000 is above the limit of 1000 lesions per case
+    """
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)):
+        raise ConfigError(f"{option} must be a whole number of lesions, got {count!r}")
+    if count < 1:
+        raise ConfigError(f"{option} must be at least 1, got {count}")
+    if count > MAX_LESIONS_PER_CASE:
+        raise ConfigError(f"{option} {count} is above the limit of {MAX_LESIONS_PER_CASE} lesions per case "
+                          "(each lesion is drawn, placed apart from the others and checked in turn, up to about "
+                          "a second each, and all must fit in one organ)")
+    return int(count)
+
+
 @dataclass(frozen=True)
 class SynthesisOptions:
     """Everything that configures synthesis independently of the case (the options of ``synthesize``).
@@ -545,6 +571,9 @@ class SynthesisOptions:
     shape_convention: str = DEFAULT_SHAPE_CONVENTION
     exclude_calcified: bool = False
 
+    def __post_init__(self):
+        check_count(self.count)  # before any work: --count 2**70 is one line, not a ValueError
+
 
 # Networks loaded by build_synthesizer in this process, by kind (see networks_loaded()).
 _NETWORK_LOADS: Counter = Counter()
@@ -586,6 +615,18 @@ def check_synthesis_options(options: SynthesisOptions) -> None:
                 exclude_calcified=options.exclude_calcified)
 
 
+def check_devices(options: SynthesisOptions) -> None:
+    """``--device`` and ``--qc-device`` before any work: the QC device spelled as the ``qc.device``
+    setting allows, then each one present on this machine (one-line :class:`ConfigError`)."""
+    if options.qc_device is not None:
+        dataclasses.replace(Config().qc, device=options.qc_device).checked("option --qc-device")
+    if options.device is not None or options.qc_device is not None:
+        from .checkpoints import check_device  # deferred: torch loads only when a device is named
+
+        check_device(options.device, "--device")
+        check_device(options.qc_device, "--qc-device")
+
+
 def build_synthesizer(options: SynthesisOptions) -> Synthesizer:
     """A :class:`Synthesizer` for ``options``, its networks loaded once (reuse it for every case).
 
@@ -603,6 +644,7 @@ def build_synthesizer(options: SynthesisOptions) -> Synthesizer:
     cfg = Config()
     if options.qc_device is not None and options.qc_segmentor is None:
         raise ConfigError("--qc-device needs --qc-segmentor (the network it places)")
+    check_devices(options)
     if options.generator is not None:
         from .generator import LearnedDifference  # deferred: torch and MONAI load only when a network is used
 

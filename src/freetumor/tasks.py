@@ -4,9 +4,9 @@ A *task* fixes the classes a segmentor predicts. Every other module (config,
 transforms, trainers, quality control, export, organ masks, benchmarks) asks here.
 
 * ``organ3``: 0 background, 1 organ, 2 tumour of the configured organ;
-* ``abdomen7``: 0 bg, 1 liver, 2 liver tumour, 3 pancreas, 4 pancreas tumour,
-  5 kidney, 6 kidney tumour (every organ the label map has);
-* ``chest3``: 0 bg, 1 lung, 2 lesion (lung tumour or COVID-19 lesion).
+* ``abdomen7`` and ``chest3``: the classes are the ids of FreeTumor's label conventions of the
+  same names, stated once in :data:`freetumor.labels.CONVENTIONS` (``abdomen7``: every organ the
+  label map has; ``chest3``: the lung tumour or COVID-19 lesion).
 
 :func:`class_mapping` turns the label values of a dataset's convention
 (:mod:`freetumor.labels`) into these training classes.
@@ -25,16 +25,15 @@ from __future__ import annotations
 import os
 
 from .errors import ConfigError
-from .labels import LabelMap, get_label_map
+from .labels import CONVENTIONS, LabelMap, convention_names, get_label_map
 
 TASKS = ("organ3", "abdomen7", "chest3")
-TASK_CLASSES = {"organ3": 3, "abdomen7": 7, "chest3": 3}
-
-# abdomen7 classes: organ -> (organ class, tumour class)
-ABDOMEN7_ORGANS = {"liver": (1, 2), "pancreas": (3, 4), "kidney": (5, 6)}
+# abdomen7 classes: organ -> (organ class, tumour class), the abdomen7 label ids
+ABDOMEN7_ORGANS = dict(CONVENTIONS["abdomen7"])
 CHEST_ORGANS = ("lung", "covid")
-# organ3 and chest3: the one organ is class 1, its tumour class 2
-SINGLE_ORGAN_CLASSES = (1, 2)
+# organ3 and chest3: the one organ is class 1, its tumour class 2 (chest3's lung and lesion ids)
+SINGLE_ORGAN_CLASSES = CONVENTIONS["chest3"]["lung"]
+TASK_CLASSES = {"organ3": 3, "abdomen7": len(convention_names("abdomen7")), "chest3": len(convention_names("chest3"))}
 
 
 def check_task(task: object) -> str:

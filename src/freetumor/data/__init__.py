@@ -33,19 +33,13 @@ import numpy as np
 from ..errors import CaseErrors, ConfigError, FreeTumorError, InputError
 from ..io import case_name, check_ct_intensity, check_same_grid, load_volume, write_bytes_atomic
 from ..labels import PRESETS, LabelMap, check_integer_labels, get_label_map, label_values
+from ..structured import read_json
 
 
 def load_datalist(path: str | os.PathLike, keys: tuple[str, ...] | None = None) -> list[dict]:
     """Entries of a datalist with absolute ``image``/``label`` paths and a ``split`` key."""
     p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise InputError(p, "datalist not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(p, f"not a readable JSON datalist ({type(exc).__name__})") from None
-    except RecursionError:
-        raise InputError(p, "JSON nested too deeply to be a datalist") from None
+    data = read_json(p, "datalist")  # size and depth bounded before parsing
     if isinstance(data, list):
         data = {"training": data}
     if not isinstance(data, dict):
@@ -126,8 +120,8 @@ def datalist_label_map(path: str | os.PathLike) -> str | None:
     from any working directory.
     """
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError, RecursionError):
+        data = read_json(path, "datalist")
+    except InputError:
         return None
     value = data.get("label_map") if isinstance(data, dict) else None
     if not isinstance(value, str) or not value:

@@ -4,11 +4,8 @@ The registry is ``catalog.yaml`` beside this module. Each source says where user
 obtain it (nothing is downloaded), its licence as published ("see source" where
 not certain), its folder layout (path templates relative to the dataset's root,
 with ``{case}`` standing for the case id), its label ids and how each id maps to
-FreeTumor's conventions:
-
-* ``abdomen7``: 0 bg, 1 liver, 2 liver tumour, 3 pancreas, 4 pancreas tumour,
-  5 kidney, 6 kidney tumour;
-* ``chest3``: 0 bg, 1 lung, 2 lesion.
+FreeTumor's conventions, ``abdomen7`` or ``chest3`` (stated once, in
+:data:`freetumor.labels.CONVENTIONS`).
 
 The label ids come from each source's documentation and must be checked against
 the user's copy: :func:`index_source` reports every case whose label holds an id
@@ -45,20 +42,19 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 from scipy import ndimage
-import yaml
 
 from ..errors import ConfigError, FreeTumorError, InputError
 from ..io import (Volume, check_ct_intensity, check_same_grid, load_volume, save_volume, staged_output,
                   write_bytes_atomic)
-from ..labels import label_values
+from ..labels import CONVENTIONS, convention_names, label_values
+from ..structured import read_yaml
 from . import datalist_label_map, load_datalist
 
 CATALOG_PATH = Path(__file__).resolve().with_name("catalog.yaml")
 
 #: Target conventions: valid ids and, per host organ, (organ id, tumour id).
 TARGETS: Mapping[str, dict] = {
-    "abdomen7": {"ids": frozenset(range(7)), "organs": {"liver": (1, 2), "pancreas": (3, 4), "kidney": (5, 6)}},
-    "chest3": {"ids": frozenset(range(3)), "organs": {"lung": (1, 2)}},
+    name: {"ids": frozenset(convention_names(name)), "organs": dict(organs)} for name, organs in CONVENTIONS.items()
 }
 STATUSES = ("tumour", "mixed", "healthy", "unlabelled")
 KINDS = ("file", "structures", "none")
@@ -201,10 +197,7 @@ def validate_entry(name: str, raw: dict) -> Source:
 
 @functools.lru_cache(maxsize=4)
 def _load(path: str) -> dict[str, Source]:
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(path, f"cannot read the source catalog ({type(exc).__name__})") from None
+    raw = read_yaml(path, "source catalog")  # size and depth bounded before parsing
     if not isinstance(raw, dict) or not raw:
         raise InputError(path, "the source catalog must map source names to entries")
     return {str(k): validate_entry(str(k), v) for k, v in raw.items()}

@@ -10,6 +10,7 @@ and ``index.html``. Differences are B minus A.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..htmlpage import write_html_page
 from ..io import staged_output, write_bytes_atomic
+from ..structured import read_json, read_text_bounded
 from .lesions import EARLY_MM
 from .stats import mcnemar_exact, paired_bootstrap_ci, paired_tests
 from .tables import CASE_METRICS, boxplot_png, write_csv
@@ -29,11 +31,33 @@ def read_metrics_csv(report: str | os.PathLike) -> dict[str, dict]:
     p = Path(report) / "metrics.csv"
     if not p.is_file():
         raise InputError(report, "is not an evaluation report (no metrics.csv); run `freetumor evaluate` first")
-    out = {}
-    with open(p, newline="") as fh:
-        for r in csv.DictReader(fh):
-            out[r["case"]] = {k: (None if v == "" else (float(v) if k != "case" else v)) for k, v in r.items()}
-    return out
+    return {r["case"]: {k: (None if v == "" else (v if k == "case" else _number(p, k, v, r["case"])))
+                        for k, v in r.items()} for r in _csv_rows(p, ("case", *CASE_METRICS))}
+
+
+def _csv_rows(p: Path, columns: tuple[str, ...]) -> list[dict]:
+    """The rows of a report's CSV, read as text (size bounded); a file that is not one is one line."""
+    text = read_text_bounded(p, "report table")  # a binary file is refused here: not UTF-8 text
+    if "\0" in text:
+        raise InputError(p, "not a readable report table: it holds NUL bytes (a binary file?)")
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows = list(reader)
+    except csv.Error as exc:
+        raise InputError(p, f"not a readable CSV report table ({' '.join(str(exc).split())[:120]})") from None
+    missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    if missing:
+        raise InputError(p, f"not a report table of `freetumor evaluate`: no column {', '.join(missing)}")
+    if any(None in r or any(v is None for v in r.values()) for r in rows):
+        raise InputError(p, "not a readable CSV report table: a row has more or fewer fields than the header")
+    return rows
+
+
+def _number(p: Path, column: str, value: str, case: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise InputError(p, f"column {column!r} of case {case!r} is not a number: {value[:40]!r}") from None
 
 
 def _read_lesions(report: Path) -> dict[tuple[str, str], tuple[float, bool]]:
@@ -41,8 +65,8 @@ def _read_lesions(report: Path) -> dict[tuple[str, str], tuple[float, bool]]:
     p = report / "lesions.csv"
     if not p.is_file():
         return {}
-    with open(p, newline="") as fh:
-        return {(r["case"], r["index"]): (float(r["diameter_mm"]), r["detected"] == "True") for r in csv.DictReader(fh)}
+    return {(r["case"], r["index"]): (_number(p, "diameter_mm", r["diameter_mm"], r["case"]), r["detected"] == "True")
+            for r in _csv_rows(p, ("case", "index", "diameter_mm", "detected"))}
 
 
 def compare_reports(a: str | os.PathLike, b: str | os.PathLike, out: str | os.PathLike) -> dict:
@@ -97,9 +121,11 @@ def compare_reports(a: str | os.PathLike, b: str | os.PathLike, out: str | os.Pa
 def _report_name(report) -> str:
     p = Path(report) / "summary.json"
     try:
-        return str(json.loads(p.read_text()).get("name") or Path(report).name)
-    except (OSError, ValueError):
+        summary = read_json(p, "report summary")  # size and depth bounded
+    except InputError:
         return Path(report).name
+    name = summary.get("name") if isinstance(summary, dict) else None
+    return str(name) if isinstance(name, (str, int, float)) and str(name) else Path(report).name
 
 
 def _write_compare_html(path: Path, result: dict, rows: list[dict]) -> None:

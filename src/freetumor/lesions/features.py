@@ -66,7 +66,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -80,6 +79,7 @@ from ..data import datalist_label_map, load_datalist
 from ..errors import ConfigError, FreeTumorError, InputError
 from ..io import Volume, case_name, load_volume
 from ..labels import get_label_map
+from ..structured import read_json
 from .measure import edge_sharpness
 from .shape import SHAPE_DEFINITIONS, SHAPE_FEATURES, shape_descriptors
 from ..organs import get_organ
@@ -376,14 +376,54 @@ def crops_from_datalist(datalist, organ: str, label_map=None, source: str = "rea
     return crops
 
 
-def _read_record(path: Path) -> dict | None:
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(path, f"not a readable JSON record ({type(exc).__name__})") from None
-    if not isinstance(rec, dict) or not isinstance(rec.get("lesions"), list) or "tumour_id" not in rec:
+def _numbers(value, n: int) -> bool:
+    return isinstance(value, list) and len(value) == n and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+
+
+def read_synthesis_record(path: str | os.PathLike) -> dict | None:
+    """A ``freetumor synthesize`` record (``<case>.json``), its fields checked; ``None`` for a JSON
+    file that is no record (no ``"lesions"`` list beside ``"outputs"`` or ``"tumour_id"``).
+
+    What is checked (each a one-line :class:`InputError` naming the file and the field):
+    ``tumour_id`` an integer label id in 1..65535; ``organ`` text; ``outputs`` an object of file
+    names; each lesion an object whose ``index`` is an integer, ``centre_voxel`` three finite numbers
+    and ``bbox_voxel`` three ``[start, stop]`` integer pairs, where given.
+    """
+    p = Path(path)
+    rec = read_json(p, "synthesis record")  # size and depth bounded before parsing
+    if not isinstance(rec, dict) or not isinstance(rec.get("lesions"), list) or not (
+            "tumour_id" in rec or "outputs" in rec):
         return None
+    if "tumour_id" in rec:
+        tid = rec["tumour_id"]
+        if isinstance(tid, bool) or not isinstance(tid, int) or not 1 <= tid <= 65535:
+            raise InputError(p, f'record field "tumour_id" must be an integer label id in 1..65535, got {tid!r}')
+    if "organ" in rec and not isinstance(rec["organ"], str):
+        raise InputError(p, f'record field "organ" must be an organ name, got {rec["organ"]!r}')
+    outputs = rec.get("outputs", {})
+    if not isinstance(outputs, dict) or not all(isinstance(v, str) and v for v in outputs.values()):
+        raise InputError(p, 'record field "outputs" must map kinds to file names, e.g. {"image": "c_image.nii.gz"}')
+    for i, les in enumerate(rec["lesions"]):
+        if not isinstance(les, dict):
+            raise InputError(p, f"record lesion {i} must be an object, got {les!r}"[:200])
+        if "index" in les and (isinstance(les["index"], bool) or not isinstance(les["index"], int)):
+            raise InputError(p, f'record lesion {i}: "index" must be an integer, got {les["index"]!r}'[:200])
+        if "centre_voxel" in les and not _numbers(les["centre_voxel"], 3):
+            raise InputError(p, f'record lesion {i}: "centre_voxel" must be 3 finite numbers, '
+                                f'got {les["centre_voxel"]!r}'[:200])
+        box = les.get("bbox_voxel")
+        if box is not None and not (isinstance(box, list) and len(box) == 3 and all(
+                isinstance(b, list) and len(b) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in b)
+                for b in box)):
+            raise InputError(p, f'record lesion {i}: "bbox_voxel" must be 3 [start, stop] integer pairs, '
+                                f'got {box!r}'[:200])
     return rec
+
+
+def _read_record(path: Path) -> dict | None:
+    rec = read_synthesis_record(path)
+    return rec if rec is not None and "tumour_id" in rec else None
 
 
 def _input_label(rec: dict, root: Path, shape) -> Volume | None:

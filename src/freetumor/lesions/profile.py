@@ -40,6 +40,7 @@ import numpy as np
 from ..errors import InputError
 from ..io import write_bytes_atomic
 from ..organs import ORGAN_NAMES, get_organ
+from ..structured import read_json
 
 PROFILE_FORMAT = "freetumor-lesion-profile"
 PROFILE_VERSION = 1
@@ -81,6 +82,26 @@ _BOUNDS = {"diameter_mm": (1.0, 300.0), "axis_ratio_mid": (0.1, 1.0), "axis_rati
            "solidity": (0.3, 1.0), "edge_norm": (0.005, 2.0), "occupancy_outer": (0.0, 1.0),
            "interior_sd": (0.0, 1000.0), "noise_sd": (0.0, 1000.0), "corr_length_mm": (0.3, 50.0),
            "attached_fraction": (0.0, 1.0), "surface_roughness": (0.0, 1.0)}
+# The valid range of each feature's value anywhere in a profile (a row, a distribution's centre and
+# bounds): (low, high, low is allowed, unit). Checked when a profile is loaded or built; the
+# documented table is docs/concepts/lesion-profiles.md. Wider than _BOUNDS (what a draw is kept in):
+# a measured row may lie outside those (an edge_norm of 285/mm where the contrast is near 0), but a
+# value outside these is no lesion (a negative or NaN diameter, a 1e6 mm one, a contrast of 1e12 HU).
+FEATURE_RANGES: dict[str, tuple[float, float, bool, str]] = {
+    "diameter_mm": (0.0, 500.0, False, "mm"),
+    "axis_ratio_mid": (0.0, 1.0, True, ""),
+    "axis_ratio_min": (0.0, 1.0, True, ""),
+    "solidity": (0.0, 1.0, False, ""),
+    "contrast_hu": (-5000.0, 5000.0, True, "HU"),
+    "edge_norm": (0.0, 1e6, True, "1/mm"),
+    "occupancy_outer": (0.0, 1.0, True, ""),
+    "interior_sd": (0.0, 5000.0, True, "HU"),
+    "noise_sd": (0.0, 5000.0, True, "HU"),
+    "corr_length_mm": (0.0, 100.0, False, "mm"),
+    "attached_fraction": (0.0, 1.0, True, ""),
+    "surface_roughness": (0.0, 1.0, True, ""),
+}
+MAX_LOG_SIGMA = 3.0  # a lognormal's sigma: e**3 = 20-fold per SD is already wider than any lesion feature
 DISTRIBUTIONS = ("normal", "lognormal", "uniform")
 # Lesions brighter than this above their host (HU) are calcified: of builtin:lung's 738 LIDC-IDRI rows,
 # 63 (8.5 %) are (calcified nodules, benign, labelled as nodules); see LesionProfile.without_calcified.
@@ -89,6 +110,57 @@ CALCIFIED_HU = 1200.0
 # enough to keep the joint distribution (Scott's multivariate factor, ~0.65 for 11 features and a
 # few hundred lesions, would widen every marginal by ~20 %).
 JITTER = 0.1
+
+
+def range_text(feature: str) -> str:
+    """The valid range of a feature, as the docs and the errors write it.
+
+    Example:
+        >>> range_text("diameter_mm"), range_text("contrast_hu")
+        ('0 < x <= 500 mm', '-5000 <= x <= 5000 HU')
+    """
+    lo, hi, lo_ok, unit = FEATURE_RANGES[feature]
+    return f"{lo:g} {'<=' if lo_ok else '<'} x <= {hi:.0f}{' ' + unit if unit else ''}"
+
+
+def _value_problem(feature: str, x) -> str | None:
+    """Why ``x`` cannot be a value of ``feature`` (not a number, not finite, out of range), else None."""
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.floating, np.integer)):
+        return f"must be a number, got {x!r}"[:120]
+    if not math.isfinite(float(x)):
+        return f"must be a finite number, got {float(x)!r}"
+    lo, hi, lo_ok, _ = FEATURE_RANGES[feature]
+    if not ((lo <= x if lo_ok else lo < x) and x <= hi):
+        return f"is {float(x):g}, outside its valid range {range_text(feature)}"
+    return None
+
+
+def check_rows(rows, where: str, columns: tuple[str, ...] = FEATURE_ORDER) -> np.ndarray:
+    """Profile rows as an N x len(columns) array (:data:`FEATURE_ORDER` and any optional features),
+    every value a finite number in its feature's valid range (:data:`FEATURE_RANGES`); else a
+    one-line :class:`InputError` on ``where`` naming the field and row."""
+    n = len(columns)
+    if not isinstance(rows, (list, tuple, np.ndarray)) or len(rows) == 0 or not all(
+            isinstance(r, (list, tuple, np.ndarray)) and len(r) == n for r in rows):
+        raise InputError(where, f"lesion profile rows must be a non-empty list of {n} numbers each "
+                                f"({', '.join(columns)})")
+    for i, r in enumerate(rows):
+        for f, x in zip(columns, r):
+            if isinstance(x, bool) or not isinstance(x, (int, float, np.floating, np.integer)):
+                raise InputError(where, f"{f} of row {i + 1} {_value_problem(f, x)}")
+    arr = np.asarray(rows, np.float64)
+    bad_rows = ~np.isfinite(arr)
+    if bad_rows.any():  # finiteness first: NaN compares false with any bound, and says nothing about why
+        i, j = (int(v) for v in np.argwhere(bad_rows)[0])
+        raise InputError(where, f"{columns[j]} of row {i + 1} {_value_problem(columns[j], arr[i, j])}")
+    for j, f in enumerate(columns):
+        lo, hi, lo_ok, _ = FEATURE_RANGES[f]
+        col = arr[:, j]
+        bad = ((col < lo) if lo_ok else (col <= lo)) | (col > hi)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InputError(where, f"{f} of row {i + 1} {_value_problem(f, col[i])}")
+    return arr
 
 
 def summarise(values) -> dict:
@@ -135,16 +207,16 @@ class LesionProfile:
 
     # -------------------------------------------------------------- building
     @classmethod
-    def from_rows(cls, organ: str, rows, source: dict, name: str = "", optional=()) -> "LesionProfile":
-        """A fitted profile of ``rows`` (each :data:`FEATURE_ORDER`, then the ``optional`` features,
-        a subset of :data:`OPTIONAL_ORDER` in that order)."""
+    def from_rows(cls, organ: str, rows, source: dict, name: str = "", optional=(),
+                  where: str | None = None) -> "LesionProfile":
+        """A fitted profile of measured ``rows`` (each :data:`FEATURE_ORDER`, then the ``optional``
+        features, a subset of :data:`OPTIONAL_ORDER` in that order), each value checked
+        (:func:`check_rows`; errors on ``where``)."""
         optional = tuple(optional)
         if optional != tuple(f for f in OPTIONAL_ORDER if f in optional):
             raise ValueError(f"optional profile features must be some of {OPTIONAL_ORDER} in that order, got {optional}")
         columns = FEATURE_ORDER + optional
-        arr = np.asarray(rows, np.float64)
-        if arr.ndim != 2 or arr.shape[1] != len(columns) or arr.shape[0] == 0:
-            raise ValueError(f"profile rows must be N x {len(columns)}, got {arr.shape}")
+        arr = check_rows(rows, where or name or "lesion profile", columns)
         summary = {f: summarise(arr[:, j]) for j, f in enumerate(columns)}
         clean = tuple(tuple(round(float(x), 5) for x in r) for r in arr)
         return cls(get_organ(organ).name, "fitted", clean, {}, summary, dict(source), name, optional)
@@ -177,6 +249,7 @@ class LesionProfile:
         spec["max"] = min(float(spec.get("max", math.inf)), limit)
         return LesionProfile(self.organ, self.kind, self.rows, {**self.distributions, "contrast_hu": spec},
                              self.summary, {**self.source, "max_contrast_hu": limit}, self.name, self.optional)
+
     @classmethod
     def combined(cls, organ: str, rows, distributions: dict, source: dict, name: str = "",
                  summary_draws: int = 20000, optional=()) -> "LesionProfile":
@@ -248,16 +321,8 @@ class LesionProfile:
         optional = tuple(f for f in OPTIONAL_ORDER if f in named) if kind in ("fitted", "combined") else ()
         _notify_missing(where, optional)
         if kind in ("fitted", "combined"):
-            rows = doc.get("rows")
-            columns = FEATURE_ORDER + optional
-            ok = isinstance(rows, list) and rows and all(
-                isinstance(r, list) and len(r) == len(columns)
-                and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in r)
-                for r in rows)
-            if not ok:
-                raise InputError(where, f"lesion profile rows must be a non-empty list of {len(columns)} "
-                                        f"finite numbers each ({', '.join(columns)})")
-            fitted = cls.from_rows(organ, rows, doc.get("source") or {}, str(doc.get("name") or ""), optional)
+            fitted = cls.from_rows(organ, doc.get("rows"), doc.get("source") or {}, str(doc.get("name") or ""),
+                                   optional, where=where)
             if kind == "fitted":
                 return fitted
             dists = _checked_distributions(doc.get("distributions"), where, partial=True)
@@ -305,10 +370,37 @@ def _checked_distributions(dists, where: str, partial: bool) -> dict:
     need = {"normal": ("mean", "sd"), "lognormal": ("median", "sigma"), "uniform": ("low", "high")}
     for f, spec in dists.items():
         if not isinstance(spec, dict) or spec.get("dist") not in need or not all(
-                isinstance(spec.get(k), (int, float)) for k in need[spec.get("dist")]):
+                k in spec for k in need[spec.get("dist")]):
             raise InputError(where, f"lesion profile distribution of {f!r} must be one of "
-                                    f"{', '.join(DISTRIBUTIONS)} with its parameters, got {spec!r}")
+                                    f"{', '.join(DISTRIBUTIONS)} with its parameters, got {spec!r}"[:300])
+        _check_distribution(f, spec, where)
     return dists
+
+
+def _check_distribution(f: str, spec: dict, where: str) -> None:
+    """Every parameter of one feature's distribution in its valid range (docs/concepts/lesion-profiles.md)."""
+    def fail(key: str, problem: str):
+        raise InputError(where, f"distributions.{f}.{key} {problem}")
+
+    lo, hi, _, _ = FEATURE_RANGES[f]
+    values = {k: spec[k] for k in ("mean", "median", "low", "high", "min", "max") if k in spec}
+    for key, x in values.items():  # values of the feature itself: its valid range
+        problem = _value_problem(f, x)
+        if problem:
+            fail(key, problem)
+    for key, top in (("sd", hi - lo), ("sigma", MAX_LOG_SIGMA)):  # spreads: >= 0 and at most the range
+        if key in spec:
+            x = spec[key]
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+                fail(key, f"must be a finite number, got {x!r}"[:120])
+            if not 0 <= x <= top:
+                fail(key, f"is {x:g}, outside its valid range 0 <= x <= {top:g}")
+    if spec["dist"] == "lognormal" and not spec["median"] > 0:
+        fail("median", f"is {spec['median']:g}; a lognormal's median must be above 0")
+    if spec["dist"] == "uniform" and spec["low"] > spec["high"]:
+        fail("low", f"{spec['low']:g} is above high {spec['high']:g}")
+    if "min" in spec and "max" in spec and spec["min"] > spec["max"]:
+        fail("min", f"{spec['min']:g} is above max {spec['max']:g}")
 
 
 def builtin_names() -> list[str]:
@@ -320,7 +412,7 @@ def builtin_profile(name: str) -> LesionProfile:
     path = BUILTIN_DIR / f"{name}.json"
     if not path.is_file():
         raise InputError(f"builtin:{name}", f"no such built-in profile (built-in: {', '.join(builtin_names()) or 'none'})")
-    return LesionProfile.from_json(json.loads(path.read_text(encoding="utf-8")), f"builtin:{name}")
+    return LesionProfile.from_json(read_json(path, "lesion profile"), f"builtin:{name}")
 
 
 def load_profile(spec: str | os.PathLike | LesionProfile, organ: str | None = None) -> LesionProfile:
@@ -335,12 +427,7 @@ def load_profile(spec: str | os.PathLike | LesionProfile, organ: str | None = No
         p = Path(spec)
         if not p.is_file():
             raise InputError(where, "lesion profile not found" if not p.exists() else "not a file")
-        try:
-            doc = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(where, f"not a readable JSON lesion profile ({type(exc).__name__})") from None
-        except RecursionError:
-            raise InputError(where, "JSON nested too deeply to be a lesion profile") from None
+        doc = read_json(p, "lesion profile")  # size and depth bounded before parsing
         profile = LesionProfile.from_json(doc, where)
     if organ is not None and profile.organ != get_organ(organ).name:
         raise InputError(where, f"lesion profile is for {profile.organ}, not {get_organ(organ).name}")

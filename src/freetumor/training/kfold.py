@@ -37,6 +37,7 @@ from ..evaluation.stats import kfold_summary
 from ..evaluation.tables import CASE_METRICS
 from ..inference import Predictor
 from ..io import case_name, load_volume, save_volume, staged_output, write_bytes_atomic
+from ..synthesis import SynthesisOptions
 from .data import SPLIT_SEED, kfold_split
 from .run import check_run_folder
 from .stage0 import check_synthesis, checked_pool, train_segmentation
@@ -186,9 +187,7 @@ def train_kfold(
     progress: bool = True,
     unlabelled: str | os.PathLike | None = None,
     synthesis: str = "none",
-    generator=None,
-    qc_segmentor=None,
-    profile=None,
+    options: SynthesisOptions | None = None,
     device: str | None = None,
     tolerance_mm: float = 2.0,
     skip_bad_cases: bool = False,
@@ -205,8 +204,8 @@ def train_kfold(
         raise ConfigError("--folds trains the folds one after another in one process and does not run under "
                           "torchrun; there, train each fold with --fold K")
     out = Path(out)
-    check_synthesis(synthesis, generator, qc_segmentor, profile)
-    for path in (generator, qc_segmentor):
+    check_synthesis(synthesis, options, cfg)
+    for path in (options.generator, options.qc_segmentor) if options is not None else ():
         if isinstance(path, (str, os.PathLike)) and not Path(path).is_file():
             raise InputError(path, "no such checkpoint file")
     if out.exists() and not out.is_dir():
@@ -221,9 +220,8 @@ def train_kfold(
         log(f"fold {k}/{folds}: {len({e['image'] for e in p['train']})} training, {n_val} validation cases -> "
             f"{p['run']}")
         train_segmentation(p["cfg"], datalist, p["run"], resume=p["state"] == "resume", log=log, progress=progress,
-                           unlabelled=unlabelled, synthesis=synthesis, generator=generator,
-                           qc_segmentor=qc_segmentor, profile=profile, skip_bad_cases=skip_bad_cases,
-                           checked=p["pool"])
+                           unlabelled=unlabelled, synthesis=synthesis, options=options,
+                           skip_bad_cases=skip_bad_cases, checked=p["pool"])
 
     label_map = cfg.label_map or datalist_label_map(datalist)
     per_fold = []

@@ -23,6 +23,7 @@ step), ``val.jsonl``, ``last.pt``, ``best.pt``, ``final.json``, ``tb/``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -39,7 +40,10 @@ from ..data import datalist_entries
 from ..errors import ConfigError, InputError
 from ..evaluation.metrics import dice
 from ..labels import get_label_map
+from ..lesions.profile import load_profile
 from ..models import build_model, class_argmax
+from ..organs import get_organ
+from ..synthesis import SynthesisOptions
 from ..transforms import SYNTHESIS_MODES, RandTumorSynthesisd, lesion_banks, train_transforms, val_transforms
 from ..placement import HOST, LABELLED, ROLE
 from .data import (SPLIT_SEED, SharedStepDataset, StepDataset, batch_tensors, kfold_split, labelled_share,
@@ -182,30 +186,75 @@ def cutmix_generator(seed: int, step: int, rank: int) -> torch.Generator:
 
 
 # ----------------------------------------------------------------------------- run pieces
-def check_synthesis(synthesis: str, generator, qc_segmentor, profile=None) -> None:
-    """Refuse an unknown ``synthesis`` mode or options that do not go with it."""
+# What Stage 2 reads of a SynthesisOptions; its other synthesis settings are the config's (synth.online_prob,
+# synth.online_max_tries, qc.*, the organ's size classes), so a SynthesisOptions that sets any other field is refused.
+STAGE2_OPTION_FIELDS = ("organ", "label_map", "generator", "qc_segmentor", "qc_device", "profile", "exclude_calcified")
+
+
+def check_synthesis(synthesis: str, options: SynthesisOptions | None = None, cfg: Config | None = None) -> None:
+    """Refuse an unknown ``synthesis`` mode, or ``options`` that do not go with it (or with ``cfg``).
+
+    ``options`` is the :class:`~freetumor.synthesis.SynthesisOptions` of ``synthesize``; Stage 2 reads the
+    fields of :data:`STAGE2_OPTION_FIELDS` and refuses any other field set to a value other than its default.
+
+    Example:
+        >>> check_synthesis("profile", SynthesisOptions("lung", profile="builtin:lung", exclude_calcified=True))
+        >>> check_synthesis("procedural", SynthesisOptions("liver", size="small"))
+        Traceback (most recent call last):
+        ...
+        freetumor.errors.ConfigError: Stage 2 (train-seg --synthesis) does not read SynthesisOptions.size: its tumours follow the config (synth.*, qc.*) and the organ's size classes
+    """
     if synthesis not in SYNTHESIS_MODES:
         raise ConfigError(f"unknown synthesis {synthesis!r}; choose one of {', '.join(SYNTHESIS_MODES)}")
+    if options is None:
+        options = SynthesisOptions(cfg.organ if cfg is not None else "liver")  # nothing set: nothing to refuse
+    generator, qc_segmentor, profile = options.generator, options.qc_segmentor, options.profile
+    default = SynthesisOptions(options.organ)
+    for f in dataclasses.fields(options):
+        if f.name not in STAGE2_OPTION_FIELDS and getattr(options, f.name) != getattr(default, f.name):
+            raise ConfigError(f"Stage 2 (train-seg --synthesis) does not read SynthesisOptions.{f.name}: its tumours "
+                              "follow the config (synth.*, qc.*) and the organ's size classes")
+    if cfg is not None:
+        if get_organ(options.organ).name != cfg.organ:
+            raise ConfigError(f"the synthesis options are for {options.organ!r}, the training config for {cfg.organ!r}")
+        if options.label_map is not None and str(options.label_map) != str(cfg.label_map):
+            raise ConfigError(f"the synthesis options' label map {str(options.label_map)!r} is not the training "
+                              f"config's {cfg.label_map!r}; Stage 2 reads labels with the config's")
     if synthesis == "generator" and generator is None:
         raise ConfigError("--synthesis generator needs --generator RUNDIR/generator.pt")
     if synthesis == "profile" and profile is None:
         raise ConfigError("--synthesis profile needs --profile PROFILE.json (or builtin:lung)")
     if profile is not None and synthesis != "profile":
         raise ConfigError("--profile needs --synthesis profile")
+    if options.exclude_calcified and profile is None:
+        raise ConfigError("--exclude-calcified leaves out a lesion profile's calcified lesions: "
+                          "give the profile too (--synthesis profile --profile)")
     if synthesis == "none" and (generator is not None or qc_segmentor is not None):
         raise ConfigError("--generator and --qc-segmentor need --synthesis procedural or generator")
     if synthesis == "copy_paste" and generator is not None:
         raise ConfigError("--generator needs --synthesis generator")
 
 
-def synthesis_transform(cfg: Config, synthesis: str, generator, qc_segmentor,
-                        profile=None, labelled: list[dict] | None = None) -> RandTumorSynthesisd | None:
+def stage2_config(cfg: Config, options: SynthesisOptions | None) -> Config:
+    """``cfg`` with the options' QC device (``qc.device``) when they set one that the config does not have."""
+    if options is not None and options.qc_device is not None and options.qc_device != cfg.qc.device:
+        return cfg.replace(**{"qc.device": options.qc_device})
+    return cfg
+
+
+def synthesis_transform(cfg: Config, synthesis: str, options: SynthesisOptions | None = None,
+                        labelled: list[dict] | None = None) -> RandTumorSynthesisd | None:
     """The Stage-2 online synthesis transform; ``None`` for Stage 0 (``synthesis="none"``).
-    ``copy_paste`` pastes the real lesions of the ``labelled`` training entries."""
+    ``options``: the generator, QC segmentor and lesion profile (its calcified lesions left out with
+    ``exclude_calcified``); ``copy_paste`` pastes the real lesions of the ``labelled`` training entries."""
     if synthesis == "none":
         return None
+    options = options or SynthesisOptions(cfg.organ)
+    profile = options.profile
+    if profile is not None and options.exclude_calcified:
+        profile = load_profile(profile, cfg.organ).without_calcified()
     banks = lesion_banks(cfg, labelled or []) if synthesis == "copy_paste" else None
-    return RandTumorSynthesisd(cfg, synthesis, generator=generator, qc_segmentor=qc_segmentor,
+    return RandTumorSynthesisd(cfg, synthesis, generator=options.generator, qc_segmentor=options.qc_segmentor,
                                prob=cfg.synth.online_prob, max_tries=cfg.synth.online_max_tries, profile=profile,
                                banks=banks)
 
@@ -314,21 +363,23 @@ def train_segmentation(
     progress: bool = True,
     unlabelled: str | os.PathLike | None = None,
     synthesis: str = "none",
-    generator: str | os.PathLike | None = None,
-    qc_segmentor: str | os.PathLike | None = None,
-    profile: str | os.PathLike | None = None,
+    options: SynthesisOptions | None = None,
     skip_bad_cases: bool = False,
     checked: tuple[list[dict], list[dict]] | None = None,
 ) -> dict:
     """Train a segmentor; returns the final summary (also written to ``final.json``).
 
     Stage 0 is ``synthesis="none"`` on labelled data. Stage 2 adds ``unlabelled`` cases (CT with
-    organ masks only) and synthesises tumours online on eligible patches: ``procedural`` or
-    ``generator`` (a Stage-1 ``generator``), with quality control by ``qc_segmentor`` when given.
-    ``checked``: the (labelled, unlabelled) entries of ``datalist`` and ``unlabelled`` as
-    :func:`checked_pool` returned them, not checked again (``--folds``).
+    organ masks only) and synthesises tumours online on eligible patches: ``procedural``,
+    ``generator``, ``profile`` or ``copy_paste``. ``options`` is the
+    :class:`~freetumor.synthesis.SynthesisOptions` of ``synthesize``: the Stage-1 ``generator``, the
+    ``qc_segmentor`` for quality control (on ``qc_device``), the lesion ``profile`` (without its
+    calcified lesions with ``exclude_calcified``); the other settings are the config's
+    (:func:`check_synthesis`). ``checked``: the (labelled, unlabelled) entries of ``datalist`` and
+    ``unlabelled`` as :func:`checked_pool` returned them, not checked again (``--folds``).
     """
-    check_synthesis(synthesis, generator, qc_segmentor, profile)
+    check_synthesis(synthesis, options, cfg)
+    cfg = stage2_config(cfg, options)
     tr = cfg.train
     train_entries, val_entries = training_pool(cfg, datalist, unlabelled, skip_bad_cases, log, checked)
     run = Run(out, cfg, resume=resume, log=log)
@@ -339,7 +390,7 @@ def train_segmentation(
     extra = run.restore(model, "segmentor", optimizer=optimizer, scheduler=scheduler, scaler=scaler)
     best = float(extra.get("best", -1.0))
     train_model = run.parallel(model)
-    synth_tf = synthesis_transform(cfg, synthesis, generator, qc_segmentor, profile,
+    synth_tf = synthesis_transform(cfg, synthesis, options,
                                    labelled=[e for e in train_entries if e.get(ROLE) != HOST])
     # Only now, with the checkpoint to resume and every network and profile accepted, is the run
     # folder made or touched (a refusal above leaves it as it was).

@@ -29,6 +29,7 @@ from ..io import check_output_folder, load_volume, staged_output, write_bytes_at
 from ..data import check_cases, datalist_label_map, load_datalist
 from ..evaluation.lesions import connected_lesions
 from ..labels import get_label_map
+from ..lesions.features import read_synthesis_record
 
 SLICES, ROWS, COLS = 24, 128, 128
 PIXEL_MM, SLICE_MM = 0.75, 2.0
@@ -95,11 +96,17 @@ def _synthetic_lesions(folder) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for rec_path in sorted(d.glob("*.json")):
         try:
-            rec = json.loads(rec_path.read_text())
-        except ValueError:
+            rec = read_synthesis_record(rec_path)  # bounded, and every field used here checked
+        except InputError as exc:
+            if exc.problem.startswith("not a readable"):
+                continue  # another kind of file
+            raise
+        if rec is None or "outputs" not in rec:
             continue
-        if not isinstance(rec, dict) or "lesions" not in rec or "outputs" not in rec:
-            continue
+        for key in ("image", "organ"):
+            if not isinstance(rec["outputs"].get(key) if key == "image" else rec.get(key), str):
+                raise InputError(rec_path, f'synthesis record has no "{key}"'
+                                           + (' in "outputs"' if key == "image" else ""))
         image = d / rec["outputs"]["image"]
         if not image.is_file():
             raise InputError(image, "listed in a synthesis record but missing")
@@ -108,7 +115,9 @@ def _synthetic_lesions(folder) -> dict[str, list[dict]]:
             if not label.is_file():
                 raise InputError(label, "listed in a synthesis record but missing")
             check_synthetic_grid(image, label)
-        for les in rec["lesions"]:
+        for i, les in enumerate(rec["lesions"]):
+            if "centre_voxel" not in les:
+                raise InputError(rec_path, f'record lesion {i} has no "centre_voxel"')
             out.setdefault(rec["organ"], []).append({"image": str(image), "organ": rec["organ"],
                                                       "centre_voxel": [float(v) for v in les["centre_voxel"]],
                                                       "record": rec_path.name, "lesion": les.get("index")})

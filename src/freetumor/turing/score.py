@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..structured import read_json
 from ..io import staged_output, write_bytes_atomic
 from . import db
 from ..evaluation.stats import wilson_ci
@@ -52,10 +53,10 @@ def load_key(study: str | os.PathLike) -> dict:
     p = Path(study) / "key.json"
     if not p.is_file():
         raise InputError(study, "is not a study folder (no key.json)")
-    try:
-        return json.loads(p.read_text())["cases"]
-    except (ValueError, KeyError):
-        raise InputError(p, "unreadable answer key") from None
+    key = read_json(p, "answer key")  # size and depth bounded before parsing
+    if not isinstance(key, dict) or not isinstance(key.get("cases"), dict):
+        raise InputError(p, 'unreadable answer key (no "cases" object)')
+    return key["cases"]
 
 
 def score_study(study: str | os.PathLike, out: str | os.PathLike) -> dict:

@@ -56,6 +56,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import ConfigError, InputError
+from ..structured import read_json
 from . import db
 
 STUDY_FORMAT = "freetumor-turing-study"
@@ -160,12 +161,12 @@ def load_study(study: str | Path) -> dict:
     if not root.is_dir():
         raise InputError(root, "is not a study folder (expected study.json and cases/)")
     path = root / "study.json"
+    if not path.exists():
+        raise InputError(path, "not found; is this a study folder made by `freetumor turing build`?")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(path, "not found; is this a study folder made by `freetumor turing build`?") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(path, f"unreadable: {exc}") from None
+        meta = read_json(path, "study file")  # size and depth bounded before parsing
+    except InputError as exc:
+        raise InputError(path, f"unreadable: {exc.problem}") from None
     if not isinstance(meta, dict) or meta.get("format") != STUDY_FORMAT:
         raise InputError(path, f'not a study file ("format" must be "{STUDY_FORMAT}")')
     if meta.get("version") != STUDY_VERSION:
@@ -326,10 +327,26 @@ def create_app(study: str | Path) -> FastAPI:
     return app
 
 
+def check_port(port: int, option: str = "--port") -> int:
+    """A TCP port, 1..65535, else a one-line :class:`ConfigError` naming ``option``.
+
+    Example:
+        >>> try:
+        ...     check_port(70000)
+        ... except ConfigError as exc:
+        ...     print(exc)
+        --port 70000 is not a TCP port; use 1..65535 (8000 by default)
+    """
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"{option} {port!r} is not a TCP port; use 1..65535 (8000 by default)")
+    return port
+
+
 def serve(study: str | Path, host: str = "127.0.0.1", port: int = 8000, log: Callable[[str], None] = print) -> None:
-    """Check the study folder, then run the web app with uvicorn until interrupted."""
+    """Check the port and the study folder, then run the web app with uvicorn until interrupted."""
     import uvicorn  # deferred: the web server is needed only by turing serve
 
+    check_port(port)
     app = create_app(study)
     n_readers = len(db.readers(study))
     log(f"Visual Turing Test: {study} ({app.state.n_cases} cases, {n_readers} readers)")

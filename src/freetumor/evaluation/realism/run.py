@@ -33,6 +33,7 @@ from ...lesions.features import (
     LesionCrop,
     crops_from_datalist,
     crops_from_synthetic_dir,
+    read_synthesis_record,
     lesion_features,
 )
 from .classifier import BOOTSTRAP, cross_validate, feature_distance
@@ -205,6 +206,9 @@ def run_realism(real_datalist, synthetic, out_dir, organ: str, label_map=None, f
                          if syn_kind == "datalist" else (None, None))
     control_cases, control_lm = (_datalist_cases(control_path, org, label_map, "--control", skip_bad_cases, log)
                                  if control_path is not None else (None, None))
+    if syn_kind == "folder":  # and every synthesis record (bounded, its fields checked)
+        for rec in sorted(Path(syn_path).glob("*.json")):
+            read_synthesis_record(rec)
     say("cropping the real lesions")
     real_crops = _datalist_crops(dl_path, real_cases, lm, org, "real", crop_kw, case_log)
     say("cropping the synthetic lesions")
