@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, portable  # noqa: E402
 
 from freetumor.lesions.fit import fit_datalist  # noqa: E402
-from freetumor.lesions.profile import FEATURE_ORDER, BUILTIN_DIR, LesionProfile  # noqa: E402
+from freetumor.lesions.profile import FEATURE_ORDER, OPTIONAL_ORDER, BUILTIN_DIR, LesionProfile  # noqa: E402
 
 SCAN = "ircadb01_liver01"
 LITERATURE = BUILTIN_DIR / "liver-literature.json"
@@ -63,7 +63,7 @@ def build(datasets: Path) -> LesionProfile:
     kept = [r for r in rows if r[FEATURE_ORDER.index("contrast_hu")] < 0]
     lit = json.loads(LITERATURE.read_text(encoding="utf-8"))
     dists = {f: lit["distributions"][f] for f in FROM_LITERATURE}
-    fitted = [f for f in FEATURE_ORDER if f not in FROM_LITERATURE]
+    fitted = [f for f in FEATURE_ORDER + OPTIONAL_ORDER if f not in FROM_LITERATURE]
     provenance = {f: {"from": "fit", "how": f"measured on the {len(kept)} hypo-attenuating real tumours "
                                             "(one row per tumour, drawn jointly with a 0.1 SD jitter)"}
                   for f in fitted}
@@ -101,7 +101,7 @@ def build(datasets: Path) -> LesionProfile:
                     "size from the literature profile (an assumption, see provenance)"],
         "refit": "python benchmarks/fit_liver_profile.py (needs ../shared/datasets/ircadb01_liver01)",
     }
-    return LesionProfile.combined("liver", kept, dists, source, "liver-ircad-combined")
+    return LesionProfile.combined("liver", kept, dists, source, "liver-ircad-combined", optional=OPTIONAL_ORDER)
 
 
 def _tumour_names(datasets: Path, rows) -> list[str]:
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     prof = build(a.datasets)
     prof.save(a.out)
     print(f"{len(prof.rows)} rows; wrote {portable(str(a.out))}")
-    for f in FEATURE_ORDER:
+    for f in FEATURE_ORDER + OPTIONAL_ORDER:
         s = prof.summary[f]
         print(f"  {f:18s} {prof.source['provenance'][f]['from']:10s} median {s['median']:9.3f}  5-95% {s['p5']:.3f} .. {s['p95']:.3f}")
     return 0

@@ -30,7 +30,7 @@ from ..labels import get_label_map
 from ..organs import get_organ
 from .features import LesionCrop, crops_from_datalist
 from .measure import FIT_MARGIN_MM, MIN_VOXELS, measure_crop
-from .profile import FEATURE_ORDER, LesionProfile
+from .profile import FEATURE_ORDER, OPTIONAL_ORDER, LesionProfile
 
 
 def fit_profile(crops: list[LesionCrop], organ: str, source: dict | None = None, name: str = "") -> LesionProfile:
@@ -38,8 +38,8 @@ def fit_profile(crops: list[LesionCrop], organ: str, source: dict | None = None,
     rows = []
     for crop in crops:
         m = measure_crop(crop)
-        rows.append([m[f] for f in FEATURE_ORDER])
-    return LesionProfile.from_rows(organ, rows, source or {}, name)
+        rows.append([m[f] for f in FEATURE_ORDER + OPTIONAL_ORDER])
+    return LesionProfile.from_rows(organ, rows, source or {}, name, OPTIONAL_ORDER)
 
 
 def fit_datalist(datalist: str | os.PathLike, organ: str, out: str | os.PathLike, label_map=None,

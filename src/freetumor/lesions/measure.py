@@ -34,7 +34,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from .shape import principal_ratios, relative_solidity, solidity, sphere_mask
+from .shape import principal_ratios, relative_solidity, shape_descriptors, solidity, sphere_mask
 
 __all__ = ["ATTACH_MM", "CORE_MM", "FIT_MARGIN_MM", "MIN_VOXELS", "SHELL_MM", "edge_sharpness", "lesion_core",
            "measure_crop", "relative_solidity", "solidity", "sphere_mask"]
@@ -132,7 +132,10 @@ def measure_crop(crop) -> dict[str, float]:
     * the label's generosity: the mean partial-volume occupancy of the label's outer voxel layer;
     * texture: core SD, fine-scale residual SD, and the autocorrelation length of core HU;
     * attachment: the share of the 3 mm shell (:data:`ATTACH_MM`) that is solid tissue (a pleural
-      or vessel contact).
+      or vessel contact);
+    * the optional ``surface_roughness`` (:data:`freetumor.lesions.profile.OPTIONAL_FEATURES`): RMS radial
+      deviation of the surface from the moment ellipsoid over the equivalent radius
+      (:func:`freetumor.lesions.shape.shape_descriptors`).
 
     Raises:
         InputError: (named by ``crop.case``) the lesion and other lesions fill the crop: fewer than
@@ -173,4 +176,5 @@ def measure_crop(crop) -> dict[str, float]:
         "noise_sd": float((img - smooth)[core].std()),
         "corr_length_mm": _corr_length(img, core if core.sum() >= 27 else mask, sp),
         "attached_fraction": float(solid[attach_shell].mean()) if attach_shell.any() else 0.0,
+        "surface_roughness": float(shape_descriptors(mask, sp)["surface_roughness"]),
     }

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,11 +65,23 @@ PROFILE_FEATURES: dict[str, str] = {
                          "(more than half-way from host to core HU): contact with a wall or vessel",
 }
 FEATURE_ORDER: tuple[str, ...] = tuple(PROFILE_FEATURES)
+# Optional per-lesion features: a profile may hold them as extra columns after FEATURE_ORDER (in this
+# order); a profile without one (fitted before it existed, or a literature profile) still loads, with a
+# one-time notice on stderr, and its draws lack the feature: the renderer then uses its default, which
+# is derived from the mandatory features (surface_roughness: the surface noise that gives the drawn
+# solidity, freetumor.lesions.render.amplitude_for).
+OPTIONAL_FEATURES: dict[str, str] = {
+    "surface_roughness": "area-weighted RMS radial distance between the lesion's surface and its moment "
+                         "ellipsoid, over the equivalent radius (0 = an ellipsoid; "
+                         ":func:`freetumor.lesions.shape.shape_descriptors`)",
+}
+OPTIONAL_ORDER: tuple[str, ...] = tuple(OPTIONAL_FEATURES)
+_NOTIFIED: set[str] = set()
 # Physical bounds a drawn value is kept in (besides the observed range).
 _BOUNDS = {"diameter_mm": (1.0, 300.0), "axis_ratio_mid": (0.1, 1.0), "axis_ratio_min": (0.05, 1.0),
            "solidity": (0.3, 1.0), "edge_norm": (0.005, 2.0), "occupancy_outer": (0.0, 1.0),
            "interior_sd": (0.0, 1000.0), "noise_sd": (0.0, 1000.0), "corr_length_mm": (0.3, 50.0),
-           "attached_fraction": (0.0, 1.0)}
+           "attached_fraction": (0.0, 1.0), "surface_roughness": (0.0, 1.0)}
 # The valid range of each feature's value anywhere in a profile (a row, a distribution's centre and
 # bounds): (low, high, low is allowed, unit). Checked when a profile is loaded or built; the
 # documented table is docs/concepts/lesion-profiles.md. Wider than _BOUNDS (what a draw is kept in):
@@ -86,6 +99,7 @@ FEATURE_RANGES: dict[str, tuple[float, float, bool, str]] = {
     "noise_sd": (0.0, 5000.0, True, "HU"),
     "corr_length_mm": (0.0, 100.0, False, "mm"),
     "attached_fraction": (0.0, 1.0, True, ""),
+    "surface_roughness": (0.0, 1.0, True, ""),
 }
 MAX_LOG_SIGMA = 3.0  # a lognormal's sigma: e**3 = 20-fold per SD is already wider than any lesion feature
 DISTRIBUTIONS = ("normal", "lognormal", "uniform")
@@ -121,24 +135,25 @@ def _value_problem(feature: str, x) -> str | None:
     return None
 
 
-def check_rows(rows, where: str) -> np.ndarray:
-    """Profile rows as an N x 11 array, every value a finite number in its feature's valid range
-    (:data:`FEATURE_RANGES`); else a one-line :class:`InputError` on ``where`` naming the field and row."""
-    n = len(FEATURE_ORDER)
+def check_rows(rows, where: str, columns: tuple[str, ...] = FEATURE_ORDER) -> np.ndarray:
+    """Profile rows as an N x len(columns) array (:data:`FEATURE_ORDER` and any optional features),
+    every value a finite number in its feature's valid range (:data:`FEATURE_RANGES`); else a
+    one-line :class:`InputError` on ``where`` naming the field and row."""
+    n = len(columns)
     if not isinstance(rows, (list, tuple, np.ndarray)) or len(rows) == 0 or not all(
             isinstance(r, (list, tuple, np.ndarray)) and len(r) == n for r in rows):
         raise InputError(where, f"lesion profile rows must be a non-empty list of {n} numbers each "
-                                f"({', '.join(FEATURE_ORDER)})")
+                                f"({', '.join(columns)})")
     for i, r in enumerate(rows):
-        for f, x in zip(FEATURE_ORDER, r):
+        for f, x in zip(columns, r):
             if isinstance(x, bool) or not isinstance(x, (int, float, np.floating, np.integer)):
                 raise InputError(where, f"{f} of row {i + 1} {_value_problem(f, x)}")
     arr = np.asarray(rows, np.float64)
     bad_rows = ~np.isfinite(arr)
     if bad_rows.any():  # finiteness first: NaN compares false with any bound, and says nothing about why
         i, j = (int(v) for v in np.argwhere(bad_rows)[0])
-        raise InputError(where, f"{FEATURE_ORDER[j]} of row {i + 1} {_value_problem(FEATURE_ORDER[j], arr[i, j])}")
-    for j, f in enumerate(FEATURE_ORDER):
+        raise InputError(where, f"{columns[j]} of row {i + 1} {_value_problem(columns[j], arr[i, j])}")
+    for j, f in enumerate(columns):
         lo, hi, lo_ok, _ = FEATURE_RANGES[f]
         col = arr[:, j]
         bad = ((col < lo) if lo_ok else (col <= lo)) | (col > hi)
@@ -183,15 +198,28 @@ class LesionProfile:
     summary: dict = field(default_factory=dict)
     source: dict = field(default_factory=dict)
     name: str = ""
+    optional: tuple[str, ...] = ()  # the optional features (OPTIONAL_ORDER) whose columns follow FEATURE_ORDER
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The features of a row: :data:`FEATURE_ORDER`, then the optional ones this profile measured."""
+        return FEATURE_ORDER + tuple(self.optional)
 
     # -------------------------------------------------------------- building
     @classmethod
-    def from_rows(cls, organ: str, rows, source: dict, name: str = "", where: str | None = None) -> "LesionProfile":
-        """A fitted profile of measured rows, each value checked (:func:`check_rows`; errors on ``where``)."""
-        arr = check_rows(rows, where or name or "lesion profile")
-        summary = {f: summarise(arr[:, j]) for j, f in enumerate(FEATURE_ORDER)}
+    def from_rows(cls, organ: str, rows, source: dict, name: str = "", optional=(),
+                  where: str | None = None) -> "LesionProfile":
+        """A fitted profile of measured ``rows`` (each :data:`FEATURE_ORDER`, then the ``optional``
+        features, a subset of :data:`OPTIONAL_ORDER` in that order), each value checked
+        (:func:`check_rows`; errors on ``where``)."""
+        optional = tuple(optional)
+        if optional != tuple(f for f in OPTIONAL_ORDER if f in optional):
+            raise ValueError(f"optional profile features must be some of {OPTIONAL_ORDER} in that order, got {optional}")
+        columns = FEATURE_ORDER + optional
+        arr = check_rows(rows, where or name or "lesion profile", columns)
+        summary = {f: summarise(arr[:, j]) for j, f in enumerate(columns)}
         clean = tuple(tuple(round(float(x), 5) for x in r) for r in arr)
-        return cls(get_organ(organ).name, "fitted", clean, {}, summary, dict(source), name)
+        return cls(get_organ(organ).name, "fitted", clean, {}, summary, dict(source), name, optional)
 
     def without_calcified(self, max_contrast_hu: float = CALCIFIED_HU) -> "LesionProfile":
         """This profile without its calcified rows (``contrast_hu`` above ``max_contrast_hu``): a
@@ -215,18 +243,19 @@ class LesionProfile:
                                                          f"(contrast above {limit:g} HU)")
             source = {**self.source, "max_contrast_hu": limit, "calcified_rows_left_out": len(self.rows) - len(keep)}
             if self.kind == "combined":
-                return LesionProfile.combined(self.organ, keep, self.distributions, source, self.name)
-            return LesionProfile.from_rows(self.organ, keep, source, self.name)
+                return LesionProfile.combined(self.organ, keep, self.distributions, source, self.name, optional=self.optional)
+            return LesionProfile.from_rows(self.organ, keep, source, self.name, self.optional)
         spec = dict(self.distributions["contrast_hu"])
         spec["max"] = min(float(spec.get("max", math.inf)), limit)
         return LesionProfile(self.organ, self.kind, self.rows, {**self.distributions, "contrast_hu": spec},
-                             self.summary, {**self.source, "max_contrast_hu": limit}, self.name)
+                             self.summary, {**self.source, "max_contrast_hu": limit}, self.name, self.optional)
+
     @classmethod
     def combined(cls, organ: str, rows, distributions: dict, source: dict, name: str = "",
-                 summary_draws: int = 20000) -> "LesionProfile":
+                 summary_draws: int = 20000, optional=()) -> "LesionProfile":
         """Measured ``rows`` with the features of ``distributions`` drawn from those instead; the
         summary of such a feature is that of ``summary_draws`` draws (seed 0), the others the rows'."""
-        fitted = cls.from_rows(organ, rows, source, name)
+        fitted = cls.from_rows(organ, rows, source, name, optional)
         dists = {f: dict(distributions[f]) for f in FEATURE_ORDER if f in distributions}
         if not dists or set(distributions) - set(dists):
             raise ValueError(f"combined profile distributions must name some of: {', '.join(FEATURE_ORDER)}")
@@ -234,11 +263,12 @@ class LesionProfile:
         summary = dict(fitted.summary)
         for f, spec in dists.items():
             summary[f] = summarise([_draw(spec, f, rng) for _ in range(summary_draws)])
-        return cls(fitted.organ, "combined", fitted.rows, dists, summary, dict(source), name)
+        return cls(fitted.organ, "combined", fitted.rows, dists, summary, dict(source), name, fitted.optional)
 
     # -------------------------------------------------------------- sampling
     def sample(self, rng: np.random.Generator) -> dict[str, float]:
-        """One lesion's parameters (every feature of :data:`FEATURE_ORDER`)."""
+        """One lesion's parameters: every feature of :data:`FEATURE_ORDER`, and the optional features
+        (:data:`OPTIONAL_ORDER`) this profile measured."""
         if self.kind in ("fitted", "combined"):
             arr = np.asarray(self.rows, np.float64)
             n, d = arr.shape
@@ -247,7 +277,7 @@ class LesionProfile:
                 row += rng.normal(0.0, 1.0, d) * JITTER * arr.std(axis=0)
             lo, hi = arr.min(axis=0), arr.max(axis=0)
             out = {}
-            for j, f in enumerate(FEATURE_ORDER):
+            for j, f in enumerate(self.columns):
                 b_lo, b_hi = _BOUNDS.get(f, (-math.inf, math.inf))
                 out[f] = float(np.clip(row[j], max(lo[j], b_lo), min(hi[j], b_hi)))
             for f in FEATURE_ORDER:  # combined: these features from the literature (same order every draw)
@@ -264,7 +294,7 @@ class LesionProfile:
             "name": self.name,
             "organ": self.organ,
             "kind": self.kind,
-            "features": dict(PROFILE_FEATURES),
+            "features": {**PROFILE_FEATURES, **{f: OPTIONAL_FEATURES[f] for f in self.optional}},
             "source": self.source,
             "summary": self.summary,
             **({"rows": [list(r) for r in self.rows]} if self.kind in ("fitted", "combined") else {}),
@@ -287,21 +317,33 @@ class LesionProfile:
         if organ not in ORGAN_NAMES:
             raise InputError(where, f"lesion profile organ {organ!r} is not one of {', '.join(ORGAN_NAMES)}")
         kind = doc.get("kind")
+        named = doc.get("features") if isinstance(doc.get("features"), dict) else {}
+        optional = tuple(f for f in OPTIONAL_ORDER if f in named) if kind in ("fitted", "combined") else ()
+        _notify_missing(where, optional)
         if kind in ("fitted", "combined"):
             fitted = cls.from_rows(organ, doc.get("rows"), doc.get("source") or {}, str(doc.get("name") or ""),
-                                   where=where)
+                                   optional, where=where)
             if kind == "fitted":
                 return fitted
             dists = _checked_distributions(doc.get("distributions"), where, partial=True)
             summary = dict(fitted.summary)
             stored = doc.get("summary") if isinstance(doc.get("summary"), dict) else {}
             summary.update({f: stored[f] for f in dists if f in stored})
-            return cls(organ, "combined", fitted.rows, dists, summary, fitted.source, fitted.name)
+            return cls(organ, "combined", fitted.rows, dists, summary, fitted.source, fitted.name, optional)
         if kind == "literature":
             dists = _checked_distributions(doc.get("distributions"), where, partial=False)
             summary = doc.get("summary") if isinstance(doc.get("summary"), dict) else {}
             return cls(organ, "literature", (), dists, summary, doc.get("source") or {}, str(doc.get("name") or ""))
         raise InputError(where, f"lesion profile kind must be fitted, literature or combined, got {kind!r}")
+
+
+def _notify_missing(where: str, present: tuple[str, ...]) -> None:
+    """Say once per profile (per process) which optional features it lacks and what a draw uses instead."""
+    missing = [f for f in OPTIONAL_ORDER if f not in present]
+    if missing and where not in _NOTIFIED:
+        _NOTIFIED.add(where)
+        print(f"note: lesion profile {where} has no {', '.join(missing)} (fitted before it was measured, or "
+              f"literature-based): lesion surfaces follow its solidity instead", file=sys.stderr)
 
 
 def _draw(spec: dict, feature: str, rng: np.random.Generator) -> float:

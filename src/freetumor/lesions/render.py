@@ -4,25 +4,38 @@ Given a lesion's parameters (one draw of :meth:`freetumor.lesions.profile.Lesion
 centre and the CT's own voxel grid, :func:`render_lesion`:
 
 1. **shape**: an ellipsoid of the drawn equivalent diameter and principal axis ratios, randomly
-   rotated (isotropic in physical space whatever the voxel spacing), with a smooth random radial
-   lobulation whose amplitude reproduces the drawn relative solidity (:func:`lobulation_for`);
-2. **occupancy**: the fraction of every native voxel inside that surface (supersampled to about
-   0.4 mm), so a thick-slice host blurs a small lesion as a real one would be;
-3. **edge**: a Gaussian blur in mm whose width reproduces the drawn edge sharpness relative to the
-   contrast (:func:`edge_sigma_for`);
+   rotated (isotropic in physical space whatever the voxel spacing), whose radius is modulated by
+   band-limited random noise on the sphere at three scales (lobes, bumps, fine roughness; many random
+   waves per scale, so no regular petals); the noise amplitude reproduces the drawn surface roughness
+   (or, for a profile without it, the drawn relative solidity; :func:`amplitude_for`);
+2. **occupancy and edge**: the lesion's physical edge profile -- a Gaussian-blurred step whose width
+   reproduces the drawn edge sharpness relative to the contrast (:func:`edge_sigma_for`), with the style's
+   plateau -- evaluated on sub-samples about 0.4 mm apart and averaged over each native voxel, then the
+   scanner's in-plane blur (:func:`scanner_psf`): partial-volume edges at the host's resolution, never a
+   voxel staircase, and a thick-slice host blurs a small lesion as a real one would be;
+3. **size**: the surface is rescaled until the label has the drawn volume (the closest of up to 10
+   tries is kept);
 4. **intensity**: inside the lesion the host is replaced by the lesion's core HU — the local host
    HU plus the drawn contrast — plus a spatially coherent texture T (Gaussian random field with
-   the drawn SD and correlation length), plus the host's own fine-scale noise N (the host minus
+   the drawn SD and correlation length), plus the host's own fine noise N (the host minus
    its 1.5 mm smoothing, where that residual looks like noise; noise of the same SD where it does
    not, so vessels and fissures never show through a solid lesion; in abdominal organs,
    ``hide_wide_structure``, stand-in noise of the host's SD everywhere: the lesion replaces the
-   host's texture, vessels included); extra fine noise brings the lesion's fine-scale SD up to the
-   drawn one:
+   host's texture, vessels included); extra scanner-like fine noise brings the lesion's fine-scale SD
+   up to the drawn one, but the lesion's fine noise never exceeds the scan's own soft-tissue noise
+   (:func:`soft_tissue_noise`: a solid lesion is not grainier than muscle in the same scan):
 
        x' = x + f * (host + contrast + T + N - x)
 
+   and, for a lesion brighter than its host (lung), a soft union with the host's structure at the
+   margin, so that a vessel meeting the lesion runs into it instead of stopping at its edge:
+   ``x' += f (1 - f^2) max(0, smooth(x) - core)``;
 5. **label**: the voxels whose occupancy reaches the threshold that gives the label's outer layer
    the drawn mean occupancy (real masks are generous: their outer layer is partly host).
+
+:func:`draw_lesion` then checks that a reader could see the lesion (:func:`visibility`: contrast to
+noise in its centre slice) and that its label is not smaller than the profile's smallest real lesion;
+a lesion that fails is drawn again, never written.
 
 Only voxels of the allowed region (the organ) change; the function returns the new values of
 the lesion's box and leaves the input untouched.
@@ -50,17 +63,18 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, special
 
 from ..grids import Grid
 from ..io import Volume
 from .features import extract_crops
 from .measure import FIT_MARGIN_MM, MIN_VOXELS, edge_sharpness, lesion_core, measure_crop, relative_solidity
+from .shape import shape_descriptors
 
 SUBSAMPLE_MM = 0.4      # supersampling step of the occupancy
 STRUCTURE_MM = 1.5      # the host's structure: the host smoothed with this Gaussian sigma
+UNION_MM = 0.6          # vessels meeting a lesion: the host denoised with this Gaussian sigma
 MAX_SUB = 6
-_N_LOBES = 7
 
 
 
@@ -73,10 +87,10 @@ class RenderStyle:
     features (``freetumor realism``) of rendered lesions with those of the profile's own *fit*
     lesions (never the held-out ones); see ``docs/method-notes.md``:
 
-    * ``plateau``: the blurred occupancy f saturates at this value (f -> min(1, f / plateau)), so a
-      lesion is a plateau of solid tissue with a steep margin, as real solid nodules are, instead of
-      a blurred dome;
-    * ``texture_tail``: the texture fields' marginal is made heavier-tailed (g -> sign(g) |g|^tail,
+    * ``plateau``: the lesion's edge profile (in mm, before the host's voxels average it) saturates at
+      this value (s -> min(1, s / plateau)), so a lesion is a plateau of solid tissue with a steep
+      margin, as real solid nodules are, instead of a blurred dome;
+    * ``texture_tail``: the coherent texture field's marginal is made heavier-tailed (g -> sign(g) |g|^tail,
       rescaled to unit SD): real nodules hold bright specks and dark clefts a Gaussian field lacks;
     * ``corr_scale`` and ``coherent_gain``: the coherent texture's correlation length and SD relative
       to the drawn ones (the fitted values are measured on the 1.5 mm core only, which hides the
@@ -138,34 +152,80 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q
 
 
-class Surface:
-    """A rotated ellipsoid with a smooth radial lobulation: inside where ``value(points) <= 1``."""
+# The surface's log-radius is band-limited random noise on the sphere at three scales: lobulation (a few
+# broad lobes), bumps, and fine roughness. Each band is a sum of _WAVES plane waves of random direction,
+# phase and a wave number drawn in the band (radians per unit of the direction vector: 2 ~ a lobe per
+# hemisphere, 10 ~ bumps a tenth of the circumference apart); the bands' SDs are in _BAND_SD's ratio.
+# Many random waves per band (not 7 smooth lobes) leave no regular petals.
+_BANDS = ((1.2, 2.6), (3.5, 6.5), (9.0, 15.0))
+_BAND_SD = (1.0, 0.8, 0.6)
+_WAVES = 24
+_TABLE = (48, 96)  # the log-radius is tabulated on this (polar, azimuth) grid of directions
 
-    def __init__(self, semi_axes_mm, rotation: np.ndarray, lobulation: float, rng: np.random.Generator):
+
+def _sphere_noise(rng: np.random.Generator, n_theta: int = _TABLE[0], n_phi: int = _TABLE[1]) -> np.ndarray:
+    """Unit-SD band-limited random noise on the unit sphere, tabulated on a (polar, azimuth) grid
+    (azimuth wrapped: the last column repeats the first)."""
+    theta = (np.arange(n_theta) + 0.5) / n_theta * math.pi
+    phi = np.arange(n_phi + 1) / n_phi * 2.0 * math.pi
+    st = np.sin(theta)[:, None]
+    u = np.stack([st * np.cos(phi)[None, :], st * np.sin(phi)[None, :],
+                  np.cos(theta)[:, None] * np.ones_like(phi)[None, :]], axis=-1)
+    area = np.broadcast_to(st, (n_theta, n_phi + 1))[:, :-1]
+    field = np.zeros((n_theta, n_phi + 1))
+    for (lo, hi), sd in zip(_BANDS, _BAND_SD):
+        d = rng.standard_normal((_WAVES, 3))
+        d *= (rng.uniform(lo, hi, _WAVES) / np.linalg.norm(d, axis=1))[:, None]
+        band = np.cos(u @ d.T + rng.uniform(0.0, 2.0 * math.pi, _WAVES)).sum(axis=-1)
+        mean = np.average(band[:, :-1], weights=area)
+        band = (band - mean) / math.sqrt(np.average((band[:, :-1] - mean) ** 2, weights=area))
+        field += sd * band
+    return field / math.sqrt(sum(sd * sd for sd in _BAND_SD))
+
+
+class Surface:
+    """A rotated ellipsoid whose radius is modulated by band-limited random noise on the sphere at three
+    scales (:func:`_sphere_noise`): inside where ``value(points) <= 1``. ``amplitude`` is the SD of the
+    log-radius (0: the plain ellipsoid)."""
+
+    def __init__(self, semi_axes_mm, rotation: np.ndarray, amplitude: float, rng: np.random.Generator):
         self.a = np.asarray(semi_axes_mm, np.float64)
         self.rot = np.asarray(rotation, np.float64)
-        self.lob = float(lobulation)
-        self.dirs = rng.standard_normal((_N_LOBES, 3)) * rng.uniform(1.5, 3.5, (_N_LOBES, 1))
-        self.phase = rng.uniform(0, 2 * math.pi, _N_LOBES)
-        self.weight = rng.standard_normal(_N_LOBES) / math.sqrt(_N_LOBES)
+        self.amp = float(amplitude)
+        self.log_r = self.amp * _sphere_noise(rng)
+
+    @property
+    def reach(self) -> float:
+        """The largest distance (mm) of a surface point from the centre."""
+        return float(self.a.max() * math.exp(float(self.log_r.max())))
+
+    def _radius_factor(self, u: np.ndarray) -> np.ndarray:
+        if self.amp == 0:
+            return np.ones(len(u))
+        n_theta, n_phi = self.log_r.shape[0], self.log_r.shape[1] - 1
+        ti = np.arccos(np.clip(u[:, 2], -1.0, 1.0)) / math.pi * n_theta - 0.5
+        pj = np.mod(np.arctan2(u[:, 1], u[:, 0]), 2.0 * math.pi) / (2.0 * math.pi) * n_phi
+        lr = ndimage.map_coordinates(self.log_r, [ti, pj], order=1, mode="nearest")
+        return np.exp(lr)
+
+    def radial(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``pts`` (N, 3) in mm relative to the centre -> (their distance from the centre in units of the
+        surface's radius along the same ray (1 on the surface), that radius in mm)."""
+        local = pts @ self.rot / self.a
+        rho = np.sqrt(np.einsum("ij,ij->i", local, local))
+        u = local / np.maximum(rho, 1e-12)[:, None]
+        m = self._radius_factor(u)
+        return rho / m, m * np.linalg.norm(u * self.a, axis=1)
 
     def value(self, pts: np.ndarray) -> np.ndarray:
         """``pts`` (N, 3) in mm relative to the centre -> scaled squared radius (1 on the surface)."""
-        local = pts @ self.rot / self.a
-        q = np.einsum("ij,ij->i", local, local)
-        if self.lob > 0:
-            u = local / np.sqrt(np.maximum(q, 1e-12))[:, None]
-            bump = np.cos(u @ self.dirs.T + self.phase) @ self.weight
-            q = q / (1.0 + self.lob * bump) ** 2
-        return q
+        return self.radial(pts)[0] ** 2
 
 
-def _occupancy(surface: Surface, shape, spacing, origin_mm, step_mm: float = SUBSAMPLE_MM) -> np.ndarray:
-    """Fraction of each voxel of a box inside ``surface`` (voxel ``i`` centred at origin + i * spacing),
-    from sub-samples about ``step_mm`` apart."""
+def _subsamples(shape, spacing, origin_mm, step_mm: float):
+    """Per x-slice of a box: the sub-sample points (mm) of its voxels, and the sub-sample counts."""
     sub = [int(min(MAX_SUB, max(1, math.ceil(s / step_mm)))) for s in spacing]
     offs = [((np.arange(n) + 0.5) / n - 0.5) * s for n, s in zip(sub, spacing)]
-    out = np.zeros(shape, np.float32)
     ys = origin_mm[1] + np.arange(shape[1]) * spacing[1]
     zs = origin_mm[2] + np.arange(shape[2]) * spacing[2]
     yy = (ys[:, None] + offs[1][None, :]).ravel()
@@ -173,9 +233,34 @@ def _occupancy(surface: Surface, shape, spacing, origin_mm, step_mm: float = SUB
     grid_yz = np.stack(np.meshgrid(yy, zz, indexing="ij"), axis=-1).reshape(-1, 2)
     for i in range(shape[0]):
         xs = origin_mm[0] + i * spacing[0] + offs[0]
-        pts = np.concatenate([np.repeat(xs, len(grid_yz))[:, None], np.tile(grid_yz, (len(xs), 1))], axis=1)
-        inside = (surface.value(pts) <= 1.0).reshape(len(xs), shape[1], sub[1], shape[2], sub[2])
+        yield i, np.concatenate([np.repeat(xs, len(grid_yz))[:, None], np.tile(grid_yz, (len(xs), 1))], axis=1), sub
+
+
+def _occupancy(surface: Surface, shape, spacing, origin_mm, step_mm: float = SUBSAMPLE_MM) -> np.ndarray:
+    """Fraction of each voxel of a box inside ``surface`` (voxel ``i`` centred at origin + i * spacing),
+    from sub-samples about ``step_mm`` apart."""
+    out = np.zeros(shape, np.float32)
+    for i, pts, sub in _subsamples(shape, spacing, origin_mm, step_mm):
+        inside = (surface.value(pts) <= 1.0).reshape(sub[0], shape[1], sub[1], shape[2], sub[2])
         out[i] = inside.mean(axis=(0, 2, 4))
+    return out
+
+
+def _soft_occupancy(surface: Surface, shape, spacing, origin_mm, sigma_mm: float, plateau: float = 1.0,
+                    step_mm: float = SUBSAMPLE_MM) -> np.ndarray:
+    """The lesion's partial-volume fraction of each voxel: at every sub-sample (about ``step_mm`` apart) the
+    lesion's physical edge profile -- a Gaussian-blurred step of width ``sigma_mm`` across the surface (by the
+    radial distance to it), saturating at ``plateau`` (``min(1, s / plateau)``: a solid plateau with a steeper
+    margin) -- averaged over the voxel. The edge is shaped in mm *before* the host's voxels average it, so a
+    steep margin is still a smooth partial-volume ramp on the host's grid, never a voxel staircase."""
+    out = np.zeros(shape, np.float32)
+    sig = max(float(sigma_mm), 1e-3)
+    for i, pts, sub in _subsamples(shape, spacing, origin_mm, step_mm):
+        rel, radius_mm = surface.radial(pts)
+        s = 0.5 * special.erfc((rel - 1.0) * radius_mm / (math.sqrt(2.0) * sig))
+        if plateau < 1.0:
+            s = np.minimum(1.0, s / plateau)
+        out[i] = s.reshape(sub[0], shape[1], sub[1], shape[2], sub[2]).mean(axis=(0, 2, 4))
     return out
 
 
@@ -195,13 +280,13 @@ def _gaussian_mm(arr: np.ndarray, sigma_mm: float, spacing) -> np.ndarray:
 def _edge_table() -> tuple[np.ndarray, np.ndarray]:
     """Normalised edge sharpness (1/mm) of a blurred 16 mm ball measured as the realism score does,
     for a range of blur sigmas (mm): the table :func:`edge_sigma_for` inverts."""
-    sigmas = np.array([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0])
+    sigmas = np.array([0.05, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0])
     surf = Surface((8.0, 8.0, 8.0), np.eye(3), 0.0, np.random.default_rng(0))
     shape = (33, 33, 33)
-    occ = _occupancy(surf, shape, (1.0, 1.0, 1.0), (-16.0, -16.0, -16.0), step_mm=0.5)
     vals = []
     for s in sigmas:
-        f = _gaussian_mm(occ, float(s), (1.0, 1.0, 1.0))
+        f = scanner_psf(_soft_occupancy(surf, shape, (1.0, 1.0, 1.0), (-16.0, -16.0, -16.0), float(s), step_mm=0.5),
+                        (1.0, 1.0, 1.0))
         mask = f >= 0.5
         # normalised by the contrast as it is measured (the core's mean), like edge_norm of real lesions
         vals.append(edge_sharpness(f, mask, None, (1.0, 1.0, 1.0)) / core_level(f, mask, (1.0, 1.0, 1.0)))
@@ -222,28 +307,47 @@ def edge_sigma_for(edge_norm: float) -> float:
     return float(np.interp(edge_norm, vals[::-1], sigmas[::-1]))
 
 
-@functools.lru_cache(maxsize=None)
-def _lobulation_table() -> tuple[np.ndarray, np.ndarray]:
-    """Relative solidity (as :func:`freetumor.lesions.measure.relative_solidity` measures it on 1 mm
-    grids) of 12 mm lesions for a range of lobulation amplitudes, averaged over random shapes."""
-    amps = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.65, 0.8])
-    vals = []
+# (surface-noise amplitude, mean relative solidity, mean surface roughness) of 14 mm lesions on 1 mm grids,
+# 8 random shapes each: measure_amplitude_table(AMPLITUDE_TABLE_AMPS) (tests/test_lesion_surfaces.py
+# re-measures some entries). Real LIDC nodules (builtin:lung): roughness median 0.088, 5-95 % 0.05-0.21.
+AMPLITUDE_TABLE = ((0.0, 1.0000, 0.0199), (0.03, 0.9967, 0.0212), (0.06, 0.9984, 0.0336), (0.1, 0.9490, 0.0530),
+                   (0.14, 0.8939, 0.0743), (0.19, 0.8025, 0.1042), (0.25, 0.7164, 0.1402), (0.32, 0.6233, 0.1858),
+                   (0.4, 0.5405, 0.2368), (0.5, 0.4560, 0.3008), (0.6, 0.4028, 0.3615))
+
+
+def measure_amplitude_table(amps, shapes: int = 8) -> list[tuple[float, float, float]]:
+    """For each surface-noise amplitude (:class:`Surface`), the mean relative solidity
+    (:func:`freetumor.lesions.measure.relative_solidity`) and surface roughness
+    (:func:`freetumor.lesions.shape.shape_descriptors`) of ``shapes`` random 14 mm lesions on a 1 mm grid,
+    measured as ``lesions fit`` measures real lesions (the source of :data:`AMPLITUDE_TABLE`)."""
+    out = []
     for a in amps:
-        s = []
-        for k in range(6):
+        sol, rough = [], []
+        for k in range(shapes):
             rng = np.random.default_rng(100 + k)
-            surf = Surface((6.0, 6.0, 6.0), random_rotation(rng), float(a), rng)
-            occ = _occupancy(surf, (21, 21, 21), (1.0, 1.0, 1.0), (-10.0, -10.0, -10.0), step_mm=1.0)
-            m = occ >= 0.5
-            s.append(relative_solidity(m, (1.0, 1.0, 1.0), float(m.sum())))
-        vals.append(np.mean(s))
-    return amps, np.minimum.accumulate(np.asarray(vals))  # non-increasing despite sampling noise
+            surf = Surface((7.0, 7.0, 7.0), random_rotation(rng), float(a), rng)
+            n = int(math.ceil(surf.reach + 2.0))
+            m = _occupancy(surf, (2 * n + 1,) * 3, (1.0, 1.0, 1.0), (-float(n),) * 3, step_mm=0.5) >= 0.5
+            sol.append(relative_solidity(m, (1.0, 1.0, 1.0), float(m.sum())))
+            rough.append(shape_descriptors(m, (1.0, 1.0, 1.0))["surface_roughness"])
+        out.append((float(a), float(np.mean(sol)), float(np.mean(rough))))
+    return out
 
 
-def lobulation_for(solidity: float) -> float:
-    """The lobulation amplitude whose shapes have relative solidity ``solidity`` on average."""
-    amps, vals = _lobulation_table()
-    return float(np.interp(solidity, vals[::-1], amps[::-1]))
+def _amplitude_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    t = np.asarray(AMPLITUDE_TABLE, np.float64)
+    # made monotone (sampling noise): solidity falls and roughness rises with the amplitude
+    return t[:, 0], np.minimum.accumulate(t[:, 1]), np.maximum.accumulate(t[:, 2])
+
+
+def amplitude_for(solidity: float, roughness: float = math.nan) -> float:
+    """The surface-noise amplitude (SD of the log-radius) whose shapes have the measured surface
+    ``roughness`` on average; when that is not given (NaN: a profile fitted before it was measured),
+    the amplitude whose shapes have relative solidity ``solidity``."""
+    amps, sol, rough = _amplitude_tables()
+    if roughness is not None and math.isfinite(roughness):
+        return float(np.interp(roughness, rough, amps))
+    return float(np.interp(solidity, sol[::-1], amps[::-1]))
 
 
 def _label_threshold(f: np.ndarray, target: float) -> float:
@@ -318,7 +422,8 @@ def drawn_volume_mm3(params: dict) -> float:
 
 
 # Features whose measured value the calibration pass brings to the drawn one.
-CALIBRATED = ("contrast_hu", "edge_norm", "solidity", "occupancy_outer", "interior_sd", "noise_sd")
+CALIBRATED = ("contrast_hu", "edge_norm", "solidity", "surface_roughness", "occupancy_outer", "interior_sd",
+              "noise_sd")
 MAX_CORRECTION = 2.0   # no setting is moved by more than this factor (a grid cannot show every draw)
 
 
@@ -356,6 +461,9 @@ def calibrated_settings(params: dict, measured: dict, record: dict) -> dict:
         "solidity": float(np.clip(2.0 * params["solidity"] - measured["solidity"], 0.3, 1.0)),
         "occupancy_outer": float(np.clip(2.0 * params["occupancy_outer"] - measured["occupancy_outer"], 0.05, 0.9)),
     }
+    if "surface_roughness" in params and "surface_roughness" in measured:
+        out["surface_roughness"] = float(np.clip(2.0 * params["surface_roughness"] - measured["surface_roughness"],
+                                                 0.0, 0.5))
     host_sd, fine_sd, coh_sd = record["host_noise_sd"], record["fine_sd"], record["coherent_sd"]
     # fine noise: the grid and the 1 mm resampling keep a share a of the native fine variance
     native = host_sd ** 2 + fine_sd ** 2
@@ -371,57 +479,64 @@ def calibrated_settings(params: dict, measured: dict, record: dict) -> dict:
 def _render_once(image, allowed, grid: Grid, centre, params: dict, settings: dict, seed: int,
                  protect, hide_wide_structure: bool, style: RenderStyle = NEUTRAL_STYLE) -> RenderedLesion:
     """One render of :func:`render_lesion`; ``settings`` override the renderer settings derived from
-    ``params`` (contrast_hu, edge_norm, solidity, occupancy_outer, fine_sd, coherent_sd); ``seed`` fixes shape and fields."""
+    ``params`` (contrast_hu, edge_norm, solidity, surface_roughness, occupancy_outer, fine_sd, coherent_sd);
+    ``seed`` fixes shape and fields."""
     rng = np.random.default_rng(seed)
     knob = {**params, **settings}
     spacing = np.asarray(grid.spacing, np.float64)
     axes = _semi_axes(params["diameter_mm"], params["axis_ratio_mid"], params["axis_ratio_min"])
-    lob = lobulation_for(knob["solidity"])
-    sigma_edge = edge_sigma_for(knob["edge_norm"])
+    amp = amplitude_for(knob["solidity"], knob.get("surface_roughness", math.nan))
+    # A soft edge is a margin of the lesion, not a blur wider than the lesion: a small lesion measures a low
+    # edge_norm because partial volume flattens it, which the host's grid reproduces by itself (a 2.7 mm edge
+    # on a 3 mm lesion made a broad faint blob, or a label twice the drawn size).
+    sigma_edge = min(edge_sigma_for(knob["edge_norm"]), EDGE_MAX_RADII * params["diameter_mm"] / 2.0)
     rotation = random_rotation(rng)
     surface_rng = np.random.default_rng(rng.integers(2**63))
     c = np.asarray(centre, int)
     target_mm3 = drawn_volume_mm3(params)
-    scale = 1.0
     allowed = np.asarray(allowed, bool)
-    below = above = None
-    for _ in range(6):
-        # The drawn diameter is the *label's*: the surface is rescaled until the label (a partial-volume
-        # threshold of the blurred occupancy, on this grid) has that volume.
-        surface = Surface(axes * scale, rotation, lob, np.random.default_rng(surface_rng.bit_generator.seed_seq))
-        reach_mm = axes.max() * scale * (1.0 + 2.0 * lob) + 3.0 * sigma_edge + 2.0 * STRUCTURE_MM + 2.0
+    vox_mm3 = float(np.prod(spacing))
+    # The drawn diameter is the *label's*: the surface is rescaled until the label (a partial-volume threshold
+    # of the occupancy on this grid, inside the allowed region) has that volume. The label's volume jumps with
+    # the scale on a coarse grid: bracket, bisect, and keep the closest try (never the last one blindly: a
+    # small lesion on thick slices used to end on a too-small try).
+    best = None
+    scale, below, above = 1.0, None, None
+    for _ in range(10):
+        surface = Surface(axes * scale, rotation, amp, np.random.default_rng(surface_rng.bit_generator.seed_seq))
+        reach_mm = surface.reach + 3.0 * sigma_edge + 2.0 * STRUCTURE_MM + 2.0
         half = np.ceil(reach_mm / spacing).astype(int)
         box = tuple(slice(max(0, int(ci - h)), min(int(n), int(ci + h + 1))) for ci, h, n in zip(c, half, grid.shape))
         shape = tuple(b.stop - b.start for b in box)
         origin = np.array([(b.start - ci) * s for b, ci, s in zip(box, c, spacing)])
-        occ = _occupancy(surface, shape, spacing, origin)
-        f = _gaussian_mm(occ, sigma_edge, spacing)
-        if style.plateau < 1.0:
-            f = np.minimum(np.float32(1.0), f / np.float32(style.plateau))
+        allow = allowed[box]
+        if protect is not None:
+            allow = allow & ~np.asarray(protect[box], bool)
+        f = scanner_psf(_soft_occupancy(surface, shape, spacing, origin, sigma_edge, style.plateau), spacing)
+        f = np.where(allow, f, np.float32(0.0)).astype(np.float32)
         t = _label_threshold(f, knob["occupancy_outer"] * style.label_gain)
-        got_mm3 = float(np.count_nonzero(f >= t)) * float(np.prod(spacing))
-        if abs(got_mm3 / target_mm3 - 1.0) < 0.1:
+        got_mm3 = float(np.count_nonzero(f >= t)) * vox_mm3
+        err = abs(math.log(max(got_mm3, 1e-9) / target_mm3))
+        if best is None or err < best[0]:
+            best = (err, scale, surface, box, shape, allow, f, t)
+        if err < 0.1:
             break
-        # the label's volume jumps with the scale for soft edges: bracket the scale, then bisect
         if got_mm3 < target_mm3:
-            below = scale
+            below = scale if below is None else max(below, scale)
         else:
-            above = scale
+            above = scale if above is None else min(above, scale)
         if below is not None and above is not None:
             scale = math.sqrt(below * above)
         else:
             scale *= float(np.clip((target_mm3 / max(got_mm3, 1e-9)) ** (1.0 / 3.0), 0.5, 1.5))
-    allow = allowed[box]
-    if protect is not None:
-        allow = allow & ~np.asarray(protect[box], bool)
-    f = np.where(allow, f, 0.0).astype(np.float32)
+    _, scale, surface, box, shape, allow, f, t = best
 
     x = np.asarray(image[box], np.float32)
     smooth = _gaussian_mm(x, STRUCTURE_MM, spacing)
-    dist_out = ndimage.distance_transform_edt(occ < 0.5, sampling=spacing)
-    shell = allow & (occ < 0.05) & (dist_out > 3.0) & (dist_out <= 8.0)
+    dist_out = ndimage.distance_transform_edt(f < 0.5, sampling=spacing)
+    shell = allow & (f < 0.05) & (dist_out > 3.0) & (dist_out <= 8.0)
     if shell.sum() < 8:
-        shell = allow & (occ < 0.05)
+        shell = allow & (f < 0.05)
     host_hu = float(np.median(x[shell])) if shell.any() else float(np.median(x[allow])) if allow.any() else 0.0
     # The drawn contrast is a measured one (the core's mean): the peak is set so the core reaches it.
     label = (f >= t) & allow
@@ -436,31 +551,54 @@ def _render_once(image, allowed, grid: Grid, centre, params: dict, settings: dic
     noise_like = np.abs(residual) <= 2.5 * max(host_noise, 1.0)
     if hide_wide_structure:
         noise_like &= np.abs(smooth - host_hu) <= 2.5 * max(host_noise, 1.0)
-    stand_in = _gaussian_mm(rng.standard_normal(shape).astype(np.float32), 0.35, spacing)
-    stand_in *= np.float32(host_noise / max(float(stand_in.std()), 1e-6))
+    stand_in = _scanner_noise(rng, shape, spacing)
+    stand_in *= np.float32(host_noise)
     # Abdominal hosts: a hypodense lesion replaces the host, texture included. A vessel only a few noise SDs
     # brighter than the liver has partial-volume edges that pass any noise test, so none of the host's fine
     # residual is kept: the lesion gets stand-in noise of the host's SD (issue 23: vessels showed through
     # IRCAD liver lesions, +16 HU on the vessel voxels of a 25 mm lesion's core).
     kept_noise = stand_in if hide_wide_structure else np.where(noise_like, residual, stand_in)
+    # Fine noise inside the lesion: never grainier than the scan's own soft tissue (a solid lesion is soft
+    # tissue imaged by the same scanner): the host's residual is scaled down to that level if needed, and the
+    # extra fine noise (scanner-like, Gaussian) only fills up to it.
+    soft_sd = soft_tissue_noise(image, spacing)
+    cap = soft_sd if soft_sd is not None else math.inf
+    keep_gain = min(1.0, cap / host_noise) if host_noise > 0 else 1.0
+    kept_noise = kept_noise * np.float32(keep_gain)
+    kept_sd = host_noise * keep_gain
 
     coh_sd = knob.get("coherent_sd", math.sqrt(max(0.0, params["interior_sd"] ** 2 - params["noise_sd"] ** 2)))
     coh_sd *= style.coherent_gain  # recorded with the gain: the calibration corrects the rendered amplitude
     fine_sd = knob.get("fine_sd", math.sqrt(max(0.0, params["noise_sd"] ** 2 - host_noise ** 2)))
+    fine_sd = min(fine_sd, math.sqrt(max(0.0, cap ** 2 - kept_sd ** 2)) if math.isfinite(cap) else fine_sd)
     # both fields are always drawn, so a second render (other amplitudes) has the same fields
     g = _gaussian_mm(rng.standard_normal(shape).astype(np.float32), style.corr_scale * params["corr_length_mm"] / 2.0,
                      spacing)
     g = _heavy_tailed(g / max(float(g.std()), 1e-6), style.texture_tail)
-    white = _heavy_tailed(rng.standard_normal(shape).astype(np.float32), style.texture_tail)
-    texture = np.float32(coh_sd) * g + np.float32(fine_sd) * white
-    values = x + f * (np.float32(core_hu) + texture + kept_noise - x)
+    extra = _scanner_noise(rng, shape, spacing)
+    texture = np.float32(coh_sd) * g + np.float32(fine_sd) * extra
+    if hide_wide_structure:
+        # the host's structures (vessels) fade under the lesion as f^2 instead of f: a vessel crossing a hypodense
+        # lesion leaves no bright trace in its core (f just below 1 there), yet does not stop at its outer edge
+        base = x - f * (x - np.where(noise_like, x, np.float32(host_hu) + stand_in))
+    else:
+        base = x
+    values = base + f * (np.float32(core_hu) + texture + kept_noise - base)
+    if not hide_wide_structure and knob["contrast_hu"] > 0:
+        # Vessels run into the lesion: a soft union of the host's structure (denoised by a 0.6 mm smoothing,
+        # which keeps a 2-3 mm vessel's HU) and the lesion at the margin, instead of the lesion's partial volume
+        # darkening a vessel where they meet. 0 outside (f = 0) and in the core (f = 1): the core is the lesion's.
+        vessel = _gaussian_mm(x, UNION_MM, spacing)
+        over = np.maximum(np.float32(0.0), vessel - np.float32(core_hu))
+        values = values + f * (np.float32(1.0) - f * f) * over
 
     record = {
         "semi_axes_mm": [round(float(v), 2) for v in axes * scale],
-        "lobulation": round(lob, 4),
+        "surface_amplitude": round(amp, 4),
         "edge_sigma_mm": round(sigma_edge, 3),
         "host_hu": round(host_hu, 1),
         "host_noise_sd": round(host_noise, 1),
+        "soft_tissue_noise_sd": None if soft_sd is None else round(soft_sd, 1),
         "core_hu": round(core_hu, 1),
         "fine_sd": round(float(fine_sd), 2),
         "coherent_sd": round(float(coh_sd), 2),
@@ -469,6 +607,58 @@ def _render_once(image, allowed, grid: Grid, centre, params: dict, settings: dic
         "drawn": {k: round(float(v), 4) for k, v in params.items()},
     }
     return RenderedLesion(box, tuple(int(v) for v in c), values.astype(np.float32), label, f, record)
+
+
+EDGE_MAX_RADII = 0.45  # the edge's Gaussian width is at most this fraction of the lesion's equivalent radius
+PSF_VOXELS = 0.5  # the scanner's in-plane blur (Gaussian sigma, voxels) that a rendered lesion gets too
+
+
+def scanner_psf(f: np.ndarray, spacing) -> np.ndarray:
+    """The host's in-plane resolution applied to a rendered occupancy: a Gaussian of :data:`PSF_VOXELS`
+    voxels along the fine (in-plane) axes. A real CT's reconstruction blurs every edge over about a voxel, so
+    no edge of a real lesion jumps from host to lesion between two neighbouring pixels; the thick axis
+    (slices at least 1.5x the finest spacing) already averages over its slice."""
+    sp = np.asarray(spacing, np.float64)
+    sig = [PSF_VOXELS if s < 1.5 * sp.min() else 0.0 for s in sp]
+    return ndimage.gaussian_filter(f, sig, mode="constant").astype(np.float32)
+
+
+def _scanner_noise(rng: np.random.Generator, shape, spacing) -> np.ndarray:
+    """Unit-SD Gaussian noise with a CT scanner's short correlation (white noise smoothed by 0.35 mm)."""
+    n = _gaussian_mm(rng.standard_normal(shape).astype(np.float32), 0.35, spacing)
+    return n / np.float32(max(float(n.std()), 1e-6))
+
+
+SOFT_TISSUE_HU = (-100.0, 150.0)  # soft tissue (muscle, mediastinum, organs) on the host's 1.5 mm smoothing
+_SOFT_NOISE_CACHE: dict = {}
+
+
+def soft_tissue_noise(image: np.ndarray, spacing, slabs: int = 6) -> float | None:
+    """The scan's own fine noise in soft tissue (HU): the robust SD (1.4826 MAD) of the residual from the
+    1.5 mm smoothing, on voxels well inside uniform soft tissue (smoothed HU in :data:`SOFT_TISSUE_HU`, 2
+    voxels from anything else), over ``slabs`` slabs of 7 slices spread along the last axis. ``None`` when
+    the scan has too little soft tissue (fewer than 2000 such voxels). Cached per array."""
+    arr = np.asarray(image)
+    key = (arr.__array_interface__["data"][0], arr.shape, tuple(float(s) for s in spacing),
+           float(arr.flat[0]), float(arr.flat[arr.size // 2]), float(arr.flat[-1]))
+    if key in _SOFT_NOISE_CACHE:
+        return _SOFT_NOISE_CACHE[key]
+    nz = arr.shape[-1]
+    vals = []
+    for z0 in np.linspace(0, max(0, nz - 7), slabs).astype(int):
+        slab = np.asarray(arr[..., z0:z0 + 7], np.float32)
+        sm = _gaussian_mm(slab, STRUCTURE_MM, spacing)
+        soft = (sm > SOFT_TISSUE_HU[0]) & (sm < SOFT_TISSUE_HU[1])
+        soft = ndimage.binary_erosion(soft, iterations=2)
+        mid = slice(min(3, slab.shape[-1] - 1), max(min(4, slab.shape[-1]), slab.shape[-1] - 3))
+        r = (slab - sm)[..., mid][soft[..., mid]]
+        vals.append(r)
+    r = np.concatenate(vals) if vals else np.zeros(0)
+    out = float(1.4826 * np.median(np.abs(r - np.median(r)))) if r.size >= 2000 else None
+    if len(_SOFT_NOISE_CACHE) > 16:
+        _SOFT_NOISE_CACHE.clear()
+    _SOFT_NOISE_CACHE[key] = out
+    return out
 
 
 ATTACHED_ABOVE = 0.15   # a drawn attached_fraction above this places the lesion against the organ's wall
@@ -531,22 +721,84 @@ def sample_centre(allowed: np.ndarray, spacing, params: dict, rng: np.random.Gen
     return None if c is None else tuple(int(v + b.start) for v, b in zip(c, box))
 
 
+VISIBLE_CNR = 3.0        # a lesion stands out when its centre slice's contrast-to-noise ratio reaches this
+RING_MM = (1.0, 5.0)     # its surroundings: the centre slice's voxels this far outside its label
+
+
+def visibility(rendered: RenderedLesion, grid: Grid) -> dict:
+    """How well a rendered lesion stands out from its surroundings in its centre slice (the slice through its
+    centre voxel across the axis of the thickest spacing, as a reader scrolls it).
+
+    ``cnr`` = (mean HU of the label in that slice - median HU of its surroundings) / their spread, signed by
+    the lesion's contrast; the surroundings are the slice's voxels :data:`RING_MM` outside the label, and the
+    spread is the larger of their robust SD (1.4826 MAD) and the host's fine noise. A lesion against a wall or
+    inside a vessel bundle has surroundings of its own density (a low or negative ``cnr``): a reader could not
+    tell it from the wall. ``visible``: ``cnr`` reaches :data:`VISIBLE_CNR` (Rose's criterion, 3-5 for a
+    detectable object) and the label has at least 2 voxels in that slice.
+    """
+    spacing = np.asarray(grid.spacing, np.float64)
+    axis = int(np.argmax(spacing)) if np.ptp(spacing) > 1e-6 else 2
+    k = int(rendered.centre[axis] - rendered.box[axis].start)
+    lab = np.take(rendered.label, k, axis=axis)
+    vals = np.take(rendered.values, k, axis=axis)
+    plane = [s for i, s in enumerate(spacing) if i != axis]
+    out = {"slice_axis": axis, "pixels": int(lab.sum()), "cnr": 0.0, "visible": False}
+    if out["pixels"] == 0:
+        return out
+    d = ndimage.distance_transform_edt(~lab, sampling=plane)
+    ring = (d > RING_MM[0]) & (d <= RING_MM[1])
+    if not ring.any():
+        return out
+    bg = vals[ring]
+    med = float(np.median(bg))
+    spread = max(float(1.4826 * np.median(np.abs(bg - med))), float(rendered.record.get("host_noise_sd", 0.0)), 1.0)
+    sign = 1.0 if rendered.record["drawn"]["contrast_hu"] >= 0 else -1.0
+    cnr = sign * (float(vals[lab].mean()) - med) / spread
+    out.update(cnr=round(cnr, 2), lesion_hu=round(float(vals[lab].mean()), 1), surround_hu=round(med, 1),
+               surround_sd=round(spread, 1), visible=bool(cnr >= VISIBLE_CNR and out["pixels"] >= 2))
+    return out
+
+
+def label_diameter_mm(rendered: RenderedLesion, grid: Grid) -> float:
+    """Equivalent-sphere diameter (mm) of a rendered lesion's label."""
+    return float((6.0 * float(rendered.label.sum()) * float(np.prod(grid.spacing)) / math.pi) ** (1.0 / 3.0))
+
+
 def draw_lesion(profile, image: np.ndarray, allowed: np.ndarray, grid: Grid, rng: np.random.Generator,
-                tries: int = 1, protect: np.ndarray | None = None):
+                tries: int = 1, protect: np.ndarray | None = None, redraws: int = 10):
     """Draw a lesion from ``profile`` (:class:`freetumor.lesions.profile.LesionProfile`), place it in
     ``allowed`` (:func:`sample_centre`, up to ``tries`` draws) and render it (:func:`render_lesion`;
     calibrated to the host's grid for a fitted profile).
 
-    Returns ``(rendered, params, draws)``: ``rendered`` is ``None`` when no draw found room
-    (``params`` is then the last draw).
+    A render that a reader could not see (:func:`visibility`), or whose label is smaller than the profile's
+    smallest lesion (``summary["diameter_mm"]["min"]``: no specks below the real minimum), is not returned:
+    the lesion is drawn and placed again, up to ``redraws`` times; the returned render's record says how many
+    were redrawn and why (``redrawn``) and holds its ``visibility``.
+
+    Returns ``(rendered, params, draws)``: ``rendered`` is ``None`` when no draw found room or none of the
+    renders was visible and large enough (``params`` is then the last draw).
     """
-    for draws in range(1, tries + 1):
+    min_d = float((profile.summary.get("diameter_mm") or {}).get("min", 0.0) or 0.0)
+    redrawn = {"invisible": 0, "below_minimum_size": 0}
+    params, draws = None, 0
+    while draws < tries + sum(redrawn.values()) and sum(redrawn.values()) <= redraws:
+        draws += 1
         params = profile.sample(rng)
         centre = sample_centre(allowed, grid.spacing, params, rng)
-        if centre is not None:
-            # abdominal hosts: vessels only a few noise SDs bright must not leave a trace (see render_lesion)
-            return (render_lesion(image, allowed, grid, centre, params, rng, protect=protect,
-                                  hide_wide_structure=profile.organ != "lung",
-                                  calibrate=profile.kind in ("fitted", "combined"),
-                                  style=FITTED_STYLE if profile.kind == "fitted" else NEUTRAL_STYLE), params, draws)
-    return None, params, tries
+        if centre is None:
+            continue
+        # abdominal hosts: vessels only a few noise SDs bright must not leave a trace (see render_lesion)
+        r = render_lesion(image, allowed, grid, centre, params, rng, protect=protect,
+                          hide_wide_structure=profile.organ != "lung",
+                          calibrate=profile.kind in ("fitted", "combined"),
+                          style=FITTED_STYLE if profile.kind == "fitted" else NEUTRAL_STYLE)
+        seen = visibility(r, grid)
+        if label_diameter_mm(r, grid) < min_d:
+            redrawn["below_minimum_size"] += 1
+        elif not seen["visible"]:
+            redrawn["invisible"] += 1
+        else:
+            r.record["visibility"] = seen
+            r.record["redrawn"] = dict(redrawn)
+            return r, params, draws
+    return None, params, draws
