@@ -174,9 +174,10 @@ def test_builtin_profiles_and_an_older_profile_load(tmp_path):
 
     for name in builtin_names():
         load_profile(f"builtin:{name}")
+    ranges = {f: FEATURE_RANGES[f] for f in FEATURE_ORDER}  # a literature profile gives the 11 core features
     old = {"format": "freetumor-lesion-profile", "version": 1, "organ": "lung", "kind": "literature",
            "distributions": {f: {"dist": "normal", "mean": (lo + hi) / 2 if hi <= 1000 else 50.0, "sd": 0.0}
-                             for f, (lo, hi, _, _) in FEATURE_RANGES.items()}}
+                             for f, (lo, hi, _, _) in ranges.items()}}
     old["distributions"]["diameter_mm"] = {"dist": "lognormal", "median": 8.0, "sigma": 0.3}
     (tmp_path / "old.json").write_text(json.dumps(old))
     p = load_profile(tmp_path / "old.json")

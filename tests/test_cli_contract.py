@@ -433,7 +433,7 @@ def _fitted(**values) -> dict:
     doc["kind"] = "fitted"
     row = list(doc["rows"][0])
     for f, v in values.items():
-        row = [v] * len(row) if f == "all" else [v if g == f else x for g, x in zip(FEATURE_ORDER, row)]
+        row = [v] * len(row) if f == "all" else [v if i == FEATURE_ORDER.index(f) else x for i, x in enumerate(row)]
     doc["rows"] = [row, *doc["rows"][1:]]
     return doc
 
