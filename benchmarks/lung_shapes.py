@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import portable  # noqa: E402
-from realism_lung import DATASETS, REPO, host_setup, hosts, split_patients  # noqa: E402
+from realism_lung import DATASETS, REPO, host_setup, hosts, lidc_voi_entries, split_patients  # noqa: E402
 
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
@@ -88,11 +88,10 @@ def fit_half_profile(fit_e: list[dict]):
     from freetumor.lesions.profile import LesionProfile, builtin_profile
 
     full = builtin_profile("lung")
-    vois = DATASETS / "lidc_nodule_vois"
-    names = sorted(p.name for p in (vois / "images").glob("*.nii.gz"))
     owner = []
-    for n in names:
-        lab = load_volume(vois / "labels" / n).array == 1
+    for e in lidc_voi_entries():
+        n = Path(e["image"]).name
+        lab = load_volume(e["label"]).array == 1
         comps, k = ndimage.label(lab, structure=np.ones((3, 3, 3), bool))
         sizes = np.bincount(comps.ravel(), minlength=k + 1)[1:]
         owner += [n] * int(np.count_nonzero(sizes >= MIN_VOXELS))
@@ -126,7 +125,7 @@ def main() -> int:
     from freetumor.lesions.features import extract_crops
     from freetumor.lesions.measure import FIT_MARGIN_MM, MIN_VOXELS, measure_crop
     t0 = time.time()
-    entries = [{"image": str(p), "label": str(vois / "labels" / p.name)} for p in sorted((vois / "images").glob("*.nii.gz"))]
+    entries = lidc_voi_entries()
     fit_e, a_e, _ = split_patients(entries, args.seed)
     profile, full, owner = fit_half_profile(fit_e)
     a_names = {Path(e["image"]).name for e in a_e}

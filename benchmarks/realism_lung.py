@@ -70,6 +70,12 @@ def patient_of(path: str) -> str:
     return Path(path).name.split("_")[0]
 
 
+def lidc_voi_entries() -> list[dict]:
+    """The shared LIDC nodule crops (``lidc_nodule_vois``) as datalist entries, in file-name order."""
+    vois = DATASETS / "lidc_nodule_vois"
+    return [{"image": str(p), "label": str(vois / "labels" / p.name)} for p in sorted((vois / "images").glob("*.nii.gz"))]
+
+
 def split_patients(entries: list[dict], seed: int, forced_fit=("LIDC-IDRI-0001", "LIDC-IDRI-0003")):
     patients = sorted({patient_of(e["image"]) for e in entries})
     rng = np.random.default_rng(seed)
@@ -323,7 +329,7 @@ def main() -> int:
     from freetumor.lesions.measure import FIT_MARGIN_MM, MIN_VOXELS
 
     t0 = time.time()
-    entries = [{"image": str(p), "label": str(vois / "labels" / p.name)} for p in sorted((vois / "images").glob("*.nii.gz"))]
+    entries = lidc_voi_entries()
     fit_e, a_e, b_e = split_patients(entries, args.seed)
     window = (-1000.0, 500.0)
 

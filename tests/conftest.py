@@ -109,3 +109,23 @@ def run_cli(*args, timeout: int = 600, cwd=None):
     """Run ``freetumor ARGS`` in a subprocess as a user would; returns the CompletedProcess."""
     env = dict(os.environ, COLUMNS="200")
     return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)
+
+
+# ----------------------------------------------------------------------------- lesion renderer inputs
+def lesion_params(**kw) -> dict:
+    """One lesion's profile draw (the 11 core features) for the renderer tests; ``kw`` overrides."""
+    p = dict(diameter_mm=10.0, axis_ratio_mid=0.9, axis_ratio_min=0.8, solidity=0.95, contrast_hu=750.0,
+             edge_norm=0.3, occupancy_outer=0.5, interior_sd=60.0, noise_sd=30.0, corr_length_mm=2.0,
+             attached_fraction=0.0)
+    p.update(kw)
+    return p
+
+
+def lung_host(shape=(64, 64, 48), spacing=(0.7, 0.7, 1.0), seed=0, noise=20.0):
+    """A uniform noisy lung (-850 HU, SD ``noise``), all of it allowed, on an identity-direction grid:
+    (image, allowed, grid)."""
+    from freetumor.grids import Grid  # deferred: conftest loads before every test, the package only where used
+
+    rng = np.random.default_rng(seed)
+    img = (-850 + noise * rng.standard_normal(shape)).astype(np.float32)
+    return img, np.ones(shape, bool), Grid(shape, spacing, (0, 1, 2), (1, 1, 1))

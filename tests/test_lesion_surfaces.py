@@ -19,21 +19,19 @@ from freetumor.lesions.render import (AMPLITUDE_TABLE, FITTED_STYLE, NEUTRAL_STY
                                       soft_tissue_noise, visibility)
 from freetumor.lesions.shape import shape_descriptors
 
+import conftest
+
 ROW = [6.0, 0.9, 0.8, 0.95, 780.0, 0.12, 0.4, 60.0, 40.0, 2.0, 0.1]
 
 
 def lesion_params(**kw) -> dict:
-    p = dict(diameter_mm=10.0, axis_ratio_mid=0.9, axis_ratio_min=0.8, solidity=0.95, contrast_hu=750.0,
-             edge_norm=0.3, occupancy_outer=0.45, interior_sd=60.0, noise_sd=30.0, corr_length_mm=2.0,
-             attached_fraction=0.0)
-    p.update(kw)
-    return p
+    """conftest's draw with this file's outer occupancy (0.45)."""
+    return conftest.lesion_params(**{"occupancy_outer": 0.45, **kw})
 
 
 def lung_host(shape=(56, 56, 24), spacing=(0.7, 0.7, 2.5), seed=0, noise=20.0):
-    rng = np.random.default_rng(seed)
-    img = (-850 + noise * rng.standard_normal(shape)).astype(np.float32)
-    return img, np.ones(shape, bool), Grid(shape, spacing, (0, 1, 2), (1, 1, 1))
+    """conftest's lung on this file's default grid (2.5 mm slices)."""
+    return conftest.lung_host(shape, spacing, seed, noise)
 
 
 # ----------------------------------------------------------------------------- profile field

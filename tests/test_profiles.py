@@ -19,7 +19,7 @@ from freetumor.lesions.render import (FITTED_STYLE, NEUTRAL_STYLE, _heavy_tailed
                                       measure_rendered, render_lesion, sample_centre)
 from freetumor.progress import without_progress
 
-from conftest import DATASETS, need, run_cli
+from conftest import DATASETS, lesion_params, lung_host, need, run_cli
 
 VOIS = DATASETS / "lidc_nodule_vois"
 LIDC = DATASETS / "lidc_full_scans" / "LIDC-IDRI-0001"
@@ -37,18 +37,6 @@ def nodule_crops(n: int) -> list[LesionCrop]:
     return crops
 
 
-def lesion_params(**kw) -> dict:
-    p = dict(diameter_mm=10.0, axis_ratio_mid=0.9, axis_ratio_min=0.8, solidity=0.95, contrast_hu=750.0,
-             edge_norm=0.3, occupancy_outer=0.5, interior_sd=60.0, noise_sd=30.0, corr_length_mm=2.0,
-             attached_fraction=0.0)
-    p.update(kw)
-    return p
-
-
-def lung_host(shape=(64, 64, 48), spacing=(0.7, 0.7, 1.0), seed=0):
-    rng = np.random.default_rng(seed)
-    img = (-850 + 20 * rng.standard_normal(shape)).astype(np.float32)
-    return img, np.ones(shape, bool), Grid(shape, spacing, (0, 1, 2), (1, 1, 1))
 
 
 # ----------------------------------------------------------------------------- profiles
