@@ -590,6 +590,7 @@ def check_synthesis_options(options: SynthesisOptions) -> None:
     of checkpoint, a lesion profile that is unreadable or for another organ, a label map without
     the organ, ``--qc-device`` without ``--qc-segmentor``, a threshold out of range. The networks
     are not built (``synthesize-batch`` checks once in the driver; each worker builds its own).
+    The devices are :func:`check_devices`' (``synthesize-batch`` calls it first).
 
     Example:
         >>> check_synthesis_options(SynthesisOptions("liver", profile="builtin:lung"))
@@ -608,8 +609,6 @@ def check_synthesis_options(options: SynthesisOptions) -> None:
     settings = Config().qc
     if options.qc_threshold is not None:
         settings = dataclasses.replace(settings, threshold=options.qc_threshold).checked("option --qc-threshold")
-    if options.qc_device is not None:
-        dataclasses.replace(settings, device=options.qc_device).checked("option --qc-device")
     Synthesizer(options.organ, label_map=options.label_map, size=options.size, qc_max_tries=options.qc_max_tries,
                 profile=options.profile, shape_convention=options.shape_convention,
                 exclude_calcified=options.exclude_calcified)
