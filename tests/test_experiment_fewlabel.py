@@ -1,12 +1,16 @@
-"""benchmarks/experiment_fewlabel_lung.py: the patient-wise split, --quick end to end on a tiny real
-subset, --test with a datalist in another folder, and its one-line errors. Real CT: skipped without
-../shared/datasets."""
+"""benchmarks/experiment_fewlabel_lung.py (an entry point over the package benchmarks/fewlabel/): the
+package's layering, the patient-wise split, the arms' command lines and the stored runs' signature
+(no training), --quick end to end on a tiny real subset, --test with a datalist in another folder, and
+its one-line errors. Real CT: skipped without ../shared/datasets."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +21,7 @@ import pytest
 from conftest import DATASETS, REPO, need
 
 SCRIPT = REPO / "benchmarks" / "experiment_fewlabel_lung.py"
+PACKAGE = REPO / "benchmarks" / "fewlabel"
 VOIS = DATASETS / "lidc_nodule_vois"
 
 
@@ -62,6 +67,107 @@ def test_split_is_patient_wise_and_stable(tmp_path):
     assert k10 == exp.labelled_crops(pool, 10, 0) and k10 == k30[:10]
     assert len({exp.patient_of(c) for c in k30}) == 30 and set(k30) <= set(pool)
     assert exp.labelled_crops(pool, 10, 1) != k10
+
+
+def test_package_layers_have_no_cycle_and_the_script_reexports_them():
+    """Each module of benchmarks/fewlabel imports only the modules listed before it in the package's
+    docstring (so no cycle), and every public name of the parts is reachable from the script."""
+    doc = ast.get_docstring(ast.parse((PACKAGE / "__init__.py").read_text()))
+    order = [m for line in doc.splitlines() for m in re.findall(r"``(\w+)``", line)
+             if (PACKAGE / f"{m}.py").exists()]
+    assert sorted(order) == sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+    exp = load_experiment()
+    for i, name in enumerate(order):
+        tree = ast.parse((PACKAGE / f"{name}.py").read_text())
+        assert ast.get_docstring(tree), name
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert node.module in order[:i], f"{name} imports {node.module}"
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+                assert not any(m.split(".")[0] in ("fewlabel", "experiment_fewlabel_lung") for m in mods), name
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                assert getattr(exp, node.name) is getattr(sys.modules[f"fewlabel.{name}"], node.name)
+
+
+def test_arms_command_lines_without_training(tmp_path, monkeypatch):
+    """Every arm's train-seg / train-synth command line (recorded, nothing trained): equal real-label
+    exposure (stage0 one labelled sample per step; host arms two, half of them labelled), the synthesis of
+    each arm, the generator's Stage 1 judged by stage0 (or by none with --judge none), and the run folders."""
+    exp = load_experiment()
+    calls = []
+
+    def record(args, log, quiet=True):  # a finished run: its final.json, nothing trained
+        calls.append(args)
+        (args[args.index("--out") + 1]).mkdir(parents=True)
+        (args[args.index("--out") + 1] / "final.json").write_text("{}")
+
+    monkeypatch.setattr(sys.modules["fewlabel.arms"], "sh", record)
+    d, hosts = tmp_path / "k10" / "s0", tmp_path / "hosts.json"
+    data = {"labelled": d / "labelled.json", "trainval": d / "trainval.json", "profile": d / "profile.json"}
+
+    def line(args):
+        return " ".join(map(str, args)).replace(str(tmp_path), "T")
+
+    sets = lambda opts: " ".join(f"--set {o}" for o in opts)  # noqa: E731
+    geo = sets(exp.GEOMETRY)
+    stage0 = (f"train-seg --config lung-cpu-tiny --datalist T/k10/s0/trainval.json --out T/k10/s0/stage0_n50 "
+              f"--max-steps 50 {geo} --set train.batch_size=1 --set train.seed=3 --set train.val_every=10 "
+              f"--set train.checkpoint_every=10")
+    host = (f"{geo} {sets(exp.HOST_RECIPE)} --set train.seed=3 --set train.val_every=10 --set train.checkpoint_every=10 "
+            f"--unlabeled T/hosts.json")
+    expect = {
+        "stage0": [stage0],
+        "none": [stage0, f"train-seg --config lung-cpu-tiny --datalist T/k10/s0/trainval.json --out T/k10/s0/none_n50 "
+                         f"--max-steps 50 {host}"],
+        "copy_paste": [stage0, f"train-seg --config lung-cpu-tiny --datalist T/k10/s0/trainval.json --out "
+                               f"T/k10/s0/copy_paste_n50 --max-steps 50 {host} --synthesis copy_paste"],
+        "procedural": [stage0, f"train-seg --config lung-cpu-tiny --datalist T/k10/s0/trainval.json --out "
+                               f"T/k10/s0/procedural_n50 --max-steps 50 {host} --synthesis profile --profile "
+                               f"T/k10/s0/profile.json --set data.num_workers=2"],
+        "generator": [stage0, f"train-synth --config lung-cpu-tiny --datalist T/k10/s0/labelled.json --unlabeled "
+                              f"T/hosts.json --segmentor T/k10/s0/stage0_n50/best.pt --out T/k10/s0/stage1_n7 "
+                              f"--max-steps 7 {geo} {sets(exp.SYNTH_RECIPE)} --set train.seed=3",
+                      f"train-seg --config lung-cpu-tiny --datalist T/k10/s0/trainval.json --out T/k10/s0/generator_n50 "
+                      f"--max-steps 50 {host} --synthesis generator --generator T/k10/s0/stage1_n7/generator.pt "
+                      f"--qc-segmentor T/k10/s0/stage0_n50/best.pt"],
+    }
+    assert tuple(expect) == exp.ARMS
+    for arm, want in expect.items():
+        calls.clear()
+        shutil.rmtree(d, ignore_errors=True)
+        model = exp.arm_model(arm, d, data, hosts, 3, 50, 7, [])
+        assert [line(c) for c in calls] == want, arm
+        assert model == d / f"{arm}_n50" / "best.pt"
+    # --judge none: Stage 1 and QC judged by the none arm's model, in their own run folders
+    calls.clear()
+    shutil.rmtree(d)
+    exp.arm_model("generator", d, data, hosts, 3, 50, 7, [], "random", "none")
+    outs = [c[c.index("--out") + 1].name for c in calls]
+    assert outs == ["stage0_n50", "none_n50", "stage1-jnone_n7", "generator-jnone_n50"]
+    assert "--segmentor T/k10/s0/none_n50/best.pt" in line(calls[2])
+    assert "--qc-segmentor T/k10/s0/none_n50/best.pt" in line(calls[3])
+    # finished run folders are reused: nothing trained again
+    calls.clear()
+    assert exp.arm_model("generator", d, data, hosts, 3, 50, 7, [], "random", "none") == \
+        d / "generator-jnone_n50" / "best.pt" and calls == []
+
+
+def test_stored_runs_keep_their_signature():
+    """Resuming: the default command's signature of the committed summary's split, test sets and budget is
+    the one the committed run files and budget.json carry (no real CT needed)."""
+    exp = load_experiment()
+    stored = json.loads((REPO / "benchmarks" / "results" / "fewlabel_lung.json").read_text())
+    args = exp.parse_args(["--out", "results.json", "--work", "work", "--commit"])
+    split = json.loads(exp.SPLIT_FILE.read_text())
+    names = {"centred": "lidc_crops", "shifted": "lidc_crops_shifted"}  # prepare_test_set's names
+    tests = [{"name": names.get(n, n), "n_crops": t["crops"], "n_scans": t["scans"]}
+             for n, t in stored["test_sets"].items()]
+    assert exp.signature(args, split, tests, stored["steps"]) == stored["signature"]
+    budget = json.loads((exp.RESULTS / "budget.json").read_text())
+    assert budget["steps"] == stored["steps"] and exp.signature(args, split, tests, None) == budget["signature"]
+    assert len(exp.load_runs(exp.RESULTS / "runs", stored["signature"])) >= stored["runs_done"]
 
 
 def test_stored_split_matches_the_shared_crops():
@@ -190,8 +296,6 @@ def test_quick_end_to_end_with_another_test_datalist(tmp_path):
     assert np.asarray(load_volume(other / "scans" / "chest.nii.gz").array).min() == -2048
 
     # --summary-only: the summary from the result files alone (the trained models removed), nothing trained
-    import shutil
-
     shutil.rmtree(work / "runs")
     again_out = tmp_path / "again" / "s.json"
     r3 = run_experiment(*[c if c != out else again_out for c in common], "--summary-only", "--work", work)
