@@ -166,11 +166,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.table is not None:
         try:
-            print(markdown_table(json.loads(args.table.read_text())))
+            table = markdown_table(json.loads(args.table.read_text()))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             print(f"error: {args.table}: not a results JSON of this experiment ({type(exc).__name__}: {exc})",
                   file=sys.stderr)
             return 1
+        try:
+            print(table)
+        except BrokenPipeError:  # `--table ... | head`: the reader stopped, the file was fine
+            sys.stderr.close()
         return 0
     try:
         result = run(args)
