@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .config import DEVICE_RE, Config, resolve_config
+from .config import Config, check_device, resolve_config  # check_device lives in config (no PyTorch); re-exported
 from .errors import ConfigError, InputError
 from .io import atomic_path
 from .models import build_network
@@ -50,6 +50,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_FORMAT_VERSION",
     "CHECKPOINT_KINDS",
+    "check_device",
     "check_kind",
     "load_checkpoint",
     "load_model",
@@ -196,35 +197,6 @@ def _version() -> str:
 def _short(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text[:120]}" if text else type(exc).__name__
-
-
-def check_device(device: str | None, option: str = "--device") -> str | None:
-    """A device the networks can run on, else a one-line :class:`ConfigError` naming ``option``:
-    not a device name (``bogus``), CUDA asked on a machine without it, a GPU index past the last.
-    ``None`` (the command's default) passes.
-
-    Example:
-        >>> check_device("cpu"), check_device(None)
-        ('cpu', None)
-        >>> try:
-        ...     check_device("bogus")
-        ... except ConfigError as exc:
-        ...     print(exc)
-        --device 'bogus' is not a device; use cpu, cuda, cuda:N or mps
-    """
-    if device is None:
-        return None
-    if not isinstance(device, str) or not DEVICE_RE.fullmatch(device):
-        raise ConfigError(f"{option} {device!r} is not a device; use cpu, cuda, cuda:N or mps")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"{option} {device}: no CUDA on this machine (PyTorch sees no GPU); use {option} cpu")
-        n = torch.cuda.device_count()
-        if ":" in device and int(device.split(":")[1]) >= n:
-            raise ConfigError(f"{option} {device}: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}")
-    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError(f"{option} mps: no MPS (Apple GPU) on this machine; use {option} cpu")
-    return device
 
 
 def _not_a_checkpoint(path: str) -> str | None:

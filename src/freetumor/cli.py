@@ -435,13 +435,17 @@ def train_seg(
     if qc_device is not None:
         extra.append(f"qc.device={qc_device}")
     cfg = load_config(config, extra)
-    # deferred: PyTorch loads after the config is checked, so a bad config fails at once
     from .synthesis import SynthesisOptions  # deferred: as above
-    from .training.stage0 import train_segmentation
+    from .training.checks import check_synthesis, checked_pool  # deferred: as above (no PyTorch)
 
     # the options of `synthesize` that Stage 2 reads (the rest of its synthesis settings are the config's)
     options = SynthesisOptions(cfg.organ, generator=generator, qc_segmentor=qc_segmentor, qc_device=qc_device,
                                profile=profile, exclude_calcified=exclude_calcified)
+    check_synthesis(synthesis.value, options, cfg)
+    # every case checked before PyTorch loads, so a bad option or case fails at once (--folds checks its own)
+    checked = None if folds is not None else checked_pool(cfg, datalist, unlabeled, skip_bad_cases, typer.echo)
+    from .training.stage0 import train_segmentation  # deferred: PyTorch loads after the config and cases are checked
+
     if folds is not None:
         from .training.kfold import format_folds_table, train_kfold  # deferred: as above
 
@@ -453,7 +457,7 @@ def train_seg(
         return
     summary = train_segmentation(cfg, datalist, out, resume=resume, log=typer.echo, unlabelled=unlabeled,
                                  synthesis=synthesis.value, options=options, skip_bad_cases=skip_bad_cases,
-                                 progress=not quiet)
+                                 progress=not quiet, checked=checked)
     typer.echo(f"done: {summary['steps']} steps, best score {summary['best_score']:.4f}; checkpoints in {out}")
 
 
@@ -559,10 +563,14 @@ def train_synth(
     if max_steps is not None:
         extra.append(f"synth.max_steps={max_steps}")
     cfg = load_config(config, extra)
-    from .training.stage1 import train_synthesis  # deferred: PyTorch loads after the config is checked
+    from .training.checks import checked_synthesis_inputs  # deferred: as above (no PyTorch)
+
+    # the profile and every case checked before PyTorch loads, so a bad one fails at once
+    checked = checked_synthesis_inputs(cfg, datalist, unlabeled, profile, realism_real, skip_bad_cases, typer.echo)
+    from .training.stage1 import train_synthesis  # deferred: PyTorch loads after the config and cases are checked
     summary = train_synthesis(cfg, datalist, unlabeled, segmentor, out, resume=resume, log=typer.echo,
                               profile=profile, realism_real=realism_real, skip_bad_cases=skip_bad_cases,
-                              progress=not quiet)
+                              progress=not quiet, checked=checked)
     r0, r1 = summary.get("probe_recall_start"), summary.get("probe_recall_end")
     if r0 is not None and r1 is not None:
         typer.echo(f"segmentor recall of fake tumours (probe patches): {r0:.3f} at step 0 -> {r1:.3f}")

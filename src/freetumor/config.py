@@ -91,6 +91,39 @@ def check_seed(seed: Any, what: str = "--seed") -> int:
     return int(seed)
 
 
+def check_device(device: str | None, option: str = "--device") -> str | None:
+    """A device the networks can run on, else a one-line :class:`ConfigError` naming ``option``:
+    not a device name (``bogus``), CUDA asked on a machine without it, a GPU index past the last.
+    ``None`` (the command's default) passes.
+
+    Example:
+        >>> check_device("cpu"), check_device(None)
+        ('cpu', None)
+        >>> try:
+        ...     check_device("bogus")
+        ... except ConfigError as exc:
+        ...     print(exc)
+        --device 'bogus' is not a device; use cpu, cuda, cuda:N or mps
+    """
+    if device is None:
+        return None
+    if not isinstance(device, str) or not DEVICE_RE.fullmatch(device):
+        raise ConfigError(f"{option} {device!r} is not a device; use cpu, cuda, cuda:N or mps")
+    if device == "cpu":
+        return device
+    import torch  # deferred: only a GPU device name needs PyTorch (a bad name or cpu is refused or passed without it)
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{option} {device}: no CUDA on this machine (PyTorch sees no GPU); use {option} cpu")
+        n = torch.cuda.device_count()
+        if ":" in device and int(device.split(":")[1]) >= n:
+            raise ConfigError(f"{option} {device}: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"{option} mps: no MPS (Apple GPU) on this machine; use {option} cpu")
+    return device
+
+
 def _numbers(cfg_key: str, value: Any, n: int, source: str, *, integer: bool = False, positive: bool = True) -> list:
     ok = isinstance(value, (list, tuple)) and len(value) == n and all(
         isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in value)

@@ -24,20 +24,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
-from monai.data import MetaTensor
-from monai.inferers import sliding_window_inference
-from monai.transforms import Orientation, ScaleIntensityRange, Spacing
 from tqdm import tqdm
-import torch
 
+from .config import check_device
 from .data import check_cases
 from .errors import ConfigError, InputError
 from .io import NIFTI_SUFFIXES, Volume, case_name, check_output_folder, load_volume, save_volume, staged_output
-from .checkpoints import check_device, load_model
-from .models import class_argmax
+
+if TYPE_CHECKING:
+    import torch
+
+# PyTorch, MONAI and the networks load in Predictor (deferred): a command's inputs are checked
+# (predict_files, organ_masks.segment_organs) before it pays for them, so bad input fails at once.
 
 
 def resample_nearest(src: np.ndarray, src_affine: np.ndarray, shape, affine: np.ndarray, fill: int = 0) -> np.ndarray:
@@ -74,11 +75,19 @@ class Predictor:
     """
 
     def __init__(self, model_path: str | os.PathLike, device: str | None = None):
+        import torch  # deferred: PyTorch loads with the first model, after the inputs were checked
+
+        from .checkpoints import load_model  # deferred: as above
+
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model, self.cfg = load_model(model_path, map_location=self.device)
         self.model.to(self.device).eval()
 
     def _preprocess(self, vol: Volume):
+        import torch  # deferred: loaded by __init__ already (see there)
+        from monai.data import MetaTensor  # deferred: as above
+        from monai.transforms import Orientation, ScaleIntensityRange, Spacing  # deferred: as above
+
         d = self.cfg.data
         img = MetaTensor(torch.as_tensor(np.asarray(vol.array, np.float32))[None], affine=torch.as_tensor(vol.affine))
         img = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(img)
@@ -88,6 +97,9 @@ class Predictor:
 
     def _logits(self, vol: Volume) -> tuple[torch.Tensor, np.ndarray]:
         """Class scores ``(1, C, X, Y, Z)`` over the foreground crop and the crop's voxel->mm affine."""
+        import torch  # deferred: loaded by __init__ already (see there)
+        from monai.inferers import sliding_window_inference  # deferred: as above
+
         img = self._preprocess(vol)
         affine = np.asarray(img.affine, np.float64)
         x = img.as_tensor()
@@ -112,6 +124,8 @@ class Predictor:
 
     def predict_volume(self, vol: Volume) -> Volume:
         """Class map (uint8) on ``vol``'s grid."""
+        from .models import class_argmax  # deferred: loaded by __init__ already (see there)
+
         logits, affine = self._logits(vol)
         pred = class_argmax(logits)[0].cpu().numpy()
         native = resample_nearest(pred, affine, vol.shape, vol.affine)
@@ -132,6 +146,10 @@ class Predictor:
             grid (nearest-neighbour resampling, as the labels), 0 outside the foreground crop,
             with the input's affine and header (stored as plain float32, no integer scaling).
         """
+        import torch  # deferred: loaded by __init__ already (see there)
+
+        from .models import class_argmax  # deferred: as above
+
         classes = [int(c) for c in (self.cfg.tumour_classes if tumour_classes is None else tumour_classes)]
         n = int(self.cfg.num_classes)
         if not classes or any(not 0 < c < n for c in classes):

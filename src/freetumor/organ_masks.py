@@ -52,7 +52,7 @@ import numpy as np
 
 from .errors import ConfigError, InputError
 from . import __version__
-from .checkpoints import check_device, check_kind, load_checkpoint
+from .config import check_device
 from .data import check_cases
 from .inference import list_inputs, predict_paths, resample_nearest
 from .io import Volume, case_name, load_volume, save_volume, staged_output, to_nifti, write_bytes_atomic
@@ -135,6 +135,8 @@ def _on_grid(arr: np.ndarray, affine: np.ndarray, vol: Volume) -> np.ndarray:
 
 def _to_sitk(vol: Volume):
     """A SimpleITK image (LPS) of a volume (RAS affine)."""
+    import SimpleITK as sitk  # deferred: the lungmask engine's input only (it was never imported here: a NameError)
+
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ vol.affine
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     img = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(vol.array).transpose(2, 1, 0)))
@@ -157,6 +159,8 @@ def _totalseg_engine(device: str | None):
     from totalsegmentator.python_api import totalsegmentator  # deferred: optional package
 
     if device is None:
+        import torch  # deferred: the optional engine's own dependency (it was never imported here: a NameError)
+
         device = "cuda" if torch.cuda.is_available() else "cpu"
     ts_device = device.replace("cuda", "gpu") if device.startswith("cuda") else device
 
@@ -264,6 +268,8 @@ def segment_organs(
     masks: list[Path] = []
     with staged_output(out) as stage:
         if engine == "freetumor":
+            # deferred: PyTorch loads for the freetumor engine only, after every input was checked
+            from .checkpoints import check_kind, load_checkpoint
 
             ck = load_checkpoint(model)
             check_kind(ck, model, "segmentor")

@@ -54,6 +54,9 @@ from .shapes import LesionMask, OrganTooSmallError, nominal_volume_ml, sample_sh
 from .lesions.profile import LesionProfile, load_profile
 from .texture import SIGMA_A, SIGMA_B, procedural_texture
 
+# The online synthesis modes of Stage 2 (train-seg --synthesis; transforms.RandTumorSynthesisd), "none" first.
+SYNTHESIS_MODES = ("none", "procedural", "generator", "profile", "copy_paste")
+
 # Lesions per case: each is drawn, placed where no other lesion is, rendered and (with QC) judged in
 # turn, about 0.1-1 s each on a CPU, and all must fit side by side in one organ; 1000 is a quarter of
 # an hour or more per case, far beyond any real tumour burden. Past it, --count is refused up front

@@ -74,7 +74,7 @@ from .placement import HOST, ROLE, VALID, AddValidMaskd, HostFocusd, RandPlaceCa
 from .lesions.profile import LesionProfile, load_profile
 from .quality import QCDecision, QualityControl, judge_patch
 from .shapes import OrganTooSmallError
-from .synthesis import lesion_soft_mask, lesion_texture, place_lesion, rule_based_difference
+from .synthesis import SYNTHESIS_MODES, lesion_soft_mask, lesion_texture, place_lesion, rule_based_difference
 from .tasks import class_mapping
 
 __all__ = [
@@ -421,9 +421,6 @@ class PrepareFakeTumourd(SeededTransform):
         d["channel"] = torch.tensor(channel)
         d["organ_class"] = torch.tensor(organ_class)
         return d
-
-
-SYNTHESIS_MODES = ("none", "procedural", "generator", "profile", "copy_paste")
 
 
 class RandTumorSynthesisd(SeededTransform):

@@ -40,7 +40,8 @@ from ..io import case_name, load_volume, save_volume, staged_output, write_bytes
 from ..synthesis import SynthesisOptions
 from .data import SPLIT_SEED, kfold_split
 from .run import check_run_folder
-from .stage0 import check_synthesis, checked_pool, train_segmentation
+from .checks import check_synthesis, checked_pool
+from .stage0 import train_segmentation
 
 __all__ = ["SUMMARY_METRICS", "fold_dir", "train_kfold", "format_folds_table"]
 

@@ -52,17 +52,15 @@ import torch
 
 from ..checkpoints import load_model
 from ..config import Config, QCConfig
-from ..data import datalist_entries
-from ..errors import ConfigError, InputError
+from ..errors import InputError
 from ..generator import apply_difference, difference_map
 from ..io import write_bytes_atomic
-from ..labels import get_label_map
 from ..lesions.features import crops_from_datalist, extract_crops, lesion_features
-from ..lesions.profile import load_profile
 from ..models import FAKE, REAL, build_discriminator, build_generator
 from ..organs import get_organ
 from ..quality import judge_patch, predicted_tumour
 from ..transforms import PrepareFakeTumourd, PrepareProfileTumourd, train_transforms
+from .checks import checked_synthesis_inputs
 from .data import MixedStepDataset, batch_tensors, collate
 from .run import Run, autocast, nan_to_none
 
@@ -456,6 +454,7 @@ def train_synthesis(
     profile=None,
     realism_real: str | os.PathLike | None = None,
     skip_bad_cases: bool = False,
+    checked: tuple | None = None,
 ) -> dict:
     """Stage-1 training; returns the summary written to ``final.json``.
 
@@ -464,19 +463,13 @@ def train_synthesis(
     generator learns a residual on them (``synth.lesions`` is set to ``profile``). With
     ``realism_real`` (a datalist of held-aside real lesions) each epoch line also has the realism
     AUC of the probe lesions, and ``best_realism.pt`` keeps the generator with the lowest one.
+    ``checked``: what :func:`~freetumor.training.checks.checked_synthesis_inputs` returned for these
+    arguments (``train-synth`` checks them before PyTorch loads), not checked again.
     """
-    if profile is not None:
-        prof = load_profile(profile, cfg.organ)  # one-line errors (wrong organ, bad file) before any output
-        cfg = cfg.replace(**{"synth.lesions": "profile"})
-    elif cfg.synth.lesions == "profile":
-        raise ConfigError("synth.lesions is profile: give the lesion profile (--profile)")
-    if realism_real is not None:
-        datalist_entries(realism_real, "held-aside real lesions")
+    # the profile (one-line errors: wrong organ, bad file) and every case, checked before any output
+    cfg, prof, lab_entries, unl_entries = checked if checked is not None else checked_synthesis_inputs(
+        cfg, labelled, unlabelled, profile, realism_real, skip_bad_cases, log)
     s = cfg.synth
-    lm = get_label_map(cfg.label_map, cfg.organ)  # every case checked before anything is written
-    lab_entries = datalist_entries(labelled, label_map=lm, skip_bad=skip_bad_cases, log=log) * cfg.data.labelled_repeat
-    unl_entries = datalist_entries(unlabelled, "unlabelled cases with organ masks", label_map=lm,
-                                   skip_bad=skip_bad_cases, log=log) if unlabelled else []
     run = Run(out, cfg, resume=resume, log=log)
     seg = _load_segmentor(segmentor, cfg, run.device)
 
