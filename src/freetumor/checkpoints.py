@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .config import Config, check_device, resolve_config  # check_device lives in config (no PyTorch); re-exported
+from .config import Config, check_checkpoint_file, check_device, resolve_config  # the two checks live in config (no PyTorch); re-exported
 from .errors import ConfigError, InputError
 from .io import atomic_path
 from .models import build_network
@@ -199,27 +199,6 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:120]}" if text else type(exc).__name__
 
 
-def _not_a_checkpoint(path: str) -> str | None:
-    """What the file is when its first bytes show it is no PyTorch file at all (an empty file, a
-    text file, another format), else ``None``. ``torch.save`` writes a zip archive (``PK\\3\\4``);
-    the legacy format and plain pickles start with the PROTO opcode (``\\x80``). Text fed to the
-    unpickler would otherwise read as opcodes and be blamed as "pickled Python code"."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(512)
-    except OSError:
-        return None  # torch.load reports it
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
-        return None
-    if not head:
-        return "an empty file"
-    try:
-        head.decode("utf-8")
-        return "a text file"
-    except UnicodeDecodeError as exc:
-        return "a text file" if exc.start >= len(head) - 3 else "another kind of file"
-
-
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Read a checkpoint with ``torch.load(weights_only=True)`` and check it is ours.
 
@@ -229,14 +208,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         InputError: missing, truncated or corrupt file; a file that is not a freetumor
             checkpoint; a pickle with Python objects that safe loading refuses.
     """
-    p = str(path)
-    if not os.path.exists(p):
-        raise InputError(p, "checkpoint not found")
-    if os.path.isdir(p):
-        raise InputError(p, "is a folder, not a checkpoint file")
-    not_ours = _not_a_checkpoint(p)
-    if not_ours:
-        raise InputError(p, f"not a checkpoint ({not_ours}; a checkpoint is a PyTorch file such as RUNDIR/best.pt)")
+    p = str(check_checkpoint_file(path))
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")  # a plain pickle file

@@ -154,6 +154,16 @@ def _out_file(path: Path) -> Path:
     return path
 
 
+def _checkpoint(path: Optional[Path]) -> Optional[Path]:
+    """Typer callback: a checkpoint option (``--model``, ``--generator``, ...) that names a file
+    which could be a checkpoint, checked before PyTorch loads; else one line and exit 1."""
+    from .config import check_checkpoint_file  # deferred: as above
+
+    if path is not None:
+        _checked(check_checkpoint_file, path)
+    return path
+
+
 QUIET_HELP = "No progress on stderr (phase lines, heartbeats, progress bars); results still print."
 
 
@@ -183,9 +193,9 @@ def synthesize(
     size: Size = typer.Option(Size.mix, "--size", help="Size class; mix draws per tumour."),
     seed: int = typer.Option(0, "--seed", callback=_seed, help="Random seed (recorded in the output)."),
     png: bool = typer.Option(True, "--png/--no-png", help="Write the before/after figure."),
-    generator: Optional[Path] = typer.Option(None, "--generator", help="Stage-1 generator (RUNDIR/generator.pt): "
+    generator: Optional[Path] = typer.Option(None, "--generator", callback=_checkpoint, help="Stage-1 generator (RUNDIR/generator.pt): "
                                              "learned difference maps instead of the rule-based scalar."),
-    qc_segmentor: Optional[Path] = typer.Option(None, "--qc-segmentor", help="Segmentation checkpoint for "
+    qc_segmentor: Optional[Path] = typer.Option(None, "--qc-segmentor", callback=_checkpoint, help="Segmentation checkpoint for "
                                                 "quality control (keep a tumour the segmentor finds)."),
     qc_threshold: Optional[float] = typer.Option(None, "--qc-threshold",
                                                  help="QC: minimum segmentor recall of the tumour (default 0.7)."),
@@ -402,8 +412,8 @@ def train_seg(
     synthesis: SynthesisMode = typer.Option(SynthesisMode.none, "--synthesis", help="Online tumour synthesis on "
                                             "eligible patches (Stage 2); none is the baseline; copy_paste pastes the "
                                             "run's real labelled lesions (TumorCP-style baseline)."),
-    generator: Optional[Path] = typer.Option(None, "--generator", help="Stage-1 generator.pt (--synthesis generator)."),
-    qc_segmentor: Optional[Path] = typer.Option(None, "--qc-segmentor", help="Frozen segmentor for quality control "
+    generator: Optional[Path] = typer.Option(None, "--generator", callback=_checkpoint, help="Stage-1 generator.pt (--synthesis generator)."),
+    qc_segmentor: Optional[Path] = typer.Option(None, "--qc-segmentor", callback=_checkpoint, help="Frozen segmentor for quality control "
                                                 "of the synthetic tumours."),
     qc_device: Optional[str] = typer.Option(None, "--qc-device", help="cpu, cuda or cuda:N for the QC segmentor "
                                             "(sets qc.device; default: the training device)."),
@@ -471,8 +481,8 @@ def synthesize_batch_cmd(
     count: int = typer.Option(1, "--count", min=1, help="Tumours per synthetic case."),
     size: Size = typer.Option(Size.mix, "--size", help="Size class; mix draws per tumour."),
     seed: int = typer.Option(0, "--seed", callback=_seed, help="Random seed (each case's seed derives from it)."),
-    generator: Optional[Path] = typer.Option(None, "--generator", help="Stage-1 generator.pt."),
-    qc_segmentor: Optional[Path] = typer.Option(None, "--qc-segmentor", help="Segmentor for quality control."),
+    generator: Optional[Path] = typer.Option(None, "--generator", callback=_checkpoint, help="Stage-1 generator.pt."),
+    qc_segmentor: Optional[Path] = typer.Option(None, "--qc-segmentor", callback=_checkpoint, help="Segmentor for quality control."),
     qc_threshold: Optional[float] = typer.Option(None, "--qc-threshold", help="QC recall."),
     qc_device: Optional[str] = typer.Option(None, "--qc-device", help="cpu, cuda or cuda:N for the QC segmentor."),
     label_map: Optional[str] = typer.Option(None, "--label-map", help=LABEL_MAP_HELP),
@@ -542,7 +552,7 @@ def train_synth(
     datalist: Path = typer.Option(..., "--datalist", help="Labelled datalist (real tumours)."),
     unlabeled: Optional[Path] = typer.Option(None, "--unlabeled", help="Unlabelled datalist: CT with organ masks "
                                              "only (label = organ mask)."),
-    segmentor: Path = typer.Option(..., "--segmentor", help="Frozen Stage-0 segmentor, e.g. RUNDIR/best.pt."),
+    segmentor: Path = typer.Option(..., "--segmentor", callback=_checkpoint, help="Frozen Stage-0 segmentor, e.g. RUNDIR/best.pt."),
     out: Path = typer.Option(..., "--out", callback=_out_folder, help="Run folder."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N iterations (G + D step)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
@@ -584,7 +594,7 @@ def train_synth(
 @app.command()
 @domain_errors
 def predict(
-    model: Path = typer.Option(..., "--model", help="Checkpoint, e.g. RUNDIR/best.pt."),
+    model: Path = typer.Option(..., "--model", callback=_checkpoint, help="Checkpoint, e.g. RUNDIR/best.pt."),
     image: Path = typer.Option(..., "--image", help="CT file, DICOM series folder, or folder of NIfTI files."),
     out: Path = typer.Option(..., "--out", callback=_out_folder, help="Output folder (<case>.nii.gz, on each input's grid)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),

@@ -91,6 +91,51 @@ def check_seed(seed: Any, what: str = "--seed") -> int:
     return int(seed)
 
 
+def _not_a_checkpoint(path: str) -> str | None:
+    """What the file is when its first bytes show it is no PyTorch file at all (an empty file, a
+    text file, another format), else ``None``. ``torch.save`` writes a zip archive (``PK\\3\\4``);
+    the legacy format and plain pickles start with the PROTO opcode (``\\x80``). Text fed to the
+    unpickler would otherwise read as opcodes and be blamed as "pickled Python code"."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return None  # torch.load reports it
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return None
+    if not head:
+        return "an empty file"
+    try:
+        head.decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError as exc:
+        return "a text file" if exc.start >= len(head) - 3 else "another kind of file"
+
+
+def check_checkpoint_file(path: str | os.PathLike) -> Path:
+    """``path`` if it could be a checkpoint (it exists, is a file, and starts like a PyTorch file),
+    else a one-line :class:`InputError` naming it. Reads 512 bytes and needs no PyTorch, so the
+    CLI refuses a wrong ``--model`` or ``--generator`` before the networks load;
+    :func:`freetumor.checkpoints.load_checkpoint` then checks what is inside.
+
+    Example:
+        >>> try:
+        ...     check_checkpoint_file("no/such/best.pt")
+        ... except InputError as exc:
+        ...     print(exc)
+        no/such/best.pt: checkpoint not found
+    """
+    p = str(path)
+    if not os.path.exists(p):
+        raise InputError(p, "checkpoint not found")
+    if os.path.isdir(p):
+        raise InputError(p, "is a folder, not a checkpoint file")
+    not_ours = _not_a_checkpoint(p)
+    if not_ours:
+        raise InputError(p, f"not a checkpoint ({not_ours}; a checkpoint is a PyTorch file such as RUNDIR/best.pt)")
+    return Path(p)
+
+
 def check_device(device: str | None, option: str = "--device") -> str | None:
     """A device the networks can run on, else a one-line :class:`ConfigError` naming ``option``:
     not a device name (``bogus``), CUDA asked on a machine without it, a GPU index past the last.
