@@ -868,6 +868,11 @@ def draw_lesion(profile, image: np.ndarray, allowed: np.ndarray, grid: Grid, rng
     ``allowed`` (:func:`sample_centre`, up to ``tries`` draws) and render it (:func:`render_lesion`;
     calibrated to the host's grid for a fitted profile).
 
+    A profile with measured attachment shares (``profile.attachment``) places the lesion juxtapleural (against
+    the allowed region's boundary, :data:`PLEURAL_DEPTH_RADII`), juxtavascular (:func:`vessel_centre`; free
+    where no vessel has room) or free, with those shares; the kind is drawn once and kept through redraws, and
+    the record says it (``attachment``: ``drawn`` and ``placed``).
+
     A render that a reader could not see (:func:`visibility`), or whose label is smaller than the profile's
     smallest lesion (``summary["diameter_mm"]["min"]``: no specks below the real minimum), is not returned:
     the lesion is drawn and placed again, up to ``redraws`` times; the returned render's record says how many
