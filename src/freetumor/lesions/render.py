@@ -166,7 +166,8 @@ _TABLE = (48, 96)  # the log-radius is tabulated on this (polar, azimuth) grid o
 # a large rough lesion a star. Real large nodules (fit half of the shared LIDC crops, 14 mm and more) have as much
 # fine roughness in mm as the even bands give (0.40 mm against 0.32 mm; tests/test_lesion_surfaces.py), so the
 # amplitude stays and only its distribution over the surface changes. Up to BAND_REF_RADIUS_MM (most real nodules,
-# median 7.7 mm) the bands are even, the mix AMPLITUDE_TABLE was measured with.
+# median 7.7 mm) the bands are even, the mix AMPLITUDE_TABLE was measured with. Lung lesions only (measured on
+# lung nodules; the abdominal renders, hide_wide_structure, keep even bands).
 BAND_REF_RADIUS_MM = 7.0
 PATCHINESS = 1.0
 
@@ -217,15 +218,15 @@ class Surface:
     """A rotated ellipsoid whose radius is modulated by band-limited random noise on the sphere at three
     scales (:func:`_sphere_noise`): inside where ``value(points) <= 1``. ``amplitude`` is the SD of the
     log-radius (0: the plain ellipsoid); the finer bands of a large lesion are patchy (:func:`patchiness_for`
-    the ellipsoid's equivalent radius, or ``band_radius_mm`` when given)."""
+    the ellipsoid's equivalent radius, or ``band_radius_mm`` when given), unless ``patchy`` is false."""
 
     def __init__(self, semi_axes_mm, rotation: np.ndarray, amplitude: float, rng: np.random.Generator,
-                 band_radius_mm: float | None = None):
+                 band_radius_mm: float | None = None, patchy: bool = True):
         self.a = np.asarray(semi_axes_mm, np.float64)
         self.rot = np.asarray(rotation, np.float64)
         self.amp = float(amplitude)
         radius = float(np.prod(self.a)) ** (1.0 / 3.0) if band_radius_mm is None else float(band_radius_mm)
-        self.patchiness = patchiness_for(radius)
+        self.patchiness = patchiness_for(radius) if patchy else 0.0
         self.log_r = self.amp * _sphere_noise(rng, patchiness=self.patchiness)
 
     @property
@@ -538,7 +539,7 @@ def _render_once(image, allowed, grid: Grid, centre, params: dict, settings: dic
     scale, below, above = 1.0, None, None
     for _ in range(10):
         surface = Surface(axes * scale, rotation, amp, np.random.default_rng(surface_rng.bit_generator.seed_seq),
-                          band_radius_mm=params["diameter_mm"] / 2.0)
+                          band_radius_mm=params["diameter_mm"] / 2.0, patchy=not hide_wide_structure)
         reach_mm = surface.reach + 3.0 * sigma_edge + 2.0 * STRUCTURE_MM + 2.0
         half = np.ceil(reach_mm / spacing).astype(int)
         box = tuple(slice(max(0, int(ci - h)), min(int(n), int(ci + h + 1))) for ci, h, n in zip(c, half, grid.shape))
