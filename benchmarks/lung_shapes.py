@@ -103,6 +103,8 @@ def fit_half_profile(fit_e: list[dict]):
     src = {"split": "fit half of the shared LIDC crops (rows of builtin:lung)"}
     prof = LesionProfile.from_rows("lung", rows, src, "lung-fit-half", opt) if opt else \
         LesionProfile.from_rows("lung", rows, src, "lung-fit-half")
+    if getattr(full, "attachment", None):  # measured on the fit half only (benchmarks/lung_attachment.py)
+        prof = prof.with_attachment(full.attachment)
     return prof, full, owner
 
 
@@ -143,6 +145,7 @@ def main() -> int:
 
     syn: dict[str, list] = {k: [] for k in ("drawn_diameter_mm", "diameter_mm", "half_max_diameter_mm",
                                             "surface_roughness", "solidity", "peak_occupancy", "cnr", "redrawn")}
+    placed: list[str] = []
     views = []
     for i, h in enumerate(hosts()):
         if h["name"] not in args.hosts.split(","):
@@ -176,6 +179,8 @@ def main() -> int:
             syn["peak_occupancy"].append(float(r.occupancy.max()))
             syn["cnr"].append(r.record.get("visibility", {}).get("cnr"))
             syn["redrawn"].append(r.record.get("redrawn"))
+            if "attachment" in r.record:
+                placed.append(r.record["attachment"]["placed"])
             views.append((crop, sub))
         print(f"{h['name']}: {len(syn['diameter_mm'])} lesions so far, {time.time() - t0:.0f} s", flush=True)
 
@@ -194,6 +199,9 @@ def main() -> int:
         "redraws": {"invisible": sum(x.get("invisible", 0) for x in redrawn),
                     "below_minimum_size": sum(x.get("below_minimum_size", 0) for x in redrawn)} if redrawn else None,
         "real_held_out_a": {k: stats(v) for k, v in real.items()},
+        **({"attachment_placed": {k: placed.count(k) for k in ("juxtapleural", "juxtavascular", "free")},
+            "attachment_profile": {k: profile.attachment[k] for k in ("juxtapleural", "juxtavascular")}}
+           if placed else {}),
         "seconds": round(time.time() - t0, 1),
     }
     doc = json.loads(args.out.read_text()) if args.out.exists() else {}

@@ -28,18 +28,24 @@ from ..errors import InputError
 from ..io import case_name
 from ..labels import get_label_map
 from ..organs import get_organ
+from .attachment import measure_attachment
 from .features import LesionCrop, crops_from_datalist
 from .measure import FIT_MARGIN_MM, MIN_VOXELS, measure_crop
 from .profile import FEATURE_ORDER, OPTIONAL_ORDER, LesionProfile
 
 
 def fit_profile(crops: list[LesionCrop], organ: str, source: dict | None = None, name: str = "") -> LesionProfile:
-    """The fitted profile of measured lesion crops (one row per lesion)."""
+    """The fitted profile of measured lesion crops (one row per lesion); for lung lesions also their
+    attachment shares (:func:`freetumor.lesions.attachment.measure_attachment`, on the same crops)."""
     rows = []
     for crop in crops:
         m = measure_crop(crop)
         rows.append([m[f] for f in FEATURE_ORDER + OPTIONAL_ORDER])
-    return LesionProfile.from_rows(organ, rows, source or {}, name, OPTIONAL_ORDER)
+    profile = LesionProfile.from_rows(organ, rows, source or {}, name, OPTIONAL_ORDER)
+    if profile.organ == "lung":
+        att = measure_attachment(crops)
+        profile = profile.with_attachment({**att, "measured_on": "the profile's own lesions (freetumor.lesions.attachment)"})
+    return profile
 
 
 def fit_datalist(datalist: str | os.PathLike, organ: str, out: str | os.PathLike, label_map=None,

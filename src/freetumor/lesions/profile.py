@@ -32,7 +32,7 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +76,11 @@ OPTIONAL_FEATURES: dict[str, str] = {
                          ":func:`freetumor.lesions.shape.shape_descriptors`)",
 }
 OPTIONAL_ORDER: tuple[str, ...] = tuple(OPTIONAL_FEATURES)
+# Optional profile-level field ``attachment`` (lung): the measured share of lesions against the chest wall or
+# mediastinum (juxtapleural) and against a vessel only (juxtavascular), exclusive
+# (:mod:`freetumor.lesions.attachment`), with the number of lesions measured and where. A profile without it
+# still loads (a one-time notice): its lesions are placed by their drawn attached_fraction as before.
+ATTACHMENT_SHARES = ("juxtapleural", "juxtavascular")
 _NOTIFIED: set[str] = set()
 # Physical bounds a drawn value is kept in (besides the observed range).
 _BOUNDS = {"diameter_mm": (1.0, 300.0), "axis_ratio_mid": (0.1, 1.0), "axis_ratio_min": (0.05, 1.0),
@@ -199,6 +204,23 @@ class LesionProfile:
     source: dict = field(default_factory=dict)
     name: str = ""
     optional: tuple[str, ...] = ()  # the optional features (OPTIONAL_ORDER) whose columns follow FEATURE_ORDER
+    attachment: dict = field(default_factory=dict)  # measured attachment shares (ATTACHMENT_SHARES), or empty
+
+    def with_attachment(self, attachment: dict, where: str | None = None) -> "LesionProfile":
+        """This profile with the measured ``attachment`` shares (checked: each of :data:`ATTACHMENT_SHARES`
+        a number in 0..1, their sum at most 1; errors on ``where``)."""
+        return replace(self, attachment=check_attachment(attachment, where or self.name or "lesion profile"))
+
+    def draw_attachment(self, rng: np.random.Generator) -> str | None:
+        """Where one lesion is placed: ``juxtapleural``, ``juxtavascular`` or ``free``, with this profile's
+        measured shares; ``None`` for a profile without them (placement then follows attached_fraction)."""
+        if not self.attachment:
+            return None
+        u = float(rng.random())
+        p_wall = float(self.attachment["juxtapleural"])
+        if u < p_wall:
+            return "juxtapleural"
+        return "juxtavascular" if u < p_wall + float(self.attachment["juxtavascular"]) else "free"
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -243,12 +265,15 @@ class LesionProfile:
                                                          f"(contrast above {limit:g} HU)")
             source = {**self.source, "max_contrast_hu": limit, "calcified_rows_left_out": len(self.rows) - len(keep)}
             if self.kind == "combined":
-                return LesionProfile.combined(self.organ, keep, self.distributions, source, self.name, optional=self.optional)
-            return LesionProfile.from_rows(self.organ, keep, source, self.name, self.optional)
+                return replace(LesionProfile.combined(self.organ, keep, self.distributions, source, self.name,
+                                                      optional=self.optional), attachment=self.attachment)
+            return replace(LesionProfile.from_rows(self.organ, keep, source, self.name, self.optional),
+                           attachment=self.attachment)
         spec = dict(self.distributions["contrast_hu"])
         spec["max"] = min(float(spec.get("max", math.inf)), limit)
         return LesionProfile(self.organ, self.kind, self.rows, {**self.distributions, "contrast_hu": spec},
-                             self.summary, {**self.source, "max_contrast_hu": limit}, self.name, self.optional)
+                             self.summary, {**self.source, "max_contrast_hu": limit}, self.name, self.optional,
+                             self.attachment)
 
     @classmethod
     def combined(cls, organ: str, rows, distributions: dict, source: dict, name: str = "",
@@ -299,6 +324,7 @@ class LesionProfile:
             "summary": self.summary,
             **({"rows": [list(r) for r in self.rows]} if self.kind in ("fitted", "combined") else {}),
             **({"distributions": self.distributions} if self.kind in ("literature", "combined") else {}),
+            **({"attachment": self.attachment} if self.attachment else {}),
         }
 
     def save(self, path: str | os.PathLike) -> None:
@@ -307,6 +333,17 @@ class LesionProfile:
     @classmethod
     def from_json(cls, doc, where: str) -> "LesionProfile":
         """Validate a profile document; every problem is a one-line :class:`InputError` on ``where``."""
+        profile = cls._from_json(doc, where)
+        if "attachment" in doc:
+            return profile.with_attachment(doc["attachment"], where)
+        if profile.organ == "lung" and where not in _NOTIFIED_ATTACHMENT:
+            _NOTIFIED_ATTACHMENT.add(where)
+            print(f"note: lesion profile {where} has no attachment shares (fitted before they were measured): "
+                  "lesions are placed against the wall by their drawn attached_fraction", file=sys.stderr)
+        return profile
+
+    @classmethod
+    def _from_json(cls, doc, where: str) -> "LesionProfile":
         if not isinstance(doc, dict) or doc.get("format") != PROFILE_FORMAT:
             raise InputError(where, f"not a lesion profile (expected \"format\": \"{PROFILE_FORMAT}\")")
         version = doc.get("version")
@@ -335,6 +372,27 @@ class LesionProfile:
             summary = doc.get("summary") if isinstance(doc.get("summary"), dict) else {}
             return cls(organ, "literature", (), dists, summary, doc.get("source") or {}, str(doc.get("name") or ""))
         raise InputError(where, f"lesion profile kind must be fitted, literature or combined, got {kind!r}")
+
+
+_NOTIFIED_ATTACHMENT: set[str] = set()
+
+
+def check_attachment(att, where: str) -> dict:
+    """A profile's ``attachment`` field, checked: a mapping with each of :data:`ATTACHMENT_SHARES` a finite
+    number in 0..1 and their sum at most 1 (the categories are exclusive); other keys (``lesions``,
+    ``measured_on``, ...) are kept as they are. Else a one-line :class:`InputError` on ``where``."""
+    if not isinstance(att, dict):
+        raise InputError(where, f"attachment must be a mapping of {', '.join(ATTACHMENT_SHARES)} shares")
+    for k in ATTACHMENT_SHARES:
+        x = att.get(k)
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(float(x)):
+            raise InputError(where, f"attachment.{k} must be a finite number, got {x!r}"[:160])
+        if not 0.0 <= float(x) <= 1.0:
+            raise InputError(where, f"attachment.{k} is {float(x):g}, outside its valid range 0 <= x <= 1")
+    total = sum(float(att[k]) for k in ATTACHMENT_SHARES)
+    if total > 1.0 + 1e-9:
+        raise InputError(where, f"attachment shares add up to {total:g}, above 1 (the kinds are exclusive)")
+    return dict(att)
 
 
 def _notify_missing(where: str, present: tuple[str, ...]) -> None:

@@ -161,11 +161,33 @@ _BANDS = ((1.2, 2.6), (3.5, 6.5), (9.0, 15.0))
 _BAND_SD = (1.0, 0.8, 0.6)
 _WAVES = 24
 _TABLE = (48, 96)  # the log-radius is tabulated on this (polar, azimuth) grid of directions
+# Large lesions: their finer bands (bumps, fine roughness) are patchy -- confined by a broad random envelope to
+# a few sectors of the surface, rough sectors beside smooth ones -- instead of an even crenellated rim that makes
+# a large rough lesion a star. Real large nodules (fit half of the shared LIDC crops, 14 mm and more) have as much
+# fine roughness in mm as the even bands give (0.40 mm against 0.32 mm; tests/test_lesion_surfaces.py), so the
+# amplitude stays and only its distribution over the surface changes. Up to BAND_REF_RADIUS_MM (most real nodules,
+# median 7.7 mm) the bands are even, the mix AMPLITUDE_TABLE was measured with. Lung lesions only (measured on
+# lung nodules; the abdominal renders, hide_wide_structure, keep even bands).
+BAND_REF_RADIUS_MM = 7.0
+PATCHINESS = 1.0
 
 
-def _sphere_noise(rng: np.random.Generator, n_theta: int = _TABLE[0], n_phi: int = _TABLE[1]) -> np.ndarray:
+def patchiness_for(radius_mm: float) -> float:
+    """How patchy the finer surface bands of a lesion of equivalent radius ``radius_mm`` are (the strength of
+    their envelope in :func:`_sphere_noise`): 0 up to :data:`BAND_REF_RADIUS_MM`, rising to :data:`PATCHINESS`
+    at twice that radius.
+
+    >>> patchiness_for(5.0), patchiness_for(10.5), patchiness_for(20.0)
+    (0.0, 0.5, 1.0)
+    """
+    return PATCHINESS * min(1.0, max(0.0, float(radius_mm) / BAND_REF_RADIUS_MM - 1.0))
+
+
+def _sphere_noise(rng: np.random.Generator, n_theta: int = _TABLE[0], n_phi: int = _TABLE[1],
+                  sds=_BAND_SD, patchiness: float = 0.0) -> np.ndarray:
     """Unit-SD band-limited random noise on the unit sphere, tabulated on a (polar, azimuth) grid
-    (azimuth wrapped: the last column repeats the first)."""
+    (azimuth wrapped: the last column repeats the first); ``patchiness``: the strength of the finer bands' envelope
+    (:func:`patchiness_for`)."""
     theta = (np.arange(n_theta) + 0.5) / n_theta * math.pi
     phi = np.arange(n_phi + 1) / n_phi * 2.0 * math.pi
     st = np.sin(theta)[:, None]
@@ -173,26 +195,39 @@ def _sphere_noise(rng: np.random.Generator, n_theta: int = _TABLE[0], n_phi: int
                   np.cos(theta)[:, None] * np.ones_like(phi)[None, :]], axis=-1)
     area = np.broadcast_to(st, (n_theta, n_phi + 1))[:, :-1]
     field = np.zeros((n_theta, n_phi + 1))
-    for (lo, hi), sd in zip(_BANDS, _BAND_SD):
+
+    def unit_band(lo, hi):
         d = rng.standard_normal((_WAVES, 3))
         d *= (rng.uniform(lo, hi, _WAVES) / np.linalg.norm(d, axis=1))[:, None]
         band = np.cos(u @ d.T + rng.uniform(0.0, 2.0 * math.pi, _WAVES)).sum(axis=-1)
         mean = np.average(band[:, :-1], weights=area)
-        band = (band - mean) / math.sqrt(np.average((band[:, :-1] - mean) ** 2, weights=area))
+        return (band - mean) / math.sqrt(np.average((band[:, :-1] - mean) ** 2, weights=area))
+
+    for b, ((lo, hi), sd) in enumerate(zip(_BANDS, sds)):
+        band = unit_band(lo, hi)
+        if b > 0 and patchiness > 0:
+            # the finer bands confined to a few patches of the surface (an envelope exp(p g), g a broad band, of
+            # unit RMS): rough sectors and smooth ones, not an even crenellated rim
+            env = np.exp(patchiness * unit_band(*_BANDS[0]))
+            band = band * env / math.sqrt(np.average(env[:, :-1] ** 2, weights=area))
         field += sd * band
-    return field / math.sqrt(sum(sd * sd for sd in _BAND_SD))
+    return field / math.sqrt(sum(sd * sd for sd in sds))
 
 
 class Surface:
     """A rotated ellipsoid whose radius is modulated by band-limited random noise on the sphere at three
     scales (:func:`_sphere_noise`): inside where ``value(points) <= 1``. ``amplitude`` is the SD of the
-    log-radius (0: the plain ellipsoid)."""
+    log-radius (0: the plain ellipsoid); the finer bands of a large lesion are patchy (:func:`patchiness_for`
+    the ellipsoid's equivalent radius, or ``band_radius_mm`` when given), unless ``patchy`` is false."""
 
-    def __init__(self, semi_axes_mm, rotation: np.ndarray, amplitude: float, rng: np.random.Generator):
+    def __init__(self, semi_axes_mm, rotation: np.ndarray, amplitude: float, rng: np.random.Generator,
+                 band_radius_mm: float | None = None, patchy: bool = True):
         self.a = np.asarray(semi_axes_mm, np.float64)
         self.rot = np.asarray(rotation, np.float64)
         self.amp = float(amplitude)
-        self.log_r = self.amp * _sphere_noise(rng)
+        radius = float(np.prod(self.a)) ** (1.0 / 3.0) if band_radius_mm is None else float(band_radius_mm)
+        self.patchiness = patchiness_for(radius) if patchy else 0.0
+        self.log_r = self.amp * _sphere_noise(rng, patchiness=self.patchiness)
 
     @property
     def reach(self) -> float:
@@ -503,7 +538,8 @@ def _render_once(image, allowed, grid: Grid, centre, params: dict, settings: dic
     best = None
     scale, below, above = 1.0, None, None
     for _ in range(10):
-        surface = Surface(axes * scale, rotation, amp, np.random.default_rng(surface_rng.bit_generator.seed_seq))
+        surface = Surface(axes * scale, rotation, amp, np.random.default_rng(surface_rng.bit_generator.seed_seq),
+                          band_radius_mm=params["diameter_mm"] / 2.0, patchy=not hide_wide_structure)
         reach_mm = surface.reach + 3.0 * sigma_edge + 2.0 * STRUCTURE_MM + 2.0
         half = np.ceil(reach_mm / spacing).astype(int)
         box = tuple(slice(max(0, int(ci - h)), min(int(n), int(ci + h + 1))) for ci, h, n in zip(c, half, grid.shape))
@@ -662,24 +698,35 @@ def soft_tissue_noise(image: np.ndarray, spacing, slabs: int = 6) -> float | Non
 
 
 ATTACHED_ABOVE = 0.15   # a drawn attached_fraction above this places the lesion against the organ's wall
+# A juxtapleural lesion's centre lies this many radii from the lung's boundary: it meets the wall over a contact
+# disc (about 0.4-0.8 radii wide, a broad base as real juxtapleural nodules have) and loses at most a thin cap
+# to it, which the label never holds (the label is the lesion inside the allowed region).
+PLEURAL_DEPTH_RADII = (0.65, 0.95)
+FREE_MARGIN_MM = 1.5    # a free lesion's centre is at least a radius plus this from the boundary
 
 
-def _depth_ranges(params: dict) -> list[tuple[float, float]]:
+def _depth_ranges(params: dict, attachment: str | None = None) -> list[tuple[float, float]]:
     """The depth ranges (mm to the allowed region's boundary) a lesion's centre may lie in, in order
-    of preference: against the wall (0.3-0.9 radii deep) for a lesion drawn as attached
-    (``attached_fraction`` above :data:`ATTACHED_ABOVE`), else wholly inside (a radius plus 1.5 mm);
-    then a looser range of each kind."""
+    of preference. With an ``attachment`` drawn from the profile's measured shares: ``juxtapleural``, against
+    the wall (:data:`PLEURAL_DEPTH_RADII`); ``free`` and ``juxtavascular``, wholly inside (a radius plus
+    :data:`FREE_MARGIN_MM`), then half a radius less. Without (a profile fitted before they were measured): against
+    the wall (0.3-0.9 radii deep) for a lesion drawn as attached (``attached_fraction`` above
+    :data:`ATTACHED_ABOVE`), else wholly inside; then a looser range of each kind."""
     r = params["diameter_mm"] / 2.0
+    if attachment == "juxtapleural":
+        return [(PLEURAL_DEPTH_RADII[0] * r, PLEURAL_DEPTH_RADII[1] * r), (0.5 * r, r)]
+    if attachment in ("free", "juxtavascular"):
+        return [(r + FREE_MARGIN_MM, np.inf), (r + 0.5, np.inf)]
     if params.get("attached_fraction", 0.0) > ATTACHED_ABOVE:
         return [(0.3 * r, 0.9 * r), (0.0, 1.5 * r)]
     return [(r + 1.5, np.inf), (0.5 * r, np.inf)]
 
 
-def choose_centre(depth_mm: np.ndarray, params: dict, rng: np.random.Generator):
+def choose_centre(depth_mm: np.ndarray, params: dict, rng: np.random.Generator, attachment: str | None = None):
     """A centre voxel for a lesion, from the allowed region's depth map (mm to its boundary),
     uniform over the voxels of the first range of :func:`_depth_ranges` that has any.
     ``None`` when no range has a voxel."""
-    for lo, hi in _depth_ranges(params):
+    for lo, hi in _depth_ranges(params, attachment):
         cand = np.flatnonzero((depth_mm.ravel() > max(lo, 0.0)) & (depth_mm.ravel() <= hi))
         if cand.size:
             return tuple(int(v) for v in np.unravel_index(int(cand[rng.integers(cand.size)]), depth_mm.shape))
@@ -700,7 +747,8 @@ def local_depth(allowed: np.ndarray, spacing, centre, reach_mm: float) -> float:
     return float(min(d[tuple(int(c) - b.start for c, b in zip(centre, box))], reach_mm))
 
 
-def sample_centre(allowed: np.ndarray, spacing, params: dict, rng: np.random.Generator, attempts: int = 300):
+def sample_centre(allowed: np.ndarray, spacing, params: dict, rng: np.random.Generator, attempts: int = 300,
+                  attachment: str | None = None):
     """:func:`choose_centre` without the whole region's depth map: random voxels of ``allowed`` are
     tested with :func:`local_depth` until one lies in the first depth range (the same uniform
     distribution over that range's voxels). A range with no hit in ``attempts`` tries falls back to
@@ -708,7 +756,7 @@ def sample_centre(allowed: np.ndarray, spacing, params: dict, rng: np.random.Gen
     idx = np.flatnonzero(np.asarray(allowed, bool).ravel())
     if not idx.size:
         return None
-    lo, hi = _depth_ranges(params)[0]
+    lo, hi = _depth_ranges(params, attachment)[0]
     reach = (hi if np.isfinite(hi) else lo) + 2.0 * float(max(spacing))  # depths below it are exact
     for _ in range(attempts):
         c = np.unravel_index(int(idx[rng.integers(idx.size)]), allowed.shape)
@@ -717,15 +765,57 @@ def sample_centre(allowed: np.ndarray, spacing, params: dict, rng: np.random.Gen
     nz = np.nonzero(allowed)  # the region's bounding box, plus one voxel
     box = tuple(slice(max(0, int(v.min()) - 1), min(n, int(v.max()) + 2)) for v, n in zip(nz, allowed.shape))
     depth = ndimage.distance_transform_edt(np.asarray(allowed[box], bool), sampling=spacing)
-    c = choose_centre(depth, params, rng)
+    c = choose_centre(depth, params, rng, attachment)
     return None if c is None else tuple(int(v + b.start) for v, b in zip(c, box))
+
+
+VESSEL_HU = -400.0            # a lung vessel: its 0.6 mm-smoothed HU is above this ...
+VESSEL_MAX_RADIUS_MM = 3.0    # ... and it is thinner than this (no ball of this radius of dense tissue)
+VESSEL_OFFSET_RADII = (0.6, 1.0)  # a juxtavascular lesion's centre lies this many radii from a vessel voxel
+
+
+def vessel_centre(image: np.ndarray, allowed: np.ndarray, spacing, params: dict, rng: np.random.Generator,
+                  attempts: int = 200):
+    """A centre voxel for a juxtavascular lesion: a random vessel voxel of the allowed region (smoothed HU above
+    :data:`VESSEL_HU`, in a structure thinner than :data:`VESSEL_MAX_RADIUS_MM`), moved by
+    :data:`VESSEL_OFFSET_RADII` radii in a random direction, so that the vessel runs into the lesion's margin
+    (where the renderer's soft union joins them); the centre must be a free lesion's depth from the region's
+    boundary (:func:`_depth_ranges`), so the lesion is not juxtapleural too. ``None`` when no try succeeds."""
+    spacing = np.asarray(spacing, np.float64)
+    allowed = np.asarray(allowed, bool)
+    idx = np.flatnonzero(allowed.ravel() & (np.asarray(image).ravel() > VESSEL_HU))
+    if not idx.size:
+        return None
+    r = params["diameter_mm"] / 2.0
+    lo = r + FREE_MARGIN_MM
+    half = np.ceil((VESSEL_MAX_RADIUS_MM + 2.0) / spacing).astype(int)
+    for _ in range(attempts):
+        v = np.array(np.unravel_index(int(idx[rng.integers(idx.size)]), allowed.shape))
+        box = tuple(slice(max(0, int(c - h)), min(int(n), int(c + h + 1))) for c, h, n in zip(v, half, allowed.shape))
+        sub = _gaussian_mm(np.asarray(image[box], np.float32), UNION_MM, spacing) > VESSEL_HU
+        inner = tuple(int(c - b.start) for c, b in zip(v, box))
+        if not sub[inner]:
+            continue
+        dense = ndimage.distance_transform_edt(sub, sampling=spacing)
+        if dense.max() >= VESSEL_MAX_RADIUS_MM:  # a wall, the hilum or a real lesion, not a vessel
+            continue
+        u = rng.standard_normal(3)
+        u /= np.linalg.norm(u)
+        d = rng.uniform(*VESSEL_OFFSET_RADII) * r
+        c = np.round(v + u * d / spacing).astype(int)
+        if np.any(c < 0) or np.any(c >= allowed.shape) or not allowed[tuple(c)]:
+            continue
+        if local_depth(allowed, spacing, tuple(c), lo + 2.0 * float(spacing.max())) > lo:
+            return tuple(int(x) for x in c)
+    return None
 
 
 VISIBLE_CNR = 3.0        # a lesion stands out when its centre slice's contrast-to-noise ratio reaches this
 RING_MM = (1.0, 5.0)     # its surroundings: the centre slice's voxels this far outside its label
+MIN_IN_ORGAN = 0.5       # with the organ given, at least this share of the surroundings lies in it
 
 
-def visibility(rendered: RenderedLesion, grid: Grid) -> dict:
+def visibility(rendered: RenderedLesion, grid: Grid, allowed: np.ndarray | None = None) -> dict:
     """How well a rendered lesion stands out from its surroundings in its centre slice (the slice through its
     centre voxel across the axis of the thickest spacing, as a reader scrolls it).
 
@@ -733,7 +823,10 @@ def visibility(rendered: RenderedLesion, grid: Grid) -> dict:
     the lesion's contrast; the surroundings are the slice's voxels :data:`RING_MM` outside the label, and the
     spread is the larger of their robust SD (1.4826 MAD) and the host's fine noise. A lesion against a wall or
     inside a vessel bundle has surroundings of its own density (a low or negative ``cnr``): a reader could not
-    tell it from the wall. ``visible``: ``cnr`` reaches :data:`VISIBLE_CNR` (Rose's criterion, 3-5 for a
+    tell it from the wall. With ``allowed`` (the organ the lesion was drawn in), the surroundings are its voxels
+    only: a juxtapleural lesion is seen against the lung beside it, as a reader sees one, and the wall it touches
+    is not its background (its label holds no wall), but at least :data:`MIN_IN_ORGAN` of its surroundings must be
+    organ (a lesion filling a narrow strip of lung between walls is wall thickening to a reader). ``visible``: ``cnr`` reaches :data:`VISIBLE_CNR` (Rose's criterion, 3-5 for a
     detectable object) and the label has at least 2 voxels in that slice.
     """
     spacing = np.asarray(grid.spacing, np.float64)
@@ -747,6 +840,12 @@ def visibility(rendered: RenderedLesion, grid: Grid) -> dict:
         return out
     d = ndimage.distance_transform_edt(~lab, sampling=plane)
     ring = (d > RING_MM[0]) & (d <= RING_MM[1])
+    in_organ = 1.0
+    if allowed is not None and ring.any():
+        inside = ring & np.take(np.asarray(allowed[rendered.box], bool), k, axis=axis)
+        in_organ = float(inside.sum()) / float(ring.sum())
+        out["surroundings_in_organ"] = round(in_organ, 3)
+        ring = inside
     if not ring.any():
         return out
     bg = vals[ring]
@@ -755,7 +854,7 @@ def visibility(rendered: RenderedLesion, grid: Grid) -> dict:
     sign = 1.0 if rendered.record["drawn"]["contrast_hu"] >= 0 else -1.0
     cnr = sign * (float(vals[lab].mean()) - med) / spread
     out.update(cnr=round(cnr, 2), lesion_hu=round(float(vals[lab].mean()), 1), surround_hu=round(med, 1),
-               surround_sd=round(spread, 1), visible=bool(cnr >= VISIBLE_CNR and out["pixels"] >= 2))
+               surround_sd=round(spread, 1), visible=bool(cnr >= VISIBLE_CNR and out["pixels"] >= 2 and in_organ >= MIN_IN_ORGAN))
     return out
 
 
@@ -770,6 +869,11 @@ def draw_lesion(profile, image: np.ndarray, allowed: np.ndarray, grid: Grid, rng
     ``allowed`` (:func:`sample_centre`, up to ``tries`` draws) and render it (:func:`render_lesion`;
     calibrated to the host's grid for a fitted profile).
 
+    A profile with measured attachment shares (``profile.attachment``) places the lesion juxtapleural (against
+    the allowed region's boundary, :data:`PLEURAL_DEPTH_RADII`), juxtavascular (:func:`vessel_centre`; free
+    where no vessel has room) or free, with those shares; the kind is drawn once and kept through redraws, and
+    the record says it (``attachment``: ``drawn`` and ``placed``).
+
     A render that a reader could not see (:func:`visibility`), or whose label is smaller than the profile's
     smallest lesion (``summary["diameter_mm"]["min"]``: no specks below the real minimum), is not returned:
     the lesion is drawn and placed again, up to ``redraws`` times; the returned render's record says how many
@@ -781,10 +885,20 @@ def draw_lesion(profile, image: np.ndarray, allowed: np.ndarray, grid: Grid, rng
     min_d = float((profile.summary.get("diameter_mm") or {}).get("min", 0.0) or 0.0)
     redrawn = {"invisible": 0, "below_minimum_size": 0}
     params, draws = None, 0
+    # where the lesion goes (the profile's measured shares), drawn once: redraws keep it, so the shares of
+    # written lesions are the profile's whatever the visibility check redraws
+    attachment = profile.draw_attachment(rng)
     while draws < tries + sum(redrawn.values()) and sum(redrawn.values()) <= redraws:
         draws += 1
         params = profile.sample(rng)
-        centre = sample_centre(allowed, grid.spacing, params, rng)
+        placed = attachment
+        if attachment == "juxtavascular":
+            centre = vessel_centre(image, allowed, grid.spacing, params, rng)
+            if centre is None:  # no vessel with room beside it: a free lesion
+                placed = "free"
+                centre = sample_centre(allowed, grid.spacing, params, rng, attachment="free")
+        else:
+            centre = sample_centre(allowed, grid.spacing, params, rng, attachment=attachment)
         if centre is None:
             continue
         # abdominal hosts: vessels only a few noise SDs bright must not leave a trace (see render_lesion)
@@ -792,7 +906,9 @@ def draw_lesion(profile, image: np.ndarray, allowed: np.ndarray, grid: Grid, rng
                           hide_wide_structure=profile.organ != "lung",
                           calibrate=profile.kind in ("fitted", "combined"),
                           style=FITTED_STYLE if profile.kind == "fitted" else NEUTRAL_STYLE)
-        seen = visibility(r, grid)
+        seen = visibility(r, grid, allowed)
+        if attachment is not None:
+            r.record["attachment"] = {"drawn": attachment, "placed": placed}
         if label_diameter_mm(r, grid) < min_d:
             redrawn["below_minimum_size"] += 1
         elif not seen["visible"]:
