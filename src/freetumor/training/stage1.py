@@ -74,6 +74,10 @@ from .run import Run, autocast, nan_to_none
 PROBE_SEED_OFFSET = 1_000_003  # probe patches come from their own random stream
 REALISM_SEED_OFFSET = 2_000_029  # and so do the realism probe's
 LOSSES = ("loss_g", "loss_adv", "loss_seg", "loss_d")
+# train-synth says this once, when a run starts (measured on real CT; docs/benchmarks/realism-lung.md)
+GENERATOR_OPTIONAL = ("note: a generator is optional: profile-styled synthesis (synthesize --profile) needs none, and on "
+                      "real CT a trained residual has not made lesions harder to tell from real nodules (measured: "
+                      "docs/benchmarks/realism-lung.md, 'A generator that learns')")
 
 
 # ----------------------------------------------------------------------------- losses
@@ -552,6 +556,8 @@ def train_synthesis(
     # Only now, with the segmentor, the checkpoint to resume and the realism lesions accepted, is the
     # run folder made or touched (a refusal above leaves it as it was).
     run.create(lambda folder: (folder / "samples").mkdir(exist_ok=True))
+    if run.main:
+        log(GENERATOR_OPTIONAL)
     metrics_path, epochs_path = run.open_logs("metrics.jsonl", "epochs.jsonl")
 
     def keep_best(rec: dict) -> None:
