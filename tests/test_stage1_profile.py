@@ -155,7 +155,9 @@ def test_synthesizer_with_residual_generator_needs_profile_and_starts_at_it():
 
 @pytest.mark.parametrize("override, match", [("synth.lesions=shapes", "synth.lesions"),
                                              ("synth.residual_hu=0", "synth.residual_hu"),
-                                             ("synth.realism_samples=2", "synth.realism_samples")])
+                                             ("synth.realism_samples=2", "synth.realism_samples"),
+                                             ("synth.d_context=bbox", "synth.d_context")])
 def test_profile_stage1_config_is_checked(override, match):
     with pytest.raises(ConfigError, match=match):
         load_config("lung-cpu-tiny", [override])
+    assert load_config("lung-cpu-tiny", []).synth.d_context == "lesion_box"  # one geometry unless asked otherwise
