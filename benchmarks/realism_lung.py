@@ -187,12 +187,13 @@ def profile_lesions(image, grid, allowed, lesions, profile, n: int, seed: int, n
         mask[r.box] = r.label
         f = crop_features(image.with_array(out), mask, f"{name}-{'gen' if gen is not None else 'prof'}{k}", window)
         if f:
+            f["_key"] = f"{name}#{k}"  # the draw: the profile and generator rows pair on it
             feats.append(f)
     return feats
 
 
 GEN_CONFIG = ["data.spacing=[1.0,1.0,1.25]", "data.roi_size=[32,32,16]", "data.num_samples=2", "data.cache=true",
-              "synth.epoch_steps=50", "synth.checkpoint_every=50", "synth.realism_samples=32", "synth.probe_samples=4"]
+              "synth.epoch_steps=25", "synth.checkpoint_every=25", "synth.realism_samples=32", "synth.probe_samples=4"]
 
 
 def write_generator_data(work: Path, fit_e: list[dict], b_e: list[dict], profile) -> dict:
@@ -251,10 +252,13 @@ def train_generator(work: Path, paths: dict, seg_steps: int, gen_steps: int, see
 
 
 def score(real: list[dict], synthetic: list[dict], seed: int) -> dict:
-    from freetumor.evaluation.realism import feature_distance, machine_vtt
+    """The radiomics reader's row; ``_oof`` (out-of-fold probabilities, real first) is for
+    :func:`paired_difference` and is not written."""
+    from freetumor.evaluation.realism import cross_validate, feature_distance
 
     strip = lambda fs: [{k: v for k, v in f.items() if not k.startswith("_")} for f in fs]  # noqa: E731
-    vtt = machine_vtt(strip(real), strip(synthetic), folds=5, seed=seed)
+    cv = cross_validate(strip(real), strip(synthetic), folds=5, seed=seed)
+    vtt = cv.result
     dist = feature_distance(strip(real), strip(synthetic))
     d = {k: round(v["cohens_d"], 3) for k, v in dist["per_feature"].items()}
     sizes = lambda fs: [f["_diameter_mm"] for f in fs if "_diameter_mm" in f]  # noqa: E731
@@ -264,7 +268,42 @@ def score(real: list[dict], synthetic: list[dict], seed: int) -> dict:
             "median_diameter_mm": {"real": round(float(np.median(sizes(real))), 2) if sizes(real) else None,
                                    "synthetic": round(float(np.median(sizes(synthetic))), 2)
                                    if sizes(synthetic) else None},
-            "top_features": vtt.get("top_features", [])[:5]}
+            "top_features": vtt.get("top_features", [])[:5], "_oof": cv.oof,
+            "_keys": [f.get("_key") for f in synthetic]}
+
+
+def paired_difference(base: dict, other: dict, n_real: int, seed: int, n_boot: int = 2000) -> dict | None:
+    """AUC(other) - AUC(base) of one reader on one real set, paired: the synthetic lesions of the two rows are
+    matched by their draw (``_keys``: host and draw index; only draws present in both rows count), and a
+    bootstrap resamples the real lesions and the matched pairs together. ``None`` without matched pairs."""
+    from freetumor.evaluation.stats import roc_auc
+
+    ob, oo = np.asarray(base["_oof"]), np.asarray(other["_oof"])
+    kb = {k: i for i, k in enumerate(base["_keys"])}
+    pairs = [(kb[k], j) for j, k in enumerate(other["_keys"]) if k in kb]
+    if len(pairs) < 5:
+        return None
+    ib, io = (np.array(v) for v in zip(*pairs))
+    rb, ro, sb, so = ob[:n_real], oo[:n_real], ob[n_real:][ib], oo[n_real:][io]
+    y = np.r_[np.zeros(n_real), np.ones(len(pairs))]
+    auc = lambda r, s_: roc_auc(y, np.r_[r, s_])  # noqa: E731
+    diff = auc(ro, so) - auc(rb, sb)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 96]))
+    boots = []
+    for _ in range(n_boot):
+        r = rng.integers(0, n_real, n_real)
+        p = rng.integers(0, len(pairs), len(pairs))
+        boots.append(auc(ro[r], so[p]) - auc(rb[r], sb[p]))
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"pairs": len(pairs), "auc_difference": round(float(diff), 4),
+            "auc_difference_ci95": [round(float(lo), 4), round(float(hi), 4)],
+            "note": "AUC of the row minus AUC of the base row on the matched draws; negative = the row is harder "
+                    "to tell from real; paired bootstrap over real lesions and matched pairs"}
+
+
+def public(row: dict) -> dict:
+    """A row without its private (``_``) keys."""
+    return {k: v for k, v in row.items() if not k.startswith("_")}
 
 
 ALL_ROWS = ("released", "rules_physical", "profile", "generator")
@@ -284,18 +323,23 @@ def cnn_rows(real_a: list[dict], real_b: list[dict], pooled: dict, seed: int, wi
     a, b = crops(real_a), crops(real_b)
     for c in b:
         c.source = "real"  # quarter B is real: grouped by patient
-    syn = {k: [c for c in crops(v) if group_of(c) in CNN_HOSTS] for k, v in pooled.items()}
+    keep = {k: [f for f in v if group_of(f["_crop"]) in CNN_HOSTS] for k, v in pooled.items()}
+    syn = {k: crops(v) for k, v in keep.items()}
     grid = cnn_grid([a, *[v for v in syn.values() if v]], slice_mm=2.5)
     out = {"grid": grid, "hosts": list(CNN_HOSTS), "rows": {}}
     for k, v in {**syn, "control": b}.items():
         t = time.time()
         r = cnn_reader(a, v, window, folds=5, seed=seed, group_of=group_of, grid=grid)
-        r.pop("oof")
+        r["_oof"], r["_keys"] = r.pop("oof"), [f.get("_key") for f in keep.get(k, [])]
         r["auc"], r["auc_ci95"] = round(r["auc"], 4), [round(x, 4) for x in r["auc_ci95"]]
         r["seconds"] = round(time.time() - t, 1)
         out["rows"][k] = r
         print(f"cnn {k}: AUC {r['auc']:.3f} ({r['auc_ci95'][0]:.3f}-{r['auc_ci95'][1]:.3f}), "
               f"{r['n_real']} vs {r['n_synthetic']}, {r['folds']} folds", flush=True)
+    if "profile" in out["rows"] and "generator" in out["rows"]:
+        out["paired"] = {"generator_minus_profile": paired_difference(out["rows"]["profile"], out["rows"]["generator"],
+                                                                       len(a), seed)}
+    out["rows"] = {k: public(v) for k, v in out["rows"].items()}
     return out
 
 
@@ -309,6 +353,8 @@ def main() -> int:
     ap.add_argument("--generator", type=Path, help="a trained generator (train-synth --profile) for the generator row")
     ap.add_argument("--train-generator", type=Path, help="train the generator row's generator in this folder")
     ap.add_argument("--readers", default="radiomics", help="radiomics, cnn or radiomics,cnn (radiomics always runs)")
+    ap.add_argument("--real-cache", type=Path, help="pickle of the real side (fit profile, quarters A and B with "
+                    "features and crops): written if absent, read if present (a local file of your own runs only)")
     ap.add_argument("--seg-steps", type=int, default=150)
     ap.add_argument("--gen-steps", type=int, default=300)
     args = ap.parse_args()
@@ -340,9 +386,21 @@ def main() -> int:
             out += extract_crops(img, lab, 1, "real", case_name(e["image"]), margin_mm=FIT_MARGIN_MM, min_voxels=MIN_VOXELS)
         return out
 
-    fit_crops = crops_of(fit_e)
-    print(f"{len(fit_crops)} fit crops ({time.time() - t0:.0f} s)", flush=True)
-    profile = fit_profile(fit_crops, "lung", {"split": "fit half of the shared LIDC crops", "seed": args.seed})
+    cache = args.real_cache
+    if cache is not None and cache.exists():  # the real side of an earlier run of this seed (it does not change)
+        import pickle
+
+        stored = pickle.loads(cache.read_bytes())
+        if stored["seed"] != args.seed:
+            print(f"error: --real-cache {cache} is of seed {stored['seed']}, not {args.seed}", file=sys.stderr)
+            return 2
+        n_fit, profile, real_a, real_b = stored["n_fit"], stored["profile"], stored["real_a"], stored["real_b"]
+        print(f"real side from {cache}", flush=True)
+    else:
+        fit_crops = crops_of(fit_e)
+        n_fit = len(fit_crops)
+        print(f"{n_fit} fit crops ({time.time() - t0:.0f} s)", flush=True)
+        profile = fit_profile(fit_crops, "lung", {"split": "fit half of the shared LIDC crops", "seed": args.seed})
 
     def feats_of(crops):
         out = []
@@ -354,7 +412,14 @@ def main() -> int:
             out.append(f)
         return out
 
-    real_a, real_b = feats_of(crops_of(a_e)), feats_of(crops_of(b_e))
+    if cache is None or not cache.exists():
+        real_a, real_b = feats_of(crops_of(a_e)), feats_of(crops_of(b_e))
+        if cache is not None:
+            import pickle
+
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_bytes(pickle.dumps({"seed": args.seed, "n_fit": n_fit, "profile": profile, "real_a": real_a,
+                                            "real_b": real_b}))
     gen, gen_commands = None, None
     if "generator" in rows:
         from freetumor.generator import LearnedDifference
@@ -388,7 +453,7 @@ def main() -> int:
         per_host[h["name"]] = {"spacing_mm": [round(float(s), 3) for s in image.spacing]}
         for k, fs in sets.items():
             pooled[k] += fs
-            per_host[h["name"]][k] = score(real_a, fs, args.seed) if len(fs) >= 5 else None
+            per_host[h["name"]][k] = public(score(real_a, fs, args.seed)) if len(fs) >= 5 else None
         print(h["name"] + ": " + ", ".join(f"{k} AUC {v['auc']}" for k, v in per_host[h["name"]].items()
                                            if isinstance(v, dict)), flush=True)
     result = {
@@ -396,7 +461,7 @@ def main() -> int:
                 "hosts = real chest CT (LIDC whole scans 2.5 mm, pyradiomics 5 mm, NSCLC 3 mm)",
         "command": "python benchmarks/realism_lung.py " + " ".join(sys.argv[1:]),
         "seed": args.seed,
-        "lesions": {"fit": len(fit_crops), "held_out_a": len(real_a), "held_out_b": len(real_b)},
+        "lesions": {"fit": n_fit, "held_out_a": len(real_a), "held_out_b": len(real_b)},
         "patients": {"fit": len({patient_of(e['image']) for e in fit_e}),
                      "held_out_a": len({patient_of(e['image']) for e in a_e}),
                      "held_out_b": len({patient_of(e['image']) for e in b_e})},
@@ -406,19 +471,38 @@ def main() -> int:
         "profile_summary": {k: v.get("median") for k, v in profile.summary.items()},
         "seconds": round(time.time() - t0, 1),
     }
+    if "profile" in result["rows"] and "generator" in result["rows"]:
+        result["paired"] = {"generator_minus_profile": paired_difference(result["rows"]["profile"],
+                                                                         result["rows"]["generator"], len(real_a),
+                                                                         args.seed)}
+    result["rows"] = {k: public(v) for k, v in result["rows"].items()}
     result["features"] = "radiomics reader: the 24 appearance features + 6 shape_* descriptors of `freetumor realism`"
     if "cnn" in readers:
         result["readers"] = {"cnn": cnn_rows(real_a, real_b, pooled, args.seed, window)}
         result["seconds"] = round(time.time() - t0, 1)
     if gen is not None:
-        final = json.loads((Path(gen.path).parent / "final.json").read_text()) if gen.path else {}
+        run_dir = Path(gen.path).parent if gen.path else None
+        final = json.loads((run_dir / "final.json").read_text()) if run_dir and (run_dir / "final.json").exists() else {}
+        if run_dir and not final and (run_dir / "epochs.jsonl").exists():  # a run stopped early: its epoch lines
+            eps = [json.loads(ln) for ln in (run_dir / "epochs.jsonl").read_text().splitlines() if ln]
+            scored = [e for e in eps if e.get("realism_auc") is not None]
+            best = min(scored, key=lambda e: e["realism_auc"]) if scored else None
+            final = {"steps": eps[-1]["step"] if eps else None, "stopped_early": True,
+                     "best_realism": {k: best[k] for k in ("epoch", "step", "realism_auc")} if best else None}
+        if run_dir and (run_dir / "epochs.jsonl").exists():
+            final["realism_by_epoch"] = [{"step": e["step"], "realism_auc": e.get("realism_auc"),
+                                          "loss_adv": e.get("loss_adv"), "loss_d": e.get("loss_d"),
+                                          "probe_recall": e.get("probe_recall")}
+                                         for e in (json.loads(ln) for ln in
+                                                   (run_dir / "epochs.jsonl").read_text().splitlines() if ln)]
         result["generator"] = {
             "checkpoint": gen.path, "train_commands": gen_commands, "best_realism": final.get("best_realism"),
-            "steps": final.get("steps"),
+            "steps": final.get("steps"), "stopped_early": final.get("stopped_early", False),
+            "realism_by_epoch": final.get("realism_by_epoch"),
             "data": "labelled: fit-half LIDC crops (nodule = lesion); unlabelled: the 5 hosts' threshold lungs "
                     "(own lesions + 5 mm excluded); realism checkpoint selection: held-out quarter B crops; "
                     "scored against quarter A like every row",
-            "config": "lung-cpu-tiny " + " ".join(GEN_CONFIG)}
+            "config": "lung-cpu-tiny " + " ".join(GEN_CONFIG) + " (synth.d_context: lesion_box, the default)"}
     else:
         result["not_measured"] = {"generator": "no generator given (--generator or --train-generator)"}
     if set(rows) != set(ALL_ROWS) and args.out.exists():  # merge the rows run into the earlier results
@@ -434,6 +518,8 @@ def main() -> int:
         old.setdefault("row_commands", {}).update({k: result["command"] for k in rows})
         if "readers" in result:
             old["readers"] = result["readers"]
+        if "paired" in result:
+            old["paired"] = result["paired"]
         old["seconds_" + "+".join(rows)] = result["seconds"]
         result = old
     args.out.parent.mkdir(parents=True, exist_ok=True)

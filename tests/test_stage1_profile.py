@@ -21,7 +21,7 @@ from freetumor.errors import ConfigError, InputError  # noqa: E402
 from freetumor.models import ResidualGenerator, build_generator, build_model  # noqa: E402
 from freetumor.phantom import write_cohort  # noqa: E402
 from freetumor.training.data import collate  # noqa: E402
-from freetumor.training.stage1 import Stage1, _batch_to, train_synthesis  # noqa: E402
+from freetumor.training.stage1 import GENERATOR_OPTIONAL, Stage1, _batch_to, train_synthesis  # noqa: E402
 from freetumor.transforms import PrepareProfileTumourd, train_transforms  # noqa: E402
 
 SCRIPT = Path(sys.executable).parent / "freetumor"
@@ -88,8 +88,13 @@ def test_residual_generator_starts_at_the_profile_render(pools):
 def test_train_synth_profile_logs_realism_and_keeps_best(pools, tmp_path):
     cfg = tiny_cfg(["synth.max_steps=4"])
     out = tmp_path / "run"
+    lines = []
     summary = train_synthesis(cfg, pools / "lab.json", pools / "unl.json", pools / "seg.pt", out, progress=False,
-                              log=lambda *a: None, profile=PROFILE, realism_real=pools / "real.json")
+                              log=lines.append, profile=PROFILE, realism_real=pools / "real.json")
+    # the measured verdict, once per run: a generator is optional
+    assert lines.count(GENERATOR_OPTIONAL) == 1 and "generator is optional" in GENERATOR_OPTIONAL
+    page = Path(__file__).parents[1] / "docs" / "benchmarks" / "realism-lung.md"
+    assert "docs/benchmarks/realism-lung.md" in GENERATOR_OPTIONAL and "## A generator that learns" in page.read_text()
     epochs = [json.loads(ln) for ln in (out / "epochs.jsonl").read_text().splitlines() if ln]
     assert [e["step"] for e in epochs] == [0, 2, 4]
     aucs = [e["realism_auc"] for e in epochs]
@@ -122,6 +127,7 @@ def test_train_synth_cli_wrong_organ_profile(pools, tmp_path):
                        capture_output=True, text=True, env=dict(os.environ, COLUMNS="200"), timeout=120)
     assert r.returncode == 1 and r.stderr.strip().count("\n") == 0, r.stderr
     assert "lesion profile is for liver, not lung" in r.stderr
+    assert "generator is optional" not in r.stdout + r.stderr  # a refused run says only why
     assert not out.exists()
 
 
@@ -149,7 +155,9 @@ def test_synthesizer_with_residual_generator_needs_profile_and_starts_at_it():
 
 @pytest.mark.parametrize("override, match", [("synth.lesions=shapes", "synth.lesions"),
                                              ("synth.residual_hu=0", "synth.residual_hu"),
-                                             ("synth.realism_samples=2", "synth.realism_samples")])
+                                             ("synth.realism_samples=2", "synth.realism_samples"),
+                                             ("synth.d_context=bbox", "synth.d_context")])
 def test_profile_stage1_config_is_checked(override, match):
     with pytest.raises(ConfigError, match=match):
         load_config("lung-cpu-tiny", [override])
+    assert load_config("lung-cpu-tiny", []).synth.d_context == "lesion_box"  # one geometry unless asked otherwise

@@ -403,6 +403,7 @@ class NetSpec:
 
 
 SYNTH_LESIONS = ("rules", "profile")
+D_CONTEXTS = ("lesion_box", "patch")  # what Stage 1's discriminator sees around a lesion (synth.d_context)
 
 
 @dataclass(frozen=True)
@@ -432,6 +433,8 @@ class SynthConfig:
                                      # render + learned residual; train-synth --profile)
     residual_hu: float = 300.0       # profile lesions: the learned residual's bound |r| (HU)
     realism_samples: int = 24        # fixed probe lesions whose realism AUC is logged each epoch (--realism-real)
+    d_context: str = "lesion_box"    # Stage 1's discriminator reads each lesion (real or fake) in one geometry: its
+                                     # context box, centred (freetumor.lesions.context); patch: the whole patch
 
     def checked(self, source: str, roi: list[int]) -> "SynthConfig":
         gen = self.generator.checked(source, "synth.generator", roi)
@@ -460,6 +463,7 @@ class SynthConfig:
         _require(self.lesions in SYNTH_LESIONS, "synth.lesions", source, "rules or profile", self.lesions)
         _require(isinstance(self.residual_hu, (int, float)) and not isinstance(self.residual_hu, bool)
                  and self.residual_hu > 0, "synth.residual_hu", source, "a positive number (HU)", self.residual_hu)
+        _require(self.d_context in D_CONTEXTS, "synth.d_context", source, "lesion_box or patch", self.d_context)
         _require(self.realism_samples >= 5, "synth.realism_samples", source, "at least 5", self.realism_samples)
         return dataclasses.replace(self, generator=gen, discriminator=disc, adv_weight=adv, betas=betas)
 

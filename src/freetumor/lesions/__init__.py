@@ -10,6 +10,8 @@ drawn from a profile is rendered into a CT.
   flatness, surface roughness, convexity), and solidity;
 * :mod:`.features`: lesion crops (a lesion cropped and resampled to 1 mm) and their hand-made
   radiomic and shape features, the input of the realism scores (:mod:`freetumor.evaluation.realism`);
+* :mod:`.context`: the one crop geometry of a lesion (its context box, centred, air outside) that the CNN
+  reader and Stage 1's discriminator read, real or synthetic alike;
 * :mod:`.fit`: ``freetumor lesions fit``, measuring the real lesions of a datalist into a profile;
 * :mod:`.render`: rendering a lesion drawn from a profile in mm and HU on a CT's own grid.
 

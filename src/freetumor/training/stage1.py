@@ -10,6 +10,10 @@ training classes) that each carry one rule-based tumour mask F in one organ
   frozen during this step, so no gradient reaches them.
 * **D step** — the same x' with D~ detached; L_D = ½[(1 - <P_D[fake]>_F) +
   (1 - <P_D[real]>_R)], R the real-tumour voxels of labelled patches.
+* **What D reads** (``synth.d_context``, :meth:`Stage1.d_view`): by default each lesion, real or fake,
+  in its context box of :mod:`freetumor.lesions.context` (bounding box + 3.5 mm in-plane, centred,
+  -1000 HU elsewhere), so that a real lesion from a small padded crop and a fake one in a whole chest
+  come in one geometry; ``patch`` is the released code's whole patch.
 
 With a lesion profile (``train-synth --profile``, ``synth.lesions: profile``) the fake lesion is
 the profile's render x_profile (:class:`PrepareProfileTumourd`) and the generator a bounded residual
@@ -55,6 +59,7 @@ from ..config import Config, QCConfig
 from ..errors import InputError
 from ..generator import apply_difference, difference_map
 from ..io import write_bytes_atomic
+from ..lesions.context import CONTEXT_PAD_HU, centred_placement
 from ..lesions.features import crops_from_datalist, extract_crops, lesion_features
 from ..models import FAKE, REAL, build_discriminator, build_generator
 from ..organs import get_organ
@@ -67,6 +72,10 @@ from .run import Run, autocast, nan_to_none
 PROBE_SEED_OFFSET = 1_000_003  # probe patches come from their own random stream
 REALISM_SEED_OFFSET = 2_000_029  # and so do the realism probe's
 LOSSES = ("loss_g", "loss_adv", "loss_seg", "loss_d")
+# train-synth says this once, when a run starts (measured on real CT; docs/benchmarks/realism-lung.md)
+GENERATOR_OPTIONAL = ("note: a generator is optional: profile-styled synthesis (synthesize --profile) needs none, and on "
+                      "real CT a trained residual has not made lesions harder to tell from real nodules (measured: "
+                      "docs/benchmarks/realism-lung.md, 'A generator that learns')")
 
 
 # ----------------------------------------------------------------------------- losses
@@ -88,6 +97,32 @@ def frozen(module: torch.nn.Module):
             p.requires_grad_(f)
 
 
+def lesion_views(x: torch.Tensor, mask: torch.Tensor, spacing, pad: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each lesion of a batch in one geometry: for the patches of ``x`` (B, C, X, Y, Z) whose ``mask``
+    (B, 1, X, Y, Z) has a lesion, that lesion's context box
+    (:func:`freetumor.lesions.context.centred_placement`: bounding box + 3.5 mm in-plane, no slice
+    margin, centred on the lesion's centre of mass, ``pad`` elsewhere; ``spacing`` the patches' mm),
+    stacked, with the mask moved alike. A real lesion from a small padded crop and a fake one in a
+    whole chest so come in the same box, spacing and padding. Without any lesion in the batch, ``x``
+    and ``mask`` as they are (the masked means are then over no voxel). Differentiable in ``x``.
+    """
+    present = (mask > 0.5).flatten(1).any(dim=1).cpu().numpy()
+    if not present.any():
+        return x, mask
+    m = (mask > 0.5).cpu().numpy()[:, 0]
+    size = tuple(x.shape[2:])
+    xs, ms = [], []
+    for b in np.flatnonzero(present):
+        src, dst = centred_placement(m[b], spacing, size)
+        xo = torch.full_like(x[b], pad)
+        mo = torch.zeros_like(mask[b])
+        xo[(slice(None), *dst)] = x[b][(slice(None), *src)]
+        mo[(slice(None), *dst)] = mask[b][(slice(None), *src)]
+        xs.append(xo)
+        ms.append(mo)
+    return torch.stack(xs), torch.stack(ms)
+
+
 class Stage1:
     """The networks and the two optimisation steps of Stage 1 (no data, no logging).
 
@@ -107,6 +142,10 @@ class Stage1:
         self.sign = 1 if self.profile_mode else cfg.organ_info.sign
         self.adv_weight = s.adv_weight if s.adv_weight is not None else (0.1 if region == "abdomen" else 0.5)
         self.blur = (s.blur_sigma, s.blur_kernel)
+        self.d_context = s.d_context
+        self.spacing = tuple(float(v) for v in cfg.data.spacing)
+        lo, hi = (float(v) for v in cfg.data.hu_window)
+        self.pad = min(1.0, max(0.0, (CONTEXT_PAD_HU - lo) / (hi - lo)))  # -1000 HU, windowed
         self.generator = build_generator(cfg).to(device)
         self.discriminator = build_discriminator(cfg).to(device)
         self.seg, self.seg_cfg = segmentor
@@ -153,14 +192,23 @@ class Stage1:
             real = real + (label == c).float()
         return real
 
+    def d_view(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the discriminator reads of the lesion ``mask`` of each patch of ``x``: with
+        ``synth.d_context: lesion_box`` (the default) :func:`lesion_views`, with ``patch`` the
+        patches as they are."""
+        if self.d_context == "patch":
+            return x, mask
+        return lesion_views(x, mask, self.spacing, self.pad)
+
     def g_step(self, batch: dict) -> dict:
         """One generator step: D and the segmentor frozen. Returns losses, x', D~ and the segmentor's call."""
         x, weight, fake, channel = self.source(batch), batch["weight"], batch["fake"], batch["channel"]
         self.opt_g.zero_grad(set_to_none=True)
         with frozen(self.discriminator), autocast(self.cfg, self.device):
             xf, dmap = self.synthesise(x, weight, channel)
-            p_d = torch.softmax(self.discriminator(xf).float(), dim=1)
-            loss_adv = 1.0 - masked_mean(p_d[:, REAL:REAL + 1], fake)
+            xv, fv = self.d_view(xf, fake)
+            p_d = torch.softmax(self.discriminator(xv).float(), dim=1)
+            loss_adv = 1.0 - masked_mean(p_d[:, REAL:REAL + 1], fv)
             p_tum, p_seg = self.seg_tumour_prob(xf)
             loss_seg = 1.0 - masked_mean(p_tum, fake)
             loss_g = self.adv_weight * loss_adv + loss_seg
@@ -179,9 +227,16 @@ class Stage1:
         self.opt_d.zero_grad(set_to_none=True)
         with autocast(self.cfg, self.device):
             xd = apply_difference(x, weight, dmap.detach(), self.sign)
-            q = torch.softmax(self.d_train(xd).float(), dim=1)
-            loss_d = 0.5 * ((1.0 - masked_mean(q[:, FAKE:FAKE + 1], fake))
-                            + (1.0 - masked_mean(q[:, REAL:REAL + 1], real)))
+            if self.d_context == "patch":
+                q = torch.softmax(self.d_train(xd).float(), dim=1)
+                q_fake, q_real, fv, rv = q, q, fake, real
+            else:  # one forward pass over both views: each lesion in its own context box
+                xf_v, fv = self.d_view(xd, fake)
+                xr_v, rv = self.d_view(xd, real)
+                q = torch.softmax(self.d_train(torch.cat([xf_v, xr_v])).float(), dim=1)
+                q_fake, q_real = q[:len(xf_v)], q[len(xf_v):]
+            loss_d = 0.5 * ((1.0 - masked_mean(q_fake[:, FAKE:FAKE + 1], fv))
+                            + (1.0 - masked_mean(q_real[:, REAL:REAL + 1], rv)))
         self.scaler_d.scale(loss_d).backward()
         self.scaler_d.step(self.opt_d)
         self.scaler_d.update()
@@ -494,6 +549,8 @@ def train_synthesis(
     # Only now, with the segmentor, the checkpoint to resume and the realism lesions accepted, is the
     # run folder made or touched (a refusal above leaves it as it was).
     run.create(lambda folder: (folder / "samples").mkdir(exist_ok=True))
+    if run.main:
+        log(GENERATOR_OPTIONAL)
     metrics_path, epochs_path = run.open_logs("metrics.jsonl", "epochs.jsonl")
 
     def keep_best(rec: dict) -> None:

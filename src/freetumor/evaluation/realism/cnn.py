@@ -2,7 +2,8 @@
 from synthetic ones, scored by group-wise (patient-wise) cross-validation.
 
 The crops: one geometry for both sets (:func:`cnn_grid`, :func:`cnn_input`)
-    Every lesion is cut from its **native** image (``LesionCrop.native_image``) by one rule: the
+    Every lesion is cut from its **native** image (``LesionCrop.native_image``) by one rule, the
+    context box of :mod:`freetumor.lesions.context` (Stage 1's discriminator reads the same box): the
     box is the lesion's bounding box, widened in-plane by :data:`CNN_MARGIN_MM` (3.5 mm) and not at
     all along the slice axis (the LIDC nodule crops end at the nodule's first and last slice, so a
     slice margin would be padding on the real side only); everything outside the box reads
@@ -49,6 +50,7 @@ import numpy as np
 from scipy import ndimage
 
 from ...errors import ConfigError
+from ...lesions.context import CONTEXT_MARGIN_MM, CONTEXT_PAD_HU, CONTEXT_SLICE_MARGIN_MM, context_box
 from ...lesions.features import LesionCrop
 from ..stats import bootstrap_auc_ci, roc_auc
 
@@ -68,8 +70,8 @@ __all__ = [
 CNN_MIN_LESIONS = 20
 CNN_INPLANE_PX = 32
 CNN_SLICES = 8
-CNN_MARGIN_MM = 3.5
-CNN_PAD_HU = -1000.0
+CNN_MARGIN_MM = CONTEXT_MARGIN_MM  # the shared context box (freetumor.lesions.context)
+CNN_PAD_HU = CONTEXT_PAD_HU
 CNN_EPOCHS = 20
 CNN_BOOTSTRAP = 2000
 CNN_DESCRIPTION = ("3D CNN: conv3x3x3 8-16-32 channels (strides 2x2x1, 2x2x2, 1), batch norm, ReLU, global average pool, "
@@ -96,7 +98,7 @@ def cnn_grid(sets: Sequence[Sequence[LesionCrop]], px: int = CNN_INPLANE_PX, sli
     inplane = float(np.median([min(sp[0], sp[1]) for s in sps for sp in s]))
     thick = float(slice_mm) if slice_mm is not None else max(float(np.median([sp[2] for sp in s])) for s in sps)
     return {"px": int(px), "slices": int(slices), "inplane_mm": round(inplane, 4), "slice_mm": round(thick, 4),
-            "margin_mm": CNN_MARGIN_MM, "slice_margin_mm": 0.0, "pad_hu": CNN_PAD_HU}
+            "margin_mm": CNN_MARGIN_MM, "slice_margin_mm": CONTEXT_SLICE_MARGIN_MM, "pad_hu": CNN_PAD_HU}
 
 
 def cnn_input(crop: LesionCrop, grid: dict, window) -> np.ndarray:
@@ -105,10 +107,8 @@ def cnn_input(crop: LesionCrop, grid: dict, window) -> np.ndarray:
     if not mask.any():
         raise ConfigError(f"lesion {crop.case}#{crop.index}: empty mask")
     idx = np.argwhere(mask)
-    lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
-    grow = [int(math.ceil(grid["margin_mm"] / sp[0] - 1e-9)), int(math.ceil(grid["margin_mm"] / sp[1] - 1e-9)), 0]
-    lo = np.maximum(lo - grow, 0)
-    hi = np.minimum(hi + grow, mask.shape)
+    lo, hi = context_box(mask, sp, grid["margin_mm"], grid.get("slice_margin_mm", CONTEXT_SLICE_MARGIN_MM))
+    lo, hi = np.asarray(lo), np.asarray(hi)
     box = img[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.float64)
     t, T = float(sp[2]), float(grid["slice_mm"])
     if t < T - 1e-6 and box.shape[2] > 1:  # thicken thin slices: FWHM sqrt(T^2 - t^2), in slices
