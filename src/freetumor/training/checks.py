@@ -92,8 +92,5 @@ def checked_synthesis_inputs(cfg: Config, labelled, unlabelled, profile=None, re
         raise ConfigError("synth.lesions is profile: give the lesion profile (--profile)")
     if realism_real is not None:
         datalist_entries(realism_real, "held-aside real lesions")
-    lm = get_label_map(cfg.label_map, cfg.organ)
-    lab = datalist_entries(labelled, label_map=lm, skip_bad=skip_bad, log=log) * cfg.data.labelled_repeat
-    unl = datalist_entries(unlabelled, "unlabelled cases with organ masks", label_map=lm,
-                           skip_bad=skip_bad, log=log) if unlabelled else []
-    return cfg, prof, lab, unl
+    lab, unl = checked_pool(cfg, labelled, unlabelled or None, skip_bad, log)
+    return cfg, prof, lab * cfg.data.labelled_repeat, unl
