@@ -105,6 +105,14 @@ _SCRIPT = Path(sys.executable).parent / "freetumor"
 CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "freetumor.cli"]
 
 
+def never_loaded_checkpoint(path):
+    """A file that starts like a ``torch.save`` zip, so the CLI's up-front checkpoint check
+    (``config.check_checkpoint_file``: first bytes, no PyTorch) passes it, for tests whose command
+    must refuse something else before any network is loaded. Returns ``path``."""
+    path.write_bytes(b"PK\x03\x04" + bytes(60))
+    return path
+
+
 def run_cli(*args, timeout: int = 600, cwd=None):
     """Run ``freetumor ARGS`` in a subprocess as a user would; returns the CompletedProcess."""
     env = dict(os.environ, COLUMNS="200")

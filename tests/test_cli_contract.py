@@ -25,7 +25,7 @@ import pytest
 from freetumor.io import save_volume
 from freetumor.phantom import make_case
 
-from conftest import CLI
+from conftest import CLI, never_loaded_checkpoint
 
 SHAPE = (56, 48, 24)  # tiny cases: a check reads every one
 PROC_OUT = Path("/proc/freetumor-contract-out")  # no one can write there, not even root
@@ -104,10 +104,7 @@ def kit(tmp_path_factory) -> dict:
     k["locked"] = locked
     os.mkfifo(root / "a_fifo")  # a special file an output must never replace (as /dev/null would be, run as root)
     k["a_fifo"] = root / "a_fifo"
-    # starts like a torch.save zip, so the up-front checkpoint check (first bytes, no PyTorch) passes it;
-    # never loaded: every row fails before a network is
-    (root / "dummy.pt").write_bytes(b"PK\x03\x04" + bytes(60))
-    k["dummy.pt"] = root / "dummy.pt"
+    k["dummy.pt"] = never_loaded_checkpoint(root / "dummy.pt")  # every row fails before a network is loaded
     for p in root.rglob("*"):
         if p.is_file():
             p.chmod(0o444)  # a command that modified an input would fail loudly

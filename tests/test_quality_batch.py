@@ -197,7 +197,7 @@ def test_worker_gives_the_main_process_patches(online):
 
 # ----------------------------------------------------------------------------- --qc-device
 def test_qc_device_bad_values_are_one_line_errors(tmp_path, abdomen_case):
-    from conftest import run_cli
+    from conftest import never_loaded_checkpoint, run_cli
 
     from freetumor.io import save_volume
 
@@ -206,8 +206,7 @@ def test_qc_device_bad_values_are_one_line_errors(tmp_path, abdomen_case):
     save_volume(lab, tmp_path / "lab.nii.gz")
     base = ["synthesize", "--image", tmp_path / "ct.nii.gz", "--label", tmp_path / "lab.nii.gz", "--organ", "liver",
             "--out", tmp_path / "out"]
-    (tmp_path / "seg.pt").write_bytes(b"PK\x03\x04" + bytes(60))  # starts like a checkpoint; never loaded
-    r = run_cli(*base, "--qc-segmentor", tmp_path / "seg.pt", "--qc-device", "gpu")
+    r = run_cli(*base, "--qc-segmentor", never_loaded_checkpoint(tmp_path / "seg.pt"), "--qc-device", "gpu")
     assert r.returncode == 1 and "qc.device" in r.stderr and "gpu" in r.stderr and len(without_progress(r.stderr)) == 1
     r = run_cli(*base, "--qc-device", "cpu")
     assert r.returncode == 1 and "--qc-device needs --qc-segmentor" in r.stderr
