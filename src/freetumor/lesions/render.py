@@ -67,6 +67,7 @@ from scipy import ndimage, special
 
 from ..grids import Grid
 from ..io import Volume
+from .attachment import WALL_RADIUS_MM
 from .features import extract_crops
 from .measure import FIT_MARGIN_MM, MIN_VOXELS, edge_sharpness, lesion_core, measure_crop, relative_solidity
 from .shape import shape_descriptors
@@ -770,7 +771,8 @@ def sample_centre(allowed: np.ndarray, spacing, params: dict, rng: np.random.Gen
 
 
 VESSEL_HU = -400.0            # a lung vessel: its 0.6 mm-smoothed HU is above this ...
-VESSEL_MAX_RADIUS_MM = 3.0    # ... and it is thinner than this (no ball of this radius of dense tissue)
+VESSEL_MAX_RADIUS_MM = WALL_RADIUS_MM  # ... and thinner than this (no ball of this radius of dense tissue): a
+                                       # vessel as lesions.attachment measures one on real nodules
 VESSEL_OFFSET_RADII = (0.6, 1.0)  # a juxtavascular lesion's centre lies this many radii from a vessel voxel
 
 
